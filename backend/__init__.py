@@ -1,0 +1,1 @@
+"""Fine-Tuning Studio web app. Importable without torch: the ML stack lives in `workers`."""

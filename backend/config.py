@@ -1,0 +1,56 @@
+"""One typed Settings object, read from the environment (prefix STUDIO_)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STUDIO_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Datasets, models, checkpoints and the embedded database.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite in data_dir.")
+    broker_url: str = Field("", description="Celery broker; empty means kombu's SQLAlchemy transport on SQLite.")
+    redis_url: str = Field("", description="Redis for live event fan-out; empty means database polling.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    admin_email: str = "admin@localhost"
+    admin_password: str = Field("", description="Password of the first admin; empty means a random one.")
+    session_days: int = Field(14, ge=1, le=365)
+    # A worker that has not beaten its heart for this long is presumed dead and its job is failed.
+    lease_seconds: int = Field(120, ge=10)
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    poll_seconds: float = Field(0.5, gt=0, le=1.0, description="Database polling interval for live updates.")
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
+    worker_name: str = ""
+    cookie_secure: bool = False
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'studio.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def path(self, *parts: str) -> Path:
+        """A directory under data_dir, created on first use."""
+        p = self.data_dir.joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
