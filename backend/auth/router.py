@@ -1,0 +1,43 @@
+from fastapi import APIRouter, Response
+
+from backend.auth import service
+from backend.auth.schemas import LoginRequest, TokenCreate, TokenRead, UserRead
+from backend.config import get_settings
+from backend.deps import CurrentUser, SessionDep
+
+router = APIRouter(prefix="/api", tags=["auth"])
+
+
+def set_session_cookie(response: Response, secret: str) -> None:
+    settings = get_settings()
+    response.set_cookie(
+        service.SESSION_COOKIE,
+        secret,
+        max_age=settings.session_days * 86400,
+        httponly=True,
+        samesite="lax",  # cross-site POSTs carry no cookie: the CSRF guard for cookie-authenticated calls
+        secure=settings.cookie_secure,
+    )
+
+
+@router.post("/auth/login", response_model=UserRead)
+def login(body: LoginRequest, session: SessionDep, response: Response) -> UserRead:
+    user = service.authenticate(session, email=body.email, password=body.password)
+    set_session_cookie(response, service.issue_token(session, user=user, kind="session"))
+    return UserRead(id=user.id, email=user.email, is_admin=user.is_admin)
+
+
+@router.post("/auth/logout", status_code=204)
+def logout(session: SessionDep, response: Response, user: CurrentUser) -> None:
+    response.delete_cookie(service.SESSION_COOKIE)
+
+
+@router.get("/me", response_model=UserRead)
+def me(user: CurrentUser) -> UserRead:
+    return UserRead(id=user.id, email=user.email, is_admin=user.is_admin)
+
+
+@router.post("/tokens", response_model=TokenRead, status_code=201)
+def create_token(body: TokenCreate, session: SessionDep, user: CurrentUser) -> TokenRead:
+    """An API token for scripts; shown once, stored hashed."""
+    return TokenRead(token=service.issue_token(session, user=user, kind="api", name=body.name), name=body.name)

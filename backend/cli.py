@@ -1,0 +1,184 @@
+"""The `studio` command: up, api, worker, migrate, users, tokens, models."""
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from backend.config import get_settings
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from backend.migrate import upgrade
+
+    upgrade()
+    print(f"database at head: {_redact(get_settings().database_url)}")
+
+
+def _redact(url: str) -> str:
+    head, sep, tail = url.partition("@")
+    return f"{head.split(':')[0]}://***@{tail}" if sep else url
+
+
+def ensure_admin() -> str | None:
+    """Create the first admin if there are no users; return the line telling how to log in."""
+    from backend.auth.service import create_user, user_count
+    from backend.db import session_scope
+
+    settings = get_settings()
+    with session_scope() as s:
+        if user_count(s):
+            return None
+        password = settings.admin_password or secrets.token_urlsafe(12)
+        create_user(s, email=settings.admin_email, password=password, is_admin=True)
+    creds = settings.data_dir / "admin-credentials.txt"
+    creds.write_text(f"email: {settings.admin_email}\npassword: {password}\n")
+    creds.chmod(0o600)
+    return f"admin account created: email {settings.admin_email}  password {password}  (also in {creds})"
+
+
+def _serve(host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run("backend.main:create_app", factory=True, host=host, port=port, log_level="info")
+
+
+def worker_command(name: str | None = None) -> list[str]:
+    name = name or get_settings().worker_name or f"worker-{os.getpid()}@{socket.gethostname()}"
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.main", "worker",
+        "-Q", "studio", "--concurrency", "1", "--prefetch-multiplier", "1",
+        "-n", name, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    settings = get_settings()
+    if not args.no_migrate:
+        cmd_migrate(args)
+    _serve(args.host or settings.host, args.port or settings.port)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    # exec, so signals from a process manager reach Celery directly.
+    cmd = worker_command(args.name)
+    os.execv(cmd[0], cmd)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    """Embedded mode in one command: migrate, first admin, one worker process, the API."""
+    settings = get_settings()
+    host, port = args.host or settings.host, args.port or settings.port
+    cmd_migrate(args)
+    hint = ensure_admin()
+    worker = subprocess.Popen(worker_command(args.worker_name), start_new_session=True)
+    shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    print(f"\n  Fine-Tuning Studio: http://{shown_host}:{port}/")
+    if hint:
+        print(f"  {hint}")
+    print(f"  data in {settings.data_dir}; one worker (pid {worker.pid})\n", flush=True)
+    try:
+        _serve(host, port)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def cmd_users_create(args: argparse.Namespace) -> None:
+    from backend.auth.service import create_user
+    from backend.db import session_scope
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else secrets.token_urlsafe(12)
+    with session_scope() as s:
+        user = create_user(s, email=args.email, password=password, is_admin=args.admin)
+    print(f"created user {user.email}" + ("" if args.password_stdin else f" with password {password}"))
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> None:
+    from backend.auth.service import get_user_by_email, issue_token
+    from backend.db import session_scope
+
+    with session_scope() as s:
+        token = issue_token(s, user=get_user_by_email(s, args.email), kind="api", name=args.name)
+    print(f"API token for {args.email} (shown once; send as 'Authorization: Bearer <token>'):")
+    print(token)
+
+
+def cmd_models_add(args: argparse.Namespace) -> None:
+    from sqlalchemy import select
+
+    from backend.auth.service import get_user_by_email
+    from backend.db import User, session_scope
+    from backend.model.service import register_model
+
+    with session_scope() as s:
+        if args.owner:
+            owner = get_user_by_email(s, args.owner)
+        else:
+            owner = s.scalar(select(User).where(User.is_admin.is_(True)).order_by(User.id))
+            if owner is None:
+                raise SystemExit("no admin user yet: run `studio up` or `studio users create` first")
+        model = register_model(s, owner_id=owner.id, path=Path(args.path), name=args.name, shared=not args.private)
+        print(f"registered model {model.id}: {model.name} ({model.architecture}, {model.parameters:,} parameters)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="studio", description="Fine-Tuning Studio")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="embedded mode: API and one worker together")
+    up.add_argument("--host")
+    up.add_argument("--port", type=int)
+    up.add_argument("--worker-name")
+    up.set_defaults(func=cmd_up)
+
+    api = sub.add_parser("api", help="serve the web app and API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.add_argument("--no-migrate", action="store_true", help="do not run migrations first")
+    api.set_defaults(func=cmd_api)
+
+    worker = sub.add_parser("worker", help="run one training worker (Celery)")
+    worker.add_argument("--name")
+    worker.set_defaults(func=cmd_worker)
+
+    sub.add_parser("migrate", help="bring the database schema to head").set_defaults(func=cmd_migrate)
+
+    users = sub.add_parser("users").add_subparsers(dest="action", required=True)
+    uc = users.add_parser("create", help="create an account")
+    uc.add_argument("email")
+    uc.add_argument("--password-stdin", action="store_true", help="read the password from the first stdin line")
+    uc.add_argument("--admin", action="store_true")
+    uc.set_defaults(func=cmd_users_create)
+
+    tokens = sub.add_parser("tokens").add_subparsers(dest="action", required=True)
+    tc = tokens.add_parser("create", help="create an API token (printed as the last line)")
+    tc.add_argument("email")
+    tc.add_argument("--name", default="cli")
+    tc.set_defaults(func=cmd_tokens_create)
+
+    models = sub.add_parser("models").add_subparsers(dest="action", required=True)
+    ma = models.add_parser("add", help="register a local Hugging Face model directory as a base model")
+    ma.add_argument("path")
+    ma.add_argument("--name", default="")
+    ma.add_argument("--owner", help="owner's email (default: the first admin)")
+    ma.add_argument("--private", action="store_true", help="visible to its owner only (default: shared)")
+    ma.set_defaults(func=cmd_models_add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from backend.errors import DomainError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DomainError as exc:
+        raise SystemExit(f"studio: {exc.message}") from None

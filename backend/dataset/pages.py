@@ -1,0 +1,21 @@
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from backend.dataset import service
+from backend.deps import OptionalUser, SessionDep
+from backend.web import render, require
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/datasets", response_class=HTMLResponse)
+def datasets_page(request: Request, session: SessionDep, user: OptionalUser) -> Response:
+    user = require(user)
+    return render(request, "dataset/list.html", user, datasets=service.list_datasets(session, user=user))
+
+
+@router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
+def dataset_page(dataset_id: int, request: Request, session: SessionDep, user: OptionalUser) -> Response:
+    user = require(user)
+    ds = service.get_dataset(session, user=user, dataset_id=dataset_id)
+    return render(request, "dataset/detail.html", user, dataset=ds, rows=service.preview(ds, 20))

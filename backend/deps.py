@@ -1,0 +1,48 @@
+"""Dependencies as Annotated aliases: routes declare `session: SessionDep, user: CurrentUser`."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from backend.auth.service import SESSION_COOKIE, user_for_token
+from backend.db import User, session_factory
+from backend.errors import Unauthorized
+
+
+def get_session() -> Iterator[Session]:
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _secret(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.cookies.get(SESSION_COOKIE)
+
+
+def optional_user(request: Request, session: SessionDep) -> User | None:
+    secret = _secret(request)
+    return user_for_token(session, secret) if secret else None
+
+
+def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
+    if user is None:
+        raise Unauthorized("log in, or send 'Authorization: Bearer <token>'")
+    return user
+
+
+OptionalUser = Annotated[User | None, Depends(optional_user)]
+CurrentUser = Annotated[User, Depends(current_user)]

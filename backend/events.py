@@ -1,0 +1,96 @@
+"""Live job updates. The database holds every point; Redis pub/sub (server mode) only says "look again".
+
+Workers call `publish(job_id)` after writing rows. Each API process holds one `Broadcaster`, with a single
+Redis subscription fanned out to its SSE clients; in embedded mode clients poll the database instead.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+import redis
+import redis.asyncio as aioredis
+
+from backend.config import get_settings
+
+CHANNEL = "studio:jobs"
+log = logging.getLogger(__name__)
+
+_publisher: tuple[str, redis.Redis] | None = None
+
+
+def publish(job_id: int) -> None:
+    """Tell listening API processes that job `job_id` has new rows. Best effort: the DB is the truth."""
+    global _publisher
+    url = get_settings().redis_url
+    if not url:
+        return
+    try:
+        if _publisher is None or _publisher[0] != url:
+            _publisher = (url, redis.Redis.from_url(url, socket_timeout=2))
+        _publisher[1].publish(CHANNEL, str(job_id))
+    except redis.RedisError as exc:
+        log.warning("could not publish job %s update: %s", job_id, exc)
+
+
+class Broadcaster:
+    """One Redis subscription per process; each SSE client waits on an asyncio.Event for its job."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self._waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self.connected = False
+
+    async def start(self) -> None:
+        if self.redis_url and self._task is None:
+            self._task = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                client = aioredis.Redis.from_url(self.redis_url)
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    self.connected = True
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake(int(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnect on any Redis failure; clients fall back to polling
+                log.warning("redis subscription lost: %s; retrying", exc)
+            finally:
+                self.connected = False
+            await asyncio.sleep(1.0)
+
+    def _wake(self, job_id: int) -> None:
+        for event in self._waiters.get(job_id, ()):
+            event.set()
+
+    async def wait(self, job_id: int, timeout: float) -> None:
+        """Return when job `job_id` may have news, or after `timeout` seconds."""
+        if not self.connected:
+            await asyncio.sleep(get_settings().poll_seconds)
+            return
+        event = asyncio.Event()
+        self._waiters[job_id].add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            self._waiters[job_id].discard(event)
+            if not self._waiters[job_id]:
+                del self._waiters[job_id]
+
+    @property
+    def client_count(self) -> int:
+        return sum(len(s) for s in self._waiters.values())

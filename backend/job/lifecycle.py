@@ -1,0 +1,128 @@
+"""A job's life as the worker drives it: claim, heartbeat, metrics, events, artifacts, end.
+
+The database is the source of truth for state, leases and claims (the broker may deliver a task twice, or
+lose it). Functions without a `session` argument commit on their own and then publish a live update.
+"""
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from backend.config import get_settings
+from backend.db import Artifact, Job, JobEvent, JobMetric, session_scope, utcnow
+from backend.events import publish
+
+
+def add_event(session: Session, job_id: int, message: str, level: str = "info") -> None:
+    session.add(JobEvent(job_id=job_id, level=level, message=message))
+
+
+def log_event(job_id: int, message: str, level: str = "info") -> None:
+    """Append a line to the job's events log (committed and published)."""
+    with session_scope() as s:
+        add_event(s, job_id, message, level)
+    publish(job_id)
+
+
+def claim_job(job_id: int, worker: str) -> bool:
+    """Atomically move a queued job to running for `worker`. False means another delivery got it first."""
+    now = utcnow()
+    with session_scope() as s:
+        res = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+            .values(status="running", worker=worker, started_at=now, heartbeat_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        claimed = res.rowcount == 1  # type: ignore[attr-defined]
+        if claimed:
+            add_event(s, job_id, f"started on {worker}")
+    if claimed:
+        publish(job_id)
+    return claimed
+
+
+def heartbeat(job_id: int, *, step: int, total_steps: int | None) -> bool:
+    """Renew the lease and record progress. Returns True when a cancel was requested."""
+    with session_scope() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(heartbeat_at=utcnow(), current_step=step, total_steps=total_steps)
+            .execution_options(synchronize_session=False)
+        )
+        cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    publish(job_id)
+    return cancel
+
+
+def update_job(job_id: int, **values: Any) -> None:
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(**values).execution_options(synchronize_session=False))
+    publish(job_id)
+
+
+def record_metrics(job_id: int, step: int, values: dict[str, float]) -> None:
+    """Store one logged point (durable first), then publish it."""
+    with session_scope() as s:
+        s.add(JobMetric(job_id=job_id, step=step, values=values))
+    publish(job_id)
+
+
+def add_artifact(job_id: int, path: Path) -> None:
+    """Register a finished file under the job; its name is the file name (e.g. adapter.zip)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        s.add(
+            Artifact(
+                job_id=job_id,
+                owner_id=job.owner_id,
+                name=path.name,
+                path=str(path),
+                size_bytes=path.stat().st_size,
+                sha256=digest.hexdigest(),
+            )
+        )
+        add_event(s, job_id, f"artifact {path.name} ready ({path.stat().st_size / 1e6:.1f} MB)")
+    publish(job_id)
+
+
+def finish_job(job_id: int, status: str, *, error: str | None = None, message: str | None = None) -> None:
+    """Record the end of a run; `message` goes to the events log (at error level when it failed)."""
+    with session_scope() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=status, finished_at=utcnow(), error=error)
+            .execution_options(synchronize_session=False)
+        )
+        level = "error" if status == "failed" else "info"
+        add_event(s, job_id, message or f"job {status}", level)
+    publish(job_id)
+
+
+def reap_stale_jobs() -> list[int]:
+    """Fail running jobs whose worker stopped beating (killed, lost power): the broker may never redeliver."""
+    cutoff = utcnow() - timedelta(seconds=get_settings().lease_seconds)
+    with session_scope() as s:
+        stale = list(s.scalars(select(Job.id).where(Job.status == "running", Job.heartbeat_at < cutoff)))
+        for job_id in stale:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running")
+                .values(status="failed", finished_at=utcnow(), error="worker lost (no heartbeat)")
+                .execution_options(synchronize_session=False)
+            )
+            add_event(s, job_id, "worker stopped responding; job marked failed", "error")
+    for job_id in stale:
+        publish(job_id)
+    return stale

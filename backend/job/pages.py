@@ -1,0 +1,45 @@
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from backend.dataset.service import list_datasets
+from backend.deps import OptionalUser, SessionDep
+from backend.job import service
+from backend.job.schemas import Hyperparameters
+from backend.model.presets import PRESETS, parameter_count
+from backend.model.service import list_models
+from backend.web import render, require
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/jobs", status_code=303)
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request, session: SessionDep, user: OptionalUser) -> Response:
+    user = require(user)
+    jobs = [service.to_read(session, j) for j in service.list_jobs(session, user=user)]
+    return render(request, "job/list.html", user, jobs=jobs)
+
+
+@router.get("/jobs/new", response_class=HTMLResponse)
+def new_job_page(request: Request, session: SessionDep, user: OptionalUser) -> Response:
+    user = require(user)
+    return render(
+        request,
+        "job/new.html",
+        user,
+        datasets=list_datasets(session, user=user),
+        models=list_models(session, user=user),
+        presets={name: parameter_count(cfg) for name, cfg in PRESETS.items()},
+        hyperparameter_schema=Hyperparameters.model_json_schema(),
+    )
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: int, request: Request, session: SessionDep, user: OptionalUser) -> Response:
+    user = require(user)
+    job = service.get_job(session, user=user, job_id=job_id)
+    return render(request, "job/detail.html", user, job=service.to_read(session, job))

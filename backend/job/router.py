@@ -1,0 +1,79 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import FileResponse
+from sse_starlette import EventSourceResponse
+
+from backend.deps import CurrentUser, SessionDep
+from backend.job import service
+from backend.job.schemas import ArtifactRead, EventRead, JobCreate, JobList, JobRead, MetricRead
+from backend.job.stream import job_events, metric_dict, parse_cursor
+from backend.queue import enqueue_job
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+@router.post("", response_model=JobRead, status_code=201)
+def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRead:
+    job = service.create_job(session, user=user, data=body)
+    session.commit()  # the worker must find the row when the task arrives
+    enqueue_job(job.id)
+    return service.to_read(session, job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(session: SessionDep, user: CurrentUser) -> JobList:
+    return JobList(items=[service.to_read(session, j) for j in service.list_jobs(session, user=user)])
+
+
+@router.get("/{job_id}", response_model=JobRead)
+def get_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobRead:
+    return service.to_read(session, service.get_job(session, user=user, job_id=job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead)
+def cancel_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobRead:
+    return service.to_read(session, service.cancel_job(session, user=user, job_id=job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=list[MetricRead])
+def job_metrics(job_id: int, session: SessionDep, user: CurrentUser) -> list[MetricRead]:
+    service.get_job(session, user=user, job_id=job_id)
+    return [MetricRead.model_validate(metric_dict(m)) for m in service.metrics_after(session, job_id)]
+
+
+@router.get("/{job_id}/events", response_model=list[EventRead])
+def job_log(job_id: int, session: SessionDep, user: CurrentUser) -> list[EventRead]:
+    service.get_job(session, user=user, job_id=job_id)
+    return [EventRead.model_validate(e) for e in service.events_after(session, job_id)]
+
+
+@router.get("/{job_id}/stream")
+def stream_job(
+    job_id: int,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: str | None = None,
+) -> EventSourceResponse:
+    """SSE: `metric`, `log` and `job` events, replayed after Last-Event-ID (or ?after=), then live."""
+    service.get_job(session, user=user, job_id=job_id)
+    session.close()  # a stream can last hours; don't hold a connection
+    cursor = parse_cursor(last_event_id or after)
+    return EventSourceResponse(job_events(job_id, cursor, request.app.state.broadcaster), ping=15)
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactRead])
+def list_artifacts(job_id: int, session: SessionDep, user: CurrentUser) -> list[ArtifactRead]:
+    service.get_job(session, user=user, job_id=job_id)
+    return [
+        ArtifactRead.model_validate(a).model_copy(update={"url": f"/api/jobs/{job_id}/artifacts/{a.name}"})
+        for a in service.artifacts(session, job_id)
+    ]
+
+
+@router.get("/{job_id}/artifacts/{name}")
+def download_artifact(job_id: int, name: str, session: SessionDep, user: CurrentUser) -> FileResponse:
+    art = service.get_artifact(session, user=user, job_id=job_id, name=name)
+    return FileResponse(art.path, filename=art.name, media_type="application/zip")

@@ -1,0 +1,158 @@
+"""Job request/response shapes. Every hyperparameter carries a description and bounds: they drive the form."""
+
+from datetime import datetime
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backend.model.presets import PRESETS
+
+JobKind = Literal["pretrain", "finetune"]
+Method = Literal["lora", "full"]
+Objective = Literal["causal_lm", "sft"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="Optimizer steps to run; overrides epochs when set."
+    )
+    epochs: float | None = Field(
+        None, gt=0, le=1000, description="Passes over the training data (used when max_steps is empty)."
+    )
+    learning_rate: float = Field(
+        3e-4, gt=0, le=1.0, description="Peak learning rate (linear warmup, then linear decay)."
+    )
+    batch_size: int = Field(8, ge=1, le=4096, description="Sequences per optimizer step.")
+    max_length: int = Field(
+        256, ge=8, le=32768, description="Tokens per sequence: block size when packing, cut-off for SFT."
+    )
+    warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Steps of linear learning-rate warmup.")
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank: size of the low-rank update.")
+    lora_alpha: int = Field(16, ge=1, le=4096, description="LoRA scaling numerator (update is scaled by alpha/r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Module names to adapt, e.g. q_proj, v_proj; empty means all linear layers.",
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of the records held out to measure eval loss."
+    )
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for initialization, shuffling and the split.")
+    checkpoint_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="Save a checkpoint every N steps (empty: only at the end)."
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="Evaluate every N steps (empty: about ten times per run)."
+    )
+    logging_steps: int = Field(1, ge=1, le=100_000, description="Log loss and learning rate every N steps.")
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _module_names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            for name in v:
+                if not name or not name.replace("_", "").replace(".", "").isalnum():
+                    raise ValueError(f"not a module name: {name!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> Self:
+        if self.max_steps is None and self.epochs is None:
+            self.epochs = 1.0
+        return self
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200)
+    kind: JobKind
+    dataset_id: int
+    base_model: int | None = Field(None, description="Id from /api/models; required for finetune.")
+    architecture: str | None = Field(None, description="Preset for pretrain: " + ", ".join(PRESETS))
+    method: Method | None = None
+    objective: Objective | None = None
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Self:
+        if self.kind == "pretrain":
+            if self.architecture not in PRESETS:
+                raise ValueError(f"architecture must be one of {', '.join(PRESETS)} for a pretrain job")
+            if self.base_model is not None:
+                raise ValueError("base_model is for finetune jobs; pretrain starts from random weights")
+            if self.objective not in (None, "causal_lm"):
+                raise ValueError("pretrain jobs use objective causal_lm")
+            self.objective, self.method = "causal_lm", "full"
+        else:
+            if self.base_model is None:
+                raise ValueError("base_model is required for a finetune job")
+            if self.architecture is not None:
+                raise ValueError("architecture is for pretrain jobs; finetune starts from base_model")
+            self.method = self.method or "lora"
+            self.objective = self.objective or "sft"
+        return self
+
+
+class JobRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    kind: str
+    status: str
+    method: str | None
+    objective: str
+    architecture: str | None
+    dataset_id: int
+    base_model_id: int | None
+    hyperparameters: dict[str, Any]
+    resolved_config: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    device: str | None
+    cancel_requested: bool
+    current_step: int
+    total_steps: int | None
+    error: str | None
+    final_loss: float | None
+    final_eval_loss: float | None
+    output_model_id: int | None = None
+    eta_seconds: float | None = None
+
+
+class JobList(BaseModel):
+    items: list[JobRead]
+
+
+class EventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    level: str
+    message: str
+    created_at: datetime
+
+
+class MetricRead(BaseModel):
+    id: int
+    step: int
+    created_at: datetime
+    values: dict[str, float]
+
+
+class ArtifactRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+    url: str = ""

@@ -1,0 +1,111 @@
+"""Jobs as the web app sees them: create, list, read, cancel, and the rows the worker wrote."""
+
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, Model, User, utcnow
+from backend.errors import Invalid, NotFound
+from backend.job.lifecycle import add_event
+from backend.job.schemas import JobCreate, JobRead
+from backend.model.service import visible_model
+
+
+def _visible(user: User) -> bool:
+    return user.is_admin
+
+
+def get_job(session: Session, *, user: User, job_id: int) -> Job:
+    """The job, if `user` may see it."""
+    job = session.get(Job, job_id)
+    if job is None or not (job.owner_id == user.id or _visible(user)):
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(session: Session, *, user: User, limit: int = 200) -> list[Job]:
+    """Newest first; admins see everyone's."""
+    q = select(Job).order_by(Job.id.desc()).limit(limit)
+    if not user.is_admin:
+        q = q.where(Job.owner_id == user.id)
+    return list(session.scalars(q))
+
+
+def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
+    """Validate references and store a queued job. The caller enqueues it after commit."""
+    dataset = session.get(Dataset, data.dataset_id)
+    if dataset is None or not (dataset.owner_id == user.id or user.is_admin):
+        raise Invalid(f"dataset {data.dataset_id} not found", field="dataset_id")
+    if data.objective == "sft" and dataset.shape != "prompt_completion":
+        raise Invalid(
+            f"objective sft needs instruction data (alpaca); dataset {dataset.id} is {dataset.format}",
+            field="objective",
+        )
+    if data.base_model is not None:
+        visible_model(session, user=user, model_id=data.base_model, field="base_model")
+    job = Job(
+        owner_id=user.id,
+        name=data.name or f"{data.kind}-{dataset.name}"[:200],
+        kind=data.kind,
+        method=data.method,
+        objective=data.objective or "causal_lm",
+        architecture=data.architecture,
+        dataset_id=dataset.id,
+        base_model_id=data.base_model,
+        hyperparameters=data.hyperparameters.model_dump(exclude_none=True),
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"{job.kind} job queued")
+    return job
+
+
+def cancel_job(session: Session, *, user: User, job_id: int) -> Job:
+    """A queued job is cancelled at once; a running one is asked to stop at its next step."""
+    job = get_job(session, user=user, job_id=job_id)
+    if job.status == "queued":
+        job.status, job.finished_at = "cancelled", utcnow()
+        add_event(session, job.id, "cancelled before it started")
+    elif job.status == "running" and not job.cancel_requested:
+        job.cancel_requested = True
+        add_event(session, job.id, "cancel requested; stopping at the next step")
+    return job
+
+
+def to_read(session: Session, job: Job) -> JobRead:
+    """The API view of a job, with its output model and an ETA from the pace so far."""
+    out = JobRead.model_validate(job)
+    out.output_model_id = session.scalar(select(Model.id).where(Model.job_id == job.id))
+    out.eta_seconds = eta_seconds(job, utcnow())
+    return out
+
+
+def eta_seconds(job: Job, now: datetime) -> float | None:
+    if job.status != "running" or not job.started_at or not job.total_steps or job.current_step < 1:
+        return None
+    per_step = (now - job.started_at).total_seconds() / job.current_step
+    return max(0.0, per_step * (job.total_steps - job.current_step))
+
+
+def metrics_after(session: Session, job_id: int, after_id: int = 0) -> list[JobMetric]:
+    q = select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.id > after_id).order_by(JobMetric.id)
+    return list(session.scalars(q))
+
+
+def events_after(session: Session, job_id: int, after_id: int = 0) -> list[JobEvent]:
+    q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id)
+    return list(session.scalars(q))
+
+
+def artifacts(session: Session, job_id: int) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)))
+
+
+def get_artifact(session: Session, *, user: User, job_id: int, name: str) -> Artifact:
+    get_job(session, user=user, job_id=job_id)
+    art = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    if art is None or not Path(art.path).is_file():
+        raise NotFound(f"job {job_id} has no artifact {name!r}")
+    return art

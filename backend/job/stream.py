@@ -1,0 +1,71 @@
+"""Server-sent events for one job: replay from the database after Last-Event-ID, then follow live.
+
+The event id is "<last metric id>:<last event id>", so a reconnect resumes exactly where it left off.
+"""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from anyio import to_thread
+
+from backend.db import FINAL_STATUSES, Job, session_scope
+from backend.events import Broadcaster
+from backend.job import service
+from backend.job.schemas import EventRead
+
+# How long to wait for a Redis wake-up before looking at the database anyway.
+SAFETY_POLL_SECONDS = 5.0
+
+
+def parse_cursor(value: str | None) -> tuple[int, int]:
+    try:
+        m, e = (value or "0:0").split(":", 1)
+        return max(0, int(m)), max(0, int(e))
+    except ValueError:
+        return 0, 0
+
+
+def _read(job_id: int, cursor: tuple[int, int]) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        snapshot = service.to_read(s, job).model_dump(mode="json")
+        metrics = [metric_dict(m) for m in service.metrics_after(s, job_id, cursor[0])]
+        events = [
+            EventRead.model_validate(e).model_dump(mode="json") for e in service.events_after(s, job_id, cursor[1])
+        ]
+    return snapshot, metrics, events
+
+
+def metric_dict(m: Any) -> dict[str, Any]:
+    return {"id": m.id, "step": m.step, "created_at": m.created_at.isoformat(), "values": m.values}
+
+
+def _progress_key(snapshot: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(snapshot[k] for k in ("status", "current_step", "total_steps", "cancel_requested", "error"))
+
+
+async def job_events(job_id: int, cursor: tuple[int, int], broadcaster: Broadcaster) -> AsyncIterator[dict[str, str]]:
+    """Yield SSE dicts (event, id, data) until the job has ended and everything was sent."""
+    last_key: tuple[Any, ...] | None = None
+    while True:
+        snapshot, metrics, events = await to_thread.run_sync(_read, job_id, cursor)
+        for m in metrics:
+            cursor = (m["id"], cursor[1])
+            yield {"event": "metric", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps(m)}
+        for e in events:
+            cursor = (cursor[0], e["id"])
+            yield {"event": "log", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps(e)}
+        key = _progress_key(snapshot)
+        if key != last_key or metrics:
+            last_key = key
+            yield {"event": "job", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps(snapshot)}
+        if snapshot["status"] in FINAL_STATUSES and not metrics and not events:
+            yield {
+                "event": "end",
+                "id": f"{cursor[0]}:{cursor[1]}",
+                "data": json.dumps({"status": snapshot["status"]}),
+            }
+            return
+        await broadcaster.wait(job_id, SAFETY_POLL_SECONDS)

@@ -1,0 +1,86 @@
+"""create_app(): API routers, HTML pages, static files and the lifespan (event fan-out, lease reaper)."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anyio import to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+
+from backend.auth import pages as auth_pages
+from backend.auth import router as auth_router
+from backend.config import REPO_ROOT, get_settings
+from backend.dataset import pages as dataset_pages
+from backend.dataset import router as dataset_router
+from backend.db import get_engine
+from backend.errors import DomainError
+from backend.events import Broadcaster
+from backend.job import pages as job_pages
+from backend.job import router as job_router
+from backend.job.lifecycle import reap_stale_jobs
+from backend.model import pages as model_pages
+from backend.model import router as model_router
+from backend.web import LoginRequired, login_redirect, render
+
+log = logging.getLogger(__name__)
+REAP_INTERVAL_SECONDS = 30.0
+
+
+async def _reaper() -> None:
+    while True:
+        try:
+            stale = await to_thread.run_sync(reap_stale_jobs)
+            if stale:
+                log.warning("failed jobs whose worker stopped responding: %s", stale)
+        except Exception:
+            log.exception("lease reaper failed")
+        await asyncio.sleep(REAP_INTERVAL_SECONDS)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    broadcaster: Broadcaster = app.state.broadcaster
+    await broadcaster.start()
+    reaper = asyncio.create_task(_reaper())
+    yield
+    reaper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reaper
+    await broadcaster.stop()
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    if request.url.path.startswith("/api"):
+        return JSONResponse({"detail": exc.message, **exc.details}, status_code=exc.status_code)
+    return render(request, "error.html", None, status_code=exc.status_code, message=exc.message)
+
+
+async def _login_required(request: Request, exc: Exception) -> Response:
+    return login_redirect(request)
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(title="Fine-Tuning Studio", version="0.1.0", lifespan=lifespan)
+    app.state.broadcaster = Broadcaster(settings.redis_url)
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(LoginRequired, _login_required)
+
+    @app.get("/api/health", tags=["health"])
+    def health() -> dict[str, str]:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok", "mode": "embedded" if settings.embedded else "server"}
+
+    for module in (auth_router, dataset_router, model_router, job_router):
+        app.include_router(module.router)
+    for module in (auth_pages, dataset_pages, model_pages, job_pages):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "frontend" / "static")), name="static")
+    return app

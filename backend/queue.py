@@ -1,0 +1,51 @@
+"""Celery configuration and task names. The web app sends tasks by name; it never imports worker code."""
+
+from celery import Celery
+
+from backend.config import get_settings
+
+RUN_JOB = "studio.run_job"
+QUEUE = "studio"
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("studio", broker=settings.broker_url)
+    app.conf.update(
+        task_default_queue=QUEUE,
+        # A job is acknowledged only when it ends, so a crashed worker's job is redelivered; the database
+        # claim (not the broker) decides whether a delivery runs.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_transport_options=_transport_options(settings.broker_url),
+    )
+    return app
+
+
+def _transport_options(broker_url: str) -> dict[str, object]:
+    if broker_url.startswith("sqla+"):
+        # kombu hands these to create_engine: wait out SQLite write locks instead of failing.
+        return {"connect_args": {"timeout": 30}}
+    # Jobs train for hours; Redis redelivers only after a long silence (the DB claim makes a rerun a no-op).
+    return {"visibility_timeout": 12 * 3600}
+
+
+_app: Celery | None = None
+
+
+def celery_app() -> Celery:
+    global _app
+    if _app is None:
+        _app = make_celery()
+    return _app
+
+
+def enqueue_job(job_id: int) -> None:
+    """Send the run-job task. Call only after the job row is committed."""
+    celery_app().send_task(RUN_JOB, args=[job_id], queue=QUEUE)
