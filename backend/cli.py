@@ -75,7 +75,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     host, port = args.host or settings.host, args.port or settings.port
     cmd_migrate(args)
     hint = ensure_admin()
-    worker = subprocess.Popen(worker_command(args.worker_name), start_new_session=True)
+    worker = subprocess.Popen(worker_command(args.worker_name))
     shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"\n  Fine-Tuning Studio: http://{shown_host}:{port}/")
     if hint:

@@ -14,10 +14,11 @@ from sqlalchemy import text
 
 from backend.auth import pages as auth_pages
 from backend.auth import router as auth_router
+from backend.auth.service import SESSION_COOKIE, user_for_token
 from backend.config import REPO_ROOT, get_settings
 from backend.dataset import pages as dataset_pages
 from backend.dataset import router as dataset_router
-from backend.db import get_engine
+from backend.db import User, get_engine, session_scope
 from backend.errors import DomainError
 from backend.events import Broadcaster
 from backend.job import pages as job_pages
@@ -58,7 +59,19 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     if request.url.path.startswith("/api"):
         return JSONResponse({"detail": exc.message, **exc.details}, status_code=exc.status_code)
-    return render(request, "error.html", None, status_code=exc.status_code, message=exc.message)
+    return render(request, "error.html", _page_user(request), status_code=exc.status_code, message=exc.message)
+
+
+def _page_user(request: Request) -> User | None:
+    """The logged-in user for an error page's header (best effort: the error may be about the database)."""
+    secret = request.cookies.get(SESSION_COOKIE)
+    if not secret:
+        return None
+    try:
+        with session_scope() as s:
+            return user_for_token(s, secret)
+    except Exception:
+        return None
 
 
 async def _login_required(request: Request, exc: Exception) -> Response:

@@ -70,15 +70,20 @@ def get_engine() -> Engine:
     """The process's engine; a forked worker child gets a fresh one instead of sharing sockets."""
     global _engine
     url = get_settings().database_url
-    if _engine is None or _engine[0] != os.getpid() or _engine[1] != url:
+    if _engine is not None and _engine[0] != os.getpid():
+        # Inherited across a fork: drop the pool without closing the parent's sockets.
+        _engine[2].dispose(close=False)
+        _engine = None
+    if _engine is None or _engine[1] != url:
         _engine = (os.getpid(), url, make_engine(url))
     return _engine[2]
 
 
 def reset_engine() -> None:
+    """Forget the engine (settings changed, or this is a forked child that must not reuse sockets)."""
     global _engine
     if _engine is not None:
-        _engine[2].dispose()
+        _engine[2].dispose(close=_engine[0] == os.getpid())
     _engine = None
 
 

@@ -60,6 +60,17 @@ def heartbeat(job_id: int, *, step: int, total_steps: int | None) -> bool:
     return cancel
 
 
+def renew_lease(job_id: int) -> None:
+    """Extend the worker's lease on a running job (the background heartbeat; progress is not touched)."""
+    with session_scope() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
 def update_job(job_id: int, **values: Any) -> None:
     with session_scope() as s:
         s.execute(update(Job).where(Job.id == job_id).values(**values).execution_options(synchronize_session=False))

@@ -2,6 +2,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from backend.dataset.service import list_datasets
+from backend.db import Dataset, Model
 from backend.deps import OptionalUser, SessionDep
 from backend.job import service
 from backend.job.schemas import Hyperparameters
@@ -42,4 +43,12 @@ def new_job_page(request: Request, session: SessionDep, user: OptionalUser) -> R
 def job_page(job_id: int, request: Request, session: SessionDep, user: OptionalUser) -> Response:
     user = require(user)
     job = service.get_job(session, user=user, job_id=job_id)
-    return render(request, "job/detail.html", user, job=service.to_read(session, job))
+    base_model = session.get(Model, job.base_model_id) if job.base_model_id else None
+    return render(
+        request,
+        "job/detail.html",
+        user,
+        job=service.to_read(session, job),
+        dataset=session.get(Dataset, job.dataset_id),
+        base_model=base_model,
+    )

@@ -94,8 +94,7 @@ class JobCreate(BaseModel):
                 raise ValueError("base_model is required for a finetune job")
             if self.architecture is not None:
                 raise ValueError("architecture is for pretrain jobs; finetune starts from base_model")
-            self.method = self.method or "lora"
-            self.objective = self.objective or "sft"
+            self.method = self.method or "lora"  # objective: from the dataset's shape when empty
         return self
 
 

@@ -38,19 +38,20 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
     dataset = session.get(Dataset, data.dataset_id)
     if dataset is None or not (dataset.owner_id == user.id or user.is_admin):
         raise Invalid(f"dataset {data.dataset_id} not found", field="dataset_id")
-    if data.objective == "sft" and dataset.shape != "prompt_completion":
+    if data.base_model is not None:
+        visible_model(session, user=user, model_id=data.base_model, field="base_model")
+    objective = data.objective or ("sft" if dataset.shape == "prompt_completion" else "causal_lm")
+    if objective == "sft" and dataset.shape != "prompt_completion":
         raise Invalid(
             f"objective sft needs instruction data (alpaca); dataset {dataset.id} is {dataset.format}",
             field="objective",
         )
-    if data.base_model is not None:
-        visible_model(session, user=user, model_id=data.base_model, field="base_model")
     job = Job(
         owner_id=user.id,
         name=data.name or f"{data.kind}-{dataset.name}"[:200],
         kind=data.kind,
         method=data.method,
-        objective=data.objective or "causal_lm",
+        objective=objective,
         architecture=data.architecture,
         dataset_id=dataset.id,
         base_model_id=data.base_model,

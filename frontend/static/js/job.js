@@ -1,0 +1,291 @@
+// Job page: one EventSource feeds the status, progress, loss chart and event log.
+// The server replays everything on a fresh connection, so a reload rebuilds the whole curve.
+"use strict";
+
+(function () {
+  const ACTIVE = new Set(["queued", "running"]);
+  const $ = (id) => document.getElementById(id);
+  let job = JSON.parse($("job-data").textContent);
+  let source = null;
+  let etaAnchor = null; // [eta_seconds, Date.now()] of the last snapshot, counted down locally
+
+  /* ---------- chart ---------- */
+
+  const canvas = $("loss-chart");
+  const seenMetrics = new Set();
+  const series = { loss: [], eval_loss: [], learning_rate: [] };
+  let chart = null;
+  let redrawPending = false;
+
+  function cssVar(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  }
+
+  function makeChart() {
+    if (typeof Chart === "undefined") return null;
+    Chart.defaults.color = cssVar("--muted");
+    Chart.defaults.borderColor = cssVar("--border");
+    Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
+    const line = (label, data, color, extra) => ({
+      label, data, borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: 0,
+      cubicInterpolationMode: "monotone", // smooth without overshooting the logged values
+      ...extra,
+    });
+    return new Chart(canvas, {
+      type: "line",
+      data: {
+        datasets: [
+          line("Training loss", series.loss, cssVar("--accent"), { yAxisID: "y" }),
+          line("Eval loss", series.eval_loss, "#e8833a", { yAxisID: "y", pointRadius: 3 }),
+          line("Learning rate", series.learning_rate, cssVar("--muted"), {
+            yAxisID: "lr", borderWidth: 1.5, borderDash: [5, 4],
+          }),
+        ],
+      },
+      options: {
+        parsing: false,
+        animation: false,
+        responsive: true,
+        maintainAspectRatio: false,
+        interaction: { mode: "nearest", axis: "x", intersect: false },
+        scales: {
+          x: { type: "linear", title: { display: true, text: "step" }, ticks: { precision: 0 } },
+          y: { type: "linear", position: "left", title: { display: true, text: "loss" } },
+          lr: {
+            type: "linear", position: "right", beginAtZero: true, grid: { drawOnChartArea: false },
+            title: { display: true, text: "learning rate" },
+            ticks: { callback: (v) => (v === 0 ? "0" : Number(v).toExponential(1)) },
+          },
+        },
+        plugins: {
+          legend: { position: "bottom", labels: { usePointStyle: true, boxHeight: 6 } },
+          tooltip: {
+            callbacks: {
+              title: (items) => `step ${items[0].parsed.x}`,
+              label: (item) => {
+                const v = item.parsed.y;
+                return `${item.dataset.label}: ${item.dataset.yAxisID === "lr" ? v.toExponential(2) : v.toFixed(4)}`;
+              },
+            },
+          },
+        },
+      },
+    });
+  }
+
+  function insertSorted(points, point) {
+    // Metrics arrive in step order; a restarted run may repeat steps, so keep the array sorted.
+    let i = points.length;
+    while (i > 0 && points[i - 1].x > point.x) i -= 1;
+    points.splice(i, 0, point);
+  }
+
+  function addMetric(metric) {
+    if (seenMetrics.has(metric.id)) return;
+    seenMetrics.add(metric.id);
+    for (const key of Object.keys(series)) {
+      const y = metric.values[key];
+      if (typeof y === "number" && Number.isFinite(y)) insertSorted(series[key], { x: metric.step, y });
+    }
+    canvas.dataset.points = String(seenMetrics.size);
+    $("chart-empty").hidden = true;
+    scheduleRedraw();
+  }
+
+  function scheduleRedraw() {
+    if (redrawPending) return;
+    redrawPending = true;
+    // Batch a replay of thousands of points into one draw per frame.
+    requestAnimationFrame(() => {
+      redrawPending = false;
+      chart = chart || makeChart();
+      if (chart) chart.update("none");
+      const last = series.loss[series.loss.length - 1];
+      const lastEval = series.eval_loss[series.eval_loss.length - 1];
+      $("chart-summary").textContent = [
+        last ? `loss ${last.y.toFixed(4)} at step ${last.x}` : "",
+        lastEval ? `eval ${lastEval.y.toFixed(4)}` : "",
+      ].filter(Boolean).join(" · ");
+    });
+  }
+
+  /* ---------- job snapshot ---------- */
+
+  function setTime(cell, iso) {
+    cell.replaceChildren(iso ? Studio.timeElement(iso) : "—");
+  }
+
+  function renderJob(next) {
+    job = next;
+    Studio.setBadge($("job-status"), job.status);
+    document.title = `${job.name} (${job.status}) · Fine-Tuning Studio`;
+
+    const active = ACTIVE.has(job.status);
+    const cancel = $("job-cancel");
+    cancel.hidden = !active;
+    if (job.cancel_requested) {
+      cancel.disabled = true;
+      cancel.textContent = "Cancelling…";
+    }
+
+    const progress = $("job-progress");
+    const total = job.total_steps;
+    progress.dataset.step = job.current_step;
+    progress.dataset.total = total ?? "";
+    $("job-step").textContent = job.current_step;
+    $("job-total").textContent = total ?? "?";
+    const bar = $("job-progress-bar");
+    bar.max = total || 1;
+    bar.value = total ? Math.min(job.current_step, total) : 0;
+    etaAnchor = job.eta_seconds != null ? [job.eta_seconds, Date.now()] : null;
+    tick();
+
+    Studio.showError($("job-error"), job.error || "");
+    $("job-final-loss").textContent = Studio.formatLoss(job.final_loss);
+    $("job-final-loss-label").textContent = active ? "Latest loss" : "Final loss";
+    $("job-final-eval-loss").textContent = Studio.formatLoss(job.final_eval_loss);
+    $("job-device").textContent = job.device || "—";
+    $("job-worker").textContent = job.worker || "—";
+    setTime($("job-started"), job.started_at);
+    setTime($("job-finished"), job.finished_at);
+    if (job.output_model_id) {
+      const link = document.createElement("a");
+      link.href = `/models#model-${job.output_model_id}`;
+      link.textContent = `Model ${job.output_model_id}`;
+      $("job-output-model").replaceChildren(link);
+    }
+    $("job-hyperparameters-json").textContent = JSON.stringify(job.hyperparameters, null, 2);
+    $("job-resolved-config-json").textContent = Object.keys(job.resolved_config || {}).length
+      ? JSON.stringify(job.resolved_config, null, 2)
+      : "Written by the worker when training starts.";
+  }
+
+  function tick() {
+    const end = job.finished_at ? Date.parse(job.finished_at) : Date.now();
+    $("job-elapsed").textContent = job.started_at
+      ? Studio.formatDuration((end - Date.parse(job.started_at)) / 1000)
+      : "—";
+    $("job-eta").textContent = etaAnchor && job.status === "running"
+      ? Studio.formatDuration(etaAnchor[0] - (Date.now() - etaAnchor[1]) / 1000)
+      : job.status === "succeeded" ? "done" : "—";
+  }
+
+  /* ---------- events log ---------- */
+
+  const log = $("job-events");
+  const seenEvents = new Set();
+
+  function addEvent(event) {
+    if (seenEvents.has(event.id)) return;
+    seenEvents.add(event.id);
+    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+    const item = document.createElement("li");
+    const level = (event.level || "info").toLowerCase();
+    item.className = `level-${level}`;
+    item.dataset.eventId = event.id;
+    const levelEl = document.createElement("span");
+    levelEl.className = "event-level";
+    levelEl.textContent = level;
+    const message = document.createElement("span");
+    message.className = "event-message";
+    message.textContent = event.message;
+    item.append(Studio.timeElement(event.created_at, "time"), levelEl, message);
+    log.append(item);
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  /* ---------- artifacts ---------- */
+
+  async function loadArtifacts() {
+    let items;
+    try {
+      items = await Studio.fetchJSON(`/api/jobs/${job.id}/artifacts`);
+    } catch (err) {
+      return;
+    }
+    const list = $("job-artifact-list");
+    list.replaceChildren(
+      ...items.map((a) => {
+        const li = document.createElement("li");
+        const link = document.createElement("a");
+        link.className = "btn btn-small";
+        link.href = a.url;
+        link.setAttribute("download", a.name);
+        link.textContent = `Download ${a.name}`;
+        const size = document.createElement("span");
+        size.className = "muted";
+        size.textContent = Studio.formatBytes(a.size_bytes);
+        const hash = document.createElement("code");
+        hash.className = "hash";
+        hash.title = `sha256 ${a.sha256}`;
+        hash.textContent = a.sha256.slice(0, 12);
+        li.append(link, size, hash);
+        return li;
+      }),
+    );
+    $("job-artifacts").hidden = items.length === 0;
+  }
+
+  /* ---------- stream ---------- */
+
+  function setLive(state, text) {
+    const el = $("job-live");
+    el.dataset.state = state;
+    el.textContent = text;
+  }
+
+  function parse(e) {
+    try {
+      return JSON.parse(e.data);
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function connect() {
+    source = new EventSource(`/api/jobs/${job.id}/stream`);
+    source.addEventListener("open", () => setLive("live", ACTIVE.has(job.status) ? "Live" : ""));
+    source.addEventListener("metric", (e) => {
+      const m = parse(e);
+      if (m) addMetric(m);
+    });
+    source.addEventListener("log", (e) => {
+      const ev = parse(e);
+      if (ev) addEvent(ev);
+    });
+    source.addEventListener("job", (e) => {
+      const snapshot = parse(e);
+      if (snapshot) renderJob(snapshot);
+    });
+    source.addEventListener("end", (e) => {
+      source.close();
+      const data = parse(e);
+      if (data && data.status && data.status !== job.status) renderJob({ ...job, status: data.status });
+      setLive("ended", "");
+      loadArtifacts();
+    });
+    source.addEventListener("error", () => {
+      // CONNECTING: the browser retries by itself with Last-Event-ID; CLOSED: it gave up (e.g. logged out).
+      if (source.readyState === EventSource.CLOSED) setLive("closed", "Disconnected — reload to retry");
+      else setLive("reconnecting", "Reconnecting…");
+    });
+  }
+
+  $("job-cancel").addEventListener("click", async () => {
+    const button = $("job-cancel");
+    button.disabled = true;
+    button.textContent = "Cancelling…";
+    try {
+      renderJob(await Studio.fetchJSON(`/api/jobs/${job.id}/cancel`, { method: "POST" }));
+    } catch (err) {
+      Studio.showError($("job-error"), `Could not cancel: ${err.message}`);
+      button.disabled = false;
+      button.textContent = "Cancel job";
+    }
+  });
+
+  renderJob(job);
+  connect();
+  loadArtifacts();
+  setInterval(() => ACTIVE.has(job.status) && tick(), 1000);
+})();

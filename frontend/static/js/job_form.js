@@ -1,0 +1,197 @@
+// New-job form: show the fields that fit the kind and method, post JSON, put 422 errors next to fields.
+"use strict";
+
+(function () {
+  const form = document.getElementById("job-form");
+  const alertBox = document.getElementById("job-form-error");
+  const submit = document.getElementById("job-submit");
+  const dataset = document.getElementById("job-dataset");
+  const method = document.getElementById("job-method");
+  const objective = document.getElementById("job-objective");
+  const hpInputs = [...form.querySelectorAll("[data-hp]")];
+
+  // Server field names → the control whose error line shows the message.
+  const FIELD_INPUTS = {
+    name: "job-name",
+    kind: "job-kind",
+    dataset_id: "job-dataset",
+    architecture: "job-architecture",
+    base_model: "job-base-model",
+    method: "job-method",
+    objective: "job-objective",
+  };
+
+  const kind = () => form.querySelector('input[name="kind"]:checked')?.value || "pretrain";
+
+  function syncVisibility() {
+    const k = kind();
+    form.querySelectorAll("[data-kind]").forEach((el) => {
+      const show = el.dataset.kind === k && (!el.dataset.method || el.dataset.method === method.value);
+      el.hidden = !show;
+      // Disabled controls are skipped by validation and by the payload.
+      el.querySelectorAll("input, select").forEach((c) => (c.disabled = !show));
+    });
+  }
+
+  function syncObjective() {
+    const shape = dataset.selectedOptions[0]?.dataset.shape;
+    const sft = objective.querySelector('option[value="sft"]');
+    sft.disabled = shape === "text";
+    objective.value = shape === "prompt_completion" ? "sft" : "causal_lm";
+  }
+
+  function errorLine(inputId) {
+    return document.getElementById(`${inputId}-error`);
+  }
+
+  function clearErrors() {
+    Studio.showError(alertBox, "");
+    form.querySelectorAll(".field-error").forEach((el) => Studio.showError(el, ""));
+    form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
+  }
+
+  function markField(inputId, message) {
+    const line = errorLine(inputId);
+    if (!line) return false;
+    Studio.showError(line, line.hidden ? message : `${line.textContent}\n${message}`);
+    const control = document.getElementById(inputId);
+    if (control) control.setAttribute("aria-invalid", "true");
+    const details = line.closest("details");
+    if (details) details.open = true;
+    return true;
+  }
+
+  function inputIdFor(field) {
+    if (!field) return null;
+    const parts = field.split(".");
+    if (parts[0] === "hyperparameters" && parts[1]) return `hp-${parts[1]}`;
+    return FIELD_INPUTS[parts[0]] || null;
+  }
+
+  // Model-level validators report at loc ["body"]; their message starts with the field it is about.
+  function fieldInMessage(msg) {
+    const text = Studio.cleanMessage(msg);
+    return Object.keys(FIELD_INPUTS).find((f) => text.startsWith(`${f} `)) || null;
+  }
+
+  function showServerErrors(err) {
+    const detail = err.body && err.body.detail;
+    const items = Array.isArray(detail)
+      ? detail.map((e) => ({
+          field: Studio.fieldFromLoc(e.loc) || fieldInMessage(e.msg || ""),
+          msg: Studio.cleanMessage(e.msg),
+        }))
+      : [{ field: err.body && err.body.field, msg: err.message }];
+    const lines = items.map(({ field, msg }) => {
+      markField(inputIdFor(field), msg);
+      return field ? `${field}: ${msg}` : msg;
+    });
+    Studio.showError(alertBox, lines.join("\n"));
+    focusFirstError();
+  }
+
+  function focusFirstError() {
+    const first = form.querySelector('[aria-invalid="true"]');
+    if (first) first.focus();
+    else alertBox.scrollIntoView({ block: "center" });
+  }
+
+  function clientMessage(input) {
+    const n = Number(input.value);
+    if (input.validity.badInput) return "Enter a number.";
+    if (input.dataset.exclusiveMin !== undefined && input.value !== "" && n <= Number(input.dataset.exclusiveMin)) {
+      return `Must be greater than ${input.dataset.exclusiveMin}.`;
+    }
+    if (input.dataset.exclusiveMax !== undefined && input.value !== "" && n >= Number(input.dataset.exclusiveMax)) {
+      return `Must be less than ${input.dataset.exclusiveMax}.`;
+    }
+    if (input.validity.stepMismatch) return "Enter a whole number.";
+    if (input.validity.rangeUnderflow) return `Must be at least ${input.min}.`;
+    if (input.validity.rangeOverflow) return `Must be at most ${input.max}.`;
+    return input.validationMessage;
+  }
+
+  function validateClient() {
+    const problems = [];
+    hpInputs
+      .filter((i) => !i.disabled)
+      .forEach((input) => {
+        const msg = clientMessage(input);
+        if (msg) problems.push([input.id, msg]);
+      });
+    if (!dataset.value) problems.push(["job-dataset", "Upload a dataset first."]);
+    const baseModel = document.getElementById("job-base-model");
+    if (kind() === "finetune" && !baseModel.value) problems.push(["job-base-model", "Choose a base model."]);
+    problems.forEach(([id, msg]) => markField(id, msg));
+    return problems.length === 0;
+  }
+
+  function hpValue(input) {
+    const raw = input.value.trim();
+    switch (input.dataset.hpType) {
+      case "boolean":
+        return input.checked;
+      case "integer":
+      case "number":
+        return raw === "" ? undefined : Number(raw);
+      case "array": {
+        const items = raw.split(/[\s,]+/).filter(Boolean);
+        return items.length ? items : undefined;
+      }
+      default:
+        return raw === "" ? undefined : raw;
+    }
+  }
+
+  function payload() {
+    const body = { kind: kind(), dataset_id: Number(dataset.value), hyperparameters: {} };
+    const name = document.getElementById("job-name").value.trim();
+    if (name) body.name = name;
+    if (body.kind === "pretrain") {
+      body.architecture = document.getElementById("job-architecture").value;
+    } else {
+      body.base_model = Number(document.getElementById("job-base-model").value);
+      body.method = method.value;
+      body.objective = objective.value;
+    }
+    hpInputs
+      .filter((i) => !i.disabled)
+      .forEach((input) => {
+        const value = hpValue(input);
+        if (value !== undefined) body.hyperparameters[input.dataset.hp] = value;
+      });
+    return body;
+  }
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearErrors();
+    if (!validateClient()) {
+      Studio.showError(alertBox, "Some fields need attention.");
+      focusFirstError();
+      return;
+    }
+    submit.disabled = true;
+    submit.textContent = "Starting…";
+    try {
+      const job = await Studio.fetchJSON("/api/jobs", { method: "POST", body: payload() });
+      window.location.assign(`/jobs/${job.id}`);
+    } catch (err) {
+      showServerErrors(err);
+      submit.disabled = false;
+      submit.textContent = "Start training";
+    }
+  });
+
+  form.querySelectorAll('input[name="kind"]').forEach((r) => r.addEventListener("change", syncVisibility));
+  method.addEventListener("change", syncVisibility);
+  dataset.addEventListener("change", syncObjective);
+  hpInputs.forEach((input) =>
+    input.addEventListener("input", () => {
+      input.removeAttribute("aria-invalid");
+      Studio.showError(errorLine(input.id), "");
+    }),
+  );
+  syncObjective();
+  syncVisibility();
+})();

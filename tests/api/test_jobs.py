@@ -1,0 +1,94 @@
+"""Job submission: validation names the field; references are checked; queued jobs can be cancelled."""
+
+import io
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+@pytest.fixture
+def text_dataset(client: TestClient) -> int:
+    res = client.post("/api/datasets", files={"file": ("tiny.txt", io.BytesIO((FIXTURES / "tiny.txt").read_bytes()))})
+    return int(res.json()["id"])
+
+
+def _pretrain(dataset_id: int, **hp: object) -> dict[str, object]:
+    return {"kind": "pretrain", "architecture": "tiny", "dataset_id": dataset_id, "hyperparameters": hp}
+
+
+@pytest.mark.parametrize(
+    ("hp", "field"),
+    [
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"learning_rate": "fast"}, "learning_rate"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_steps": -3}, "max_steps"),
+        ({"max_length": 100000}, "max_length"),
+        ({"lora_r": 0}, "lora_r"),
+        ({"lora_dropout": 1.5}, "lora_dropout"),
+        ({"lora_target_modules": ["q_proj", "bad name!"]}, "lora_target_modules"),
+        ({"validation_fraction": 1}, "validation_fraction"),
+        ({"checkpoint_steps": 0}, "checkpoint_steps"),
+        ({"eval_steps": 0}, "eval_steps"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"seed": -1}, "seed"),
+        ({"epochs": 0}, "epochs"),
+        ({"no_such_knob": 1}, "no_such_knob"),
+    ],
+)
+def test_bad_hyperparameters_name_the_field(client: TestClient, text_dataset: int, hp: dict, field: str) -> None:
+    res = client.post("/api/jobs", json=_pretrain(text_dataset, **hp))
+    assert res.status_code == 422, res.text
+    locs = [err["loc"] for err in res.json()["detail"]]
+    assert any(field in loc for loc in locs), locs
+    assert client.get("/api/jobs").json()["items"] == []
+
+
+def test_bad_job_fields(client: TestClient, text_dataset: int) -> None:
+    cases = [
+        ({"kind": "pretrain", "architecture": "huge", "dataset_id": text_dataset}, "architecture"),
+        ({"kind": "finetune", "dataset_id": text_dataset}, "base_model"),
+        ({"kind": "finetune", "dataset_id": text_dataset, "base_model": 999}, "base_model"),
+        ({"kind": "pretrain", "architecture": "tiny", "dataset_id": 999}, "dataset_id"),
+        ({"kind": "sideways", "dataset_id": text_dataset}, "kind"),
+    ]
+    for body, field in cases:
+        res = client.post("/api/jobs", json=body)
+        assert res.status_code == 422, (body, res.text)
+        assert field in res.text, (field, res.text)
+
+
+def test_create_list_and_cancel_a_queued_job(client: TestClient, text_dataset: int) -> None:
+    res = client.post("/api/jobs", json={**_pretrain(text_dataset, max_steps=5), "name": "pt"})
+    assert res.status_code == 201, res.text
+    job = res.json()
+    assert (job["status"], job["kind"], job["name"]) == ("queued", "pretrain", "pt")
+    assert [j["id"] for j in client.get("/api/jobs").json()["items"]] == [job["id"]]
+    res = client.post(f"/api/jobs/{job['id']}/cancel")
+    assert res.json()["status"] == "cancelled"
+    events = [e["message"] for e in client.get(f"/api/jobs/{job['id']}/events").json()]
+    assert events == ["pretrain job queued", "cancelled before it started"]
+    # The stream replays everything and ends, since the job is final.
+    stream = client.get(f"/api/jobs/{job['id']}/stream").text
+    assert "event: log" in stream and "event: end" in stream
+    # After Last-Event-ID, only what is newer.
+    tail = client.get(f"/api/jobs/{job['id']}/stream", headers={"Last-Event-ID": "0:1"}).text
+    assert "pretrain job queued" not in tail and "cancelled before it started" in tail
+
+
+def test_sft_needs_instruction_data(client: TestClient, text_dataset: int) -> None:
+    from backend.db import Model, User, session_scope
+
+    with session_scope() as s:
+        owner = s.query(User).one()
+        s.add(Model(owner_id=owner.id, name="m", source="local", path="/nowhere", shared=True))
+    model_id = client.get("/api/models").json()["items"][0]["id"]
+    body = {"kind": "finetune", "dataset_id": text_dataset, "base_model": str(model_id), "objective": "sft"}
+    res = client.post("/api/jobs", json=body)
+    assert res.status_code == 422 and "objective" in res.text
+    res = client.post("/api/jobs", json={**body, "objective": "causal_lm"})
+    assert res.status_code == 201, res.text
+    assert res.json()["method"] == "lora"

@@ -1,0 +1,134 @@
+"""Helpers to run the studio as real processes (API + Celery worker) and talk to it."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+ADMIN_EMAIL = "admin@localhost"
+ADMIN_PASSWORD = "admin-password-123"
+STUDIO = [sys.executable, "-m", "backend"]
+
+
+def reset_process_state() -> None:
+    """Forget cached settings, engines and Celery apps after the environment changed."""
+    import backend.events
+    import backend.queue
+    from backend.config import get_settings
+    from backend.db.base import reset_engine
+
+    get_settings.cache_clear()
+    reset_engine()
+    backend.queue._app = None
+    backend.events._publisher = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class StudioProcess:
+    """The studio as a user runs it. Embedded: `studio up`. Server: `studio api` + `studio worker`."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server_mode = "STUDIO_DATABASE_URL" in env
+        self.env = {
+            **os.environ,
+            **env,
+            "STUDIO_PORT": str(self.port),
+            "STUDIO_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "STUDIO_LEASE_SECONDS": "30",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.data_dir = Path(env["STUDIO_DATA_DIR"])
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.token = ""
+
+    def __enter__(self) -> "StudioProcess":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.server_mode:
+            self.cli("migrate")
+            self.cli("users", "create", ADMIN_EMAIL, "--password-stdin", "--admin", stdin=ADMIN_PASSWORD + "\n")
+            self.start("api", "api", "--no-migrate")
+            self.start_worker("worker")
+        else:
+            self.start("up", "up", "--worker-name", f"embedded-{self.port}")
+        self.wait_healthy()
+        self.token = self.cli("tokens", "create", ADMIN_EMAIL).strip().splitlines()[-1]
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        res = subprocess.run(
+            [*STUDIO, *args], env=self.env, input=stdin.encode() if stdin else None, capture_output=True, timeout=120
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"studio {' '.join(args)} failed: {res.stderr.decode()[-2000:]}")
+        return res.stdout.decode()
+
+    def start(self, name: str, *args: str) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [*STUDIO, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def start_worker(self, name: str) -> None:
+        self.start(name, "worker", "--name", f"{name}-{self.port}")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.log_dir.glob("*.log"))
+
+    def wait_healthy(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"studio did not become healthy:\n{self.logs()}")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+
+    def wait_job(self, client: httpx.Client, job_id: int, statuses: tuple[str, ...], timeout: float = 300) -> Any:
+        deadline = time.monotonic() + timeout
+        job: Any = None
+        while time.monotonic() < deadline:
+            job = client.get(f"/api/jobs/{job_id}").json()
+            if job["status"] in statuses:
+                return job
+            time.sleep(0.5)
+        events = client.get(f"/api/jobs/{job_id}/events").json()
+        raise TimeoutError(
+            f"job {job_id} stuck in {job and job['status']}: {json.dumps(events)[-2000:]}\n{self.logs()}"
+        )

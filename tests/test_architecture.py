@@ -1,0 +1,40 @@
+"""Import direction: the web app never loads the ML stack or the workers package."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "workers")
+
+
+def test_importing_the_web_app_loads_no_torch() -> None:
+    code = (
+        "import sys, backend.main, backend.cli; backend.main.create_app();"
+        f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_backend_sources_import_nothing_from_the_ml_stack() -> None:
+    offenders = []
+    for path in (ROOT / "backend").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    assert offenders == []
+
+
+def test_every_job_kind_has_a_recipe() -> None:
+    from typing import get_args
+
+    from backend.job.schemas import JobKind
+    from workers.recipes import RECIPES
+
+    assert set(RECIPES) == set(get_args(JobKind))

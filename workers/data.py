@@ -1,0 +1,146 @@
+"""Canonical records → token ids: tokenizer training, packed blocks, SFT examples, and the padding collator.
+
+Every example is a dict of plain lists, `{"input_ids": [...], "labels": [...]}`, where a label of -100
+means "no loss here" (the value `torch.nn.CrossEntropyLoss` ignores by default). Models shift labels by
+one position internally, so labels are aligned with input_ids, not with the next token.
+"""
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+IGNORE_INDEX = -100
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+# Used when the base tokenizer has no chat template: the prompt format most instruction datasets were made for.
+ALPACA_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+
+Example = dict[str, list[int]]
+T = TypeVar("T")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts`: any string encodes, with no unknown token."""
+    tokenizer = Tokenizer(models.BPE())
+    # Byte-level pre-tokenization maps every byte to a visible symbol, so the 256 bytes form the base
+    # alphabet and merges are learned on top; add_prefix_space=False keeps encode/decode an exact round trip.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    # One token marks both ends of a document (GPT-2 style): between packed documents an end is a beginning.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN
+    )
+
+
+def pack_blocks(docs: Iterable[Sequence[int]], eos_id: int, block_size: int) -> list[Example]:
+    """Concatenate documents, each followed by EOS, and cut the stream into blocks of `block_size` tokens.
+
+    Packing wastes no compute on padding. Attention crosses document boundaries inside a block; the EOS
+    between documents teaches the model that what follows is unrelated, which is the usual trade-off.
+    """
+    stream: list[int] = []
+    for ids in docs:
+        stream.extend(ids)
+        stream.append(eos_id)
+    blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)]
+    # A short tail is kept (the collator pads it) unless it is a lone token, which has nothing to predict.
+    blocks = [b for b in blocks if len(b) >= 2]
+    return [{"input_ids": b, "labels": list(b)} for b in blocks]
+
+
+def split_holdout(items: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Shuffle with `seed`, then hold out `fraction` for evaluation (at least one item, never all)."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    n_eval = min(max(1, round(len(items) * fraction)), len(items) - 1)
+    return items[n_eval:], items[:n_eval]
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """The prompt as the model will see it at inference: its chat template if it has one, else Alpaca."""
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        assert isinstance(text, str)
+        return text
+    return ALPACA_TEMPLATE.format(prompt=prompt)
+
+
+def tokenize_sft(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, max_length: int
+) -> tuple[Example | None, bool]:
+    """One supervised example with loss on the response only; returns (example or None, truncated).
+
+    Prompt and completion are tokenized separately so the boundary between them is exact (tokenizing the
+    joined string could merge the last prompt byte with the first response byte into one token).
+    """
+    # A chat template writes its own BOS into the text; the Alpaca string needs the tokenizer to add it.
+    with_template = bool(tokenizer.chat_template)
+    prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not with_template)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    # EOS is supervised too: it is how the model learns to stop after answering.
+    completion_ids = [*completion_ids, tokenizer.eos_token_id]
+    input_ids = prompt_ids + completion_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    truncated = len(input_ids) > max_length
+    input_ids, labels = input_ids[:max_length], labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None, truncated  # the prompt alone fills max_length: nothing left to learn from
+    return {"input_ids": input_ids, "labels": labels}, truncated
+
+
+@dataclass
+class SFTStats:
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+
+def build_sft_examples(
+    tokenizer: PreTrainedTokenizerBase, records: Iterable[dict[str, str]], max_length: int
+) -> tuple[list[Example], SFTStats]:
+    """Tokenize prompt/completion records; count those cut at max_length and those left with no target."""
+    examples, stats = [], SFTStats()
+    for record in records:
+        example, truncated = tokenize_sft(tokenizer, record["prompt"], record["completion"], max_length)
+        stats.truncated += truncated
+        if example is None:
+            stats.dropped += 1
+        else:
+            examples.append(example)
+    stats.kept = len(examples)
+    return examples, stats
+
+
+@dataclass
+class PadCollator:
+    """Right-pads a batch: pad id in input_ids, -100 in labels, and an attention mask of real tokens."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[Example]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[i, :n] = torch.tensor(f["input_ids"])
+            labels[i, :n] = torch.tensor(f["labels"])
+            attention_mask[i, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

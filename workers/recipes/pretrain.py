@@ -1,0 +1,86 @@
+"""Pretrain a small Llama-style model from random weights on a text dataset.
+
+Read top to bottom: documents → a byte-level BPE tokenizer trained on them → packed blocks of max_length
+tokens → a randomly initialized LlamaForCausalLM → next-token prediction with `transformers.Trainer` →
+model.zip, and the model joins the owner's base-model list so it can be fine-tuned next.
+"""
+
+from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+
+from backend.dataset.formats import read_records
+from backend.job.lifecycle import log_event
+from backend.model.presets import PRESETS
+from workers.artifacts import export, register_base_model
+from workers.context import JobContext
+from workers.data import pack_blocks, split_holdout, train_tokenizer
+from workers.metrics import check_in
+from workers.training import build_trainer, final_losses, parameter_counts, record_resolved_config, train
+
+
+def run(ctx: JobContext) -> None:
+    hp = ctx.hp
+    if ctx.architecture not in PRESETS:
+        raise ValueError(f"unknown architecture preset {ctx.architecture!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[ctx.architecture]
+    # One seed makes the run repeatable: weight init here, then shuffling inside the Trainer (same seed).
+    set_seed(hp.seed)
+
+    # --- data: a tokenizer of our own, then the corpus as one stream cut into blocks ---------------------
+    texts = [r["text"] for r in read_records(ctx.dataset_path, ctx.dataset_filename) if "text" in r]
+    if not texts:
+        raise ValueError("pretraining needs a text dataset (plain text or records with a 'text' field)")
+    tokenizer = train_tokenizer(texts, vocab_size=preset["vocab_size"])
+    # A small corpus runs out of pairs to merge before reaching the preset's size; the model follows the
+    # tokenizer, so no embedding row is wasted on a token that can never occur.
+    vocab_size = len(tokenizer)
+    log_event(ctx.job_id, f"trained a byte-level BPE tokenizer with {vocab_size} tokens")
+    check_in(ctx.job_id)
+
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    blocks = pack_blocks(ids, tokenizer.eos_token_id, hp.max_length)
+    train_set, eval_set = split_holdout(blocks, hp.validation_fraction, hp.seed)
+    n_tokens = sum(len(b["input_ids"]) for b in blocks)
+    log_event(
+        ctx.job_id,
+        f"{len(texts)} documents → {n_tokens} tokens → {len(train_set)} training and "
+        f"{len(eval_set)} eval blocks of up to {hp.max_length} tokens",
+    )
+
+    check_in(ctx.job_id)
+
+    # --- model: the preset's shape, random weights -----------------------------------------------------
+    config = LlamaConfig(
+        **{
+            **preset,
+            "vocab_size": vocab_size,
+            # Positions beyond max_position_embeddings would be extrapolated RoPE: make room for max_length.
+            "max_position_embeddings": max(preset["max_position_embeddings"], hp.max_length),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    )
+    model = LlamaForCausalLM(config)
+    tokenizer.model_max_length = config.max_position_embeddings
+    _, total = parameter_counts(model)
+    log_event(ctx.job_id, f"initialized a {ctx.architecture} Llama model with {total / 1e6:.2f}M parameters")
+
+    # --- train -----------------------------------------------------------------------------------------
+    record_resolved_config(
+        ctx, model, vocab_size=vocab_size, train_blocks=len(train_set), eval_blocks=len(eval_set), tokens=n_tokens
+    )
+    trainer, callback = build_trainer(ctx, model, tokenizer, train_set, eval_set)
+    train(trainer, callback)
+
+    # --- outputs: model.zip, and a new base model ------------------------------------------------------
+    loss, eval_loss = final_losses(trainer)
+    directory = export(
+        ctx,
+        model,
+        tokenizer,
+        what="model",
+        final_loss=loss,
+        final_eval_loss=eval_loss,
+        details={"vocab_size": vocab_size, "parameters": total},
+    )
+    register_base_model(ctx, directory)

@@ -1,0 +1,83 @@
+"""Thin Celery tasks: claim the job in the database, run its recipe, record how it ended."""
+
+import logging
+import os
+import socket
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from celery import shared_task
+
+from backend.config import get_settings
+from backend.job.lifecycle import claim_job, finish_job, log_event, renew_lease, update_job
+from backend.queue import RUN_JOB
+from workers.context import load_context
+from workers.metrics import Cancelled
+from workers.recipes import RECIPES
+from workers.training import device_description, release_memory
+
+log = logging.getLogger(__name__)
+
+TRACEBACK_LINES = 15
+
+
+def worker_name() -> str:
+    return get_settings().worker_name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextmanager
+def keep_lease(job_id: int) -> Iterator[None]:
+    """Renew the job's lease from a thread, so a long silent stage (tokenizer training, loading a big model)
+    is not mistaken for a dead worker by the API's reaper."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(get_settings().heartbeat_seconds):
+            try:
+                renew_lease(job_id)
+            except Exception as exc:  # a missed beat is retried; the lease is minutes long
+                log.warning("lease renewal for job %s failed: %s", job_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"lease-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# A shared task binds to the app that loads this module (workers.main), so importing it reads no settings.
+@shared_task(name=RUN_JOB)
+def run_job(job_id: int) -> str:
+    """Run job `job_id` to its end; return its final status ("skipped" when another delivery owns it).
+
+    Never raises for a training error: the job is marked failed and the worker goes on to the next task.
+    """
+    worker = worker_name()
+    if not claim_job(job_id, worker):
+        # Celery may deliver a task twice (acks_late, redelivery); the database claim decides who runs it.
+        log.info("job %s is not queued (already claimed, finished or cancelled); skipping", job_id)
+        return "skipped"
+    try:
+        with keep_lease(job_id):
+            ctx = load_context(job_id)
+            update_job(job_id, device=device_description())
+            if ctx.kind not in RECIPES:
+                raise ValueError(f"no recipe for job kind {ctx.kind!r}")
+            RECIPES[ctx.kind](ctx)
+    except Cancelled:
+        finish_job(job_id, "cancelled")
+        return "cancelled"
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        tail = "".join(traceback.format_exc().splitlines(keepends=True)[-TRACEBACK_LINES:])
+        log_event(job_id, tail.rstrip(), "error")
+        finish_job(job_id, "failed", error=str(exc), message=f"failed: {type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        release_memory()
+    finish_job(job_id, "succeeded")
+    return "succeeded"

@@ -1,0 +1,145 @@
+"""What both recipes share around `transformers.Trainer`: device and precision, the arguments, the run."""
+
+import gc
+import math
+from importlib.metadata import version
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments
+
+from backend.job.lifecycle import update_job
+from workers.context import JobContext
+from workers.data import Example, PadCollator
+from workers.metrics import Cancelled, JobCallback
+
+
+def use_bf16() -> bool:
+    """bf16 autocast where the GPU supports it: fp32's exponent range (no loss scaling), half the memory."""
+    # Pre-Ampere GPUs only emulate bf16 (slower than fp32), so emulation does not count.
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def device_description() -> str:
+    """e.g. "cuda:0 NVIDIA H100 80GB HBM3", or "cpu"."""
+    if torch.cuda.is_available():
+        return f"cuda:0 {torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def total_steps(ctx: JobContext, n_train: int) -> int:
+    """Optimizer steps the run will take, computed the way the Trainer does (no gradient accumulation)."""
+    if ctx.hp.max_steps is not None:
+        return ctx.hp.max_steps
+    steps_per_epoch = math.ceil(n_train / ctx.hp.batch_size)
+    return max(1, math.ceil((ctx.hp.epochs or 1.0) * steps_per_epoch))
+
+
+def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> TrainingArguments:
+    """Map the job's hyperparameters onto the Trainer's arguments."""
+    hp = ctx.hp
+    steps = total_steps(ctx, n_train)
+    # About ten evaluations per run unless asked otherwise: enough points for a curve, little extra compute.
+    eval_steps = hp.eval_steps or max(1, steps // 10)
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(ctx.output_dir / "checkpoints"),
+        max_steps=hp.max_steps or -1,  # -1: let num_train_epochs decide
+        num_train_epochs=hp.epochs or 1.0,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=hp.warmup_steps,
+        weight_decay=hp.weight_decay,
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        logging_steps=hp.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        # Eval needs only the loss; keeping logits would hold batch x length x vocab floats per batch.
+        prediction_loss_only=True,
+        save_strategy="steps" if hp.checkpoint_steps else "no",
+        save_steps=hp.checkpoint_steps or 500,
+        # Checkpoints carry optimizer state (3x the weights for AdamW): keep the last two, not all of them.
+        save_total_limit=2,
+        seed=hp.seed,
+        bf16=use_bf16(),
+        use_cpu=not cuda,
+        dataloader_num_workers=0,  # examples are in-memory lists; worker processes would only add forks
+        remove_unused_columns=False,  # the collator already yields exactly what the model takes
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def build_trainer(
+    ctx: JobContext,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    train_set: list[Example],
+    eval_set: list[Example],
+) -> tuple[Trainer, JobCallback]:
+    """A Trainer wired to the job: metrics and heartbeats go to the database through the callback."""
+    if not train_set:
+        raise ValueError("no training examples left after tokenization; check the dataset and max_length")
+    callback = JobCallback(ctx.job_id)
+    pad_id = tokenizer.pad_token_id
+    assert pad_id is not None, "the recipe must give the tokenizer a pad token"
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(ctx, n_train=len(train_set), has_eval=bool(eval_set)),
+        data_collator=PadCollator(pad_id),
+        train_dataset=train_set,  # type: ignore[arg-type]  # a list is a map-style dataset
+        eval_dataset=eval_set or None,  # type: ignore[arg-type]
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    # With tqdm disabled the Trainer prints every log dict to stdout; the database already holds them all.
+    trainer.remove_callback(PrinterCallback)
+    return trainer, callback
+
+
+def train(trainer: Trainer, callback: JobCallback) -> None:
+    """Run the loop; raise Cancelled if it was stopped; end with an eval of the final weights."""
+    trainer.train()
+    if callback.cancelled:
+        raise Cancelled()
+    evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
+    if trainer.eval_dataset is not None and (not evaluated or evaluated[-1] != trainer.state.global_step):
+        trainer.evaluate()  # logs eval_loss at the last step, so final_eval_loss describes the saved model
+
+
+def record_resolved_config(ctx: JobContext, model: nn.Module, **extra: Any) -> None:
+    """Store what will actually run: resolved hyperparameters, data hash, versions, parameter counts."""
+    trainable, total = parameter_counts(model)
+    config = {
+        **ctx.summary(),
+        "parameters": {"trainable": trainable, "total": total},
+        "libraries": {name: version(name) for name in ("torch", "transformers", "peft", "tokenizers")},
+        "device": device_description(),
+        "precision": "bf16" if use_bf16() else "fp32",
+        **extra,
+    }
+    update_job(ctx.job_id, resolved_config=config)
+
+
+def release_memory() -> None:
+    """Give back what the finished job held, so the next job in this worker process starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def final_losses(trainer: Trainer) -> tuple[float | None, float | None]:
+    """The last logged train loss and eval loss of the run."""
+    history = trainer.state.log_history
+    loss = next((e["loss"] for e in reversed(history) if "loss" in e), None)
+    eval_loss = next((e["eval_loss"] for e in reversed(history) if "eval_loss" in e), None)
+    return loss, eval_loss
