@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     session_days: int = Field(14, ge=1, le=365)
     # A worker that has not beaten its heart for this long is presumed dead and its job is failed.
     lease_seconds: int = Field(120, ge=10)
-    heartbeat_seconds: float = Field(5.0, gt=0)
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its lease on a job.")
+    reap_interval_seconds: float = Field(30.0, gt=0, description="How often the API looks for expired leases.")
     poll_seconds: float = Field(0.5, gt=0, le=1.0, description="Database polling interval for live updates.")
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
     worker_name: str = ""

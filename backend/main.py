@@ -29,7 +29,6 @@ from backend.model import router as model_router
 from backend.web import LoginRequired, login_redirect, render
 
 log = logging.getLogger(__name__)
-REAP_INTERVAL_SECONDS = 30.0
 
 
 async def _reaper() -> None:
@@ -40,7 +39,7 @@ async def _reaper() -> None:
                 log.warning("failed jobs whose worker stopped responding: %s", stale)
         except Exception:
             log.exception("lease reaper failed")
-        await asyncio.sleep(REAP_INTERVAL_SECONDS)
+        await asyncio.sleep(get_settings().reap_interval_seconds)
 
 
 @asynccontextmanager

@@ -49,7 +49,10 @@ class StudioProcess:
             **env,
             "STUDIO_PORT": str(self.port),
             "STUDIO_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "STUDIO_LEASE_SECONDS": "30",
+            # Short leases so the tests see a killed worker's job reaped within seconds.
+            "STUDIO_LEASE_SECONDS": "10",
+            "STUDIO_HEARTBEAT_SECONDS": "1",
+            "STUDIO_REAP_INTERVAL_SECONDS": "1",
             "PYTHONUNBUFFERED": "1",
         }
         self.data_dir = Path(env["STUDIO_DATA_DIR"])
