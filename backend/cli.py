@@ -60,6 +60,9 @@ def cmd_api(args: argparse.Namespace) -> None:
     settings = get_settings()
     if not args.no_migrate:
         cmd_migrate(args)
+    hint = ensure_admin()
+    if hint:
+        print(hint, flush=True)
     _serve(args.host or settings.host, args.port or settings.port)
 
 
@@ -119,12 +122,13 @@ def cmd_models_add(args: argparse.Namespace) -> None:
     from backend.model.service import register_model
 
     with session_scope() as s:
-        if args.owner:
-            owner = get_user_by_email(s, args.owner)
-        else:
-            owner = s.scalar(select(User).where(User.is_admin.is_(True)).order_by(User.id))
-            if owner is None:
-                raise SystemExit("no admin user yet: run `studio up` or `studio users create` first")
+        owner: User | None = (
+            get_user_by_email(s, args.owner)
+            if args.owner
+            else s.scalar(select(User).where(User.is_admin.is_(True)).order_by(User.id))
+        )
+        if owner is None:
+            raise SystemExit("no admin user yet: run `studio up` or `studio users create` first")
         model = register_model(s, owner_id=owner.id, path=Path(args.path), name=args.name, shared=not args.private)
         print(f"registered model {model.id}: {model.name} ({model.architecture}, {model.parameters:,} parameters)")
 

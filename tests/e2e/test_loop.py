@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.e2e.sse import read_events
 from tests.support import StudioProcess

@@ -1,0 +1,65 @@
+"""The `studio` command as a user runs it: accounts, tokens, registering a local Hugging Face model."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def studio(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "backend", *args],
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def tiny_hf_dir(tmp_path: Path) -> Path:
+    """A real Hugging Face model directory written by from-config + save_pretrained (no hub)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(["hello world"] * 10, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    config = LlamaConfig(
+        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    out = tmp_path / "my-model"
+    LlamaForCausalLM(config).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+def test_users_tokens_and_models_add(app_env: dict[str, str], tiny_hf_dir: Path) -> None:
+    res = studio(app_env, "users", "create", "ada@example.com", "--password-stdin", "--admin", stdin="s3cret-pass\n")
+    assert res.returncode == 0, res.stderr
+    res = studio(app_env, "users", "create", "ada@example.com", "--password-stdin", stdin="s3cret-pass\n")
+    assert res.returncode != 0 and "already exists" in res.stderr
+
+    res = studio(app_env, "tokens", "create", "ada@example.com")
+    assert res.returncode == 0, res.stderr
+    token = res.stdout.strip().splitlines()[-1]
+
+    res = studio(app_env, "models", "add", str(tiny_hf_dir), "--name", "my-model")
+    assert res.returncode == 0, res.stderr
+    res = studio(app_env, "models", "add", str(tiny_hf_dir.parent))
+    assert res.returncode != 0 and "config.json" in res.stderr
+
+    from fastapi.testclient import TestClient
+
+    from backend.main import create_app
+
+    with TestClient(create_app()) as client:
+        items = client.get("/api/models", headers={"Authorization": f"Bearer {token}"}).json()["items"]
+    assert [(m["name"], m["architecture"], m["source"], m["shared"]) for m in items] == [
+        ("my-model", "llama", "local", True)
+    ]
+    assert items[0]["parameters"] > 10_000
