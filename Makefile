@@ -35,13 +35,13 @@ browser-deps:
 	  else echo "Chromium missing: sudo apt-get install chromium (browser tests will be skipped)"; fi; }
 
 test: install browser-deps  ## the default suite (excludes `slow`)
-	$(BIN)/pytest -m "not slow and not gpu"
+	$(BIN)/pytest -m "not slow and not gpu and not bench"
 
 test-all: install browser-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not bench"
 
 test-fast: install
-	$(BIN)/pytest -m "not slow and not gpu and not browser" tests/api tests/workers tests/test_architecture.py
+	$(BIN)/pytest -m "not slow and not gpu and not browser and not bench" tests/api tests/workers tests/test_architecture.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -56,7 +56,7 @@ typecheck: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/pytest tests/bench -s -q
+	$(BIN)/pytest tests/bench -m bench -s -q
 
 clean:
 	rm -rf $(VENV) test-output .pytest_cache .ruff_cache .mypy_cache
