@@ -7,23 +7,18 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from backend.auth.service import SESSION_COOKIE, user_for_token
-from backend.db import User, session_factory
+from backend.db import User, session_scope
 from backend.errors import Unauthorized
 
 
 def get_session() -> Iterator[Session]:
-    session = session_factory()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit when the route returns, before the response is sent (a client that saw 201 can
+# read what it created; no write lock is held while a large download streams).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def _secret(request: Request) -> str | None:

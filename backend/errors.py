@@ -34,6 +34,10 @@ class TooLarge(DomainError):
     status_code = 413
 
 
+class BrokerUnavailable(DomainError):
+    status_code = 503
+
+
 class Unauthorized(DomainError):
     status_code = 401
 

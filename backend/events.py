@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 
 import redis
 import redis.asyncio as aioredis
@@ -76,20 +77,27 @@ class Broadcaster:
         for event in self._waiters.get(job_id, ()):
             event.set()
 
-    async def wait(self, job_id: int, timeout: float) -> None:
-        """Return when job `job_id` may have news, or after `timeout` seconds."""
-        if not self.connected:
-            await asyncio.sleep(get_settings().poll_seconds)
-            return
+    @contextlib.contextmanager
+    def listen(self, job_id: int) -> Iterator[asyncio.Event]:
+        """Register for wake-ups about `job_id` for the life of an SSE stream (before its first read, so a
+        publish between a read and a wait is never lost)."""
         event = asyncio.Event()
         self._waiters[job_id].add(event)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
+            yield event
         finally:
             self._waiters[job_id].discard(event)
             if not self._waiters[job_id]:
                 del self._waiters[job_id]
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Return when `event` fires (Redis said "look again"), or after `timeout`; poll when Redis is absent."""
+        if not self.connected:
+            await asyncio.sleep(get_settings().poll_seconds)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        event.clear()
 
     @property
     def client_count(self) -> int:

@@ -3,11 +3,15 @@
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
@@ -73,6 +77,22 @@ def _page_user(request: Request) -> User | None:
         return None
 
 
+def _json_safe(value: Any) -> Any:
+    """Validation errors echo the input; NaN/Infinity (accepted by Python's JSON parser) cannot go back out."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
 async def _login_required(request: Request, exc: Exception) -> Response:
     return login_redirect(request)
 
@@ -83,6 +103,7 @@ def create_app() -> FastAPI:
     app.state.broadcaster = Broadcaster(settings.redis_url)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(LoginRequired, _login_required)
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/api/health", tags=["health"])
     def health() -> dict[str, str]:

@@ -70,6 +70,32 @@ def split_holdout(items: list[T], fraction: float, seed: int) -> tuple[list[T], 
     return items[n_eval:], items[:n_eval]
 
 
+def split_text_holdout(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out about `fraction` of the characters, as whole documents where possible, before tokenizing.
+
+    Splitting packed blocks instead would put the neighbours of every eval block (same document, same page)
+    in the training set and flatter the eval loss; and the tokenizer would have seen the eval text. A corpus
+    that is one long document is cut near its end, like nanoGPT's 90/10 split.
+    """
+    if fraction <= 0 or not texts:
+        return list(texts), []
+    train = list(texts)
+    random.Random(seed).shuffle(train)
+    target = sum(len(t) for t in train) * fraction
+    held: list[str] = []
+    size = 0
+    while size < target and train:
+        text = train.pop()
+        need = int(target - size)
+        if len(text) > 2 * need or not train:  # cut this document rather than overshoot (or empty train)
+            cut = max(1, len(text) - max(1, need))
+            train.append(text[:cut])
+            text = text[cut:]
+        held.append(text)
+        size += len(text)
+    return train, [t for t in held if t]
+
+
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """The prompt as the model will see it at inference: its chat template if it has one, else Alpaca."""
     if tokenizer.chat_template:

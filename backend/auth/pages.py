@@ -7,6 +7,7 @@ from backend.auth import service
 from backend.auth.router import set_session_cookie
 from backend.deps import OptionalUser, SessionDep
 from backend.errors import Unauthorized
+from backend.schemas import Text
 from backend.web import render, require
 
 router = APIRouter(include_in_schema=False)
@@ -26,8 +27,8 @@ def login_page(request: Request, user: OptionalUser, next: str = "/jobs") -> Res
 def login_submit(
     request: Request,
     session: SessionDep,
-    email: Annotated[str, Form()],
-    password: Annotated[str, Form()],
+    email: Annotated[Text, Form(max_length=320)],
+    password: Annotated[Text, Form(max_length=1000)],
     next: Annotated[str, Form()] = "/jobs",
 ) -> Response:
     try:

@@ -1,4 +1,4 @@
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from backend.auth import service
 from backend.auth.schemas import LoginRequest, TokenCreate, TokenRead, UserRead
@@ -28,7 +28,10 @@ def login(body: LoginRequest, session: SessionDep, response: Response) -> UserRe
 
 
 @router.post("/auth/logout", status_code=204)
-def logout(session: SessionDep, response: Response, user: CurrentUser) -> None:
+def logout(request: Request, session: SessionDep, response: Response, user: CurrentUser) -> None:
+    secret = request.cookies.get(service.SESSION_COOKIE)
+    if secret:
+        service.revoke_token(session, secret)
     response.delete_cookie(service.SESSION_COOKIE)
 
 

@@ -1,9 +1,11 @@
 from pydantic import BaseModel, Field
 
+from backend.schemas import Text
+
 
 class LoginRequest(BaseModel):
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=1000)
+    email: Text = Field(max_length=320)
+    password: Text = Field(max_length=1000)
 
 
 class UserRead(BaseModel):
@@ -13,7 +15,7 @@ class UserRead(BaseModel):
 
 
 class TokenCreate(BaseModel):
-    name: str = Field("", max_length=200)
+    name: Text = Field("", max_length=200)
 
 
 class TokenRead(BaseModel):

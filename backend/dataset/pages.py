@@ -3,6 +3,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from backend.dataset import service
 from backend.deps import OptionalUser, SessionDep
+from backend.schemas import IdPath
 from backend.web import render, require
 
 router = APIRouter(include_in_schema=False)
@@ -15,7 +16,7 @@ def datasets_page(request: Request, session: SessionDep, user: OptionalUser) -> 
 
 
 @router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
-def dataset_page(dataset_id: int, request: Request, session: SessionDep, user: OptionalUser) -> Response:
+def dataset_page(dataset_id: IdPath, request: Request, session: SessionDep, user: OptionalUser) -> Response:
     user = require(user)
     ds = service.get_dataset(session, user=user, dataset_id=dataset_id)
     return render(request, "dataset/detail.html", user, dataset=ds, rows=service.preview(ds, 20))

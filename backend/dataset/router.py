@@ -5,6 +5,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from backend.dataset import service
 from backend.dataset.schemas import DatasetList, DatasetPreview, DatasetRead
 from backend.deps import CurrentUser, SessionDep
+from backend.schemas import IdPath, Text
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 
@@ -14,7 +15,7 @@ def upload_dataset(
     session: SessionDep,
     user: CurrentUser,
     file: Annotated[UploadFile, File(description="Dataset file: .txt, .jsonl or .json")],
-    name: Annotated[str, Form(max_length=200)] = "",
+    name: Annotated[Text, Form(max_length=200)] = "",
 ) -> DatasetRead:
     ds = service.create_dataset(session, user=user, source=file.file, filename=file.filename or "", name=name)
     return DatasetRead.model_validate(ds)
@@ -27,12 +28,12 @@ def list_datasets(session: SessionDep, user: CurrentUser) -> DatasetList:
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead)
-def get_dataset(dataset_id: int, session: SessionDep, user: CurrentUser) -> DatasetRead:
+def get_dataset(dataset_id: IdPath, session: SessionDep, user: CurrentUser) -> DatasetRead:
     return DatasetRead.model_validate(service.get_dataset(session, user=user, dataset_id=dataset_id))
 
 
 @router.get("/{dataset_id}/preview", response_model=DatasetPreview)
-def preview_dataset(dataset_id: int, session: SessionDep, user: CurrentUser, rows: int = 20) -> DatasetPreview:
+def preview_dataset(dataset_id: IdPath, session: SessionDep, user: CurrentUser, rows: int = 20) -> DatasetPreview:
     ds = service.get_dataset(session, user=user, dataset_id=dataset_id)
     return DatasetPreview(
         id=ds.id,
@@ -44,5 +45,5 @@ def preview_dataset(dataset_id: int, session: SessionDep, user: CurrentUser, row
 
 
 @router.delete("/{dataset_id}", status_code=204)
-def delete_dataset(dataset_id: int, session: SessionDep, user: CurrentUser) -> None:
+def delete_dataset(dataset_id: IdPath, session: SessionDep, user: CurrentUser) -> None:
     service.delete_dataset(session, user=user, dataset_id=dataset_id)

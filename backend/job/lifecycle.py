@@ -5,11 +5,11 @@ lose it). Functions without a `session` argument commit on their own and then pu
 """
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
@@ -18,7 +18,19 @@ from backend.events import publish
 
 
 def add_event(session: Session, job_id: int, message: str, level: str = "info") -> None:
+    # Lock the job row first: API and worker both write events, and ids must commit in order, or an SSE
+    # cursor could step past a row that commits late (no-op on SQLite, which serializes writers anyway).
+    session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
     session.add(JobEvent(job_id=job_id, level=level, message=message))
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock on PostgreSQL (leases compare times written by different machines)."""
+    if session.get_bind().dialect.name == "postgresql":
+        now = session.scalar(select(func.now()))
+        assert now is not None
+        return now
+    return utcnow()
 
 
 def log_event(job_id: int, message: str, level: str = "info") -> None:
@@ -30,8 +42,8 @@ def log_event(job_id: int, message: str, level: str = "info") -> None:
 
 def claim_job(job_id: int, worker: str) -> bool:
     """Atomically move a queued job to running for `worker`. False means another delivery got it first."""
-    now = utcnow()
     with session_scope() as s:
+        now = db_now(s)
         res = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
@@ -47,17 +59,18 @@ def claim_job(job_id: int, worker: str) -> bool:
 
 
 def heartbeat(job_id: int, *, step: int, total_steps: int | None) -> bool:
-    """Renew the lease and record progress. Returns True when a cancel was requested."""
+    """Renew the lease and record progress. True means stop: a cancel was requested, or the job is no
+    longer running (e.g. the reaper failed it after a long stall), so this worker no longer owns it."""
     with session_scope() as s:
         s.execute(
             update(Job)
-            .where(Job.id == job_id)
-            .values(heartbeat_at=utcnow(), current_step=step, total_steps=total_steps)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(heartbeat_at=db_now(s), current_step=step, total_steps=total_steps)
             .execution_options(synchronize_session=False)
         )
-        cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+        row = s.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one()
     publish(job_id)
-    return cancel
+    return row.status != "running" or bool(row.cancel_requested)
 
 
 def renew_lease(job_id: int) -> None:
@@ -66,7 +79,7 @@ def renew_lease(job_id: int) -> None:
         s.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "running")
-            .values(heartbeat_at=utcnow())
+            .values(heartbeat_at=db_now(s))
             .execution_options(synchronize_session=False)
         )
 
@@ -108,23 +121,27 @@ def add_artifact(job_id: int, path: Path) -> None:
 
 
 def finish_job(job_id: int, status: str, *, error: str | None = None, message: str | None = None) -> None:
-    """Record the end of a run; `message` goes to the events log (at error level when it failed)."""
+    """Record the end of a running job; `message` goes to the events log (at error level when it failed).
+
+    Only a job still `running` changes: one the reaper already failed keeps its status."""
     with session_scope() as s:
-        s.execute(
+        res = s.execute(
             update(Job)
-            .where(Job.id == job_id)
+            .where(Job.id == job_id, Job.status == "running")
             .values(status=status, finished_at=utcnow(), error=error)
             .execution_options(synchronize_session=False)
         )
-        level = "error" if status == "failed" else "info"
-        add_event(s, job_id, message or f"job {status}", level)
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            add_event(s, job_id, message or f"job {status}", "error" if status == "failed" else "info")
+        else:
+            add_event(s, job_id, f"worker ended as {status} after losing the job; status left unchanged", "warning")
     publish(job_id)
 
 
 def reap_stale_jobs() -> list[int]:
     """Fail running jobs whose worker stopped beating (killed, lost power): the broker may never redeliver."""
-    cutoff = utcnow() - timedelta(seconds=get_settings().lease_seconds)
     with session_scope() as s:
+        cutoff = db_now(s) - timedelta(seconds=get_settings().lease_seconds)
         stale = list(s.scalars(select(Job.id).where(Job.status == "running", Job.heartbeat_at < cutoff)))
         for job_id in stale:
             s.execute(

@@ -8,6 +8,7 @@ from backend.job import service
 from backend.job.schemas import Hyperparameters
 from backend.model.presets import PRESETS, parameter_count
 from backend.model.service import list_models
+from backend.schemas import IdPath
 from backend.web import render, require
 
 router = APIRouter(include_in_schema=False)
@@ -40,7 +41,7 @@ def new_job_page(request: Request, session: SessionDep, user: OptionalUser) -> R
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: int, request: Request, session: SessionDep, user: OptionalUser) -> Response:
+def job_page(job_id: IdPath, request: Request, session: SessionDep, user: OptionalUser) -> Response:
     user = require(user)
     job = service.get_job(session, user=user, job_id=job_id)
     base_model = session.get(Model, job.base_model_id) if job.base_model_id else None

@@ -5,10 +5,12 @@ from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
 from backend.deps import CurrentUser, SessionDep
+from backend.errors import BrokerUnavailable
 from backend.job import service
 from backend.job.schemas import ArtifactRead, EventRead, JobCreate, JobList, JobRead, MetricRead
 from backend.job.stream import job_events, metric_dict, parse_cursor
 from backend.queue import enqueue_job
+from backend.schemas import IdPath, Text
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -17,7 +19,12 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRead:
     job = service.create_job(session, user=user, data=body)
     session.commit()  # the worker must find the row when the task arrives
-    enqueue_job(job.id)
+    try:
+        enqueue_job(job.id)
+    except Exception as exc:  # broker down: say so, and don't leave a job queued that no one will run
+        service.fail_unqueued(session, job=job, reason=str(exc))
+        session.commit()
+        raise BrokerUnavailable(f"the job queue is unreachable ({type(exc).__name__}); job {job.id} failed") from exc
     return service.to_read(session, job)
 
 
@@ -27,30 +34,30 @@ def list_jobs(session: SessionDep, user: CurrentUser) -> JobList:
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobRead:
+def get_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
     return service.to_read(session, service.get_job(session, user=user, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobRead:
+def cancel_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
     return service.to_read(session, service.cancel_job(session, user=user, job_id=job_id))
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricRead])
-def job_metrics(job_id: int, session: SessionDep, user: CurrentUser) -> list[MetricRead]:
+def job_metrics(job_id: IdPath, session: SessionDep, user: CurrentUser) -> list[MetricRead]:
     service.get_job(session, user=user, job_id=job_id)
     return [MetricRead.model_validate(metric_dict(m)) for m in service.metrics_after(session, job_id)]
 
 
 @router.get("/{job_id}/events", response_model=list[EventRead])
-def job_log(job_id: int, session: SessionDep, user: CurrentUser) -> list[EventRead]:
+def job_log(job_id: IdPath, session: SessionDep, user: CurrentUser) -> list[EventRead]:
     service.get_job(session, user=user, job_id=job_id)
     return [EventRead.model_validate(e) for e in service.events_after(session, job_id)]
 
 
 @router.get("/{job_id}/stream")
 def stream_job(
-    job_id: int,
+    job_id: IdPath,
     request: Request,
     session: SessionDep,
     user: CurrentUser,
@@ -65,7 +72,7 @@ def stream_job(
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactRead])
-def list_artifacts(job_id: int, session: SessionDep, user: CurrentUser) -> list[ArtifactRead]:
+def list_artifacts(job_id: IdPath, session: SessionDep, user: CurrentUser) -> list[ArtifactRead]:
     service.get_job(session, user=user, job_id=job_id)
     return [
         ArtifactRead.model_validate(a).model_copy(update={"url": f"/api/jobs/{job_id}/artifacts/{a.name}"})
@@ -74,6 +81,6 @@ def list_artifacts(job_id: int, session: SessionDep, user: CurrentUser) -> list[
 
 
 @router.get("/{job_id}/artifacts/{name}")
-def download_artifact(job_id: int, name: str, session: SessionDep, user: CurrentUser) -> FileResponse:
+def download_artifact(job_id: IdPath, name: Text, session: SessionDep, user: CurrentUser) -> FileResponse:
     art = service.get_artifact(session, user=user, job_id=job_id, name=name)
     return FileResponse(art.path, filename=art.name, media_type="application/zip")

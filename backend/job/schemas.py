@@ -6,6 +6,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.model.presets import PRESETS
+from backend.schemas import DbId, Text
 
 JobKind = Literal["pretrain", "finetune"]
 Method = Literal["lora", "full"]
@@ -14,7 +15,7 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="Optimizer steps to run; overrides epochs when set."
@@ -34,7 +35,7 @@ class Hyperparameters(BaseModel):
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank: size of the low-rank update.")
     lora_alpha: int = Field(16, ge=1, le=4096, description="LoRA scaling numerator (update is scaled by alpha/r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_target_modules: list[str] | None = Field(
+    lora_target_modules: list[Text] | None = Field(
         None,
         min_length=1,
         description="Module names to adapt, e.g. q_proj, v_proj; empty means all linear layers.",
@@ -70,10 +71,10 @@ class Hyperparameters(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("", max_length=200)
+    name: Text = Field("", max_length=200)
     kind: JobKind
-    dataset_id: int
-    base_model: int | None = Field(None, description="Id from /api/models; required for finetune.")
+    dataset_id: DbId
+    base_model: DbId | None = Field(None, description="Id from /api/models; required for finetune.")
     architecture: str | None = Field(None, description="Preset for pretrain: " + ", ".join(PRESETS))
     method: Method | None = None
     objective: Objective | None = None

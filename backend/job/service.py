@@ -3,7 +3,7 @@
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, Model, User, utcnow
@@ -38,6 +38,8 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
     dataset = session.get(Dataset, data.dataset_id)
     if dataset is None or not (dataset.owner_id == user.id or user.is_admin):
         raise Invalid(f"dataset {data.dataset_id} not found", field="dataset_id")
+    if data.kind == "pretrain" and dataset.shape != "text":
+        raise Invalid(f"pretraining needs raw text; dataset {dataset.id} is {dataset.format}", field="dataset_id")
     if data.base_model is not None:
         visible_model(session, user=user, model_id=data.base_model, field="base_model")
     objective = data.objective or ("sft" if dataset.shape == "prompt_completion" else "causal_lm")
@@ -66,13 +68,32 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
 def cancel_job(session: Session, *, user: User, job_id: int) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next step."""
     job = get_job(session, user=user, job_id=job_id)
-    if job.status == "queued":
-        job.status, job.finished_at = "cancelled", utcnow()
+    # Conditional updates: a worker may claim the job between our read and our write.
+    queued = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if queued.rowcount == 1:  # type: ignore[attr-defined]
         add_event(session, job.id, "cancelled before it started")
-    elif job.status == "running" and not job.cancel_requested:
-        job.cancel_requested = True
-        add_event(session, job.id, "cancel requested; stopping at the next step")
+    else:
+        running = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "running", Job.cancel_requested.is_(False))
+            .values(cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        if running.rowcount == 1:  # type: ignore[attr-defined]
+            add_event(session, job.id, "cancel requested; stopping at the next step")
+    session.refresh(job)
     return job
+
+
+def fail_unqueued(session: Session, *, job: Job, reason: str) -> None:
+    """Mark a job that could not be sent to the broker as failed (nothing would ever run it)."""
+    job.status, job.finished_at, job.error = "failed", utcnow(), f"could not enqueue: {reason}"
+    add_event(session, job.id, job.error, "error")
 
 
 def to_read(session: Session, job: Job) -> JobRead:

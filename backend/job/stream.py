@@ -3,6 +3,7 @@
 The event id is "<last metric id>:<last event id>", so a reconnect resumes exactly where it left off.
 """
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from backend.db import FINAL_STATUSES, Job, session_scope
 from backend.events import Broadcaster
 from backend.job import service
 from backend.job.schemas import EventRead
+from backend.schemas import MAX_ID
 
 # How long to wait for a Redis wake-up before looking at the database anyway.
 SAFETY_POLL_SECONDS = 5.0
@@ -21,7 +23,7 @@ SAFETY_POLL_SECONDS = 5.0
 def parse_cursor(value: str | None) -> tuple[int, int]:
     try:
         m, e = (value or "0:0").split(":", 1)
-        return max(0, int(m)), max(0, int(e))
+        return min(MAX_ID, max(0, int(m))), min(MAX_ID, max(0, int(e)))
     except ValueError:
         return 0, 0
 
@@ -48,6 +50,14 @@ def _progress_key(snapshot: dict[str, Any]) -> tuple[Any, ...]:
 
 async def job_events(job_id: int, cursor: tuple[int, int], broadcaster: Broadcaster) -> AsyncIterator[dict[str, str]]:
     """Yield SSE dicts (event, id, data) until the job has ended and everything was sent."""
+    with broadcaster.listen(job_id) as wake:
+        async for item in _follow(job_id, cursor, broadcaster, wake):
+            yield item
+
+
+async def _follow(
+    job_id: int, cursor: tuple[int, int], broadcaster: Broadcaster, wake: asyncio.Event
+) -> AsyncIterator[dict[str, str]]:
     last_key: tuple[Any, ...] | None = None
     while True:
         snapshot, metrics, events = await to_thread.run_sync(_read, job_id, cursor)
@@ -61,11 +71,13 @@ async def job_events(job_id: int, cursor: tuple[int, int], broadcaster: Broadcas
         if key != last_key or metrics:
             last_key = key
             yield {"event": "job", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps(snapshot)}
-        if snapshot["status"] in FINAL_STATUSES and not metrics and not events:
+        final = snapshot["status"] in FINAL_STATUSES
+        if final and not metrics and not events:
             yield {
                 "event": "end",
                 "id": f"{cursor[0]}:{cursor[1]}",
                 "data": json.dumps({"status": snapshot["status"]}),
             }
             return
-        await broadcaster.wait(job_id, SAFETY_POLL_SECONDS)
+        if not final:  # once final, read again at once: only the tail is left to send
+            await broadcaster.wait(wake, SAFETY_POLL_SECONDS)

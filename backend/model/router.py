@@ -4,6 +4,7 @@ from backend.deps import CurrentUser, SessionDep
 from backend.model import service
 from backend.model.presets import PRESETS, parameter_count
 from backend.model.schemas import ModelList, ModelRead, PresetRead
+from backend.schemas import IdPath
 
 router = APIRouter(prefix="/api", tags=["models"])
 
@@ -14,7 +15,7 @@ def list_models(session: SessionDep, user: CurrentUser) -> ModelList:
 
 
 @router.get("/models/{model_id}", response_model=ModelRead)
-def get_model(model_id: int, session: SessionDep, user: CurrentUser) -> ModelRead:
+def get_model(model_id: IdPath, session: SessionDep, user: CurrentUser) -> ModelRead:
     return ModelRead.model_validate(service.visible_model(session, user=user, model_id=model_id))
 
 

@@ -5,6 +5,7 @@ Runs on both deployments: embedded (`studio up`: SQLite + SQLAlchemy broker, DB 
 """
 
 import io
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def upload(client: httpx.Client, name: str) -> dict:
     return res.json()
 
 
+def pretrain(client: httpx.Client, dataset_id: int, **hp: object) -> dict:
+    """Submit a `tiny` pretrain job on `dataset_id` with PRETRAIN_HP overridden by `hp`."""
+    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": dataset_id}
+    res = client.post("/api/jobs", json={**body, "hyperparameters": {**PRETRAIN_HP, **hp}})
+    assert res.status_code == 201, res.text
+    return res.json()
+
+
 def unzip(content: bytes, dest: Path) -> Path:
     with zipfile.ZipFile(io.BytesIO(content)) as zf:
         zf.extractall(dest)
@@ -40,8 +49,7 @@ def unzip(content: bytes, dest: Path) -> Path:
 def test_upload_pretrain_watch_finetune_download(studio: StudioProcess, tmp_path: Path) -> None:
     client = studio.client()
     text = upload(client, "tiny.txt")
-    body = {"name": "pt", "kind": "pretrain", "architecture": "tiny", "dataset_id": text["id"]}
-    job = client.post("/api/jobs", json={**body, "hyperparameters": PRETRAIN_HP}).json()
+    job = pretrain(client, text["id"])
     assert job["status"] == "queued"
 
     # Watch live: metric events arrive while the job still reports itself running, then the stream ends.
@@ -118,11 +126,7 @@ def test_upload_pretrain_watch_finetune_download(studio: StudioProcess, tmp_path
 def test_cancel_failure_and_duplicate_delivery(studio: StudioProcess, app_env: dict[str, str]) -> None:
     client = studio.client()
     text = upload(client, "tiny.txt")
-    long_hp = {**PRETRAIN_HP, "max_steps": 100_000}
-    job = client.post(
-        "/api/jobs",
-        json={"kind": "pretrain", "architecture": "tiny", "dataset_id": text["id"], "hyperparameters": long_hp},
-    ).json()
+    job = pretrain(client, text["id"], max_steps=100_000)
     for ev in read_events(client, f"/api/jobs/{job['id']}/stream"):
         if ev.event == "job" and ev.data["current_step"] > 0:
             break
@@ -131,15 +135,7 @@ def test_cancel_failure_and_duplicate_delivery(studio: StudioProcess, app_env: d
     assert job["status"] == "cancelled" and job["current_step"] < 100_000
 
     # A finetune whose base model directory vanished fails with the reason in its events ...
-    pt = client.post(
-        "/api/jobs",
-        json={
-            "kind": "pretrain",
-            "architecture": "tiny",
-            "dataset_id": text["id"],
-            "hyperparameters": {**PRETRAIN_HP, "max_steps": 3},
-        },
-    ).json()
+    pt = pretrain(client, text["id"], max_steps=3)
     studio.wait_job(client, pt["id"], ("succeeded",))
     model = next(m for m in client.get("/api/models").json()["items"] if m["job_id"] == pt["id"])
     from backend.db import Model, session_scope
@@ -147,8 +143,6 @@ def test_cancel_failure_and_duplicate_delivery(studio: StudioProcess, app_env: d
     with session_scope() as s:
         row = s.get(Model, model["id"])
         assert row is not None
-        import shutil
-
         shutil.rmtree(row.path)
     bad = client.post(
         "/api/jobs",
@@ -165,29 +159,13 @@ def test_cancel_failure_and_duplicate_delivery(studio: StudioProcess, app_env: d
     assert any(e["level"] == "error" and "failed" in e["message"] for e in events)
 
     # ... and the worker goes on serving. A second delivery of the same task is a no-op.
-    again = client.post(
-        "/api/jobs",
-        json={
-            "kind": "pretrain",
-            "architecture": "tiny",
-            "dataset_id": text["id"],
-            "hyperparameters": {**PRETRAIN_HP, "max_steps": 3},
-        },
-    ).json()
+    again = pretrain(client, text["id"], max_steps=3)
     from backend.queue import enqueue_job
 
     enqueue_job(again["id"])  # the API already sent one; Celery may deliver twice
     studio.wait_job(client, again["id"], ("succeeded",))
     enqueue_job(again["id"])  # late duplicate after the end
-    pt2 = client.post(
-        "/api/jobs",
-        json={
-            "kind": "pretrain",
-            "architecture": "tiny",
-            "dataset_id": text["id"],
-            "hyperparameters": {**PRETRAIN_HP, "max_steps": 2},
-        },
-    ).json()
+    pt2 = pretrain(client, text["id"], max_steps=2)
     studio.wait_job(client, pt2["id"], ("succeeded",))  # queued behind the duplicates, so they were consumed
     started = [e for e in client.get(f"/api/jobs/{again['id']}/events").json() if e["message"].startswith("started on")]
     assert len(started) == 1

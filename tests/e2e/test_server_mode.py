@@ -10,7 +10,7 @@ import redis
 
 from backend.events import CHANNEL
 from tests.e2e.sse import read_events
-from tests.e2e.test_loop import PRETRAIN_HP, upload
+from tests.e2e.test_loop import pretrain, upload
 from tests.support import StudioProcess
 
 pytestmark = pytest.mark.server
@@ -27,9 +27,7 @@ def backend_env(request: pytest.FixtureRequest, tmp_path: Path, server_services:
 
 def _long_job(studio: StudioProcess) -> dict:
     client = studio.client()
-    text = upload(client, "tiny.txt")
-    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text["id"]}
-    return client.post("/api/jobs", json={**body, "hyperparameters": {**PRETRAIN_HP, "max_steps": 100_000}}).json()
+    return pretrain(client, upload(client, "tiny.txt")["id"], max_steps=100_000)
 
 
 def test_many_sse_clients_share_one_redis_subscription(studio: StudioProcess) -> None:
@@ -70,8 +68,7 @@ def test_hard_killed_worker_job_is_failed_and_a_new_worker_serves(studio: Studio
     assert "worker lost" in job["error"]
 
     studio.start_worker("worker2")  # restart what the test stopped
-    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": job["dataset_id"]}
-    res = client.post("/api/jobs", json={**body, "hyperparameters": {**PRETRAIN_HP, "max_steps": 3}}).json()
+    res = pretrain(client, job["dataset_id"], max_steps=3)
     assert studio.wait_job(client, res["id"], ("succeeded", "failed"), timeout=120)["status"] == "succeeded"
     # The killed job stays failed even though Redis may redeliver its message to the new worker.
     assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "failed"

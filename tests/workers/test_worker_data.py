@@ -112,3 +112,21 @@ def test_pad_collator_pads_right_with_ignored_labels() -> None:
 def test_numeric_values_keeps_finite_numbers_only() -> None:
     logs = {"loss": 1.5, "grad_norm": torch.tensor(0.25), "epoch": 2, "nan": float("nan"), "flag": True, "s": "x"}
     assert numeric_values(logs) == {"loss": 1.5, "grad_norm": 0.25, "epoch": 2.0}
+
+
+def test_split_text_holdout_keeps_documents_whole_and_apart() -> None:
+    from workers.data import split_text_holdout
+
+    docs = [f"document {i} " * 10 for i in range(20)]
+    train, held = split_text_holdout(docs, 0.1, seed=0)
+    assert set(train).isdisjoint(held) and set(train) | set(held) <= set(docs)
+    assert sum(map(len, held)) >= 0.1 * sum(map(len, docs))
+    assert split_text_holdout(docs, 0.1, seed=0) == (train, held)
+
+
+def test_split_text_holdout_cuts_a_single_document_near_its_end() -> None:
+    from workers.data import split_text_holdout
+
+    train, held = split_text_holdout(["abcdefghij" * 10], 0.1, seed=0)
+    assert train == ["abcdefghij" * 9] and held == ["abcdefghij"]
+    assert split_text_holdout(["abc"], 0.0, seed=0) == (["abc"], [])

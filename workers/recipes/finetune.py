@@ -15,7 +15,7 @@ from backend.dataset.formats import read_records
 from backend.job.lifecycle import log_event
 from workers.artifacts import export, register_base_model
 from workers.context import JobContext
-from workers.data import Example, build_sft_examples, format_prompt, pack_blocks, split_holdout
+from workers.data import Example, build_sft_examples, format_prompt, pack_blocks, split_holdout, split_text_holdout
 from workers.metrics import check_in
 from workers.training import (
     build_trainer,
@@ -67,11 +67,24 @@ def sft_examples(ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: l
 
 def causal_lm_examples(
     ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, str]]
-) -> list[Example]:
+) -> tuple[list[Example], list[Example]]:
     # Instruction records can be used as plain text too: prompt as the model sees it, then the response.
     texts = [r["text"] if "text" in r else format_prompt(tokenizer, r["prompt"]) + r["completion"] for r in records]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return pack_blocks(ids, tokenizer.eos_token_id, ctx.hp.max_length)
+    # Split the text before packing, so no eval block has its neighbours in the training set.
+    parts = split_text_holdout(texts, ctx.hp.validation_fraction, ctx.hp.seed)
+    train, held = (
+        pack_blocks(tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id, ctx.hp.max_length)
+        if p
+        else []
+        for p in parts
+    )
+    return train, held
+
+
+def sft_split(
+    ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, str]]
+) -> tuple[list[Example], list[Example]]:
+    return split_holdout(sft_examples(ctx, tokenizer, records), ctx.hp.validation_fraction, ctx.hp.seed)
 
 
 def run(ctx: JobContext) -> None:
@@ -90,9 +103,8 @@ def run(ctx: JobContext) -> None:
 
     # --- data ------------------------------------------------------------------------------------------
     records = list(read_records(ctx.dataset_path, ctx.dataset_filename))
-    build = sft_examples if ctx.objective == "sft" else causal_lm_examples
-    examples = build(ctx, tokenizer, records)
-    train_set, eval_set = split_holdout(examples, hp.validation_fraction, hp.seed)
+    build = sft_split if ctx.objective == "sft" else causal_lm_examples
+    train_set, eval_set = build(ctx, tokenizer, records)
     log_event(ctx.job_id, f"{len(records)} records → {len(train_set)} training and {len(eval_set)} eval examples")
     check_in(ctx.job_id)
 

@@ -12,7 +12,7 @@ from backend.job.lifecycle import log_event
 from backend.model.presets import PRESETS
 from workers.artifacts import export, register_base_model
 from workers.context import JobContext
-from workers.data import pack_blocks, split_holdout, train_tokenizer
+from workers.data import pack_blocks, split_text_holdout, train_tokenizer
 from workers.metrics import check_in
 from workers.training import build_trainer, final_losses, parameter_counts, record_resolved_config, train
 
@@ -29,17 +29,22 @@ def run(ctx: JobContext) -> None:
     texts = [r["text"] for r in read_records(ctx.dataset_path, ctx.dataset_filename) if "text" in r]
     if not texts:
         raise ValueError("pretraining needs a text dataset (plain text or records with a 'text' field)")
-    tokenizer = train_tokenizer(texts, vocab_size=preset["vocab_size"])
+    # Hold out eval text before anything learns from it, the tokenizer included.
+    train_texts, eval_texts = split_text_holdout(texts, hp.validation_fraction, hp.seed)
+    tokenizer = train_tokenizer(train_texts, vocab_size=preset["vocab_size"])
     # A small corpus runs out of pairs to merge before reaching the preset's size; the model follows the
     # tokenizer, so no embedding row is wasted on a token that can never occur.
     vocab_size = len(tokenizer)
     log_event(ctx.job_id, f"trained a byte-level BPE tokenizer with {vocab_size} tokens")
     check_in(ctx.job_id)
 
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    blocks = pack_blocks(ids, tokenizer.eos_token_id, hp.max_length)
-    train_set, eval_set = split_holdout(blocks, hp.validation_fraction, hp.seed)
-    n_tokens = sum(len(b["input_ids"]) for b in blocks)
+    train_set, eval_set = (
+        pack_blocks(tokenizer(part, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id, hp.max_length)
+        if part
+        else []
+        for part in (train_texts, eval_texts)
+    )
+    n_tokens = sum(len(b["input_ids"]) for b in train_set + eval_set)
     log_event(
         ctx.job_id,
         f"{len(texts)} documents → {n_tokens} tokens → {len(train_set)} training and "

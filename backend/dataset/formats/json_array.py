@@ -25,6 +25,8 @@ def read(path: Path) -> Iterator[tuple[str, Record]]:
         data, _ = decoder.raw_decode(text, len(text) - len(text.lstrip()))
     except json.JSONDecodeError as exc:
         raise FormatError(f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+    except RecursionError:
+        raise FormatError("JSON nested too deeply", line=1) from None
     if not isinstance(data, list):
         raise FormatError(f"expected a JSON array of records, got {type(data).__name__}", line=1)
     # Positions of the records, so errors name the line where each one starts.

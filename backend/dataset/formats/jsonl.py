@@ -28,6 +28,8 @@ def read(path: Path) -> Iterator[tuple[str, Record]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise FormatError(f"invalid JSON: {exc.msg} at column {exc.colno}", line=lineno) from None
+            except RecursionError:
+                raise FormatError("JSON nested too deeply", line=lineno) from None
             if layout is None:
                 layout = layout_of(obj)
                 if layout is None:

@@ -38,6 +38,10 @@ def _string(obj: dict[str, Any], key: str, line: int, *, required: bool = True) 
         return ""
     if not isinstance(value, str):
         raise FormatError(f"expected a string, got {type(value).__name__}", line=line, field=key)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800": valid JSON, not valid text
+        raise FormatError("invalid unicode (lone surrogate escape)", line=line, field=key) from None
     return value
 
 

@@ -1,0 +1,117 @@
+"""Odd input is a 4xx naming the problem, never a 500; state changes that race are decided in the database."""
+
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+
+HUGE = 2**31  # one past the largest key of a PostgreSQL integer column
+
+
+@pytest.fixture
+def text_dataset(client: TestClient) -> int:
+    return int(client.post("/api/datasets", files={"file": ("t.txt", io.BytesIO(b"some text\n"))}).json()["id"])
+
+
+def test_out_of_range_ids_are_4xx(client: TestClient) -> None:
+    for path in (f"/api/jobs/{HUGE}", f"/api/datasets/{HUGE}", f"/api/models/{HUGE}", "/api/jobs/0", f"/jobs/{HUGE}"):
+        assert client.get(path).status_code == 422, path
+    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": HUGE}
+    assert client.post("/api/jobs", json=body).status_code == 422
+    assert client.get(f"/api/jobs/{HUGE - 1}").status_code == 404
+
+
+def test_nul_nan_and_infinity_are_refused(client: TestClient, text_dataset: int) -> None:
+    base = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}
+    res = client.post("/api/jobs", json={**base, "name": "a\x00b"})
+    assert res.status_code == 422 and "name" in res.text
+    for bad in ("NaN", "Infinity", "-Infinity"):
+        raw = '{"kind": "pretrain", "architecture": "tiny", "dataset_id": %d, "hyperparameters": {"learning_rate": %s}}'
+        res = client.post("/api/jobs", content=raw % (text_dataset, bad), headers={"Content-Type": "application/json"})
+        assert res.status_code == 422 and "learning_rate" in res.text, res.text
+    res = client.post("/api/datasets", files={"file": ("t.txt", io.BytesIO(b"x\n"))}, data={"name": "n\x00"})
+    assert res.status_code == 422
+    assert client.post("/api/auth/login", json={"email": "a\x00@b", "password": "x"}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        ("deep.jsonl", b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "nested too deeply"),
+        ("sur.jsonl", b'{"text": "bad \\ud800 escape"}\n', "lone surrogate"),
+    ],
+)
+def test_pathological_json_is_a_422(client: TestClient, name: str, content: bytes, needle: str) -> None:
+    res = client.post("/api/datasets", files={"file": (name, io.BytesIO(content))})
+    assert res.status_code == 422 and needle in res.text, res.text
+
+
+def test_pretraining_needs_text(client: TestClient) -> None:
+    alpaca = b'{"instruction": "a", "output": "b"}\n'
+    ds = client.post("/api/datasets", files={"file": ("a.jsonl", io.BytesIO(alpaca))}).json()
+    res = client.post("/api/jobs", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": ds["id"]})
+    assert res.status_code == 422 and "dataset_id" in res.text
+
+
+def test_cancel_and_claim_are_decided_in_the_database(client: TestClient, text_dataset: int) -> None:
+    from backend.job.lifecycle import claim_job, finish_job, heartbeat
+
+    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}
+    queued = client.post("/api/jobs", json=body).json()
+    client.post(f"/api/jobs/{queued['id']}/cancel")
+    assert claim_job(queued["id"], "w1") is False  # cancelled before a worker got it: never runs
+
+    running = client.post("/api/jobs", json=body).json()
+    assert claim_job(running["id"], "w1") is True
+    assert claim_job(running["id"], "w2") is False  # a second delivery is a no-op
+    assert heartbeat(running["id"], step=1, total_steps=10) is False
+    job = client.post(f"/api/jobs/{running['id']}/cancel").json()
+    assert (job["status"], job["cancel_requested"]) == ("running", True)
+    assert heartbeat(running["id"], step=2, total_steps=10) is True  # the worker stops at its next step
+    finish_job(running["id"], "cancelled")
+    finish_job(running["id"], "succeeded")  # a late, confused finish does not overwrite the end
+    assert client.get(f"/api/jobs/{running['id']}").json()["status"] == "cancelled"
+
+
+def test_reaped_job_stays_failed(client: TestClient, text_dataset: int) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from backend.db import Job, session_scope, utcnow
+    from backend.job.lifecycle import claim_job, finish_job, heartbeat, reap_stale_jobs
+
+    job = client.post("/api/jobs", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}).json()
+    claim_job(job["id"], "w1")
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job["id"]).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    assert reap_stale_jobs() == [job["id"]]
+    assert heartbeat(job["id"], step=5, total_steps=10) is True  # the stalled worker learns it lost the job
+    finish_job(job["id"], "succeeded")
+    after = client.get(f"/api/jobs/{job['id']}").json()
+    assert (after["status"], after["error"]) == ("failed", "worker lost (no heartbeat)")
+
+
+def test_broker_down_fails_the_job_with_a_503(client: TestClient, text_dataset: int) -> None:
+    import backend.queue
+    from backend.config import get_settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STUDIO_BROKER_URL", "redis://127.0.0.1:9/0")  # nothing listens on port 9
+        get_settings.cache_clear()
+        backend.queue._app = None
+        res = client.post("/api/jobs", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset})
+    get_settings.cache_clear()
+    backend.queue._app = None
+    assert res.status_code == 503 and "queue is unreachable" in res.text
+    (job,) = client.get("/api/jobs").json()["items"]
+    assert job["status"] == "failed" and "could not enqueue" in job["error"]
+
+
+def test_api_logout_revokes_the_session(client: TestClient) -> None:
+    client.headers.pop("Authorization")
+    client.post("/api/auth/login", json={"email": "owner@example.com", "password": "password123"})
+    cookie = client.cookies.get("studio_session")
+    assert client.post("/api/auth/logout").status_code == 204
+    assert client.get("/api/me", cookies={"studio_session": cookie}).status_code == 401
