@@ -1,7 +1,7 @@
 """Every ORM table, imported here so Alembic and the app see one metadata."""
 
 from backend.db.base import Base, get_engine, session_factory, session_scope, utcnow
-from backend.db.dataset import Dataset
+from backend.db.dataset import Dataset, DatasetAnalysis, Upload
 from backend.db.job import ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobMetric
 from backend.db.model import Model
 from backend.db.token import Token
@@ -13,11 +13,13 @@ __all__ = [
     "Artifact",
     "Base",
     "Dataset",
+    "DatasetAnalysis",
     "Job",
     "JobEvent",
     "JobMetric",
     "Model",
     "Token",
+    "Upload",
     "User",
     "get_engine",
     "session_factory",

@@ -23,6 +23,8 @@ class Job(Base):
     architecture: Mapped[str | None] = mapped_column(String(32))
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
     base_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
+    # A separate validation file instead of a held-out fraction of the training data.
+    validation_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"))
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # What actually ran: resolved defaults, dataset sha256, library versions; written by the worker.
     resolved_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
