@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from backend.config import get_settings
+from backend.queue import ANALYSIS_QUEUE, QUEUE
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -47,11 +48,14 @@ def _serve(host: str, port: int) -> None:
     uvicorn.run("backend.main:create_app", factory=True, host=host, port=port, log_level="info")
 
 
-def worker_command(name: str | None = None) -> list[str]:
-    name = name or get_settings().worker_name or f"worker-{os.getpid()}@{socket.gethostname()}"
+def worker_command(name: str | None = None, *, analysis: bool = False) -> list[str]:
+    """A Celery worker: one training job at a time, or (analysis) the short dataset tasks."""
+    role = "analysis" if analysis else "worker"
+    name = name or get_settings().worker_name or f"{role}-{os.getpid()}@{socket.gethostname()}"
+    queue = ANALYSIS_QUEUE if analysis else QUEUE
     return [
         sys.executable, "-m", "celery", "-A", "workers.main", "worker",
-        "-Q", "studio", "--concurrency", "1", "--prefetch-multiplier", "1",
+        "-Q", queue, "--concurrency", "1", "--prefetch-multiplier", "1",
         "-n", name, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
@@ -68,7 +72,7 @@ def cmd_api(args: argparse.Namespace) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     # exec, so signals from a process manager reach Celery directly.
-    cmd = worker_command(args.name)
+    cmd = worker_command(args.name, analysis=args.analysis)
     os.execv(cmd[0], cmd)
 
 
@@ -78,20 +82,27 @@ def cmd_up(args: argparse.Namespace) -> None:
     host, port = args.host or settings.host, args.port or settings.port
     cmd_migrate(args)
     hint = ensure_admin()
-    worker = subprocess.Popen(worker_command(args.worker_name))
+    workers = [
+        subprocess.Popen(worker_command(args.worker_name)),
+        subprocess.Popen(worker_command(args.worker_name and f"{args.worker_name}-analysis", analysis=True)),
+    ]
     shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"\n  Fine-Tuning Studio: http://{shown_host}:{port}/")
     if hint:
         print(f"  {hint}")
-    print(f"  data in {settings.data_dir}; one worker (pid {worker.pid})\n", flush=True)
+    print(
+        f"  data in {settings.data_dir}; training worker pid {workers[0].pid}, analysis {workers[1].pid}\n", flush=True
+    )
     try:
         _serve(host, port)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
 
 def cmd_users_create(args: argparse.Namespace) -> None:
@@ -151,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one training worker (Celery)")
     worker.add_argument("--name")
+    worker.add_argument(
+        "--analysis", action="store_true", help="serve dataset analysis (statistics, dry runs, hygiene) instead"
+    )
     worker.set_defaults(func=cmd_worker)
 
     sub.add_parser("migrate", help="bring the database schema to head").set_defaults(func=cmd_migrate)

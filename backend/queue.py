@@ -5,7 +5,11 @@ from celery import Celery
 from backend.config import get_settings
 
 RUN_JOB = "studio.run_job"
+ANALYZE_DATASET = "studio.analyze_dataset"
 QUEUE = "studio"
+# Short tasks (token statistics, dry-run renders, hygiene) get their own queue and worker process, so they
+# never wait behind an hours-long training job.
+ANALYSIS_QUEUE = "studio.analysis"
 
 
 def make_celery() -> Celery:
@@ -49,3 +53,8 @@ def celery_app() -> Celery:
 def enqueue_job(job_id: int) -> None:
     """Send the run-job task. Call only after the job row is committed."""
     celery_app().send_task(RUN_JOB, args=[job_id], queue=QUEUE)
+
+
+def enqueue_analysis(analysis_id: int) -> None:
+    """Send the analyze-dataset task. Call only after the DatasetAnalysis row is committed."""
+    celery_app().send_task(ANALYZE_DATASET, args=[analysis_id], queue=ANALYSIS_QUEUE)

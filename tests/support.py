@@ -67,6 +67,7 @@ class StudioProcess:
             self.cli("users", "create", ADMIN_EMAIL, "--password-stdin", "--admin", stdin=ADMIN_PASSWORD + "\n")
             self.start("api", "api", "--no-migrate")
             self.start_worker("worker")
+            self.start("analysis", "worker", "--analysis", "--name", f"analysis-{self.port}")
         else:
             self.start("up", "up", "--worker-name", f"embedded-{self.port}")
         self.wait_healthy()
