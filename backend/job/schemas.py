@@ -75,6 +75,9 @@ class JobCreate(BaseModel):
     kind: JobKind
     dataset_id: DbId
     base_model: DbId | None = Field(None, description="Id from /api/models; required for finetune.")
+    validation_dataset_id: DbId | None = Field(
+        None, description="A separate validation dataset (same shape); replaces validation_fraction."
+    )
     architecture: str | None = Field(None, description="Preset for pretrain: " + ", ".join(PRESETS))
     method: Method | None = None
     objective: Objective | None = None
@@ -111,6 +114,7 @@ class JobRead(BaseModel):
     architecture: str | None
     dataset_id: int
     base_model_id: int | None
+    validation_dataset_id: int | None
     hyperparameters: dict[str, Any]
     resolved_config: dict[str, Any]
     created_at: datetime

@@ -33,21 +33,53 @@ def list_jobs(session: Session, *, user: User, limit: int = 200) -> list[Job]:
     return list(session.scalars(q))
 
 
-def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
-    """Validate references and store a queued job. The caller enqueues it after commit."""
-    dataset = session.get(Dataset, data.dataset_id)
+# Which canonical dataset shapes each objective trains on.
+OBJECTIVE_SHAPES = {
+    "causal_lm": ("text", "prompt_completion"),
+    "sft": ("prompt_completion", "messages"),
+}
+DEFAULT_OBJECTIVE = {"text": "causal_lm", "prompt_completion": "sft", "messages": "sft"}
+
+
+def _owned_dataset(session: Session, user: User, dataset_id: int, field: str) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
     if dataset is None or not (dataset.owner_id == user.id or user.is_admin):
-        raise Invalid(f"dataset {data.dataset_id} not found", field="dataset_id")
+        raise Invalid(f"dataset {dataset_id} not found", field=field)
+    return dataset
+
+
+def _objective(data: JobCreate, dataset: Dataset) -> str:
+    """The objective asked for, or the natural one for the dataset's shape; refuse what cannot train."""
     if data.kind == "pretrain" and dataset.shape != "text":
-        raise Invalid(f"pretraining needs raw text; dataset {dataset.id} is {dataset.format}", field="dataset_id")
-    if data.base_model is not None:
-        visible_model(session, user=user, model_id=data.base_model, field="base_model")
-    objective = data.objective or ("sft" if dataset.shape == "prompt_completion" else "causal_lm")
-    if objective == "sft" and dataset.shape != "prompt_completion":
+        raise Invalid(f"pretraining needs raw text; dataset {dataset.id} is {dataset.shape}", field="dataset_id")
+    objective = data.objective or DEFAULT_OBJECTIVE.get(dataset.shape)
+    if objective is None:
         raise Invalid(
-            f"objective sft needs instruction data (alpaca); dataset {dataset.id} is {dataset.format}",
+            f"dataset {dataset.id} holds {dataset.shape} records, which no objective here trains on yet",
+            field="dataset_id",
+        )
+    if dataset.shape not in OBJECTIVE_SHAPES[objective]:
+        wanted = " or ".join(OBJECTIVE_SHAPES[objective])
+        raise Invalid(
+            f"objective {objective} needs {wanted} records; dataset {dataset.id} is {dataset.shape}",
             field="objective",
         )
+    return objective
+
+
+def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
+    """Validate references and store a queued job. The caller enqueues it after commit."""
+    dataset = _owned_dataset(session, user, data.dataset_id, "dataset_id")
+    if data.base_model is not None:
+        visible_model(session, user=user, model_id=data.base_model, field="base_model")
+    objective = _objective(data, dataset)
+    if data.validation_dataset_id is not None:
+        validation = _owned_dataset(session, user, data.validation_dataset_id, "validation_dataset_id")
+        if validation.shape != dataset.shape:
+            raise Invalid(
+                f"validation dataset {validation.id} is {validation.shape}, the training data is {dataset.shape}",
+                field="validation_dataset_id",
+            )
     job = Job(
         owner_id=user.id,
         name=data.name or f"{data.kind}-{dataset.name}"[:200],
@@ -57,6 +89,7 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
         architecture=data.architecture,
         dataset_id=dataset.id,
         base_model_id=data.base_model,
+        validation_dataset_id=data.validation_dataset_id,
         hyperparameters=data.hyperparameters.model_dump(exclude_none=True),
     )
     session.add(job)

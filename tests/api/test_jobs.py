@@ -92,3 +92,16 @@ def test_sft_needs_instruction_data(client: TestClient, text_dataset: int) -> No
     res = client.post("/api/jobs", json={**body, "objective": "causal_lm"})
     assert res.status_code == 201, res.text
     assert res.json()["method"] == "lora"
+
+
+def test_separate_validation_dataset(client: TestClient, text_dataset: int) -> None:
+    other_text = client.post("/api/datasets", files={"file": ("v.txt", io.BytesIO(b"held out text\n"))}).json()
+    alpaca = b'{"instruction": "a", "output": "b"}\n'
+    other_shape = client.post("/api/datasets", files={"file": ("a.jsonl", io.BytesIO(alpaca))}).json()
+    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}
+    res = client.post("/api/jobs", json={**body, "validation_dataset_id": other_shape["id"]})
+    assert res.status_code == 422 and "validation_dataset_id" in res.text
+    res = client.post("/api/jobs", json={**body, "validation_dataset_id": 999})
+    assert res.status_code == 422 and "validation_dataset_id" in res.text
+    res = client.post("/api/jobs", json={**body, "validation_dataset_id": other_text["id"]})
+    assert res.status_code == 201 and res.json()["validation_dataset_id"] == other_text["id"]
