@@ -26,7 +26,28 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its lease on a job.")
     reap_interval_seconds: float = Field(30.0, gt=0, description="How often the API looks for expired leases.")
     poll_seconds: float = Field(0.5, gt=0, le=1.0, description="Database polling interval for live updates.")
-    max_upload_bytes: int = Field(2 * 1024**3, ge=1024)
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="Largest dataset file accepted (413 above).")
+    # Dataset validation limits: each bounds the memory one record can take while a file is read.
+    max_line_bytes: int = Field(
+        16 * 1024**2,
+        ge=1024,
+        description="Longest line (JSONL record, CSV row, text line) and longest single record (a JSON array "
+        "element, a text paragraph) in a dataset file, in bytes (413 above).",
+    )
+    max_json_depth: int = Field(64, ge=4, le=500, description="Deepest nesting of objects/arrays in a JSON record.")
+    max_decompressed_bytes: int = Field(
+        8 * 1024**3, ge=1024, description="Largest decompressed size of a gzipped dataset file (413 above)."
+    )
+    max_compression_ratio: float = Field(
+        100.0,
+        gt=1,
+        description="Largest decompressed/compressed size ratio of a gzipped dataset (past its first 8 MiB): "
+        "a guard against gzip bombs.",
+    )
+    long_record_bytes: int = Field(64 * 1024, ge=1, description="Records larger than this get a warning.")
+    label_imbalance_ratio: float = Field(
+        10.0, gt=1, description="Warn when the most frequent label outnumbers the rarest by more than this."
+    )
     worker_name: str = ""
     cookie_secure: bool = False
 

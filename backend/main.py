@@ -20,6 +20,7 @@ from backend.auth import pages as auth_pages
 from backend.auth import router as auth_router
 from backend.auth.service import SESSION_COOKIE, user_for_token
 from backend.config import REPO_ROOT, get_settings
+from backend.dataset import analysis_router, upload_router
 from backend.dataset import pages as dataset_pages
 from backend.dataset import router as dataset_router
 from backend.db import User, get_engine, session_scope
@@ -111,7 +112,8 @@ def create_app() -> FastAPI:
             conn.execute(text("SELECT 1"))
         return {"status": "ok", "mode": "embedded" if settings.embedded else "server"}
 
-    for module in (auth_router, dataset_router, model_router, job_router):
+    routers = (auth_router, dataset_router, upload_router, analysis_router, model_router, job_router)
+    for module in routers:
         app.include_router(module.router)
     for module in (auth_pages, dataset_pages, model_pages, job_pages):
         app.include_router(module.router)

@@ -4,13 +4,47 @@ Recipes never hold an ORM session while they train (hours): they get this snapsh
 `backend.job.lifecycle`, whose functions each open and commit their own short session.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backend.config import get_settings
+from backend.dataset.formats import Record, read_records
 from backend.db import Dataset, Job, Model, session_scope
 from backend.job.schemas import Hyperparameters
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A stored dataset version and how to read it back (the read options it was validated with)."""
+
+    id: int
+    name: str
+    path: Path
+    filename: str
+    sha256: str
+    shape: str
+    options: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: Dataset) -> "DatasetRef":
+        return cls(
+            id=row.id,
+            name=row.name,
+            path=Path(row.path),
+            filename=row.filename,
+            sha256=row.sha256,
+            shape=row.shape,
+            options=dict(row.options or {}),
+        )
+
+    def records(self) -> Iterator[Record]:
+        """Canonical records, streamed in file order (record indices count from 0 in this order)."""
+        return read_records(self.path, self.filename, self.options)
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "filename": self.filename, "sha256": self.sha256}
 
 
 @dataclass(frozen=True)
@@ -23,10 +57,8 @@ class JobContext:
     objective: str  # "causal_lm" | "sft"
     architecture: str | None
     hp: Hyperparameters  # validated again, so every default is filled in
-    dataset_name: str
-    dataset_path: Path
-    dataset_filename: str
-    dataset_sha256: str
+    dataset: DatasetRef
+    validation_dataset: DatasetRef | None  # a separate eval file, used instead of a held-out fraction
     base_model_name: str | None
     base_model_path: Path | None
     output_dir: Path  # data_dir/jobs/<id>: checkpoints/, model/ or adapter/, and the zip
@@ -39,7 +71,8 @@ class JobContext:
             "objective": self.objective,
             "architecture": self.architecture,
             "hyperparameters": self.hp.model_dump(),
-            "dataset": {"name": self.dataset_name, "filename": self.dataset_filename, "sha256": self.dataset_sha256},
+            "dataset": self.dataset.summary(),
+            "validation_dataset": self.validation_dataset.summary() if self.validation_dataset else None,
             "base_model": {"name": self.base_model_name, "path": str(self.base_model_path)}
             if self.base_model_path
             else None,
@@ -55,6 +88,9 @@ def load_context(job_id: int) -> JobContext:
         dataset = s.get(Dataset, job.dataset_id)
         if dataset is None:
             raise LookupError(f"dataset {job.dataset_id} of job {job_id} does not exist")
+        validation = s.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id is not None else None
+        if job.validation_dataset_id is not None and validation is None:
+            raise LookupError(f"validation dataset {job.validation_dataset_id} of job {job_id} does not exist")
         base = s.get(Model, job.base_model_id) if job.base_model_id is not None else None
         if job.kind == "finetune" and base is None:
             raise LookupError(f"base model {job.base_model_id} of job {job_id} does not exist")
@@ -67,10 +103,8 @@ def load_context(job_id: int) -> JobContext:
             objective=job.objective,
             architecture=job.architecture,
             hp=Hyperparameters.model_validate(job.hyperparameters or {}),
-            dataset_name=dataset.name,
-            dataset_path=Path(dataset.path),
-            dataset_filename=dataset.filename,
-            dataset_sha256=dataset.sha256,
+            dataset=DatasetRef.of(dataset),
+            validation_dataset=DatasetRef.of(validation) if validation else None,
             base_model_name=base.name if base else None,
             base_model_path=Path(base.path) if base else None,
             output_dir=get_settings().path("jobs", str(job.id)),

@@ -1,8 +1,9 @@
-"""Canonical records → token ids: tokenizer training, packed blocks, SFT examples, and the padding collator.
+"""Token ids → training batches: tokenizer training, packed blocks, held-out splits and the padding collator.
 
-Every example is a dict of plain lists, `{"input_ids": [...], "labels": [...]}`, where a label of -100
-means "no loss here" (the value `torch.nn.CrossEntropyLoss` ignores by default). Models shift labels by
-one position internally, so labels are aligned with input_ids, not with the next token.
+Records become token ids in `workers.examples`. Every example is a dict of plain lists,
+`{"input_ids": [...], "labels": [...]}`, where a label of -100 means "no loss here" (the value
+`torch.nn.CrossEntropyLoss` ignores by default). Models shift labels by one position internally, so labels
+are aligned with input_ids, not with the next token.
 """
 
 import random
@@ -12,15 +13,13 @@ from typing import TypeVar
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
-IGNORE_INDEX = -100
+from workers.examples import IGNORE_INDEX, Example
+
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
-# Used when the base tokenizer has no chat template: the prompt format most instruction datasets were made for.
-ALPACA_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
-Example = dict[str, list[int]]
 T = TypeVar("T")
 
 
@@ -94,63 +93,6 @@ def split_text_holdout(texts: list[str], fraction: float, seed: int) -> tuple[li
         held.append(text)
         size += len(text)
     return train, [t for t in held if t]
-
-
-def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    """The prompt as the model will see it at inference: its chat template if it has one, else Alpaca."""
-    if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        assert isinstance(text, str)
-        return text
-    return ALPACA_TEMPLATE.format(prompt=prompt)
-
-
-def tokenize_sft(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, max_length: int
-) -> tuple[Example | None, bool]:
-    """One supervised example with loss on the response only; returns (example or None, truncated).
-
-    Prompt and completion are tokenized separately so the boundary between them is exact (tokenizing the
-    joined string could merge the last prompt byte with the first response byte into one token).
-    """
-    # A chat template writes its own BOS into the text; the Alpaca string needs the tokenizer to add it.
-    with_template = bool(tokenizer.chat_template)
-    prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not with_template)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    # EOS is supervised too: it is how the model learns to stop after answering.
-    completion_ids = [*completion_ids, tokenizer.eos_token_id]
-    input_ids = prompt_ids + completion_ids
-    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
-    truncated = len(input_ids) > max_length
-    input_ids, labels = input_ids[:max_length], labels[:max_length]
-    if all(label == IGNORE_INDEX for label in labels):
-        return None, truncated  # the prompt alone fills max_length: nothing left to learn from
-    return {"input_ids": input_ids, "labels": labels}, truncated
-
-
-@dataclass
-class SFTStats:
-    kept: int = 0
-    truncated: int = 0
-    dropped: int = 0
-
-
-def build_sft_examples(
-    tokenizer: PreTrainedTokenizerBase, records: Iterable[dict[str, str]], max_length: int
-) -> tuple[list[Example], SFTStats]:
-    """Tokenize prompt/completion records; count those cut at max_length and those left with no target."""
-    examples, stats = [], SFTStats()
-    for record in records:
-        example, truncated = tokenize_sft(tokenizer, record["prompt"], record["completion"], max_length)
-        stats.truncated += truncated
-        if example is None:
-            stats.dropped += 1
-        else:
-            examples.append(example)
-    stats.kept = len(examples)
-    return examples, stats
 
 
 @dataclass

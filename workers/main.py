@@ -7,7 +7,8 @@ from backend.queue import celery_app
 
 app = celery_app()
 
-# Importing the module registers its tasks on `app` (the same instance: celery_app() is a singleton).
+# Importing the modules registers their tasks on `app` (the same instance: celery_app() is a singleton).
+import workers.analysis.tasks  # noqa: E402
 import workers.tasks  # noqa: E402, F401
 
 

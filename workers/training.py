@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, Trai
 
 from backend.job.lifecycle import update_job
 from workers.context import JobContext
-from workers.data import Example, PadCollator
+from workers.data import PadCollator
+from workers.examples import Example
 from workers.metrics import Cancelled, JobCallback
 
 

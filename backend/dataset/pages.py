@@ -2,11 +2,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from backend.dataset import service
+from backend.dataset.versions import lineage
+from backend.db import Dataset
 from backend.deps import OptionalUser, SessionDep
+from backend.model.service import list_models
 from backend.schemas import IdPath
 from backend.web import render, require
 
 router = APIRouter(include_in_schema=False)
+
+PREVIEW_ROWS = 20
 
 
 @router.get("/datasets", response_class=HTMLResponse)
@@ -19,4 +24,14 @@ def datasets_page(request: Request, session: SessionDep, user: OptionalUser) -> 
 def dataset_page(dataset_id: IdPath, request: Request, session: SessionDep, user: OptionalUser) -> Response:
     user = require(user)
     ds = service.get_dataset(session, user=user, dataset_id=dataset_id)
-    return render(request, "dataset/detail.html", user, dataset=ds, rows=service.preview(ds, 20))
+    return render(
+        request,
+        "dataset/detail.html",
+        user,
+        dataset=ds,
+        rows=service.preview(ds, PREVIEW_ROWS),
+        versions=lineage(session, dataset=ds),
+        parent=session.get(Dataset, ds.parent_id) if ds.parent_id else None,
+        models=list_models(session, user=user),
+        others=[d for d in service.list_datasets(session, user=user) if d.id != ds.id],
+    )

@@ -3,22 +3,57 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from backend.dataset import service
-from backend.dataset.schemas import DatasetList, DatasetPreview, DatasetRead
+from backend.dataset.formats import ACCEPTED
+from backend.dataset.schemas import DatasetInspect, DatasetList, DatasetPreview, DatasetRead
 from backend.deps import CurrentUser, SessionDep
 from backend.schemas import IdPath, Text
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 
 
+FileField = Annotated[UploadFile, File(description=f"Dataset file: {ACCEPTED}")]
+OptionsField = Annotated[
+    str,
+    Form(
+        max_length=10_000,
+        description='JSON object, all keys optional: {"shape", "layout", "columns": {canonical: source}, '
+        '"text_split": "file"|"paragraph"|"line", "quoting": "minimal"|"none", "delimiter"}',
+    ),
+]
+
+
 @router.post("", response_model=DatasetRead, status_code=201)
 def upload_dataset(
     session: SessionDep,
     user: CurrentUser,
-    file: Annotated[UploadFile, File(description="Dataset file: .txt, .jsonl or .json")],
+    file: FileField,
     name: Annotated[Text, Form(max_length=200)] = "",
+    options: OptionsField = "",
 ) -> DatasetRead:
-    ds = service.create_dataset(session, user=user, source=file.file, filename=file.filename or "", name=name)
+    ds = service.create_dataset(
+        session,
+        user=user,
+        source=file.file,
+        filename=file.filename or "",
+        name=name,
+        options=service.options_from_form(options),
+    )
     return DatasetRead.model_validate(ds)
+
+
+@router.post("/inspect", response_model=DatasetInspect)
+def inspect_dataset(
+    user: CurrentUser,
+    file: FileField,
+    options: OptionsField = "",
+    max_records: Annotated[int, Form(ge=0, description="Stop after this many records (0: the whole file).")] = 0,
+) -> DatasetInspect:
+    """Detect and validate a file without storing it (for the column-mapping step)."""
+    filename = service.safe_filename(file.filename or "")
+    summary = service.inspect_upload(
+        source=file.file, filename=filename, options=service.options_from_form(options), max_records=max_records
+    )
+    return DatasetInspect.of(filename, summary)
 
 
 @router.get("", response_model=DatasetList)

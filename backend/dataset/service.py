@@ -2,20 +2,23 @@
 
 import hashlib
 import itertools
+import json
 import re
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.dataset.formats import FormatError, read_records, summarize
+from backend.dataset.formats import ACCEPTED, LimitExceeded, Summary, UnsupportedFile, read_records, summarize
+from backend.dataset.formats.values import display
 from backend.db import Dataset, Job, User
-from backend.errors import Conflict, Invalid, NotFound, TooLarge
+from backend.errors import Conflict, Invalid, NotFound, TooLarge, Unsupported
 
 CHUNK = 1 << 20
+PREVIEW_CHARS = 100_000
 
 
 def safe_filename(name: str) -> str:
@@ -31,27 +34,121 @@ def _spool(source: BinaryIO, dest: Path, limit: int) -> tuple[str, int]:
         while chunk := source.read(CHUNK):
             size += len(chunk)
             if size > limit:
-                raise TooLarge(f"file is over the upload limit of {limit} bytes", field="file")
+                raise TooLarge(f"file is over the upload limit of {limit} bytes (max_upload_bytes)", field="file")
             digest.update(chunk)
             out.write(chunk)
     return digest.hexdigest(), size
 
 
-def create_dataset(session: Session, *, user: User, source: BinaryIO, filename: str, name: str = "") -> Dataset:
-    """Stream `source` to a temporary file, validate every record, then move it into place atomically."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _temp_path() -> Path:
+    return get_settings().path("tmp") / f"{uuid.uuid4().hex}.part"
+
+
+def options_from_form(raw: str) -> dict[str, Any]:
+    """The `options` form field: a JSON object (shape, layout, columns, text_split, quoting, delimiter)."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise Invalid("options must be a JSON object", field="options") from None
+    if not isinstance(value, dict):
+        raise Invalid("options must be a JSON object", field="options")
+    return value
+
+
+def _location(summary: Summary, error: dict[str, Any]) -> str:
+    unit = "row" if summary.reader == "parquet" else "line"
+    where = f"{unit} {error['line']}: " if error.get("line") is not None else ""
+    what = f"field '{error['field']}': " if error.get("field") else ""
+    return f"{where}{what}{error['message']}"
+
+
+def _summarize(path: Path, filename: str, options: dict[str, Any] | None, max_records: int = 0) -> Summary:
+    """`summarize`, with a file past a limit or of an unsupported type turned into its domain error."""
+    try:
+        return summarize(path, filename, options, max_records=max_records)
+    except UnsupportedFile as exc:
+        raise Unsupported(f"{filename}: {exc.message}", field="file", file=filename, accepted=ACCEPTED) from None
+    except LimitExceeded as exc:
+        raise TooLarge(f"{filename}: {exc}", field="file", file=filename, line=exc.line) from None
+
+
+def validate_file(path: Path, filename: str, options: dict[str, Any] | None = None) -> Summary:
+    """Validate every record of `path`; raise `Invalid` naming the first problems, or the limit/type error."""
+    summary = _summarize(path, filename, options)
+    if summary.error_count:
+        first = summary.errors[0]
+        more = summary.error_count - 1
+        detail = f"{filename}: {_location(summary, first)}" + (f" (and {more} more errors)" if more else "")
+        raise Invalid(
+            detail,
+            field="file",
+            file=filename,
+            line=first["line"],
+            problem=first["message"],
+            errors=summary.errors,
+            error_count=summary.error_count,
+        )
+    return summary
+
+
+def ingest_file(
+    session: Session,
+    *,
+    user: User,
+    path: Path,
+    filename: str,
+    name: str = "",
+    options: dict[str, Any] | None = None,
+    parent: Dataset | None = None,
+    note: str = "",
+) -> Dataset:
+    """Validate the complete temp file `path` whole; when valid, move it into place and insert its row.
+
+    `path` must be under data_dir (an atomic rename); it is gone afterwards, kept or not."""
+    return _ingest(
+        session, user=user, path=path, filename=filename, name=name, options=options, parent=parent, note=note
+    )
+
+
+def _ingest(
+    session: Session,
+    *,
+    user: User,
+    path: Path,
+    filename: str,
+    name: str,
+    options: dict[str, Any] | None,
+    parent: Dataset | None,
+    note: str,
+    sha256: str = "",
+) -> Dataset:
     settings = get_settings()
     clean = safe_filename(filename)
-    tmp = settings.path("tmp") / f"{uuid.uuid4().hex}.part"
     try:
-        sha256, size = _spool(source, tmp, settings.max_upload_bytes)
-        try:
-            summary = summarize(tmp, clean)
-        except FormatError as exc:
-            raise Invalid(f"{clean}: {exc}", field="file", file=clean, line=exc.line, problem=exc.message) from None
+        size = path.stat().st_size
+        if size > settings.max_upload_bytes:
+            raise TooLarge(
+                f"{clean}: over the upload limit of {settings.max_upload_bytes} bytes (max_upload_bytes)",
+                field="file",
+                file=clean,
+            )
+        summary = validate_file(path, clean, options)
+        sha256 = sha256 or _sha256(path)
         final = settings.path("datasets", str(user.id)) / f"{sha256[:16]}-{clean}"
-        tmp.replace(final)
+        shared = final.exists()  # the same bytes under the same name, already kept for another dataset
+        path.replace(final)
     finally:
-        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
     dataset = Dataset(
         owner_id=user.id,
         name=(name or Path(clean).stem)[:200],
@@ -62,10 +159,68 @@ def create_dataset(session: Session, *, user: User, source: BinaryIO, filename: 
         format=summary.format,
         shape=summary.shape,
         record_count=summary.record_count,
+        confidence=summary.confidence,
+        warnings=summary.warnings,
+        warning_count=summary.warning_count,
+        columns=summary.columns,
+        options=summary.options,
+        parent_id=parent.id if parent else None,
+        version=parent.version + 1 if parent else 1,
+        note=note,
     )
     session.add(dataset)
-    session.flush()
+    try:
+        session.flush()
+    except Exception:
+        if not shared:
+            final.unlink(missing_ok=True)
+        raise
     return dataset
+
+
+def create_dataset(
+    session: Session,
+    *,
+    user: User,
+    source: BinaryIO,
+    filename: str,
+    name: str = "",
+    options: dict[str, Any] | None = None,
+) -> Dataset:
+    """Stream `source` to a temporary file, then `ingest_file` it (validated whole, kept only when valid)."""
+    tmp = _temp_path()
+    try:
+        sha256, _ = _spool(source, tmp, get_settings().max_upload_bytes)
+        return _ingest(
+            session,
+            user=user,
+            path=tmp,
+            filename=filename,
+            name=name,
+            options=options,
+            parent=None,
+            note="",
+            sha256=sha256,
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def inspect_file(*, path: Path, filename: str, options: dict[str, Any] | None = None, max_records: int = 0) -> Summary:
+    """Detect and validate a file without keeping it: layout, shape, confidence, columns, first rows, problems."""
+    return _summarize(path, safe_filename(filename), options, max_records)
+
+
+def inspect_upload(
+    *, source: BinaryIO, filename: str, options: dict[str, Any] | None = None, max_records: int = 0
+) -> Summary:
+    """`inspect_file` for an upload stream (spooled to a temporary file that is removed afterwards)."""
+    tmp = _temp_path()
+    try:
+        _spool(source, tmp, get_settings().max_upload_bytes)
+        return inspect_file(path=tmp, filename=filename, options=options, max_records=max_records)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def get_dataset(session: Session, *, user: User, dataset_id: int) -> Dataset:
@@ -82,9 +237,10 @@ def list_datasets(session: Session, *, user: User) -> list[Dataset]:
     return list(session.scalars(q))
 
 
-def preview(dataset: Dataset, rows: int = 20) -> list[dict[str, str]]:
-    """The first records as the trainer will read them."""
-    return list(itertools.islice(read_records(Path(dataset.path), dataset.filename), rows))
+def preview(dataset: Dataset, rows: int = 20) -> list[dict[str, Any]]:
+    """The first records as the trainer will read them (very long strings cut for display)."""
+    records = read_records(Path(dataset.path), dataset.filename, dataset.options or None)
+    return [display(r, PREVIEW_CHARS) for r in itertools.islice(records, rows)]
 
 
 def delete_dataset(session: Session, *, user: User, dataset_id: int) -> None:

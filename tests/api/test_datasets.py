@@ -60,7 +60,7 @@ def test_recognized_formats(
         ("latin1.txt", "caf\u00e9\n".encode("latin-1"), "line 1: not UTF-8"),
         ("arr.json", b'[\n {"instruction": "a", "output": "b"},\n {"instruction": "a", "output": 3}\n]', "line 3"),
         ("obj.json", b'{"instruction": "a"}', "expected a JSON array"),
-        ("binary.bin", bytes(range(256)) * 4, "unrecognized file"),
+        ("binary.jsonl", bytes(range(256)) * 4, "line 1: invalid JSON"),
         ("emptyout.jsonl", b'{"instruction": "a", "output": "  "}\n', "field 'output': empty"),
     ],
 )
@@ -74,6 +74,13 @@ def test_malformed_files_are_refused_and_nothing_is_stored(
     data_dir = Path(app_env["STUDIO_DATA_DIR"])
     assert not list((data_dir / "datasets").rglob("*")) if (data_dir / "datasets").exists() else True
     assert not list((data_dir / "tmp").glob("*"))
+
+
+def test_unsupported_file_type_is_415_listing_what_is_accepted(client: TestClient) -> None:
+    res = _upload(client, "binary.bin", bytes(range(256)) * 4)
+    assert res.status_code == 415, res.text
+    assert "accepted are .txt, .md, .json, .jsonl, .csv, .tsv and .parquet" in res.json()["detail"]
+    assert client.get("/api/datasets").json()["items"] == []
 
 
 def test_path_traversal_filename_is_neutralized(client: TestClient, app_env: dict[str, str]) -> None:

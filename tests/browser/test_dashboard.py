@@ -75,9 +75,11 @@ def test_login_upload_launch_watch_and_download(page, studio: StudioProcess, tmp
     expect(page).to_have_url(re.compile(r"/jobs$"))
     shot(page, "jobs-empty")
 
-    # Upload with the file input; the page follows the progress bar to the dataset's page.
+    # Upload with the file input: it is inspected first, then "Upload" follows the progress bar to its page.
     page.goto("/datasets")
     page.set_input_files("#upload-file", str(FIXTURES / "tiny.txt"))
+    expect(page.locator("#upload-submit")).to_be_enabled()
+    page.click("#upload-submit")
     page.wait_for_url(re.compile(r"/datasets/\d+$"))
     text_id = int(page.url.rsplit("/", 1)[1])
     expect(page.locator("#dataset-records")).to_contain_text("120")
@@ -89,6 +91,7 @@ def test_login_upload_launch_watch_and_download(page, studio: StudioProcess, tmp
     bad.write_text('{"text": "ok"}\n{"text": 5}\n')
     page.set_input_files("#upload-file", str(bad))
     expect(page.locator("#upload-error")).to_contain_text("line 2")
+    expect(page.locator("#upload-submit")).to_be_disabled()
     shot(page, "datasets-error")
 
     # Drag-and-drop the alpaca file onto the drop zone.
@@ -99,6 +102,8 @@ def test_login_upload_launch_watch_and_download(page, studio: StudioProcess, tmp
         data,
     )
     page.dispatch_event("#upload-drop", "drop", {"dataTransfer": handle})
+    expect(page.locator("#upload-submit")).to_be_enabled()
+    page.click("#upload-submit")
     page.wait_for_url(re.compile(r"/datasets/\d+$"))
     alpaca_id = int(page.url.rsplit("/", 1)[1])
     assert alpaca_id != text_id

@@ -79,6 +79,7 @@ def add_dataset(owner_id: int, source: Path) -> int:
             format=summary.format,
             shape=summary.shape,
             record_count=summary.record_count,
+            options=summary.options,
         )
         s.add(row)
         s.flush()

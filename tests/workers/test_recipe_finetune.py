@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from backend.db import Artifact, Job, JobEvent, JobMetric, Model, session_scope
 from tests.workers.support import Pretrained, Seed, create_job, studio_env
-from workers.data import ALPACA_TEMPLATE
+from workers.examples import ALPACA_TEMPLATE
 from workers.tasks import run_job
 
 FINETUNE_HP = {

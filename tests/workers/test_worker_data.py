@@ -5,17 +5,8 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from tests.workers.support import FIXTURES
-from workers.data import (
-    ALPACA_TEMPLATE,
-    IGNORE_INDEX,
-    PadCollator,
-    build_sft_examples,
-    format_prompt,
-    pack_blocks,
-    split_holdout,
-    tokenize_sft,
-    train_tokenizer,
-)
+from workers.data import PadCollator, pack_blocks, split_holdout, train_tokenizer
+from workers.examples import ALPACA_TEMPLATE, IGNORE_INDEX, build_sft_examples, format_prompt, tokenize_sft
 from workers.metrics import numeric_values
 
 

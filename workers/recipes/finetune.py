@@ -1,21 +1,23 @@
 """Fine-tune a base model (a local Hugging Face directory) with LoRA or on all of its weights.
 
 Read top to bottom: base model and tokenizer from disk → examples for the objective (`sft`: prompt/response
-pairs with loss on the response only; `causal_lm`: packed blocks of text) → optional LoRA wrapping →
-`transformers.Trainer` → adapter.zip (LoRA) or model.zip (full, which also becomes a new base model).
+pairs or conversations with loss on the responses only, see `workers.examples`; `causal_lm`: packed blocks of
+text) → optional LoRA wrapping → `transformers.Trainer` → adapter.zip (LoRA) or model.zip (full, which also
+becomes a new base model).
 """
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
-from backend.dataset.formats import read_records
 from backend.job.lifecycle import log_event
 from workers.artifacts import export, register_base_model
 from workers.context import JobContext
-from workers.data import Example, build_sft_examples, format_prompt, pack_blocks, split_holdout, split_text_holdout
+from workers.data import pack_blocks, split_holdout, split_text_holdout
+from workers.examples import CHATML_TEMPLATE, Example, build_sft_examples, causal_text, load_tokenizer
 from workers.metrics import check_in
 from workers.training import (
     build_trainer,
@@ -26,19 +28,7 @@ from workers.training import (
     use_bf16,
 )
 
-
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    # A missing directory would otherwise be taken for a Hub repo id; base models are only ever local.
-    if not path.is_dir():
-        raise FileNotFoundError(f"base model directory {path} does not exist (moved or deleted?)")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer in {path} has no EOS token; cannot mark where a response ends")
-    if tokenizer.pad_token_id is None:
-        # Safe because padded positions get label -100 and attention mask 0 from the collator, never
-        # "label == pad": the real EOS at the end of each response is still learned.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+Records = list[dict[str, Any]]
 
 
 def load_model(path: Path, *, lora: bool) -> PreTrainedModel:
@@ -51,9 +41,7 @@ def load_model(path: Path, *, lora: bool) -> PreTrainedModel:
     )
 
 
-def sft_examples(ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, str]]) -> list[Example]:
-    if any("prompt" not in r for r in records):
-        raise ValueError("objective sft needs prompt/completion records (e.g. an alpaca dataset)")
+def sft_examples(ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records) -> list[Example]:
     examples, stats = build_sft_examples(tokenizer, records, ctx.hp.max_length)
     if stats.truncated or stats.dropped:
         log_event(
@@ -65,13 +53,24 @@ def sft_examples(ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: l
     return examples
 
 
-def causal_lm_examples(
-    ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, str]]
+def sft_split(
+    ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records, held_out: Records | None
+) -> tuple[list[Example], list[Example]]:
+    if held_out is not None:
+        return sft_examples(ctx, tokenizer, records), sft_examples(ctx, tokenizer, held_out)
+    return split_holdout(sft_examples(ctx, tokenizer, records), ctx.hp.validation_fraction, ctx.hp.seed)
+
+
+def causal_lm_split(
+    ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records, held_out: Records | None
 ) -> tuple[list[Example], list[Example]]:
     # Instruction records can be used as plain text too: prompt as the model sees it, then the response.
-    texts = [r["text"] if "text" in r else format_prompt(tokenizer, r["prompt"]) + r["completion"] for r in records]
-    # Split the text before packing, so no eval block has its neighbours in the training set.
-    parts = split_text_holdout(texts, ctx.hp.validation_fraction, ctx.hp.seed)
+    texts = [causal_text(tokenizer, r) for r in records]
+    if held_out is not None:
+        parts = texts, [causal_text(tokenizer, r) for r in held_out]
+    else:
+        # Split the text before packing, so no eval block has its neighbours in the training set.
+        parts = split_text_holdout(texts, ctx.hp.validation_fraction, ctx.hp.seed)
     train, held = (
         pack_blocks(tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id, ctx.hp.max_length)
         if p
@@ -79,12 +78,6 @@ def causal_lm_examples(
         for p in parts
     )
     return train, held
-
-
-def sft_split(
-    ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, str]]
-) -> tuple[list[Example], list[Example]]:
-    return split_holdout(sft_examples(ctx, tokenizer, records), ctx.hp.validation_fraction, ctx.hp.seed)
 
 
 def run(ctx: JobContext) -> None:
@@ -102,9 +95,14 @@ def run(ctx: JobContext) -> None:
     check_in(ctx.job_id)
 
     # --- data ------------------------------------------------------------------------------------------
-    records = list(read_records(ctx.dataset_path, ctx.dataset_filename))
-    build = sft_split if ctx.objective == "sft" else causal_lm_examples
-    train_set, eval_set = build(ctx, tokenizer, records)
+    records = list(ctx.dataset.records())
+    held_out = list(ctx.validation_dataset.records()) if ctx.validation_dataset else None
+    build = sft_split if ctx.objective == "sft" else causal_lm_split
+    train_set, eval_set = build(ctx, tokenizer, records, held_out)
+    if ctx.objective == "sft" and ctx.dataset.shape in ("messages", "preference") and not tokenizer.chat_template:
+        # The conversations were laid out with the fallback template: ship it with the tokenizer, so
+        # inference formats a chat exactly the way training did.
+        tokenizer.chat_template = CHATML_TEMPLATE
     log_event(ctx.job_id, f"{len(records)} records → {len(train_set)} training and {len(eval_set)} eval examples")
     check_in(ctx.job_id)
 

@@ -7,7 +7,6 @@ model.zip, and the model joins the owner's base-model list so it can be fine-tun
 
 from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
-from backend.dataset.formats import read_records
 from backend.job.lifecycle import log_event
 from backend.model.presets import PRESETS
 from workers.artifacts import export, register_base_model
@@ -26,11 +25,15 @@ def run(ctx: JobContext) -> None:
     set_seed(hp.seed)
 
     # --- data: a tokenizer of our own, then the corpus as one stream cut into blocks ---------------------
-    texts = [r["text"] for r in read_records(ctx.dataset_path, ctx.dataset_filename) if "text" in r]
+    texts = [r["text"] for r in ctx.dataset.records() if "text" in r]
     if not texts:
         raise ValueError("pretraining needs a text dataset (plain text or records with a 'text' field)")
-    # Hold out eval text before anything learns from it, the tokenizer included.
-    train_texts, eval_texts = split_text_holdout(texts, hp.validation_fraction, hp.seed)
+    if ctx.validation_dataset is not None:
+        train_texts = texts
+        eval_texts = [r["text"] for r in ctx.validation_dataset.records() if "text" in r]
+    else:
+        # Hold out eval text before anything learns from it, the tokenizer included.
+        train_texts, eval_texts = split_text_holdout(texts, hp.validation_fraction, hp.seed)
     tokenizer = train_tokenizer(train_texts, vocab_size=preset["vocab_size"])
     # A small corpus runs out of pairs to merge before reaching the preset's size; the model follows the
     # tokenizer, so no embedding row is wasted on a token that can never occur.

@@ -1,62 +1,50 @@
-"""Torch-free dataset readers: a file → canonical records (`text`, or `prompt`/`completion`).
+"""Torch-free dataset readers: a file → canonical records.
 
-Each reader module has `sniff(head: bytes, filename: str) -> bool` and `read(path) -> Iterator[Record]`
-(raising `FormatError` that names the line and the problem). `summarize` walks the whole file once.
+One reader module per file type (`text`, `jsonl`, `json_array`, `csv_table`, `parquet`; each with `sniff` and
+`read`), gzip and the size limits in `source`, layouts (alpaca, ShareGPT, ...) → canonical shapes in `layouts`,
+layout detection in `plan`, and the validating walk in `summary`. `read_records` is what trainers call.
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
-from backend.dataset.formats import json_array, jsonl, text
-from backend.dataset.formats.records import SHAPES, FormatError, Record
+from backend.dataset.formats.errors import FormatError, LimitExceeded, UnsupportedFile
+from backend.dataset.formats.layouts import LAYOUTS, Record
+from backend.dataset.formats.limits import Limits
+from backend.dataset.formats.options import ReadOptions, parse_options
+from backend.dataset.formats.plan import ACCEPTED, READERS, canonical, make_plan
+from backend.dataset.formats.source import Source
+from backend.dataset.formats.summary import Summary, summarize
 
-# Order matters: the first reader that sniffs the file reads it.
-READERS: dict[str, ModuleType] = {"jsonl": jsonl, "json": json_array, "text": text}
+SHAPES = ("text", "prompt_completion", "messages", "preference", "classification")
 
-__all__ = ["READERS", "SHAPES", "FormatError", "Record", "Summary", "read_records", "summarize"]
-
-
-@dataclass
-class Summary:
-    reader: str
-    format: str  # layout: text, jsonl_text, alpaca
-    shape: str  # canonical shape: text, prompt_completion
-    record_count: int
-    preview: list[Record] = field(default_factory=list)
-
-
-def pick_reader(path: Path, filename: str) -> str:
-    with path.open("rb") as f:
-        head = f.read(64 * 1024)
-    if not head.strip():
-        raise FormatError("the file is empty", line=1)
-    for name, module in READERS.items():
-        if module.sniff(head, filename):
-            return name
-    raise FormatError(
-        "unrecognized file: expected .txt/.md text, .jsonl (text or alpaca records) or a .json array of them"
-    )
+__all__ = [
+    "ACCEPTED",
+    "LAYOUTS",
+    "READERS",
+    "SHAPES",
+    "FormatError",
+    "LimitExceeded",
+    "Limits",
+    "ReadOptions",
+    "Record",
+    "Summary",
+    "UnsupportedFile",
+    "read_records",
+    "summarize",
+]
 
 
-def summarize(path: Path, filename: str, preview_rows: int = 5) -> Summary:
-    """Validate every record; return the layout, shape, count and first rows. Raises FormatError."""
-    reader = pick_reader(path, filename)
-    count, preview, layouts = 0, [], set()
-    for layout, record in READERS[reader].read(path):
-        layouts.add(layout)
-        if count < preview_rows:
-            preview.append(record)
-        count += 1
-    if count == 0:
-        raise FormatError("the file holds no records", line=1)
-    (layout,) = layouts  # readers fix the layout on the first record
-    return Summary(reader, layout, SHAPES[layout], count, preview)
+def read_records(path: Path, filename: str, options: dict[str, Any] | None = None) -> Iterator[Record]:
+    """Canonical records of a stored (already validated) dataset file, read with its stored `options`.
 
-
-def read_records(path: Path, filename: str) -> Iterator[Record]:
-    """Canonical records of a stored (already validated) dataset file."""
-    reader = pick_reader(path, filename)
-    for _layout, record in READERS[reader].read(path):
+    Raises `FormatError` at the first bad record."""
+    source = Source(path, filename, Limits.from_settings())
+    plan = make_plan(source, parse_options(options), detect=False)
+    if plan.problem:
+        raise plan.problem
+    for _line, record, _size in canonical(plan):
+        if isinstance(record, FormatError):
+            raise record
         yield record

@@ -1,39 +1,66 @@
-"""JSON Lines: one object per line, `text` records or alpaca records (`instruction`, `input`, `output`)."""
+"""JSON Lines (.jsonl, .ndjson, or a .json file holding one object per line): one record per line."""
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
-from backend.dataset.formats.records import FormatError, Record, layout_of, to_record
+from backend.dataset.formats.errors import FormatError
+from backend.dataset.formats.options import ReadOptions
+from backend.dataset.formats.source import Source, lines
+from backend.dataset.formats.values import (
+    DECODER,
+    SURROGATE_ESCAPE,
+    check_depth,
+    check_surrogates,
+    nested_too_deeply,
+)
+
+SUFFIXES = (".jsonl", ".ndjson")
+UNIT = "line"
+
+Item = tuple[int, object, int]
 
 
 def sniff(head: bytes, filename: str) -> bool:
-    if filename.lower().endswith(".jsonl"):
+    name = filename.lower()
+    if name.endswith(SUFFIXES):
         return True
-    first = head.lstrip().split(b"\n", 1)[0].strip()
-    return first.startswith(b"{") and first.endswith(b"}") and not filename.lower().endswith(".json")
+    if not name.endswith(".json"):
+        return False
+    # A .json file that is really JSON Lines: a complete object on the first line, another object after it.
+    first, _, rest = head.lstrip(b"\xef\xbb\xbf \t\r\n").partition(b"\n")
+    if not (first.startswith(b"{") and rest.lstrip().startswith(b"{")):
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
-def read(path: Path) -> Iterator[tuple[str, Record]]:
-    layout: str | None = None
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise FormatError(f"not UTF-8 (byte {exc.start} of the line)", line=lineno) from None
-            if not line.strip():
+def read(source: Source, options: ReadOptions) -> Iterator[Item]:
+    max_depth = source.limits.max_json_depth
+    decode = DECODER.raw_decode
+    with source.open() as f:
+        for lineno, text, size in lines(f, source.limits):
+            if isinstance(text, FormatError):
+                yield lineno, text, size
+                continue
+            if text.isspace():
                 continue
             try:
-                obj = json.loads(line)
+                obj, end = decode(text, 0 if text[0] not in " \t" else len(text) - len(text.lstrip(" \t")))
+                if end < len(text) and not text[end:].isspace():
+                    raise json.JSONDecodeError("Extra data", text, end)
+                if text.count("{") + text.count("[") > max_depth:
+                    check_depth(obj, max_depth + 1, max_depth)
+                if SURROGATE_ESCAPE.search(text):
+                    check_surrogates(obj)
             except json.JSONDecodeError as exc:
-                raise FormatError(f"invalid JSON: {exc.msg} at column {exc.colno}", line=lineno) from None
+                yield lineno, FormatError(f"invalid JSON: {exc.msg} (column {exc.colno})"), size
             except RecursionError:
-                raise FormatError("JSON nested too deeply", line=lineno) from None
-            if layout is None:
-                layout = layout_of(obj)
-                if layout is None:
-                    raise FormatError(
-                        "records need a 'text' field, or 'instruction' and 'output' (alpaca)", line=lineno
-                    )
-            yield layout, to_record(obj, layout, lineno)
+                yield lineno, FormatError(nested_too_deeply(max_depth)), size
+            except FormatError as exc:
+                yield lineno, exc, size
+            except ValueError as exc:  # NaN / Infinity
+                yield lineno, FormatError(f"invalid JSON: {exc}"), size
+            else:
+                yield lineno, obj, size

@@ -6,6 +6,7 @@
   const alertBox = document.getElementById("job-form-error");
   const submit = document.getElementById("job-submit");
   const dataset = document.getElementById("job-dataset");
+  const validation = document.getElementById("job-validation-dataset");
   const method = document.getElementById("job-method");
   const objective = document.getElementById("job-objective");
   const hpInputs = [...form.querySelectorAll("[data-hp]")];
@@ -15,6 +16,7 @@
     name: "job-name",
     kind: "job-kind",
     dataset_id: "job-dataset",
+    validation_dataset_id: "job-validation-dataset",
     architecture: "job-architecture",
     base_model: "job-base-model",
     method: "job-method",
@@ -31,6 +33,17 @@
       // Disabled controls are skipped by validation and by the payload.
       el.querySelectorAll("input, select").forEach((c) => (c.disabled = !show));
     });
+  }
+
+  // A separate validation file replaces the held-out fraction (a disabled input is left out of the payload).
+  function syncValidation() {
+    const fraction = document.getElementById("hp-validation_fraction");
+    if (fraction && validation) fraction.disabled = Boolean(validation.value);
+    if (validation && validation.value && validation.value === dataset.value) {
+      markField("job-validation-dataset", "The validation dataset should not be the training dataset.");
+    } else if (validation) {
+      Studio.showError(errorLine("job-validation-dataset"), "");
+    }
   }
 
   function syncObjective() {
@@ -147,6 +160,7 @@
     const body = { kind: kind(), dataset_id: Number(dataset.value), hyperparameters: {} };
     const name = document.getElementById("job-name").value.trim();
     if (name) body.name = name;
+    if (validation && validation.value) body.validation_dataset_id = Number(validation.value);
     if (body.kind === "pretrain") {
       body.architecture = document.getElementById("job-architecture").value;
     } else {
@@ -186,6 +200,8 @@
   form.querySelectorAll('input[name="kind"]').forEach((r) => r.addEventListener("change", syncVisibility));
   method.addEventListener("change", syncVisibility);
   dataset.addEventListener("change", syncObjective);
+  dataset.addEventListener("change", syncValidation);
+  if (validation) validation.addEventListener("change", syncValidation);
   hpInputs.forEach((input) =>
     input.addEventListener("input", () => {
       input.removeAttribute("aria-invalid");
@@ -194,4 +210,5 @@
   );
   syncObjective();
   syncVisibility();
+  syncValidation();
 })();

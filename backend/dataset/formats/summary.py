@@ -1,0 +1,252 @@
+"""The validating walk: every record of a file read once, errors and warnings collected (the first 50 of each
+and their totals), in memory that does not grow with the file (duplicates are 8-byte hashes)."""
+
+import json
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.dataset.formats.errors import FormatError, LimitExceeded, ProblemLog, UnsupportedFile
+from backend.dataset.formats.layouts import Record
+from backend.dataset.formats.limits import Limits
+from backend.dataset.formats.options import ReadOptions, parse_options
+from backend.dataset.formats.plan import Plan, canonical, make_plan
+from backend.dataset.formats.source import Source
+from backend.dataset.formats.values import display
+
+MAX_LABELS = 10_000
+Warning_ = tuple[str | None, str, str]  # (field, code, message)
+
+
+@dataclass
+class Summary:
+    reader: str  # file type: text, json, jsonl, csv, parquet
+    format: str  # layout: text, jsonl_text, alpaca, sharegpt, openai, prompt_completion, preference, ...
+    shape: str  # canonical shape: text, prompt_completion, messages, preference, classification
+    record_count: int
+    confidence: float = 1.0
+    columns: list[str] = field(default_factory=list)  # source columns/keys seen in the first records
+    options: dict[str, Any] = field(default_factory=dict)  # effective options: read_records needs them
+    compressed: bool = False
+    preview: list[Record] = field(default_factory=list)  # first canonical records
+    sample: list[dict[str, Any]] = field(default_factory=list)  # first source rows, as they are in the file
+    errors: list[dict[str, Any]] = field(default_factory=list)  # first 50: {line, field, message}
+    error_count: int = 0
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # first 50: {line, field, message, code}
+    warning_count: int = 0
+    complete: bool = True  # False when the walk stopped at max_records
+
+    @property
+    def layout(self) -> str:
+        return self.format
+
+
+def summarize(
+    path: Path,
+    filename: str,
+    options: ReadOptions | dict[str, Any] | None = None,
+    *,
+    limits: Limits | None = None,
+    preview_rows: int = 5,
+    max_records: int = 0,
+) -> Summary:
+    """Read every record of a file (or the first `max_records`): detection, errors, warnings, first rows.
+
+    Data problems come back in the summary; a file past a size limit raises `LimitExceeded`, an unsupported
+    file type `UnsupportedFile`."""
+    limits = limits or Limits.from_settings()
+    try:
+        given = parse_options(options)
+        source = Source(path, filename, limits, validating=True)
+        plan = make_plan(source, given)
+    except (LimitExceeded, UnsupportedFile):
+        raise
+    except FormatError as exc:
+        return Summary("", "", "", 0, confidence=0.0, errors=[exc.as_dict()], error_count=1)
+    if plan.problem:
+        return _unreadable(plan)
+    summary = _walk(plan, limits, preview_rows, max_records)
+    if plan.reader == "csv" and summary.error_count and given.quoting is None and plan.options.quoting == "minimal":
+        # Quote characters inside unquoted fields (SST-2's TSVs) break csv quoting: try reading them as text.
+        plain = make_plan(source, given.model_copy(update={"quoting": "none"}))
+        retry = _walk(plain, limits, preview_rows, max_records)
+        if retry.error_count == 0:
+            return retry
+    return summary
+
+
+def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Summary:
+    errors, warnings = ProblemLog(limits.max_errors), ProblemLog(limits.max_errors)
+    duplicates, labels = _Duplicates(), Counter[str | int]()
+    preview: list[Record] = []
+    check = CHECKS.get(plan.shape)
+    fingerprint = FINGERPRINTS.get(plan.shape, _json_hash)
+    unit, long_bytes, count, complete = plan.unit, limits.long_record_bytes, 0, True
+    try:
+        for line, record, size in canonical(plan):
+            if isinstance(record, FormatError):
+                errors.add(record.as_dict())
+                continue
+            count += 1
+            if len(preview) < preview_rows:
+                preview.append(record)
+            earlier = duplicates.add(fingerprint(record), line)
+            if earlier is not None:
+                warnings.add(_warning(line, None, "duplicate", f"exact duplicate of {unit} {earlier}"))
+            if size < 0:
+                size = len(json.dumps(record, ensure_ascii=False).encode())
+            if size > long_bytes:
+                warnings.add(_warning(line, None, "long_record", f"{size} bytes, over long_record_bytes={long_bytes}"))
+            if check is not None:
+                for where, code, message in check(record):
+                    warnings.add(_warning(line, where, code, message))
+            if plan.shape == "classification" and (record["label"] in labels or len(labels) < MAX_LABELS):
+                labels[record["label"]] += 1
+            if max_records and count >= max_records:
+                complete = False
+                break
+    except LimitExceeded:
+        raise
+    except FormatError as exc:  # the file cannot be read past this point
+        errors.add(exc.as_dict())
+    warnings.count += duplicates.total() - duplicates.reported
+    for warning in _label_warnings(labels, limits.label_imbalance_ratio):
+        warnings.add(warning, front=True)
+    if count == 0 and errors.count == 0:
+        errors.add({"line": None, "field": None, "message": "the file holds no records"})
+    return Summary(
+        reader=plan.reader,
+        format=plan.layout.name if plan.layout else "",
+        shape=plan.shape,
+        record_count=count,
+        confidence=plan.confidence,
+        columns=plan.columns,
+        options=plan.options.effective(),
+        compressed=plan.source.compressed,
+        preview=[display(r, 100_000) for r in preview],
+        sample=plan.sample,
+        errors=errors.first,
+        error_count=errors.count,
+        warnings=warnings.first,
+        warning_count=warnings.count,
+        complete=complete,
+    )
+
+
+def _unreadable(plan: Plan) -> Summary:
+    assert plan.problem is not None
+    return Summary(
+        reader=plan.reader,
+        format="",
+        shape="",
+        record_count=0,
+        confidence=0.0,
+        columns=plan.columns,
+        options=plan.options.effective(),
+        compressed=plan.source.compressed,
+        sample=plan.sample,
+        errors=[plan.problem.as_dict()],
+        error_count=1,
+    )
+
+
+def _warning(line: int | None, where: str | None, code: str, message: str) -> dict[str, Any]:
+    return {"line": line, "field": where, "message": message, "code": code}
+
+
+class _Duplicates:
+    """Exact duplicates by 64-bit hash: all hashes in a flat array (8 bytes a record), the line of the first
+    copy kept for the first LINES distinct records only, so warnings can name it."""
+
+    LINES = 200_000
+
+    def __init__(self) -> None:
+        self.hashes = array("q")
+        self.first: dict[int, int] = {}
+        self.reported = 0
+
+    def add(self, digest: int, line: int) -> int | None:
+        self.hashes.append(digest)
+        earlier = self.first.get(digest)
+        if earlier is not None:
+            self.reported += 1
+        elif len(self.first) < self.LINES:
+            self.first[digest] = line
+        return earlier
+
+    def total(self) -> int:
+        """Records that repeat an earlier one (sorts the hashes in place)."""
+        if len(self.hashes) < 2:
+            return 0
+        hashes = np.frombuffer(self.hashes, dtype=np.int64)
+        hashes.sort()
+        return int(len(hashes) - 1 - np.count_nonzero(hashes[1:] != hashes[:-1]))
+
+
+def _json_hash(record: Record) -> int:
+    return hash(json.dumps(record, sort_keys=True, ensure_ascii=False))
+
+
+FINGERPRINTS: dict[str, Callable[[Record], int]] = {
+    "text": lambda r: hash(r["text"]),
+    "prompt_completion": lambda r: hash((r["prompt"], r["completion"], r.get("system"))),
+    "classification": lambda r: hash((r["text"], r["label"])),
+}
+
+
+def _conversation(messages: list[dict[str, Any]], where: str) -> Iterator[Warning_]:
+    roles = [m["role"] for m in messages]
+    if "assistant" not in roles:
+        yield where, "no_assistant", "no assistant turn: nothing to learn from"
+    elif roles[-1] == "user":
+        yield f"{where}[{len(roles) - 1}]", "ends_on_user", "the conversation ends on a user turn"
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls"):
+            yield f"{where}[{i}].content", "empty_assistant", "empty assistant turn"
+
+
+def _messages_checks(record: Record) -> Iterator[Warning_]:
+    return _conversation(record["messages"], "messages")
+
+
+def _preference_checks(record: Record) -> Iterator[Warning_]:
+    if record["chosen"] == record["rejected"]:
+        yield "rejected", "identical_pair", "chosen and rejected are the same"
+    for side in ("chosen", "rejected"):
+        if isinstance(record[side], list):
+            for i, m in enumerate(record[side]):
+                if m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls"):
+                    yield f"{side}[{i}].content", "empty_assistant", "empty assistant turn"
+
+
+CHECKS: dict[str, Callable[[Record], Iterator[Warning_]]] = {
+    "messages": _messages_checks,
+    "preference": _preference_checks,
+}
+
+
+def _label_warnings(labels: Counter[str | int], ratio: float) -> list[dict[str, Any]]:
+    out = []
+    if len(labels) >= MAX_LABELS:
+        out.append(_warning(None, "label", "many_labels", f"{MAX_LABELS} or more distinct labels: is 'label' right?"))
+    if len(labels) == 1:
+        (only,) = labels
+        out.append(_warning(None, "label", "label_imbalance", f"every record has the same label {display(only, 40)!r}"))
+    elif len(labels) > 1:
+        (top, most), *_ = labels.most_common(1)
+        rare, least = min(labels.items(), key=lambda kv: kv[1])
+        if most > ratio * least:
+            out.append(
+                _warning(
+                    None,
+                    "label",
+                    "label_imbalance",
+                    f"label imbalance: {display(top, 40)!r} has {most} records, {display(rare, 40)!r} only {least}",
+                )
+            )
+    return out

@@ -1,0 +1,213 @@
+"""Resumable chunked uploads: bytes are appended to a part file chunk by chunk, then validated whole.
+
+A chunk must start exactly where the last accepted one ended, so a client that lost its connection asks for
+the resume point (`received_bytes`) and goes on from there. A chunk that does not arrive whole is dropped.
+"""
+
+import fcntl
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from anyio import to_thread
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
+
+from backend.config import get_settings
+from backend.dataset import service as datasets
+from backend.db import Dataset, Upload, User, utcnow
+from backend.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
+
+CHUNK_SIZE = 8 * 1024 * 1024  # what clients are told to send
+MAX_CHUNK = 64 * 1024 * 1024  # what one request may carry
+STALE_AFTER = timedelta(days=1)
+_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+def part_path(upload_id: str) -> Path:
+    """Where the bytes received so far live (ids are hex: never a path)."""
+    return get_settings().path("uploads") / f"{upload_id}.part"
+
+
+def create_upload(
+    session: Session, *, user: User, filename: str, size: int, name: str = "", options: dict[str, Any] | None = None
+) -> Upload:
+    """Start an upload of `size` bytes: an empty part file and its row; uploads idle for a day are removed."""
+    limit = get_settings().max_upload_bytes
+    if size > limit:
+        raise TooLarge(f"file is over the upload limit of {limit} bytes", field="size", limit=limit)
+    remove_stale_uploads(session)
+    upload = Upload(
+        id=uuid.uuid4().hex,
+        owner_id=user.id,
+        filename=datasets.safe_filename(filename),
+        name=name,
+        size_bytes=size,
+        received_bytes=0,
+        options=options or {},
+    )
+    part_path(upload.id).touch()
+    session.add(upload)
+    session.flush()
+    return upload
+
+
+def remove_stale_uploads(session: Session) -> int:
+    """Forget uploads nobody has sent a chunk to for a day, with their part files."""
+    cutoff = utcnow() - STALE_AFTER
+    stale = list(session.scalars(select(Upload.id).where(Upload.updated_at < cutoff)))
+    for upload_id in stale:
+        _discard(session, upload_id)
+    return len(stale)
+
+
+def get_upload(session: Session, *, user: User, upload_id: str) -> Upload:
+    """The upload, if `user` started it (not even admins write into someone else's upload)."""
+    upload = session.get(Upload, upload_id)
+    if upload is None or upload.owner_id != user.id:
+        raise NotFound(f"upload {upload_id} not found")
+    return upload
+
+
+def delete_upload(session: Session, *, user: User, upload_id: str) -> None:
+    """Abandon an upload and its bytes."""
+    _discard(session, get_upload(session, user=user, upload_id=upload_id).id)
+
+
+def _discard(session: Session, upload_id: str) -> bool:
+    """Delete the row (by statement: a concurrent request may have deleted it first) and the part file.
+
+    A chunk still arriving keeps writing to the unlinked file and then finds no row to advance."""
+    part_path(upload_id).unlink(missing_ok=True)
+    gone = session.execute(delete(Upload).where(Upload.id == upload_id).execution_options(synchronize_session=False))
+    return bool(gone.rowcount)  # type: ignore[attr-defined]
+
+
+def parse_content_range(header: str, *, size: int) -> tuple[int, int]:
+    """`bytes start-end/total` → (start, end exclusive), checked against the upload's size."""
+    m = _RANGE.match(header.strip())
+    if not m:
+        raise Invalid("Content-Range must look like 'bytes START-END/TOTAL'", field="Content-Range")
+    start, last, total = (int(g) for g in m.groups())
+    if total != size:
+        raise Invalid(f"Content-Range total {total} is not the upload's size {size}", field="Content-Range")
+    if not start <= last < total:
+        raise Invalid(f"Content-Range {start}-{last} is outside 0-{total - 1}", field="Content-Range")
+    if last + 1 - start > MAX_CHUNK:
+        raise TooLarge(f"a chunk may carry at most {MAX_CHUNK} bytes", field="Content-Range", limit=MAX_CHUNK)
+    return start, last + 1
+
+
+async def write_chunk(
+    session: Session, *, user: User, upload_id: str, content_range: str, body: AsyncIterator[bytes]
+) -> Upload:
+    """Append one chunk streamed from `body`; it must start at `received_bytes` (else Conflict with the offset)."""
+    upload = await to_thread.run_sync(lambda: get_upload(session, user=user, upload_id=upload_id))
+    start, end = parse_content_range(content_range, size=upload.size_bytes)
+    with _locked_part(upload.id) as part:
+        # Under the lock, read the offset afresh: another request may have just added a chunk.
+        received = await to_thread.run_sync(_received_bytes, session, upload.id)
+        if received is None:
+            raise NotFound(f"upload {upload_id} not found")
+        if start != received:
+            raise Conflict(
+                f"chunk starts at {start} but the upload has {received} bytes; resume from there",
+                received_bytes=received,
+            )
+        await _receive(part, body, start=start, end=end)
+        # Committed while still holding the lock, so the next chunk never reads a stale offset.
+        if not await to_thread.run_sync(_advance, session, upload.id, start, end):
+            raise Conflict(f"upload {upload_id} was removed while the chunk arrived")
+    upload.received_bytes, upload.updated_at = end, utcnow()
+    return upload
+
+
+def _received_bytes(session: Session, upload_id: str) -> int | None:
+    return session.scalar(select(Upload.received_bytes).where(Upload.id == upload_id))
+
+
+def _advance(session: Session, upload_id: str, start: int, end: int) -> bool:
+    """Move the offset from `start` to `end` and commit; False when the upload is gone."""
+    moved = session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.received_bytes == start)
+        .values(received_bytes=end, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(moved.rowcount)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _locked_part(upload_id: str) -> Iterator[BinaryIO]:
+    """The part file opened for writing under an exclusive lock; a concurrent writer gets a Conflict."""
+    try:
+        part = part_path(upload_id).open("r+b", buffering=1 << 20)
+    except FileNotFoundError:
+        raise Conflict(f"upload {upload_id} is being completed or was removed") from None
+    with part:  # closing releases the lock
+        try:
+            # flock works across API processes on one host; an NFS data_dir needs lockd.
+            fcntl.flock(part.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Conflict("another chunk of this upload is being received; retry when it ends") from None
+        yield part
+
+
+async def _receive(part: BinaryIO, body: AsyncIterator[bytes], *, start: int, end: int) -> None:
+    """Stream the request body to the part file at `start`; anything short of exactly end-start bytes is undone."""
+    part.seek(start)
+    part.truncate()  # bytes of an earlier chunk that never arrived whole
+    received = 0
+    try:
+        async for piece in body:
+            received += len(piece)
+            if received > end - start:
+                raise Invalid(f"body is longer than the {end - start} bytes of its Content-Range", field="body")
+            part.write(piece)
+        if received != end - start:
+            raise Invalid(f"body has {received} bytes; its Content-Range says {end - start}", field="body")
+        part.flush()
+    except ClientDisconnect:
+        _undo(part, start)
+        # Answered to nobody; raised as a domain error so the server logs no traceback for a dropped client.
+        raise DomainError(f"connection dropped after {received} bytes of the chunk", received_bytes=start) from None
+    except BaseException:
+        _undo(part, start)
+        raise
+
+
+def _undo(part: BinaryIO, start: int) -> None:
+    """Leave the part file as it was before a chunk that did not arrive whole."""
+    with suppress(OSError):
+        part.seek(start)
+        part.truncate()
+
+
+def complete_upload(session: Session, *, user: User, upload_id: str) -> Dataset:
+    """Validate the received file and store it as a dataset; the upload is consumed whether it is valid or not."""
+    upload = get_upload(session, user=user, upload_id=upload_id)
+    filename, name, options = upload.filename, upload.name, dict(upload.options or {})
+    tmp = get_settings().path("tmp") / f"{upload.id}.part"
+    with _locked_part(upload.id):  # no chunk is being written, and a second `complete` finds no part file
+        received = _received_bytes(session, upload.id)
+        if received != upload.size_bytes:
+            raise Conflict(
+                f"upload has {received} of {upload.size_bytes} bytes; send the rest first", received_bytes=received
+            )
+        part_path(upload.id).replace(tmp)
+    # Committed now, so a file refused below still ends the upload (the error rolls the session back).
+    removed = _discard(session, upload_id)
+    session.commit()
+    if not removed:  # deleted while we took the file
+        tmp.unlink(missing_ok=True)
+        raise NotFound(f"upload {upload_id} not found")
+    try:
+        return datasets.ingest_file(session, user=user, path=tmp, filename=filename, name=name, options=options)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,241 @@
+"""Dataset analyses over HTTP: parameters validated (422 naming the field), one cached row per parameters,
+the render's wait, hygiene and "apply fixes" making the next version. The worker step runs in-process."""
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from backend.db import DatasetAnalysis, Model, User, session_scope
+from tests.workers.tokenizers import plain_tokenizer
+from workers.analysis.tasks import analyze_dataset
+
+PAIRS = [
+    {"prompt": "Capital of France?", "completion": "Paris"},
+    {"prompt": "Capital of Spain?", "completion": "Madrid"},
+    {"prompt": "capital of france", "completion": "Lyon"},  # conflicts with record 0
+    {"prompt": "Capital of Spain?", "completion": "Madrid"},  # exact duplicate of record 1
+    {"prompt": "Name a colour.", "completion": "Blue"},
+]
+
+
+def upload(client: TestClient, name: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    body = "".join(json.dumps(r) + "\n" for r in records).encode()
+    res = client.post("/api/datasets", files={"file": (name, io.BytesIO(body))})
+    assert res.status_code == 201, res.text
+    return dict(res.json())
+
+
+@pytest.fixture
+def base_model(client: TestClient, tmp_path: Path) -> int:
+    """A base model of the test user: only its tokenizer is read by the analyses."""
+    directory = tmp_path / "base"
+    plain_tokenizer().save_pretrained(directory)
+    with session_scope() as s:
+        user = s.scalars(select(User).where(User.email == "owner@example.com")).one()
+        model = Model(owner_id=user.id, name="tok", source="local", path=str(directory))
+        s.add(model)
+        s.flush()
+        return model.id
+
+
+@pytest.fixture
+def pairs(client: TestClient) -> dict[str, Any]:
+    return upload(client, "pairs.jsonl", PAIRS)
+
+
+def compute_queued(kind: str) -> None:
+    """What the analysis worker does with every queued row of `kind`."""
+    with session_scope() as s:
+        ids = list(s.scalars(select(DatasetAnalysis.id).where(DatasetAnalysis.kind == kind)))
+    for analysis_id in ids:
+        analyze_dataset(analysis_id)
+
+
+def test_stats_are_created_once_and_served_when_done(client: TestClient, pairs: dict, base_model: int) -> None:
+    url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}&max_length=64&batch_size=2"
+    first = client.get(url)
+    assert first.status_code == 200, first.text
+    assert first.json() == {"id": first.json()["id"], "status": "queued", "result": None, "error": None}
+    assert client.get(url).json()["id"] == first.json()["id"]  # the same parameters, the same row
+    compute_queued("stats")
+    done = client.get(url).json()
+    assert done["status"] == "done" and done["error"] is None
+    result = done["result"]
+    assert (result["records"], result["objective"], result["steps_per_epoch"]) == (5, "sft", 3)
+    assert result["supervised_tokens"] > 0 and len(result["histogram"]["counts"]) == 20
+    # Other parameters are another analysis.
+    assert client.get(url.replace("batch_size=2", "batch_size=4")).json()["status"] == "queued"
+
+
+BAD_PARAMETERS = [
+    ("stats?base_model={m}&max_length=4", "max_length"),
+    ("stats?base_model={m}&max_length=100000", "max_length"),
+    ("stats?base_model={m}&batch_size=0", "batch_size"),
+    ("stats?base_model=999", "base_model"),
+    ("stats?base_model=abc", "base_model"),
+    ("stats", "base_model"),
+    ("stats?base_model={m}&objective=dpo", "objective"),
+    ("render?base_model={m}&index=5", "index"),
+    ("render?base_model={m}&index=-1", "index"),
+    ("render?base_model={m}", "index"),
+    ("render?base_model={m}&index=0&wait=99", "wait"),
+    ("hygiene?threshold=0.1", "threshold"),
+    ("hygiene?threshold=nan", "threshold"),
+    ("hygiene?validation_dataset_id=999", "validation_dataset_id"),
+    ("hygiene?validation_dataset_id={d}", "validation_dataset_id"),
+]
+
+
+def test_bad_parameters_name_the_field(client: TestClient, pairs: dict, base_model: int) -> None:
+    for path, field in BAD_PARAMETERS:
+        res = client.get(f"/api/datasets/{pairs['id']}/" + path.format(m=base_model, d=pairs["id"]))
+        assert res.status_code == 422, (path, res.text)
+        body = res.json()
+        named = body.get("field") or [err["loc"][-1] for err in body["detail"]]
+        assert field in named, (path, body)
+    with session_scope() as s:
+        assert s.scalars(select(DatasetAnalysis)).all() == []
+
+
+def test_sft_statistics_of_raw_text_are_refused(client: TestClient, base_model: int) -> None:
+    text = upload(client, "notes.jsonl", [{"text": "one"}, {"text": "two"}])
+    res = client.get(f"/api/datasets/{text['id']}/stats?base_model={base_model}&objective=sft")
+    assert res.status_code == 422 and res.json()["field"] == "objective"
+    ok = client.get(f"/api/datasets/{text['id']}/stats?base_model={base_model}")
+    assert ok.status_code == 200  # causal_lm by default for text
+
+
+def test_render_answers_202_while_queued_and_200_when_done(client: TestClient, pairs: dict, base_model: int) -> None:
+    url = f"/api/datasets/{pairs['id']}/render?base_model={base_model}&max_length=64&index=2"
+    pending = client.get(url + "&wait=0")
+    assert pending.status_code == 202 and pending.json()["status"] == "queued"
+
+    # The route polls the row while a worker computes it.
+    worker = threading.Thread(target=lambda: (time.sleep(0.5), compute_queued("render")))
+    worker.start()
+    res = client.get(url + "&wait=10")
+    worker.join()
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["status"] == "done"
+    result = body["result"]
+    assert set(result) >= {
+        "index",
+        "tokens",
+        "total_tokens",
+        "supervised_tokens",
+        "truncated",
+        "lost_supervised_tokens",
+    }
+    assert result["index"] == 2 and result["truncated"] is False and result["lost_supervised_tokens"] == 0
+    assert set(result["tokens"][0]) == {"id", "text", "trained"}
+    assert "".join(t["text"] for t in result["tokens"] if t["trained"]) == "Lyon<|endoftext|>"
+    assert result["supervised_tokens"] == sum(t["trained"] for t in result["tokens"])
+
+
+def test_hygiene_then_fixes_make_the_next_version(client: TestClient, pairs: dict) -> None:
+    fixes = f"/api/datasets/{pairs['id']}/fixes"
+    assert client.post(fixes, json={"drop_exact_duplicates": True}).status_code == 409  # no hygiene result yet
+    assert client.get(f"/api/datasets/{pairs['id']}/hygiene").json()["status"] == "queued"
+    compute_queued("hygiene")
+    hygiene = client.get(f"/api/datasets/{pairs['id']}/hygiene").json()
+    assert hygiene["status"] == "done", hygiene
+    result = hygiene["result"]
+    assert result["exact_duplicates"] == [[1, 3]]
+    assert [c["indices"] for c in result["conflicting_answers"]] == [[0, 2]]
+    assert result["previews"]["3"] == "Capital of Spain? Madrid"
+
+    assert client.post(fixes, json={}).status_code == 422
+    assert client.post(fixes, json={"drop_everything": True}).status_code == 422
+    res = client.post(fixes, json={"drop_exact_duplicates": True, "drop_conflicts": True})
+    assert res.status_code == 201, res.text
+    v2 = res.json()
+    assert (v2["version"], v2["parent_id"], v2["record_count"], v2["shape"]) == (2, pairs["id"], 2, "prompt_completion")
+    assert "dropped 1 exact duplicates" in v2["note"]
+    rows = client.get(f"/api/datasets/{v2['id']}/preview").json()["rows"]
+    assert [r["completion"] for r in rows] == ["Madrid", "Blue"]
+
+    # The new version is clean: nothing left to drop.
+    client.get(f"/api/datasets/{v2['id']}/hygiene")
+    compute_queued("hygiene")
+    assert client.post(f"/api/datasets/{v2['id']}/fixes", json={"drop_exact_duplicates": True}).status_code == 422
+
+
+def test_leakage_against_a_validation_dataset(client: TestClient, pairs: dict) -> None:
+    held_out = upload(client, "held.jsonl", [PAIRS[4], {"prompt": "Largest ocean?", "completion": "Pacific"}])
+    url = f"/api/datasets/{pairs['id']}/hygiene?validation_dataset_id={held_out['id']}&threshold=0.9"
+    client.get(url)
+    compute_queued("hygiene")
+    result = client.get(url).json()["result"]
+    assert [(leak["validation_index"], leak["indices"]) for leak in result["leakage"]] == [(0, [4])]
+    res = client.post(
+        f"/api/datasets/{pairs['id']}/fixes",
+        json={"drop_leaked": True, "validation_dataset_id": held_out["id"], "threshold": 0.9},
+    )
+    assert res.status_code == 201 and res.json()["record_count"] == 4
+
+
+def test_analyses_of_another_users_dataset_are_not_found(client: TestClient, pairs: dict, base_model: int) -> None:
+    from backend.auth.service import create_user, issue_token
+
+    with session_scope() as s:
+        other = create_user(s, email="other@example.com", password="password123", is_admin=False)
+        token = issue_token(s, user=other, kind="api")
+    headers = {"Authorization": f"Bearer {token}"}
+    for path in (f"stats?base_model={base_model}", "hygiene", f"render?base_model={base_model}&index=0"):
+        assert client.get(f"/api/datasets/{pairs['id']}/{path}", headers=headers).status_code == 404
+    assert client.post(f"/api/datasets/{pairs['id']}/fixes", headers=headers, json={}).status_code == 404
+
+
+def test_broker_down_fails_the_row_and_refresh_sends_it_again(
+    client: TestClient, pairs: dict, base_model: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.dataset import analysis
+
+    def down(analysis_id: int) -> None:
+        raise ConnectionError("broker unreachable")
+
+    url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}"
+    monkeypatch.setattr(analysis, "enqueue_analysis", down)
+    assert client.get(url).status_code == 503
+    monkeypatch.undo()
+    failed = client.get(url).json()
+    assert failed["status"] == "failed" and "could not enqueue" in failed["error"]
+    again = client.get(url + "&refresh=true").json()
+    assert (again["id"], again["status"], again["error"]) == (failed["id"], "queued", None)
+
+
+def test_a_concurrent_insert_of_the_same_analysis_is_reused(
+    client: TestClient, pairs: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.dataset import analysis
+    from backend.db import Dataset
+
+    params = {"validation_dataset_id": None, "threshold": 0.8}
+    with session_scope() as s:
+        dataset = s.get(Dataset, pairs["id"])
+        assert dataset is not None
+        first, created = analysis._get_or_create(s, dataset=dataset, kind="hygiene", params=params)
+        assert created
+    find, calls = analysis._find, []
+
+    def late(*args: Any) -> Any:
+        # The second request looks before the first commits, then inserts too late.
+        calls.append(args)
+        return None if len(calls) == 1 else find(*args)
+
+    monkeypatch.setattr(analysis, "_find", late)
+    with session_scope() as s:
+        dataset = s.get(Dataset, pairs["id"])
+        assert dataset is not None
+        second, created = analysis._get_or_create(s, dataset=dataset, kind="hygiene", params=params)
+        assert (second.id, created) == (first.id, False)
+        assert len(calls) == 2
+        assert s.get(Dataset, pairs["id"]) is not None  # the session is still usable after the savepoint

@@ -1,0 +1,1 @@
+"""The analysis worker's computations: token statistics, dry-run renders and hygiene of a dataset."""

@@ -1,0 +1,105 @@
+"""The analysis task: claim the row, compute statistics, a render or hygiene, store the result or the error.
+
+It runs on its own queue (`studio worker --analysis`), so a dry run answers in a second even while a
+training job holds the training worker for hours.
+"""
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import shared_task
+from transformers import PreTrainedTokenizerBase
+
+from backend.dataset.analysis import HYGIENE, RENDER, STATS, claim_analysis, finish_analysis
+from backend.db import Dataset, DatasetAnalysis, Model, session_scope
+from backend.queue import ANALYZE_DATASET
+from workers.analysis.hygiene import add_previews, find_issues
+from workers.analysis.tokens import render_one, token_stats
+from workers.context import DatasetRef
+from workers.examples import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnalysisContext:
+    """What one analysis needs, read from the database into plain values."""
+
+    analysis_id: int
+    kind: str
+    params: dict[str, Any]
+    dataset: DatasetRef
+    base_model_path: Path | None
+    validation_dataset: DatasetRef | None
+
+
+def load_analysis(analysis_id: int) -> AnalysisContext:
+    """Snapshot the analysis, its dataset, and the base model or validation dataset its parameters name."""
+    with session_scope() as s:
+        row = s.get(DatasetAnalysis, analysis_id)
+        if row is None:
+            raise LookupError(f"analysis {analysis_id} does not exist")
+        dataset = s.get(Dataset, row.dataset_id)
+        assert dataset is not None  # the analysis is deleted with its dataset
+        params = dict(row.params)
+        model = s.get(Model, params["base_model"]) if "base_model" in params else None
+        if "base_model" in params and model is None:
+            raise LookupError(f"base model {params['base_model']} does not exist")
+        other_id = params.get("validation_dataset_id")
+        other = s.get(Dataset, other_id) if other_id is not None else None
+        if other_id is not None and other is None:
+            raise LookupError(f"validation dataset {other_id} does not exist")
+        return AnalysisContext(
+            analysis_id=row.id,
+            kind=row.kind,
+            params=params,
+            dataset=DatasetRef.of(dataset),
+            base_model_path=Path(model.path) if model else None,
+            validation_dataset=DatasetRef.of(other) if other else None,
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def cached_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """Tokenizers of large models take a second to load; a browsing user asks for many renders in a row."""
+    return load_tokenizer(Path(path))
+
+
+def compute(ctx: AnalysisContext) -> dict[str, Any]:
+    """The result of the analysis `ctx` describes."""
+    p = ctx.params
+    if ctx.kind == HYGIENE:
+        validation = ctx.validation_dataset.records() if ctx.validation_dataset else None
+        result = find_issues(ctx.dataset.records(), threshold=p["threshold"], validation=validation)
+        add_previews(result, ctx.dataset.records())
+        result["validation_dataset_id"] = p.get("validation_dataset_id")
+        return result
+    assert ctx.base_model_path is not None
+    tokenizer = cached_tokenizer(str(ctx.base_model_path))
+    common = {"objective": p["objective"], "max_length": p["max_length"]}
+    if ctx.kind == STATS:
+        result = token_stats(tokenizer, ctx.dataset.records(), batch_size=p["batch_size"], **common)
+    elif ctx.kind == RENDER:
+        result = render_one(tokenizer, ctx.dataset.records(), index=p["index"], **common)
+    else:
+        raise ValueError(f"unknown analysis kind {ctx.kind!r}")
+    return {**result, "base_model": p["base_model"]}
+
+
+@shared_task(name=ANALYZE_DATASET)
+def analyze_dataset(analysis_id: int) -> str:
+    """Compute analysis `analysis_id`; return "done", "failed" or "skipped" (another delivery owns it)."""
+    if not claim_analysis(analysis_id):
+        log.info("analysis %s is not queued (already claimed or finished); skipping", analysis_id)
+        return "skipped"
+    try:
+        result = compute(load_analysis(analysis_id))
+    except Exception as exc:
+        log.exception("analysis %s failed", analysis_id)
+        finish_analysis(analysis_id, error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    finish_analysis(analysis_id, result=result)
+    return "done"

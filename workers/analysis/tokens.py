@@ -1,0 +1,174 @@
+"""Token statistics of a dataset and the dry-run render of one record, through the trainer's own tokenization.
+
+Both call `workers.examples.render_record`, the function the fine-tuning recipe builds its examples with, so
+the numbers and the highlighted tokens are what training will see. Statistics stream over the records and
+keep one length per record, so memory grows by a few bytes per record whatever the text sizes.
+"""
+
+import itertools
+import math
+import random
+from array import array
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from workers.examples import Rendered, render_record, token_pieces
+
+HISTOGRAM_BUCKETS = 20
+# The Trainer draws batches in a random order; padding is estimated over one seeded shuffle like it.
+SHUFFLE_SEED = 0
+
+
+@dataclass
+class Totals:
+    records: int = 0
+    roles: Counter[str] = field(default_factory=Counter)
+    supervised: int = 0  # tokens that carry loss in what the trainer sees (after the cut at max_length)
+    masked: int = 0  # tokens the trainer sees without loss
+    lost: int = 0  # supervised tokens removed by the cut
+    truncated: int = 0
+    losing_some: int = 0
+    losing_all: int = 0
+    dropped: int = 0  # SFT records left with no supervised token: the trainer skips them
+    lengths: array = field(default_factory=lambda: array("q"))  # whole records, before the cut
+    kept: array = field(default_factory=lambda: array("q"))  # SFT examples as trained, after the cut
+
+    def add_sft(self, rendered: Rendered, max_length: int) -> None:
+        n = len(rendered.ids)
+        self.truncated += n > max_length
+        seen = min(n, max_length)
+        supervised = sum(rendered.trained[:max_length])
+        lost = rendered.lost_supervised(max_length)
+        self.lost += lost
+        if supervised == 0:
+            # The trainer drops an example with nothing to learn: none of its tokens is seen.
+            self.losing_all += lost > 0
+            self.dropped += 1
+            return
+        self.losing_some += lost > 0
+        self.supervised += supervised
+        self.masked += seen - supervised
+        self.kept.append(seen)
+
+
+def histogram(lengths: np.ndarray, buckets: int = HISTOGRAM_BUCKETS) -> dict[str, list[int]]:
+    """Equal-width integer buckets from 0 to the longest record: `buckets + 1` edges, `buckets` counts."""
+    top = int(lengths.max()) if lengths.size else 0
+    width = max(1, math.ceil((top + 1) / buckets))
+    counts = np.bincount(np.minimum(lengths // width, buckets - 1), minlength=buckets)
+    return {"edges": [i * width for i in range(buckets + 1)], "counts": [int(c) for c in counts]}
+
+
+def padding_efficiency(lengths: array, batch_size: int) -> tuple[float, int]:
+    """(real tokens / padded tokens, padded tokens) when examples are batched in a shuffled order and each
+    batch is padded to its longest example, as the collator does."""
+    order = list(lengths)
+    random.Random(SHUFFLE_SEED).shuffle(order)
+    padded = sum(max(b) * len(b) for b in (order[i : i + batch_size] for i in range(0, len(order), batch_size)))
+    return (sum(order) / padded if padded else 0.0), padded
+
+
+def packed_blocks(stream_tokens: int, max_length: int) -> tuple[int, int]:
+    """(blocks, tokens in them) when `stream_tokens` are cut into blocks like `pack_blocks` does."""
+    full, tail = divmod(stream_tokens, max_length)
+    # pack_blocks keeps a short tail block unless it is a lone token (nothing to predict).
+    if tail >= 2:
+        return full + 1, full * max_length + tail
+    return full, full * max_length
+
+
+def token_stats(
+    tokenizer: PreTrainedTokenizerBase,
+    records: Iterable[dict[str, Any]],
+    *,
+    objective: str,
+    max_length: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Counts, supervision, truncation, a length histogram, steps per epoch and packing efficiency."""
+    totals = Totals()
+    for number, record in enumerate(records, start=1):
+        try:
+            rendered = render_record(tokenizer, record, objective)
+        except Exception as exc:
+            raise ValueError(f"record {number - 1}: {exc}") from exc
+        totals.records += 1
+        totals.roles.update(rendered.roles)
+        totals.lengths.append(len(rendered.ids))
+        if objective == "sft":
+            totals.add_sft(rendered, max_length)
+    lengths = np.frombuffer(totals.lengths, dtype=np.int64) if totals.records else np.zeros(0, dtype=np.int64)
+    if objective == "sft":
+        examples = len(totals.kept)
+        efficiency, _ = padding_efficiency(totals.kept, batch_size)
+    else:
+        # Packed: each record's tokens and its EOS go into one stream cut into blocks; every token is a target.
+        examples, in_blocks = packed_blocks(int(lengths.sum()), max_length)
+        totals.supervised = in_blocks
+        efficiency = in_blocks / (examples * max_length) if examples else 0.0
+    return {
+        "records": totals.records,
+        "objective": objective,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "tokens": int(lengths.sum()),
+        "tokens_by_role": dict(sorted(totals.roles.items())),
+        "supervised_tokens": totals.supervised,
+        "masked_tokens": totals.masked,
+        "lost_supervised_tokens": totals.lost,
+        "truncated_records": totals.truncated,
+        "records_losing_some_supervised": totals.losing_some,
+        "records_losing_all_supervised": totals.losing_all,
+        "dropped_records": totals.dropped,
+        "examples": examples,
+        "steps_per_epoch": math.ceil(examples / batch_size),
+        "packing_efficiency": round(efficiency, 4),
+        "length": {
+            "min": int(lengths.min()) if lengths.size else 0,
+            "max": int(lengths.max()) if lengths.size else 0,
+            "mean": round(float(lengths.mean()), 2) if lengths.size else 0.0,
+            "p50": int(np.percentile(lengths, 50)) if lengths.size else 0,
+            "p95": int(np.percentile(lengths, 95)) if lengths.size else 0,
+        },
+        "histogram": histogram(lengths),
+    }
+
+
+def render_one(
+    tokenizer: PreTrainedTokenizerBase,
+    records: Iterable[dict[str, Any]],
+    *,
+    index: int,
+    objective: str,
+    max_length: int,
+) -> dict[str, Any]:
+    """Record `index` token by token as the trainer sees it: SFT examples are cut at max_length; causal_lm
+    records are packed whole into blocks, so nothing of them is cut."""
+    record = next(itertools.islice(records, index, index + 1), None)
+    if record is None:
+        raise IndexError(f"the dataset has no record {index}")
+    rendered = render_record(tokenizer, record, objective)
+    sft = objective == "sft"
+    seen = min(len(rendered.ids), max_length) if sft else len(rendered.ids)
+    ids, trained = rendered.ids[:seen], rendered.trained[:seen]
+    supervised = sum(trained)
+    return {
+        "index": index,
+        "objective": objective,
+        "max_length": max_length,
+        "tokens": [
+            {"id": i, "text": text, "trained": t}
+            for i, text, t in zip(ids, token_pieces(tokenizer, ids), trained, strict=True)
+        ],
+        "total_tokens": len(rendered.ids),
+        "supervised_tokens": supervised,
+        "truncated": len(rendered.ids) > seen,
+        "lost_supervised_tokens": rendered.lost_supervised(seen),
+        # An SFT example with no supervised token left is dropped: the trainer never sees it.
+        "dropped": sft and supervised == 0,
+    }

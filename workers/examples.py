@@ -1,0 +1,318 @@
+"""Canonical records → what the trainer sees: token ids, which of them carry loss, and which role wrote each.
+
+The training recipes and the dataset analyses (statistics, dry run) both go through `render_record`, so a
+dry run shows exactly what training uses. Per shape, for objective `sft`:
+
+- prompt_completion (and classification: text → label): the prompt as the model will see it at inference
+  (its chat template, else Alpaca), then the completion and EOS, which carry the loss.
+- messages (and preference: the prompt followed by the chosen answer): the conversation through the base's
+  chat template, or ChatML closed by the base's EOS when it has none. Loss on assistant turns only, each with
+  its end-of-turn marker, except turns with `weight: 0`.
+
+For objective `causal_lm` every record becomes one text (`causal_text`) whose every token, EOS included,
+carries loss; the recipes pack those texts into blocks.
+"""
+
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+# Used when the base tokenizer has no chat template: the prompt format most instruction datasets were made for.
+ALPACA_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+# For conversations on a base without a chat template: ChatML's layout, but every turn ends with the base's
+# own EOS instead of <|im_end|>. The base's vocabulary has no <|im_end|> token (adding one would mean training
+# new embedding rows, which LoRA does not do), and ending the assistant's turn with EOS is what makes
+# generation stop there.
+CHATML_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n{{ tools | tojson }}{{ eos_token }}\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "{% if message['tool_calls'] %}{{ message['tool_calls'] | tojson }}{% endif %}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+Example = dict[str, list[int]]
+Message = dict[str, Any]
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a base model directory, with a pad token (training and analyses load it alike)."""
+    # A missing directory would otherwise be taken for a Hub repo id; base models are only ever local.
+    if not path.is_dir():
+        raise FileNotFoundError(f"base model directory {path} does not exist (moved or deleted?)")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer in {path} has no EOS token; cannot mark where a response ends")
+    if tokenizer.pad_token_id is None:
+        # Safe because padded positions get label -100 and attention mask 0 from the collator, never
+        # "label == pad": the real EOS at the end of each response is still learned.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@dataclass
+class Rendered:
+    """One record as the trainer sees it before truncation: ids, loss mask and the role behind each token."""
+
+    ids: list[int]
+    trained: list[bool]
+    roles: list[str]  # system | user | assistant | tool | text
+
+    @property
+    def supervised(self) -> int:
+        return sum(self.trained)
+
+    def lost_supervised(self, max_length: int) -> int:
+        """Supervised tokens that a cut at `max_length` removes."""
+        return sum(self.trained[max_length:])
+
+    def example(self, max_length: int) -> Example | None:
+        """The training example, cut at `max_length`; None when no supervised token survives the cut."""
+        ids = self.ids[:max_length]
+        labels = [i if t else IGNORE_INDEX for i, t in zip(ids, self.trained, strict=False)]
+        if all(label == IGNORE_INDEX for label in labels):
+            return None  # the prompt alone fills max_length: nothing left to learn from
+        return {"input_ids": ids, "labels": labels}
+
+
+def shape_of(record: dict[str, Any]) -> str:
+    """The canonical shape of a record, from its keys."""
+    if "messages" in record:
+        return "messages"
+    if "chosen" in record:
+        return "preference"
+    if "label" in record:
+        return "classification"
+    if "prompt" in record:
+        return "prompt_completion"
+    return "text"
+
+
+def conversation(record: dict[str, Any]) -> tuple[list[Message], list[Any] | None]:
+    """(messages, tools) of a messages record; a preference record becomes its prompt and chosen answer."""
+    if "messages" in record:
+        return list(record["messages"]), record.get("tools") or None
+
+    def turns(value: str | list[Message], role: str) -> list[Message]:
+        return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+
+    return turns(record["prompt"], "user") + turns(record["chosen"], "assistant"), None
+
+
+def _has_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(tokenizer.chat_template)
+
+
+def _chat(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    tools: list[Any] | None = None,
+    *,
+    generation_prompt: bool = False,
+) -> str:
+    # Templates index messages by key and some reject unknown ones: pass only what they expect.
+    clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    text = tokenizer.apply_chat_template(
+        clean,
+        tools=tools,
+        chat_template=None if _has_template(tokenizer) else CHATML_TEMPLATE,
+        tokenize=False,
+        add_generation_prompt=generation_prompt,
+    )
+    assert isinstance(text, str)
+    return text
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, system: str = "") -> str:
+    """The prompt as the model will see it at inference: its chat template if it has one, else Alpaca."""
+    if _has_template(tokenizer):
+        turns = [{"role": "system", "content": system}] if system else []
+        return _chat(tokenizer, [*turns, {"role": "user", "content": prompt}], generation_prompt=True)
+    return (f"{system}\n\n" if system else "") + ALPACA_TEMPLATE.format(prompt=prompt)
+
+
+def _system_end(tokenizer: PreTrainedTokenizerBase, system: str, formatted: str) -> int:
+    """Where the system part of a formatted prompt ends (0 without one)."""
+    if not system:
+        return 0
+    if not _has_template(tokenizer):
+        return len(system) + 2
+    try:
+        alone = _chat(tokenizer, [{"role": "system", "content": system}])
+    except Exception:  # some templates refuse a conversation without a user turn; then all of it is "user"
+        return 0
+    return len(alone) if formatted.startswith(alone) else 0
+
+
+@dataclass
+class Segment:
+    start: int  # first character of the rendered text that belongs to it
+    role: str
+    trained: bool
+
+
+def _encode_segments(
+    tokenizer: PreTrainedTokenizerBase, text: str, segments: list[Segment], *, add_special_tokens: bool
+) -> Rendered:
+    """Tokenize `text` once; each token takes the role and loss flag of the segment its first character is in.
+
+    Character offsets are exact where diffing token counts of prefixes is not: a token that straddles a
+    boundary belongs to the segment it starts in. A special token the tokenizer adds itself (BOS) has an
+    empty span and never carries loss.
+    """
+    if not tokenizer.is_fast:
+        raise ValueError("this base model's tokenizer has no character offsets (not a fast tokenizer)")
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    starts = [s.start for s in segments]
+    ids, trained, roles = list(enc["input_ids"]), [], []
+    for begin, end in enc["offset_mapping"]:
+        seg = segments[max(0, bisect_right(starts, begin) - 1)]
+        roles.append(seg.role)
+        trained.append(seg.trained and end > begin)
+    return Rendered(ids, trained, roles)
+
+
+def render_prompt_completion(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, system: str = ""
+) -> Rendered:
+    """Loss on the completion and EOS only.
+
+    Prompt and completion are tokenized separately so the boundary between them is exact (tokenizing the
+    joined string could merge the last prompt byte with the first response byte into one token).
+    """
+    text = format_prompt(tokenizer, prompt, system)
+    segments = [Segment(0, "system", False)] if system else []
+    segments.append(Segment(_system_end(tokenizer, system, text), "user", False))
+    # A chat template writes its own BOS into the text; the Alpaca string needs the tokenizer to add it.
+    head = _encode_segments(tokenizer, text, segments, add_special_tokens=not _has_template(tokenizer))
+    # EOS is supervised too: it is how the model learns to stop after answering.
+    answer = [*tokenizer(completion, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    return Rendered(head.ids + answer, head.trained + [True] * len(answer), head.roles + ["assistant"] * len(answer))
+
+
+def render_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: list[Any] | None = None
+) -> Rendered:
+    """Loss on assistant turns (content and end-of-turn marker) whose weight is not 0.
+
+    The template is rendered for growing prefixes of the conversation: message i spans the characters
+    between the renders of messages[:i] and messages[:i + 1], and an assistant's trained part starts where
+    the render of messages[:i] with the generation prompt ("<|im_start|>assistant\\n") ends. So the turn
+    header is masked and the end-of-turn marker, written by the template, is trained.
+    """
+    if not messages:
+        raise ValueError("empty conversation")
+    full = _chat(tokenizer, messages, tools)
+    segments: list[Segment] = []
+    previous = 0
+    for i, message in enumerate(messages):
+        prefix = _chat(tokenizer, messages[: i + 1], tools)
+        if not full.startswith(prefix) or len(prefix) < previous:
+            # e.g. a template that drops earlier turns' reasoning: turn boundaries cannot be located.
+            raise ValueError(f"the chat template does not render message {i + 1} as a continuation of the turns before")
+        end = len(prefix)
+        role = str(message["role"])
+        body = previous
+        if role == "assistant" and i > 0:
+            header = _chat(tokenizer, messages[:i], tools, generation_prompt=True)
+            if full.startswith(header) and previous <= len(header) <= end:
+                body = len(header)
+        trained = role == "assistant" and message.get("weight", 1) != 0
+        segments += [Segment(previous, role, False), Segment(body, role, trained)]
+        # Whitespace after the end-of-turn marker only separates turns; the model need not learn to write it.
+        tail = len(full[:end].rstrip())
+        segments.append(Segment(max(body, tail), role, False))
+        previous = end
+    return _encode_segments(tokenizer, full, segments, add_special_tokens=not _has_template(tokenizer))
+
+
+def causal_text(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any]) -> str:
+    """A record as plain text for objective causal_lm: instruction data reads as the model would see it."""
+    shape = shape_of(record)
+    if shape in ("messages", "preference"):
+        messages, tools = conversation(record)
+        return _chat(tokenizer, messages, tools)
+    if shape == "prompt_completion":
+        return format_prompt(tokenizer, record["prompt"], record.get("system") or "") + record["completion"]
+    if shape == "classification":
+        return format_prompt(tokenizer, record["text"]) + str(record["label"])
+    return str(record["text"])
+
+
+def render_text(tokenizer: PreTrainedTokenizerBase, text: str) -> Rendered:
+    """Every token and the EOS that `pack_blocks` puts after each document carry loss."""
+    ids = [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    return Rendered(ids, [True] * len(ids), ["text"] * len(ids))
+
+
+def render_record(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any], objective: str) -> Rendered:
+    """The record as the trainer of `objective` ("sft" or "causal_lm") sees it."""
+    if objective == "causal_lm":
+        return render_text(tokenizer, causal_text(tokenizer, record))
+    shape = shape_of(record)
+    if shape == "prompt_completion":
+        return render_prompt_completion(tokenizer, record["prompt"], record["completion"], record.get("system") or "")
+    if shape == "classification":
+        return render_prompt_completion(tokenizer, record["text"], str(record["label"]))
+    if shape in ("messages", "preference"):
+        return render_messages(tokenizer, *conversation(record))
+    raise ValueError(
+        "objective sft needs prompt/completion, messages, preference or classification records; "
+        "raw text trains with objective causal_lm"
+    )
+
+
+def tokenize_sft(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, max_length: int
+) -> tuple[Example | None, bool]:
+    """One prompt/completion example cut at max_length; returns (example or None, truncated)."""
+    rendered = render_prompt_completion(tokenizer, prompt, completion)
+    return rendered.example(max_length), len(rendered.ids) > max_length
+
+
+@dataclass
+class SFTStats:
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+
+def build_sft_examples(
+    tokenizer: PreTrainedTokenizerBase, records: Iterable[dict[str, Any]], max_length: int
+) -> tuple[list[Example], SFTStats]:
+    """Tokenize records of any SFT shape; count those cut at max_length and those left with no target."""
+    examples, stats = [], SFTStats()
+    for number, record in enumerate(records, start=1):
+        try:
+            rendered = render_record(tokenizer, record, "sft")
+        except Exception as exc:
+            raise ValueError(f"record {number}: {exc}") from exc
+        stats.truncated += len(rendered.ids) > max_length
+        example = rendered.example(max_length)
+        if example is None:
+            stats.dropped += 1
+        else:
+            examples.append(example)
+    stats.kept = len(examples)
+    return examples, stats
+
+
+def token_pieces(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[str]:
+    """The text of each token. A character split over several byte-level tokens is shown on its last one."""
+    pieces: list[str] = []
+    pending: list[int] = []
+    for token_id in ids:
+        pending.append(token_id)
+        text = tokenizer.decode(pending, skip_special_tokens=False)
+        assert isinstance(text, str)
+        # U+FFFD: an incomplete UTF-8 sequence (up to 4 bytes); wait for the tokens that complete it.
+        if text.endswith("\ufffd") and len(pending) < 4:
+            pieces.append("")
+            continue
+        pieces.append(text)
+        pending = []
+    return pieces
