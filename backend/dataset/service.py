@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
@@ -246,8 +246,9 @@ def preview(dataset: Dataset, rows: int = 20) -> list[dict[str, Any]]:
 def delete_dataset(session: Session, *, user: User, dataset_id: int) -> None:
     """Remove a dataset no job refers to (jobs record the exact data they trained on)."""
     ds = get_dataset(session, user=user, dataset_id=dataset_id)
-    if session.scalar(select(Job.id).where(Job.dataset_id == ds.id).limit(1)) is not None:
-        raise Conflict(f"dataset {ds.id} is used by jobs; delete them first")
+    used = select(Job.id).where(or_(Job.dataset_id == ds.id, Job.validation_dataset_id == ds.id)).limit(1)
+    if session.scalar(used) is not None:
+        raise Conflict(f"dataset {ds.id} is used by jobs (training or validation data); delete them first")
     path = Path(ds.path)
     session.delete(ds)
     session.flush()

@@ -73,6 +73,8 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
     if data.base_model is not None:
         visible_model(session, user=user, model_id=data.base_model, field="base_model")
     objective = _objective(data, dataset)
+    if data.validation_dataset_id == dataset.id:
+        raise Invalid("the validation dataset must differ from the training dataset", field="validation_dataset_id")
     if data.validation_dataset_id is not None:
         validation = _owned_dataset(session, user, data.validation_dataset_id, "validation_dataset_id")
         if validation.shape != dataset.shape:

@@ -105,3 +105,14 @@ def test_separate_validation_dataset(client: TestClient, text_dataset: int) -> N
     assert res.status_code == 422 and "validation_dataset_id" in res.text
     res = client.post("/api/jobs", json={**body, "validation_dataset_id": other_text["id"]})
     assert res.status_code == 201 and res.json()["validation_dataset_id"] == other_text["id"]
+
+
+def test_datasets_used_by_jobs_cannot_be_deleted(client: TestClient, text_dataset: int) -> None:
+    held = client.post("/api/datasets", files={"file": ("v.txt", io.BytesIO(b"held out text\n"))}).json()
+    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}
+    res = client.post("/api/jobs", json={**body, "validation_dataset_id": text_dataset})
+    assert res.status_code == 422 and "validation_dataset_id" in res.text
+    assert client.post("/api/jobs", json={**body, "validation_dataset_id": held["id"]}).status_code == 201
+    for dataset_id in (text_dataset, held["id"]):
+        res = client.delete(f"/api/datasets/{dataset_id}")
+        assert res.status_code == 409 and "used by jobs" in res.text
