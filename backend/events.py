@@ -9,13 +9,21 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
 
 from backend.config import get_settings
 
-CHANNEL = "studio:jobs"
+
+def channel(redis_url: str) -> str:
+    """The pub/sub channel of one deployment. Channels are global to a Redis server (not per db number), so
+    studios sharing a server on different db numbers must not hear each other."""
+    db = urlsplit(redis_url).path.strip("/") or "0"
+    return f"studio:{db}:jobs"
+
+
 log = logging.getLogger(__name__)
 
 _publisher: tuple[str, redis.Redis] | None = None
@@ -30,7 +38,7 @@ def publish(job_id: int) -> None:
     try:
         if _publisher is None or _publisher[0] != url:
             _publisher = (url, redis.Redis.from_url(url, socket_timeout=2))
-        _publisher[1].publish(CHANNEL, str(job_id))
+        _publisher[1].publish(channel(url), str(job_id))
     except redis.RedisError as exc:
         log.warning("could not publish job %s update: %s", job_id, exc)
 
@@ -60,7 +68,7 @@ class Broadcaster:
             try:
                 client = aioredis.Redis.from_url(self.redis_url)
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(channel(self.redis_url))
                     self.connected = True
                     async for message in pubsub.listen():
                         if message.get("type") == "message":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from backend.events import CHANNEL
+from backend.events import channel
 from tests.e2e.sse import read_events
 from tests.e2e.test_loop import pretrain, upload
 from tests.support import StudioProcess
@@ -48,7 +48,7 @@ def test_many_sse_clients_share_one_redis_subscription(studio: StudioProcess) ->
     for t in threads:
         t.start()
     time.sleep(2)
-    (_, subscribers), *_ = r.pubsub_numsub(CHANNEL)
+    (_, subscribers), *_ = r.pubsub_numsub(channel(studio.env["STUDIO_REDIS_URL"]))
     for t in threads:
         t.join(timeout=120)
     assert counts == [20] * 8
