@@ -2,10 +2,11 @@
 
 from backend.db.base import Base, get_engine, session_factory, session_scope, utcnow
 from backend.db.dataset import Dataset, DatasetAnalysis, Upload
-from backend.db.job import ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobMetric
+from backend.db.job import ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobMetric, JobSample
 from backend.db.model import Model
 from backend.db.token import Token
 from backend.db.user import User
+from backend.db.worker import Worker
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -17,10 +18,12 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobMetric",
+    "JobSample",
     "Model",
     "Token",
     "Upload",
     "User",
+    "Worker",
     "get_engine",
     "session_factory",
     "session_scope",

@@ -35,12 +35,32 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # Pause is a cancel that keeps a checkpoint to resume from; resume re-queues the job from it.
+    pause_requested: Mapped[bool] = mapped_column(default=False)
+    resume_checkpoint: Mapped[str | None] = mapped_column(String(1024))
+    attempts: Mapped[int] = mapped_column(default=0)
+    # Prompts generated at every eval so the user sees answers change over the run.
+    watch_prompts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    cloned_from_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     current_step: Mapped[int] = mapped_column(default=0)
     total_steps: Mapped[int | None]
     device: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     final_loss: Mapped[float | None]
     final_eval_loss: Mapped[float | None]
+
+
+class JobSample(Base):
+    """A watch prompt's answer at one evaluation step."""
+
+    __tablename__ = "job_samples"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int]
+    prompt: Mapped[str] = mapped_column(Text)
+    output: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class JobEvent(Base):

@@ -15,7 +15,8 @@ class Model(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
-    source: Mapped[str] = mapped_column(String(16))  # "local" | "job"
+    source: Mapped[str] = mapped_column(String(16))  # "local" | "job" | "upload" | "gguf" | "hub"
+    revision: Mapped[str | None] = mapped_column(String(200))  # hub models: the pinned revision
     path: Mapped[str] = mapped_column(String(1024))
     architecture: Mapped[str] = mapped_column(String(64), default="")
     parameters: Mapped[int] = mapped_column(BigInteger, default=0)
