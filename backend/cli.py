@@ -1,12 +1,14 @@
 """The `studio` command: up, api, worker, migrate, users, tokens, models."""
 
 import argparse
+import contextlib
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from backend.config import get_settings
@@ -82,9 +84,13 @@ def cmd_up(args: argparse.Namespace) -> None:
     host, port = args.host or settings.host, args.port or settings.port
     cmd_migrate(args)
     hint = ensure_admin()
+    # Each worker in a session of its own, so `up` can stop its whole tree (Celery's pool children included).
     workers = [
-        subprocess.Popen(worker_command(args.worker_name)),
-        subprocess.Popen(worker_command(args.worker_name and f"{args.worker_name}-analysis", analysis=True)),
+        subprocess.Popen(worker_command(args.worker_name), start_new_session=True),
+        subprocess.Popen(
+            worker_command(args.worker_name and f"{args.worker_name}-analysis", analysis=True),
+            start_new_session=True,
+        ),
     ]
     shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"\n  Fine-Tuning Studio: http://{shown_host}:{port}/")
@@ -96,13 +102,21 @@ def cmd_up(args: argparse.Namespace) -> None:
     try:
         _serve(host, port)
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_process_groups(workers, grace_seconds=20)
+
+
+def stop_process_groups(procs: list[subprocess.Popen[bytes]], grace_seconds: float) -> None:
+    """SIGTERM each group (Celery finishes or abandons its task), then SIGKILL what is left after the grace."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the pool child may outlive its parent
+        proc.wait()
 
 
 def cmd_users_create(args: argparse.Namespace) -> None:

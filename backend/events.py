@@ -59,8 +59,8 @@ class Broadcaster:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: closing a pub/sub connection mid-read can hang in the client, and shutdown must not.
+            await asyncio.wait({self._task}, timeout=2.0)
             self._task = None
 
     async def _listen(self) -> None:

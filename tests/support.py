@@ -1,5 +1,6 @@
 """Helpers to run the studio as real processes (API + Celery worker) and talk to it."""
 
+import contextlib
 import json
 import os
 import signal
@@ -99,10 +100,15 @@ class StudioProcess:
         proc = self.procs.pop(name)
         try:
             os.killpg(proc.pid, sig)
-            proc.wait(timeout=30)
+            proc.wait(timeout=45)
         except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        # Whatever is left of the group (a Celery pool child, a hung shutdown) goes too.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
+        # `studio up` runs its workers in sessions of their own, named after this port.
+        subprocess.run(["pkill", "-KILL", "-f", "--", f"-n embedded-{self.port}(-analysis)? "], check=False)
 
     def logs(self) -> str:
         return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.log_dir.glob("*.log"))

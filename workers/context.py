@@ -62,6 +62,8 @@ class JobContext:
     base_model_name: str | None
     base_model_path: Path | None
     output_dir: Path  # data_dir/jobs/<id>: checkpoints/, model/ or adapter/, and the zip
+    resume_checkpoint: Path | None = None  # a checkpoint-<step> folder to continue from (a resumed job)
+    watch_prompts: tuple[str, ...] = ()  # generated at every eval, stored as JobSample rows
 
     def summary(self) -> dict[str, Any]:
         """The job's inputs as JSON-ready values (for resolved_config and model cards)."""
@@ -108,4 +110,6 @@ def load_context(job_id: int) -> JobContext:
             base_model_name=base.name if base else None,
             base_model_path=Path(base.path) if base else None,
             output_dir=get_settings().path("jobs", str(job.id)),
+            resume_checkpoint=Path(job.resume_checkpoint) if job.resume_checkpoint else None,
+            watch_prompts=tuple(job.watch_prompts or ()),
         )

@@ -4,10 +4,14 @@ The training recipes and the dataset analyses (statistics, dry run) both go thro
 dry run shows exactly what training uses. Per shape, for objective `sft`:
 
 - prompt_completion (and classification: text → label): the prompt as the model will see it at inference
-  (its chat template, else Alpaca), then the completion and EOS, which carry the loss.
+  (its chat template, else Alpaca), then the completion, the template's end-of-turn marker and EOS, which
+  carry the loss.
 - messages (and preference: the prompt followed by the chosen answer): the conversation through the base's
   chat template, or ChatML closed by the base's EOS when it has none. Loss on assistant turns only, each with
-  its end-of-turn marker, except turns with `weight: 0`.
+  its end-of-turn marker, except turns with `weight: 0`; EOS follows the final assistant turn's marker.
+
+So both shapes end an answer the same way, marker then EOS: when a template's marker is not EOS
+(`<|im_end|>` vs `<|endoftext|>`), generation stops whichever of the two the inference stack stops on.
 
 For objective `causal_lm` every record becomes one text (`causal_text`) whose every token, EOS included,
 carries loss; the recipes pack those texts into blocks.
@@ -37,6 +41,8 @@ CHATML_TEMPLATE = (
 
 Example = dict[str, list[int]]
 Message = dict[str, Any]
+# An assistant answer no template alters: what a template writes after it is its end-of-turn marker.
+_ANSWER_PROBE = "ANSWERPROBE7f3c"
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -189,9 +195,28 @@ def render_prompt_completion(
     segments.append(Segment(_system_end(tokenizer, system, text), "user", False))
     # A chat template writes its own BOS into the text; the Alpaca string needs the tokenizer to add it.
     head = _encode_segments(tokenizer, text, segments, add_special_tokens=not _has_template(tokenizer))
-    # EOS is supervised too: it is how the model learns to stop after answering.
-    answer = [*tokenizer(completion, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    # The end-of-turn marker and EOS are supervised too: they are how the model learns to stop after answering.
+    answer = [*tokenizer(completion, add_special_tokens=False)["input_ids"], *_answer_end(tokenizer)]
     return Rendered(head.ids + answer, head.trained + [True] * len(answer), head.roles + ["assistant"] * len(answer))
+
+
+def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The text the chat template writes after an assistant's answer ('<|im_end|>', '<|eot_id|>'), or ''."""
+    if not _has_template(tokenizer):
+        return ""
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _ANSWER_PROBE}]
+    try:
+        text = _chat(tokenizer, probe)
+    except Exception:  # a template that refuses this tiny conversation: no marker is known
+        return ""
+    at = text.rfind(_ANSWER_PROBE)
+    return text[at + len(_ANSWER_PROBE) :].strip() if at >= 0 else ""
+
+
+def _answer_end(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that close an answer: the end-of-turn marker, then EOS unless the marker already ends in it."""
+    ids = list(tokenizer(end_of_turn(tokenizer), add_special_tokens=False)["input_ids"])
+    return ids if ids and ids[-1] == tokenizer.eos_token_id else [*ids, tokenizer.eos_token_id]
 
 
 def render_messages(
@@ -202,7 +227,9 @@ def render_messages(
     The template is rendered for growing prefixes of the conversation: message i spans the characters
     between the renders of messages[:i] and messages[:i + 1], and an assistant's trained part starts where
     the render of messages[:i] with the generation prompt ("<|im_start|>assistant\\n") ends. So the turn
-    header is masked and the end-of-turn marker, written by the template, is trained.
+    header is masked and the end-of-turn marker, written by the template, is trained. When the conversation
+    ends on an assistant turn whose marker is not EOS, EOS follows the marker (trained with the turn), as it
+    does after a prompt_completion answer.
     """
     if not messages:
         raise ValueError("empty conversation")
@@ -227,7 +254,16 @@ def render_messages(
         tail = len(full[:end].rstrip())
         segments.append(Segment(max(body, tail), role, False))
         previous = end
-    return _encode_segments(tokenizer, full, segments, add_special_tokens=not _has_template(tokenizer))
+    last = messages[-1]
+    ends_answer = last["role"] == "assistant" and not full.rstrip().endswith(str(tokenizer.eos_token))
+    # Nothing follows the final turn, so its trailing whitespace goes and EOS comes right after the marker.
+    text = full.rstrip() if ends_answer else full
+    rendered = _encode_segments(tokenizer, text, segments, add_special_tokens=not _has_template(tokenizer))
+    if ends_answer:
+        rendered.ids.append(tokenizer.eos_token_id)
+        rendered.trained.append(last.get("weight", 1) != 0)
+        rendered.roles.append("assistant")
+    return rendered
 
 
 def causal_text(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any]) -> str:

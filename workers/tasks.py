@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from celery import shared_task
 
 from backend.config import get_settings
+from backend.job.checkpoints import latest_checkpoint
 from backend.job.lifecycle import claim_job, finish_job, log_event, renew_lease, update_job
 from backend.queue import RUN_JOB
 from workers.context import load_context
-from workers.metrics import Cancelled
+from workers.metrics import Cancelled, Diverged, Paused
 from workers.recipes import RECIPES
 from workers.training import device_description, release_memory
 
@@ -71,6 +72,17 @@ def run_job(job_id: int) -> str:
     except Cancelled:
         finish_job(job_id, "cancelled")
         return "cancelled"
+    except Paused as exc:
+        checkpoint = latest_checkpoint(job_id)
+        where = f"; resume continues from {checkpoint.name}" if checkpoint else ""
+        resume = str(checkpoint.path) if checkpoint else None
+        finish_job(
+            job_id, "paused", message=f"{exc}{where}".replace(": saving a checkpoint", ""), resume_checkpoint=resume
+        )
+        return "paused"
+    except Diverged as exc:
+        finish_job(job_id, "failed", error=str(exc), message=f"failed: diverged: {exc}")
+        return "failed"
     except Exception as exc:
         log.exception("job %s failed", job_id)
         tail = "".join(traceback.format_exc().splitlines(keepends=True)[-TRACEBACK_LINES:])

@@ -3,17 +3,18 @@
 import gc
 import math
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments
 
-from backend.job.lifecycle import update_job
+from backend.job.lifecycle import last_metric_step, log_event, update_job
 from workers.context import JobContext
 from workers.data import PadCollator
 from workers.examples import Example
-from workers.metrics import Cancelled, JobCallback
+from workers.metrics import Cancelled, Diverged, Guards, JobCallback, Paused, Watch
 
 
 def use_bf16() -> bool:
@@ -44,6 +45,10 @@ def total_steps(ctx: JobContext, n_train: int) -> int:
     return max(1, math.ceil((ctx.hp.epochs or 1.0) * steps_per_epoch))
 
 
+# A save interval no run reaches: checkpoints only at the end (and on pause).
+NEVER = 2**31 - 1
+
+
 def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> TrainingArguments:
     """Map the job's hyperparameters onto the Trainer's arguments."""
     hp = ctx.hp
@@ -66,10 +71,11 @@ def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> Trai
         eval_steps=eval_steps if has_eval else None,
         # Eval needs only the loss; keeping logits would hold batch x length x vocab floats per batch.
         prediction_loss_only=True,
-        save_strategy="steps" if hp.checkpoint_steps else "no",
-        save_steps=hp.checkpoint_steps or 500,
-        # Checkpoints carry optimizer state (3x the weights for AdamW): keep the last two, not all of them.
-        save_total_limit=2,
+        # Always "steps": the Trainer then also saves at the last step, and a pause saves wherever it lands.
+        save_strategy="steps",
+        save_steps=hp.checkpoint_steps or NEVER,
+        # Checkpoints carry optimizer state (3x the weights for AdamW): keep the last few, not all of them.
+        save_total_limit=hp.keep_checkpoints,
         seed=hp.seed,
         bf16=use_bf16(),
         use_cpu=not cuda,
@@ -90,7 +96,15 @@ def build_trainer(
     """A Trainer wired to the job: metrics and heartbeats go to the database through the callback."""
     if not train_set:
         raise ValueError("no training examples left after tokenization; check the dataset and max_length")
-    callback = JobCallback(ctx.job_id)
+    guards = Guards(
+        warmup_steps=ctx.hp.warmup_steps,
+        divergence_factor=ctx.hp.divergence_factor,
+        patience=ctx.hp.early_stopping_patience,
+        # A resumed run repeats the steps between its checkpoint and where it stopped: plot each step once.
+        log_after=last_metric_step(ctx.job_id) if ctx.resume_checkpoint else 0,
+    )
+    watch = Watch(prompts=ctx.watch_prompts, sft=ctx.objective == "sft")
+    callback = JobCallback(ctx.job_id, guards=guards, watch=watch)
     pad_id = tokenizer.pad_token_id
     assert pad_id is not None, "the recipe must give the tokenizer a pad token"
     trainer = Trainer(
@@ -107,11 +121,18 @@ def build_trainer(
     return trainer, callback
 
 
-def train(trainer: Trainer, callback: JobCallback) -> None:
-    """Run the loop; raise Cancelled if it was stopped; end with an eval of the final weights."""
-    trainer.train()
-    if callback.cancelled:
+def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = None) -> None:
+    """Run the loop (continuing from checkpoint `resume_from`: weights, optimizer, scheduler, RNG and step);
+    raise Cancelled, Paused or Diverged if it stopped for that; end with an eval of the final weights."""
+    if resume_from is not None:
+        log_event(callback.job_id, f"resuming from {resume_from.name}")
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if callback.outcome == "cancelled":
         raise Cancelled()
+    if callback.outcome == "paused":
+        raise Paused(f"paused at step {trainer.state.global_step}")
+    if callback.outcome == "diverged":
+        raise Diverged(callback.reason)
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
     if trainer.eval_dataset is not None and (not evaluated or evaluated[-1] != trainer.state.global_step):
         trainer.evaluate()  # logs eval_loss at the last step, so final_eval_loss describes the saved model

@@ -6,16 +6,18 @@ from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import Token, User, utcnow
+from backend.db import Token, User, session_scope, utcnow
 from backend.errors import Conflict, Invalid, NotFound, Unauthorized
 
 _hasher = PasswordHasher()
 SESSION_COOKIE = "studio_session"
 TOKEN_PREFIX = "sts_"
+TOUCH_EVERY = timedelta(minutes=5)  # how stale `last_used_at` may get before a request updates it
 
 
 def _digest(secret: str) -> str:
@@ -69,13 +71,28 @@ def issue_token(session: Session, *, user: User, kind: str, name: str = "") -> s
 
 
 def user_for_token(session: Session, secret: str) -> User | None:
+    """The token's user, or None when unknown or expired; notes when the token was last used."""
     token = session.scalar(select(Token).where(Token.token_hash == _digest(secret)))
     if token is None or (token.expires_at is not None and token.expires_at < utcnow()):
         return None
     # Only write when stale: a write per request would contend with workers on SQLite.
-    if token.last_used_at is None or utcnow() - token.last_used_at > timedelta(minutes=5):
-        token.last_used_at = utcnow()
+    if token.last_used_at is None or utcnow() - token.last_used_at > TOUCH_EVERY:
+        _touch(token.id)
     return session.get(User, token.user_id)
+
+
+def _touch(token_id: int) -> None:
+    """Set `last_used_at` in a session of its own, committed at once.
+
+    Never in the request's session: that one stays open through a long upload, and on SQLite a pending write
+    there would hold the database's write lock for the whole request. Best effort: a busy database skips it."""
+    now = utcnow()
+    stale = or_(Token.last_used_at.is_(None), Token.last_used_at < now - TOUCH_EVERY)
+    try:
+        with session_scope() as s:
+            s.execute(update(Token).where(Token.id == token_id, stale).values(last_used_at=now))
+    except OperationalError:
+        pass
 
 
 def revoke_token(session: Session, secret: str) -> None:

@@ -25,6 +25,7 @@ from backend.dataset.formats import read_records
 from backend.dataset.service import ingest_file
 from backend.db import Dataset, DatasetAnalysis, User, session_scope, utcnow
 from backend.errors import BrokerUnavailable, Conflict, Invalid, NotFound
+from backend.job.service import OBJECTIVE_SHAPES
 from backend.model.service import visible_model
 from backend.queue import enqueue_analysis
 
@@ -74,8 +75,17 @@ def token_params(
     """Validated parameters of a statistics analysis (with batch_size) or a dry-run render (with index)."""
     visible_model(session, user=user, model_id=base_model, field="base_model")
     objective = objective or default_objective(dataset.shape)
-    if objective == "sft" and dataset.shape == "text":
-        raise Invalid(f"objective sft needs instruction data; dataset {dataset.id} is raw text", field="objective")
+    # The same (objective, shape) pairs a job accepts: a dry run of data no job can train on would mislead.
+    shapes = OBJECTIVE_SHAPES.get(objective)
+    if shapes is None:
+        raise Invalid(
+            f"unknown objective {objective!r}: objectives are {', '.join(OBJECTIVE_SHAPES)}", field="objective"
+        )
+    if dataset.shape not in shapes:
+        raise Invalid(
+            f"objective {objective} needs {' or '.join(shapes)} records; dataset {dataset.id} is {dataset.shape}",
+            field="objective",
+        )
     params: dict[str, Any] = {"base_model": base_model, "objective": objective, "max_length": max_length}
     if batch_size is not None:
         params["batch_size"] = batch_size
@@ -220,7 +230,8 @@ def _write_kept(dataset: Dataset, drop: set[int], dest: Path) -> int:
         for index, record in enumerate(read_records(Path(dataset.path), dataset.filename, dataset.options or None)):
             if index in drop:
                 continue
-            row = {k: record[k] for k in keys if record.get(k) not in (None, "")} if keys else record
+            # Only absent fields are left out: an empty prompt is valid data and must stay in the new version.
+            row = {k: record[k] for k in keys if record.get(k) is not None} if keys else record
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             kept += 1
     return kept

@@ -12,7 +12,17 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.dataset.formats import ACCEPTED, LimitExceeded, Summary, UnsupportedFile, read_records, summarize
+from backend.dataset.formats import (
+    ACCEPTED,
+    FormatError,
+    LimitExceeded,
+    Summary,
+    UnsupportedFile,
+    parse_options,
+    read_records,
+    summarize,
+)
+from backend.dataset.formats.plan import check_options_for
 from backend.dataset.formats.values import display
 from backend.db import Dataset, Job, User
 from backend.errors import Conflict, Invalid, NotFound, TooLarge, Unsupported
@@ -63,6 +73,17 @@ def options_from_form(raw: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Invalid("options must be a JSON object", field="options")
     return value
+
+
+def check_upload(filename: str, options: dict[str, Any] | None) -> None:
+    """Refuse, before any bytes are sent, a file type we do not read (415) or options that are wrong (422)."""
+    name = safe_filename(filename)
+    try:
+        check_options_for(name, parse_options(options))
+    except UnsupportedFile as exc:
+        raise Unsupported(f"{name}: {exc.message}", field="filename", file=name, accepted=ACCEPTED) from None
+    except FormatError as exc:
+        raise Invalid(exc.message, field=exc.field or "options") from None
 
 
 def _location(summary: Summary, error: dict[str, Any]) -> str:
@@ -239,7 +260,7 @@ def list_datasets(session: Session, *, user: User) -> list[Dataset]:
 
 def preview(dataset: Dataset, rows: int = 20) -> list[dict[str, Any]]:
     """The first records as the trainer will read them (very long strings cut for display)."""
-    records = read_records(Path(dataset.path), dataset.filename, dataset.options or None)
+    records = read_records(Path(dataset.path), dataset.filename, dataset.options or None, head_only=True)
     return [display(r, PREVIEW_CHARS) for r in itertools.islice(records, rows)]
 
 

@@ -9,12 +9,12 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from anyio import to_thread
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
@@ -41,6 +41,7 @@ def create_upload(
     limit = get_settings().max_upload_bytes
     if size > limit:
         raise TooLarge(f"file is over the upload limit of {limit} bytes", field="size", limit=limit)
+    datasets.check_upload(filename, options)
     remove_stale_uploads(session)
     upload = Upload(
         id=uuid.uuid4().hex,
@@ -105,13 +106,16 @@ def parse_content_range(header: str, *, size: int) -> tuple[int, int]:
 
 async def write_chunk(
     session: Session, *, user: User, upload_id: str, content_range: str, body: AsyncIterator[bytes]
-) -> Upload:
-    """Append one chunk streamed from `body`; it must start at `received_bytes` (else Conflict with the offset)."""
-    upload = await to_thread.run_sync(lambda: get_upload(session, user=user, upload_id=upload_id))
-    start, end = parse_content_range(content_range, size=upload.size_bytes)
-    with _locked_part(upload.id) as part:
+) -> dict[str, Any]:
+    """Append one chunk streamed from `body`; it must start at `received_bytes` (else Conflict with the offset).
+
+    Returns the upload's values as plain data: the offset is only ever written by the conditional update, so
+    no ORM object is left for the request's final commit to write back over a newer (or deleted) row."""
+    upload = await to_thread.run_sync(lambda: _detached_values(session, user=user, upload_id=upload_id))
+    start, end = parse_content_range(content_range, size=upload["size_bytes"])
+    with _locked_part(upload_id) as part:
         # Under the lock, read the offset afresh: another request may have just added a chunk.
-        received = await to_thread.run_sync(_received_bytes, session, upload.id)
+        received = await to_thread.run_sync(_received_bytes, session, upload_id)
         if received is None:
             raise NotFound(f"upload {upload_id} not found")
         if start != received:
@@ -121,22 +125,30 @@ async def write_chunk(
             )
         await _receive(part, body, start=start, end=end)
         # Committed while still holding the lock, so the next chunk never reads a stale offset.
-        if not await to_thread.run_sync(_advance, session, upload.id, start, end):
+        now = utcnow()
+        if not await to_thread.run_sync(_advance, session, upload_id, start, end, now):
             raise Conflict(f"upload {upload_id} was removed while the chunk arrived")
-    upload.received_bytes, upload.updated_at = end, utcnow()
-    return upload
+    return {**upload, "received_bytes": end, "updated_at": now}
+
+
+def _detached_values(session: Session, *, user: User, upload_id: str) -> dict[str, Any]:
+    """The upload's columns as a dict, the row itself taken out of the session (nothing to flush later)."""
+    upload = get_upload(session, user=user, upload_id=upload_id)
+    values = {attr.key: getattr(upload, attr.key) for attr in inspect(Upload).column_attrs}
+    session.expunge(upload)
+    return values
 
 
 def _received_bytes(session: Session, upload_id: str) -> int | None:
     return session.scalar(select(Upload.received_bytes).where(Upload.id == upload_id))
 
 
-def _advance(session: Session, upload_id: str, start: int, end: int) -> bool:
+def _advance(session: Session, upload_id: str, start: int, end: int, now: datetime) -> bool:
     """Move the offset from `start` to `end` and commit; False when the upload is gone."""
     moved = session.execute(
         update(Upload)
         .where(Upload.id == upload_id, Upload.received_bytes == start)
-        .values(received_bytes=end, updated_at=utcnow())
+        .values(received_bytes=end, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     session.commit()

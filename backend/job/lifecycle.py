@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import Artifact, Job, JobEvent, JobMetric, session_scope, utcnow
+from backend.db import Artifact, Job, JobEvent, JobMetric, JobSample, session_scope, utcnow
 from backend.events import publish
 
 
@@ -61,6 +61,11 @@ def claim_job(job_id: int, worker: str) -> bool:
 def heartbeat(job_id: int, *, step: int, total_steps: int | None) -> bool:
     """Renew the lease and record progress. True means stop: a cancel was requested, or the job is no
     longer running (e.g. the reaper failed it after a long stall), so this worker no longer owns it."""
+    return beat(job_id, step=step, total_steps=total_steps) == "stop"
+
+
+def beat(job_id: int, *, step: int, total_steps: int | None) -> str:
+    """Renew the lease and record progress; say what the worker should do: "run", "pause" or "stop"."""
     with session_scope() as s:
         s.execute(
             update(Job)
@@ -68,9 +73,11 @@ def heartbeat(job_id: int, *, step: int, total_steps: int | None) -> bool:
             .values(heartbeat_at=db_now(s), current_step=step, total_steps=total_steps)
             .execution_options(synchronize_session=False)
         )
-        row = s.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one()
+        row = s.execute(select(Job.status, Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)).one()
     publish(job_id)
-    return row.status != "running" or bool(row.cancel_requested)
+    if row.status != "running" or row.cancel_requested:
+        return "stop"  # a cancel wins over a pause asked for at the same time
+    return "pause" if row.pause_requested else "run"
 
 
 def renew_lease(job_id: int) -> None:
@@ -97,6 +104,19 @@ def record_metrics(job_id: int, step: int, values: dict[str, float]) -> None:
     publish(job_id)
 
 
+def last_metric_step(job_id: int) -> int:
+    """The highest step with a stored metric (0 if none): a resumed run logs only the steps after it."""
+    with session_scope() as s:
+        return s.scalar(select(func.max(JobMetric.step)).where(JobMetric.job_id == job_id)) or 0
+
+
+def record_samples(job_id: int, step: int, answers: list[tuple[str, str]]) -> None:
+    """Store the watch prompts' (prompt, output) answers at one eval step, then publish."""
+    with session_scope() as s:
+        s.add_all(JobSample(job_id=job_id, step=step, prompt=p, output=o) for p, o in answers)
+    publish(job_id)
+
+
 def add_artifact(job_id: int, path: Path) -> None:
     """Register a finished file under the job; its name is the file name (e.g. adapter.zip)."""
     digest = hashlib.sha256()
@@ -120,15 +140,18 @@ def add_artifact(job_id: int, path: Path) -> None:
     publish(job_id)
 
 
-def finish_job(job_id: int, status: str, *, error: str | None = None, message: str | None = None) -> None:
-    """Record the end of a running job; `message` goes to the events log (at error level when it failed).
+def finish_job(
+    job_id: int, status: str, *, error: str | None = None, message: str | None = None, **values: Any
+) -> None:
+    """Record the end of a running job (or its pause); `message` goes to the events log (at error level when it
+    failed); `values` are further columns (resume_checkpoint).
 
     Only a job still `running` changes: one the reaper already failed keeps its status."""
     with session_scope() as s:
         res = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "running")
-            .values(status=status, finished_at=utcnow(), error=error)
+            .values(status=status, finished_at=utcnow(), error=error, pause_requested=False, **values)
             .execution_options(synchronize_session=False)
         )
         if res.rowcount == 1:  # type: ignore[attr-defined]

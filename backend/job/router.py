@@ -4,10 +4,22 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
+from backend.db import Job
 from backend.deps import CurrentUser, SessionDep
 from backend.errors import BrokerUnavailable
-from backend.job import service
-from backend.job.schemas import ArtifactRead, EventRead, JobCreate, JobList, JobRead, MetricRead
+from backend.job import control, service
+from backend.job.checkpoints import list_checkpoints
+from backend.job.schemas import (
+    ArtifactRead,
+    CheckpointRead,
+    EventRead,
+    JobClone,
+    JobCreate,
+    JobList,
+    JobRead,
+    MetricRead,
+    SampleRead,
+)
 from backend.job.stream import job_events, metric_dict, parse_cursor
 from backend.queue import enqueue_job
 from backend.schemas import IdPath, Text
@@ -15,9 +27,7 @@ from backend.schemas import IdPath, Text
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 
-@router.post("", response_model=JobRead, status_code=201)
-def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRead:
-    job = service.create_job(session, user=user, data=body)
+def _enqueue(session: SessionDep, job: Job) -> JobRead:
     session.commit()  # the worker must find the row when the task arrives
     try:
         enqueue_job(job.id)
@@ -26,6 +36,11 @@ def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRe
         session.commit()
         raise BrokerUnavailable(f"the job queue is unreachable ({type(exc).__name__}); job {job.id} failed") from exc
     return service.to_read(session, job)
+
+
+@router.post("", response_model=JobRead, status_code=201)
+def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRead:
+    return _enqueue(session, service.create_job(session, user=user, data=body))
 
 
 @router.get("", response_model=JobList)
@@ -41,6 +56,41 @@ def get_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
 @router.post("/{job_id}/cancel", response_model=JobRead)
 def cancel_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
     return service.to_read(session, service.cancel_job(session, user=user, job_id=job_id))
+
+
+@router.post("/{job_id}/pause", response_model=JobRead)
+def pause_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
+    """Save a checkpoint at the next step and stop; the job ends as `paused`."""
+    job = control.pause_job(session, user=user, job_id=job_id)
+    session.commit()
+    return service.to_read(session, job)
+
+
+@router.post("/{job_id}/resume", response_model=JobRead)
+def resume_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
+    """Continue a paused, failed or cancelled job from its latest checkpoint (409 without one)."""
+    return _enqueue(session, control.resume_job(session, user=user, job_id=job_id))
+
+
+@router.post("/{job_id}/clone", response_model=JobRead, status_code=201)
+def clone_job(job_id: IdPath, session: SessionDep, user: CurrentUser, body: JobClone | None = None) -> JobRead:
+    """A new job with the same inputs; `body` may rename it and override hyperparameters."""
+    return _enqueue(session, control.clone_job(session, user=user, job_id=job_id, data=body or JobClone()))
+
+
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointRead])
+def job_checkpoints(job_id: IdPath, session: SessionDep, user: CurrentUser) -> list[CheckpointRead]:
+    service.get_job(session, user=user, job_id=job_id)
+    return [
+        CheckpointRead(name=c.name, step=c.step, size_bytes=c.size_bytes, created_at=c.created_at)
+        for c in list_checkpoints(job_id)
+    ]
+
+
+@router.get("/{job_id}/samples", response_model=list[SampleRead])
+def job_samples(job_id: IdPath, session: SessionDep, user: CurrentUser) -> list[SampleRead]:
+    service.get_job(session, user=user, job_id=job_id)
+    return [SampleRead.model_validate(s) for s in service.samples(session, job_id)]
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricRead])

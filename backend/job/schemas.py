@@ -1,7 +1,8 @@
 """Job request/response shapes. Every hyperparameter carries a description and bounds: they drive the form."""
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from pathlib import PurePath
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -11,7 +12,8 @@ from backend.schemas import DbId, Text
 JobKind = Literal["pretrain", "finetune"]
 Method = Literal["lora", "full"]
 Objective = Literal["causal_lm", "sft"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
+WatchPrompt = Annotated[Text, Field(min_length=1, max_length=2000)]
 
 
 class Hyperparameters(BaseModel):
@@ -51,6 +53,18 @@ class Hyperparameters(BaseModel):
         None, ge=1, le=10_000_000, description="Evaluate every N steps (empty: about ten times per run)."
     )
     logging_steps: int = Field(1, ge=1, le=100_000, description="Log loss and learning rate every N steps.")
+    keep_checkpoints: int = Field(
+        2, ge=1, le=100, description="Checkpoints kept on disk (the newest); each holds weights and optimizer state."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=1000, description="Stop after this many evaluations without a lower eval loss (empty: off)."
+    )
+    divergence_factor: float = Field(
+        4.0,
+        gt=1.0,
+        le=1000.0,
+        description="Fail the job when the loss exceeds this multiple of its best smoothed value after warmup.",
+    )
 
     @field_validator("lora_target_modules")
     @classmethod
@@ -82,6 +96,9 @@ class JobCreate(BaseModel):
     method: Method | None = None
     objective: Objective | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    watch_prompts: list[WatchPrompt] = Field(
+        default_factory=list, max_length=5, description="Prompts generated at every eval to watch answers change."
+    )
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Self:
@@ -123,6 +140,11 @@ class JobRead(BaseModel):
     worker: str | None
     device: str | None
     cancel_requested: bool
+    pause_requested: bool
+    resume_checkpoint: str | None
+    attempts: int
+    watch_prompts: list[str]
+    cloned_from_id: int | None
     current_step: int
     total_steps: int | None
     error: str | None
@@ -130,6 +152,11 @@ class JobRead(BaseModel):
     final_eval_loss: float | None
     output_model_id: int | None = None
     eta_seconds: float | None = None
+
+    @field_validator("resume_checkpoint")
+    @classmethod
+    def _checkpoint_name(cls, v: str | None) -> str | None:
+        return PurePath(v).name if v else None  # the name, not where the server keeps it
 
 
 class JobList(BaseModel):
@@ -160,3 +187,31 @@ class ArtifactRead(BaseModel):
     sha256: str
     created_at: datetime
     url: str = ""
+
+
+class JobClone(BaseModel):
+    """What a clone changes; everything else is copied from the source job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text | None = Field(None, max_length=200)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="Merged over the source job's hyperparameters, then validated."
+    )
+    watch_prompts: list[WatchPrompt] | None = Field(None, max_length=5)
+
+
+class CheckpointRead(BaseModel):
+    name: str
+    step: int
+    size_bytes: int
+    created_at: datetime
+
+
+class SampleRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: int
+    prompt: str
+    output: str
+    created_at: datetime

@@ -6,7 +6,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, Model, User, utcnow
+from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, JobSample, Model, User, utcnow
 from backend.errors import Invalid, NotFound
 from backend.job.lifecycle import add_event
 from backend.job.schemas import JobCreate, JobRead
@@ -93,6 +93,7 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
         base_model_id=data.base_model,
         validation_dataset_id=data.validation_dataset_id,
         hyperparameters=data.hyperparameters.model_dump(exclude_none=True),
+        watch_prompts=list(data.watch_prompts),
     )
     session.add(job)
     session.flush()
@@ -101,17 +102,18 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
 
 
 def cancel_job(session: Session, *, user: User, job_id: int) -> Job:
-    """A queued job is cancelled at once; a running one is asked to stop at its next step."""
+    """A queued or paused job is cancelled at once; a running one is asked to stop at its next step."""
     job = get_job(session, user=user, job_id=job_id)
     # Conditional updates: a worker may claim the job between our read and our write.
     queued = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.status == "queued")
+        .where(Job.id == job.id, Job.status.in_(("queued", "paused")))
         .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     if queued.rowcount == 1:  # type: ignore[attr-defined]
-        add_event(session, job.id, "cancelled before it started")
+        was = "while paused" if job.status == "paused" else "before it started"
+        add_event(session, job.id, f"cancelled {was}")
     else:
         running = session.execute(
             update(Job)
@@ -153,6 +155,12 @@ def metrics_after(session: Session, job_id: int, after_id: int = 0) -> list[JobM
 
 def events_after(session: Session, job_id: int, after_id: int = 0) -> list[JobEvent]:
     q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id)
+    return list(session.scalars(q))
+
+
+def samples(session: Session, job_id: int) -> list[JobSample]:
+    """Watch-prompt answers, oldest eval first."""
+    q = select(JobSample).where(JobSample.job_id == job_id).order_by(JobSample.id)
     return list(session.scalars(q))
 
 

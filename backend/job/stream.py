@@ -45,7 +45,8 @@ def metric_dict(m: Any) -> dict[str, Any]:
 
 
 def _progress_key(snapshot: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(snapshot[k] for k in ("status", "current_step", "total_steps", "cancel_requested", "error"))
+    keys = ("status", "current_step", "total_steps", "cancel_requested", "pause_requested", "error")
+    return tuple(snapshot[k] for k in keys)
 
 
 async def job_events(job_id: int, cursor: tuple[int, int], broadcaster: Broadcaster) -> AsyncIterator[dict[str, str]]:
@@ -71,7 +72,8 @@ async def _follow(
         if key != last_key or metrics:
             last_key = key
             yield {"event": "job", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps(snapshot)}
-        final = snapshot["status"] in FINAL_STATUSES
+        # A paused job rests until someone resumes it: end the stream, the page reconnects on resume.
+        final = snapshot["status"] in (*FINAL_STATUSES, "paused")
         if final and not metrics and not events:
             yield {
                 "event": "end",

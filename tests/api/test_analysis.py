@@ -19,7 +19,7 @@ from workers.analysis.tasks import analyze_dataset
 PAIRS = [
     {"prompt": "Capital of France?", "completion": "Paris"},
     {"prompt": "Capital of Spain?", "completion": "Madrid"},
-    {"prompt": "capital of france", "completion": "Lyon"},  # conflicts with record 0
+    {"prompt": "Capital of  France?", "completion": "Lyon"},  # conflicts with record 0 (spacing does not count)
     {"prompt": "Capital of Spain?", "completion": "Madrid"},  # exact duplicate of record 1
     {"prompt": "Name a colour.", "completion": "Blue"},
 ]
@@ -239,3 +239,40 @@ def test_a_concurrent_insert_of_the_same_analysis_is_reused(
         assert (second.id, created) == (first.id, False)
         assert len(calls) == 2
         assert s.get(Dataset, pairs["id"]) is not None  # the session is still usable after the savepoint
+
+
+def test_fixes_keep_an_empty_prompt(client: TestClient) -> None:
+    """An empty prompt is valid prompt/completion data: the fixed version must keep it (and so validate)."""
+    records = [
+        {"prompt": "", "completion": "Once upon a time"},
+        {"prompt": "", "completion": "Once upon a time"},
+        {"prompt": "", "completion": "The end"},
+    ]
+    ds = upload(client, "open.jsonl", records)
+    client.get(f"/api/datasets/{ds['id']}/hygiene")
+    compute_queued("hygiene")
+    res = client.post(f"/api/datasets/{ds['id']}/fixes", json={"drop_exact_duplicates": True})
+    assert res.status_code == 201, res.text
+    rows = client.get(f"/api/datasets/{res.json()['id']}/preview").json()["rows"]
+    assert rows == [{"prompt": "", "completion": "Once upon a time"}, {"prompt": "", "completion": "The end"}]
+
+
+@pytest.mark.parametrize(
+    ("records", "objective"),
+    [
+        ([{"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"}], "sft"),
+        ([{"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"}], "causal_lm"),
+        ([{"text": "great film", "label": 1}, {"text": "bad film", "label": 0}], "sft"),
+        ([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}], "causal_lm"),
+    ],
+)
+def test_analyses_take_only_the_objective_and_shape_pairs_jobs_take(
+    client: TestClient, base_model: int, records: list[dict[str, Any]], objective: str
+) -> None:
+    from backend.job.service import OBJECTIVE_SHAPES
+
+    ds = upload(client, "data.jsonl", records)
+    assert ds["shape"] not in OBJECTIVE_SHAPES[objective]
+    for path in (f"stats?objective={objective}", f"render?objective={objective}&index=0"):
+        res = client.get(f"/api/datasets/{ds['id']}/{path}&base_model={base_model}")
+        assert res.status_code == 422 and res.json()["field"] == "objective", res.text

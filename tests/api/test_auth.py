@@ -40,3 +40,22 @@ def test_passwords_are_argon2_hashed_and_tokens_stored_hashed(client: TestClient
         assert user is not None and user.password_hash.startswith("$argon2")
         secret = client.headers["Authorization"].split()[1]
         assert all(secret not in t.token_hash for t in s.scalars(select(Token)))
+
+
+def test_last_used_is_written_in_its_own_short_transaction(client: TestClient) -> None:
+    """Auth leaves nothing pending in the request's session: on SQLite that would hold the write lock for
+    the whole request (a long upload), failing every other writer."""
+    from sqlalchemy import select, update
+
+    from backend.auth.service import user_for_token
+    from backend.db import Token, session_scope
+
+    secret = client.headers["Authorization"].split()[1]
+    with session_scope() as s:
+        s.execute(update(Token).values(last_used_at=None))
+    with session_scope() as request_session:
+        assert user_for_token(request_session, secret) is not None
+        assert not request_session.dirty and not request_session.new
+        with session_scope() as other:  # already committed, and another writer is not blocked
+            assert all(t.last_used_at is not None for t in other.scalars(select(Token)))
+            other.execute(update(Token).values(name="still writable"))

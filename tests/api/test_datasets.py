@@ -114,3 +114,33 @@ def test_fixture_files_are_recognized(client: TestClient) -> None:
     assert text["format"] == "text" and text["record_count"] == 120
     alpaca = _upload(client, "alpaca_small.json", (FIXTURES / "alpaca_small.json").read_bytes()).json()
     assert alpaca["format"] == "alpaca" and alpaca["record_count"] == 36
+
+
+def test_layout_text_on_json_lines_reads_its_text_field(client: TestClient) -> None:
+    """Layout 'text' given for a .jsonl (not a raw text file) reads like 'jsonl_text': preview works too."""
+    res = client.post(
+        "/api/datasets",
+        files={"file": ("t.jsonl", io.BytesIO(b'{"text": "a"}\n{"text": "b"}\n'))},
+        data={"options": json.dumps({"layout": "text"})},
+    )
+    assert res.status_code == 201, res.text
+    preview = client.get(f"/api/datasets/{res.json()['id']}/preview")
+    assert preview.status_code == 200, preview.text
+    assert [r["text"] for r in preview.json()["rows"]] == ["a", "b"]
+
+
+def test_a_json_object_with_a_non_string_key_is_refused(client: TestClient) -> None:
+    res = _upload(client, "w.json", b'{1: [{"text": "a"}]}')
+    assert res.status_code == 422 and "string key" in res.json()["detail"], res.text
+
+
+def test_preview_of_a_whole_file_document_reads_only_its_head(tmp_path: Path) -> None:
+    from backend.dataset.formats import read_records
+    from backend.dataset.formats.text import PREVIEW_CHARS
+
+    big = tmp_path / "book.txt"
+    big.write_text("a line of the book\n" * 50_000)  # about 1 MB, one document
+    (whole,) = read_records(big, "book.txt", {"text_split": "file"})
+    (head,) = read_records(big, "book.txt", {"text_split": "file"}, head_only=True)
+    assert len(whole["text"]) > 900_000
+    assert PREVIEW_CHARS <= len(head["text"]) < PREVIEW_CHARS + 100 and whole["text"].startswith(head["text"])

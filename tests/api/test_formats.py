@@ -326,3 +326,30 @@ def test_new_version_of_a_dataset(client: TestClient) -> None:
     assert not tmp.exists()
     body = client.get(f"/api/datasets/{child_id}").json()
     assert (body["version"], body["parent_id"], body["note"]) == (2, first["id"], "added a system prompt")
+
+
+def test_duplicate_detection_memory_is_capped_past_its_exact_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past EXACT records, hashes go through a fixed-size Bloom filter: duplicates still counted (approximately,
+    and said so), and the exact hash array stops growing."""
+    from backend.dataset.formats import summary as walk
+
+    monkeypatch.setattr(walk._Duplicates, "EXACT", 10)
+    monkeypatch.setattr(walk._Duplicates, "LINES", 3)
+    monkeypatch.setattr(walk._Duplicates, "BLOOM_BITS", 1 << 16)
+    monkeypatch.setattr(walk._Duplicates, "BATCH", 7)
+    lines = [f"line {i}" for i in range(40)] + ["line 1", "line 15", "line 39", "line 39"]
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(lines) + "\n")
+    result = summarize(path, "many.txt", {"text_split": "line"})
+    assert result.record_count == 44 and result.error_count == 0
+    assert result.warning_count == 4 + 1  # four duplicates, and the note that they are approximate
+    assert result.warnings[0]["code"] == "duplicates_approximate" and "Bloom filter" in result.warnings[0]["message"]
+    named = [w["message"] for w in result.warnings if w["code"] == "duplicate"]
+    assert named == ["exact duplicate of line 2"]  # only the first LINES records' lines are remembered
+
+    duplicates = walk._Duplicates()
+    for i in range(1000):
+        duplicates.add((i % 500) * 0x9E3779B97F4A7C15 % 2**63, i + 1)
+    assert len(duplicates.hashes) == 10 and duplicates.total() == 500

@@ -1,6 +1,7 @@
 """Odd input is a 4xx naming the problem, never a 500; state changes that race are decided in the database."""
 
 import io
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -115,3 +116,30 @@ def test_api_logout_revokes_the_session(client: TestClient) -> None:
     cookie = client.cookies.get("studio_session")
     assert client.post("/api/auth/logout").status_code == 204
     assert client.get("/api/me", cookies={"studio_session": cookie}).status_code == 401
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ({"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": DEEP}]}, "value"),
+        ({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}], "tools": DEEP}, "tools"),
+        ({"messages": [{"role": "user", "content": "hi"}], "tools": "[" * 70 + "]" * 70}, "tools"),
+    ],
+)
+def test_deep_json_inside_a_string_field_is_a_422_naming_line_and_field(
+    client: TestClient, record: dict, field: str
+) -> None:
+    valid = {key: value for key, value in record.items() if key != "tools"}
+    if field == "value":
+        valid = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
+    content = (json.dumps(valid) + "\n" + json.dumps(record) + "\n").encode()
+    res = client.post("/api/datasets", files={"file": ("deep.jsonl", io.BytesIO(content))})
+    assert res.status_code == 422, res.text
+    assert "line 2" in res.text and field in res.text and "max_json_depth" in res.text, res.text
+    res = client.post("/api/datasets/inspect", files={"file": ("deep.jsonl", io.BytesIO(content))})
+    assert res.status_code == 200, res.text
+    (error,) = res.json()["errors"]
+    assert error["line"] == 2 and error["field"].endswith(field) and "nested too deeply" in error["message"]

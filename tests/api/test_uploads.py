@@ -284,3 +284,71 @@ def test_one_writer_at_a_time_and_removal_mid_chunk(client: TestClient) -> None:
     deleted = _stalled_put(client, again["id"], ALPACA, lambda: client.delete(f"/api/uploads/{again['id']}"))
     assert deleted == [409], deleted
     assert client.get(f"/api/uploads/{again['id']}").status_code == 404
+
+
+def _owner_session_chunk(session: Any, upload_id: str, content: bytes, start: int, end: int) -> dict[str, Any]:
+    """`write_chunk` as the route calls it, in a session the test keeps open afterwards."""
+    from sqlalchemy import select
+
+    from backend.dataset.upload import write_chunk
+    from backend.db import User
+
+    user = session.scalars(select(User).where(User.email == "owner@example.com")).one()
+
+    async def body() -> Any:
+        yield content[start:end]
+
+    async def send() -> dict[str, Any]:
+        return await write_chunk(
+            session,
+            user=user,
+            upload_id=upload_id,
+            content_range=f"bytes {start}-{end - 1}/{len(content)}",
+            body=body(),
+        )
+
+    return anyio.run(send)
+
+
+def test_the_request_session_never_writes_the_offset_back(client: TestClient) -> None:
+    """Between a chunk's commit and the end of its request, another chunk lands or the upload goes: the
+    request's final commit must neither move the offset back nor fail on a deleted row."""
+    from backend.db import session_scope
+
+    up = _start(client, ALPACA)
+    with session_scope() as session:
+        values = _owner_session_chunk(session, up["id"], ALPACA, 0, 100)
+        assert values["received_bytes"] == 100 and values["id"] == up["id"]
+        assert _put(client, up["id"], ALPACA, 100, 200).status_code == 200  # the next chunk, in the gap
+    assert client.get(f"/api/uploads/{up['id']}").json()["received_bytes"] == 200
+
+    gone = _start(client, ALPACA)
+    with session_scope() as session:  # would raise StaleDataError on commit if the row were written back
+        _owner_session_chunk(session, gone["id"], ALPACA, 0, 100)
+        assert client.delete(f"/api/uploads/{gone['id']}").status_code == 204
+    assert client.get(f"/api/uploads/{gone['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("filename", "options", "status", "field"),
+    [
+        ("data.exe", None, 415, "filename"),
+        ("data", None, 415, "filename"),
+        ("a.jsonl", {"layout": "nope"}, 422, "options.layout"),
+        ("a.jsonl", {"colour": "red"}, 422, "options.colour"),
+        ("a.jsonl", {"text_split": "line"}, 422, "options.text_split"),
+        ("a.txt", {"quoting": "none"}, 422, "options.quoting"),
+        ("a.txt.gz", {"shape": "messages"}, 422, "options"),
+    ],
+)
+def test_a_bad_type_or_options_is_refused_before_any_byte_is_sent(
+    client: TestClient, app_env: dict[str, str], filename: str, options: Any, status: int, field: str
+) -> None:
+    res = client.post("/api/uploads", json={"filename": filename, "size": 10, "options": options})
+    assert res.status_code == status, res.text
+    assert res.json()["field"] == field, res.text
+    if status == 415:
+        assert "accepted are" in res.json()["detail"]
+    assert not list((Path(app_env["STUDIO_DATA_DIR"]) / "uploads").glob("*.part"))
+    ok = client.post("/api/uploads", json={"filename": "a.csv.gz", "size": 10, "options": {"delimiter": ";"}})
+    assert ok.status_code == 201, ok.text

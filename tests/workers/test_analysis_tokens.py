@@ -72,7 +72,9 @@ def test_messages_stats_count_tokens_per_role() -> None:
     roles = stats["tokens_by_role"]
     assert set(roles) == {"system", "user", "assistant"} and sum(roles.values()) == stats["tokens"]
     assert stats["supervised_tokens"] + stats["masked_tokens"] == stats["tokens"]
-    assert stats["supervised_tokens"] == 2 * len(chat("Hello<|im_end|>", add_special_tokens=False)["input_ids"])
+    # The answer, its end-of-turn marker and the EOS after the final turn.
+    answer = chat("Hello<|im_end|><|endoftext|>", add_special_tokens=False)["input_ids"]
+    assert stats["supervised_tokens"] == 2 * len(answer)
 
 
 def test_stats_name_the_record_that_cannot_be_rendered(tok: PreTrainedTokenizerFast) -> None:
@@ -109,9 +111,18 @@ def test_render_shows_the_record_as_trained(tok: PreTrainedTokenizerFast) -> Non
 
 
 def test_render_of_causal_lm_is_never_cut(tok: PreTrainedTokenizerFast) -> None:
-    out = render_one(tok, iter([{"text": "0123456789"}]), index=0, objective="causal_lm", max_length=8)
-    assert len(out["tokens"]) == 11 and all(t["trained"] for t in out["tokens"])
+    out = render_one(tok, iter([{"text": "0123456"}]), index=0, objective="causal_lm", max_length=8)
+    assert len(out["tokens"]) == 8 and all(t["trained"] for t in out["tokens"])
     assert out["tokens"][-1]["text"] == "<|endoftext|>" and out["truncated"] is False
+    assert out["later_block_tokens"] == 0
+
+
+def test_render_of_a_long_causal_lm_record_returns_its_first_block_only(tok: PreTrainedTokenizerFast) -> None:
+    """A record longer than a block is packed across blocks: one block's worth is returned, the rest counted."""
+    out = render_one(tok, iter([{"text": "0123456789" * 100}]), index=0, objective="causal_lm", max_length=8)
+    assert [t["text"] for t in out["tokens"]] == list("01234567")
+    assert out["total_tokens"] == 1001 and out["later_block_tokens"] == 993
+    assert out["truncated"] is False and out["lost_supervised_tokens"] == 0 and out["supervised_tokens"] == 1001
 
 
 def test_render_of_a_missing_index_fails(tok: PreTrainedTokenizerFast) -> None:

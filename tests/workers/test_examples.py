@@ -11,6 +11,7 @@ from workers.examples import (
     Rendered,
     build_sft_examples,
     causal_text,
+    end_of_turn,
     render_messages,
     render_record,
     token_pieces,
@@ -54,12 +55,15 @@ def test_messages_with_a_chat_template_train_assistant_turns_and_their_end_marke
 ) -> None:
     rendered = render_messages(chat, CONVERSATION)
     full = chat.apply_chat_template(CONVERSATION, tokenize=False)
-    assert rendered.ids == chat(full, add_special_tokens=False)["input_ids"]
+    # The final turn's trailing newline gives way to EOS, right after its marker.
+    expected = [*chat(full.rstrip(), add_special_tokens=False)["input_ids"], chat.eos_token_id]
+    assert rendered.ids == expected
     # Turn 2 has weight 0; the header "<|im_start|>assistant\n" and the newline after <|im_end|> are masked.
-    assert trained_runs(chat, rendered) == ["Hello there<|im_end|>", "Bye 🦊<|im_end|>"]
+    assert trained_runs(chat, rendered) == ["Hello there<|im_end|>", "Bye 🦊<|im_end|><|endoftext|>"]
     assert rendered.roles[0] == "system" and rendered.roles[-1] == "assistant"
     assert {"system", "user", "assistant", "tool"} == set(rendered.roles)
-    assert not rendered.trained[-1]  # the "\n" between turns
+    newline = chat("\n", add_special_tokens=False)["input_ids"]
+    assert not any(t for i, t in zip(rendered.ids, rendered.trained, strict=True) if [i] == newline)
 
 
 def test_messages_without_a_template_use_chatml_closed_by_eos(plain: PreTrainedTokenizerFast) -> None:
@@ -107,20 +111,20 @@ def test_prompt_completion_with_system_keeps_the_alpaca_layout(plain: PreTrained
 def test_prompt_completion_with_a_template_formats_the_prompt_as_a_chat(chat: PreTrainedTokenizerFast) -> None:
     rendered = render_record(chat, {"prompt": "Reverse: abc", "completion": "cba"}, "sft")
     text = "".join(token_pieces(chat, rendered.ids))
-    assert text == "<|im_start|>user\nReverse: abc<|im_end|>\n<|im_start|>assistant\ncba<|endoftext|>"
-    assert trained_runs(chat, rendered) == ["cba<|endoftext|>"]
+    assert text == "<|im_start|>user\nReverse: abc<|im_end|>\n<|im_start|>assistant\ncba<|im_end|><|endoftext|>"
+    assert trained_runs(chat, rendered) == ["cba<|im_end|><|endoftext|>"]
 
 
 def test_preference_trains_the_chosen_answer_and_classification_the_label(chat: PreTrainedTokenizerFast) -> None:
     pref = render_record(chat, {"prompt": "2+2?", "chosen": "4", "rejected": "5"}, "sft")
-    assert trained_runs(chat, pref) == ["4<|im_end|>"]
+    assert trained_runs(chat, pref) == ["4<|im_end|><|endoftext|>"]
     convo = [{"role": "user", "content": "2+2?"}]
     pref2 = render_record(
         chat, {"prompt": convo, "chosen": [{"role": "assistant", "content": "4"}], "rejected": []}, "sft"
     )
     assert pref2.ids == pref.ids
     label = render_record(chat, {"text": "great film", "label": 1}, "sft")
-    assert trained_runs(chat, label) == ["1<|endoftext|>"]
+    assert trained_runs(chat, label) == ["1<|im_end|><|endoftext|>"]
 
 
 def test_causal_lm_trains_every_token_of_any_shape(chat: PreTrainedTokenizerFast) -> None:
@@ -159,3 +163,47 @@ def test_token_pieces_put_a_split_character_on_its_last_byte() -> None:
 
 def test_the_fallback_template_is_chatml_with_eos() -> None:
     assert "<|im_start|>" in CHATML_TEMPLATE and "eos_token" in CHATML_TEMPLATE
+
+
+# Llama-3 style: the turn ends with <|eot_id|>, a special token that is not the tokenizer's EOS.
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def llama3() -> PreTrainedTokenizerFast:
+    tokenizer = plain_tokenizer()
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+    )
+    tokenizer.chat_template = LLAMA3
+    return tokenizer
+
+
+@pytest.mark.parametrize("name", ["chat", "llama3"])
+def test_both_sft_shapes_end_an_answer_with_the_marker_then_eos(name: str, request: pytest.FixtureRequest) -> None:
+    """Whatever the template's end-of-turn marker, prompt_completion and messages train the same stop."""
+    tokenizer = request.getfixturevalue(name)
+    marker = "<|im_end|>" if name == "chat" else "<|eot_id|>"
+    assert marker != tokenizer.eos_token
+    assert end_of_turn(tokenizer) == marker
+    pair = render_record(tokenizer, {"prompt": "2+2?", "completion": "4"}, "sft")
+    convo = render_record(
+        tokenizer, {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}, "sft"
+    )
+    stop = [tokenizer.convert_tokens_to_ids(marker), tokenizer.eos_token_id]
+    for rendered in (pair, convo):
+        assert rendered.ids[-2:] == stop and rendered.trained[-2:] == [True, True]
+        assert trained_runs(tokenizer, rendered) == [f"4{marker}{tokenizer.eos_token}"]
+    assert pair.ids == convo.ids  # the same prompt through the same template: the very same example
+
+
+def test_a_marker_that_is_eos_is_not_doubled(plain: PreTrainedTokenizerFast) -> None:
+    rendered = render_record(
+        plain, {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}, "sft"
+    )
+    assert trained_runs(plain, rendered) == ["Yo<|endoftext|>"]
+    assert rendered.ids.count(plain.eos_token_id) == 2  # the user's turn and the assistant's, once each

@@ -20,17 +20,25 @@ def texts(*values: str) -> list[dict[str, Any]]:
     return [{"text": v} for v in values]
 
 
-def test_normalize_ignores_case_punctuation_spacing_and_unicode_variants() -> None:
-    assert normalize("  Hello,   WORLD!\n") == normalize("hello world") == "hello world"
+def test_normalize_ignores_case_spacing_and_unicode_variants_but_keeps_punctuation() -> None:
+    assert normalize("  Hello,   WORLD!\n") == normalize("hello , world !") == "hello , world !"
     assert normalize("ﬁne café") == normalize("FINE café")
+    assert normalize("return a+b") == "return a + b" != normalize("return a-b")
 
 
-def test_exact_duplicates_are_grouped_after_normalization() -> None:
-    result = find_issues(texts("Hello, world!", OTHER, "hello world", "HELLO WORLD"), threshold=0.8)
-    assert result["exact_duplicates"] == [[0, 2, 3]]
-    assert result["drop"]["exact_duplicates"] == [2, 3]
-    assert result["near_duplicates"] == []
-    assert result["counts"]["exact_duplicate_groups"] == 1 and result["counts"]["exact_duplicates"] == 2
+def test_exact_duplicates_differ_only_in_spacing() -> None:
+    records = texts("Hello, world!", OTHER, "Hello,  world!\n", "hello world", "HELLO, WORLD!")
+    result = find_issues(records, threshold=0.8)
+    assert result["exact_duplicates"] == [[0, 2]]
+    assert result["drop"]["exact_duplicates"] == [2]
+    assert result["counts"]["exact_duplicate_groups"] == 1 and result["counts"]["exact_duplicates"] == 1
+
+
+def test_code_that_differs_in_an_operator_is_no_duplicate() -> None:
+    records = texts("def f(a, b):\n    return a+b", "def f(a, b):\n    return a-b", "x = [1, 2, 3]", "x = [1, 2, 4]")
+    result = find_issues(records, threshold=0.8)
+    assert result["exact_duplicates"] == [] and result["near_duplicates"] == []
+    assert all(not v for v in result["drop"].values())
 
 
 def test_minhash_finds_a_near_duplicate_and_not_a_distinct_record() -> None:
@@ -43,7 +51,7 @@ def test_minhash_finds_a_near_duplicate_and_not_a_distinct_record() -> None:
 
 
 def test_a_near_duplicate_takes_its_exact_copies_with_it() -> None:
-    result = find_issues(texts(FOX, FOX_NEAR, FOX_NEAR.upper()), threshold=0.7)
+    result = find_issues(texts(FOX, FOX_NEAR, FOX_NEAR.replace(" ", "  ")), threshold=0.7)
     assert result["exact_duplicates"] == [[1, 2]]
     assert [g["indices"] for g in result["near_duplicates"]] == [[0, 1]]
     assert result["drop"]["near_duplicates"] == [1, 2]
@@ -52,13 +60,19 @@ def test_a_near_duplicate_takes_its_exact_copies_with_it() -> None:
 def test_same_prompt_with_conflicting_answers() -> None:
     records = [
         {"prompt": "Capital of France?", "completion": "Paris"},
-        {"prompt": "capital of france", "completion": "Lyon"},
-        {"prompt": "Capital of France?", "completion": "Paris."},  # the same answer, normalized
+        {"prompt": "Capital of  France?\n", "completion": "Lyon"},  # the same prompt: only spacing differs
+        {"prompt": "Capital of France?", "completion": " Paris"},  # the same answer
         {"prompt": "Capital of Spain?", "completion": "Madrid"},
+        {"prompt": "capital of france", "completion": "Berlin"},  # another prompt: case and punctuation count
     ]
     result = find_issues(records, threshold=0.8)
     assert result["conflicting_answers"] == [{"indices": [0, 1, 2], "answers": 2}]
     assert result["drop"]["conflicting_answers"] == [0, 1, 2]
+
+
+def test_prompts_that_differ_in_an_operator_do_not_conflict() -> None:
+    records = [{"prompt": "Compute 2+3", "completion": "5"}, {"prompt": "Compute 2*3", "completion": "6"}]
+    assert find_issues(records, threshold=0.8)["conflicting_answers"] == []
 
 
 def test_conversations_compare_their_last_answer() -> None:
@@ -73,14 +87,14 @@ def test_conversations_compare_their_last_answer() -> None:
 
 def test_leakage_between_train_and_validation() -> None:
     train = texts(FOX, OTHER, "hello world", "Hello world!")
-    validation = texts("Something else entirely, about nothing in particular.", "HELLO, WORLD", FOX_NEAR)
+    validation = texts("Something else entirely, about nothing in particular.", "Hello  world!", FOX_NEAR)
     result = find_issues(train, threshold=0.7, validation=validation)
     leaks = {leak["validation_index"]: leak for leak in result["leakage"]}
     assert set(leaks) == {1, 2}
-    assert leaks[1]["indices"] == [2, 3] and leaks[1]["exact"] is True and leaks[1]["similarity"] == 1.0
+    assert leaks[1]["indices"] == [3] and leaks[1]["exact"] is True and leaks[1]["similarity"] == 1.0
     assert leaks[2]["indices"] == [0] and leaks[2]["exact"] is False and leaks[2]["similarity"] >= 0.7
-    assert leaks[1]["validation_preview"] == "HELLO, WORLD"
-    assert result["drop"]["leakage"] == [0, 2, 3]
+    assert leaks[1]["validation_preview"] == "Hello world!"
+    assert result["drop"]["leakage"] == [0, 3]
     assert result["counts"]["validation_records"] == 3 and result["counts"]["leaked_validation_records"] == 2
 
 

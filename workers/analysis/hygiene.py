@@ -1,7 +1,9 @@
 """Dataset hygiene: exact and near-duplicates, train/validation leakage, one prompt with conflicting answers.
 
-Records are compared by their normalized text (Unicode NFKC, case-folded, only word characters, single
-spaces). Exact duplicates share its hash. Near-duplicates share most of their word 3-grams: the Jaccard
+Exact duplicates (and the prompts and answers compared for conflicts) are the same text once runs of
+whitespace are made single spaces, nothing else: `return a+b` and `return a-b` differ. Near-duplicates are
+found on normalized text (Unicode NFKC, case-folded, words and punctuation marks as separate tokens, so an
+operator still tells two records apart) and share most of their 3-grams of those tokens: the Jaccard
 similarity of two 3-gram sets is estimated from MinHash signatures (the share of 128 hash permutations whose
 minimum agrees), and LSH (datasketch) finds the candidate pairs without comparing every pair.
 
@@ -26,12 +28,18 @@ PREVIEW_CHARS = 160
 # Groups listed per finding (the counts and the drop lists always cover all of them): enough for a person
 # to read, while a dataset with 100k duplicates still gives a result of reasonable size.
 MAX_GROUPS = 500
-WORD = re.compile(r"\w+")
+# A word, or one punctuation mark / operator: `a+b` is three tokens, and differs from `a-b`.
+TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def exact_text(text: str) -> str:
+    """Text as compared for exact duplicates and conflicts: only the spacing does not count."""
+    return " ".join(text.split())
 
 
 def normalize(text: str) -> str:
-    """Text as compared for duplicates: case, punctuation, spacing and Unicode variants do not count."""
-    return " ".join(WORD.findall(unicodedata.normalize("NFKC", text).casefold()))
+    """Text as compared for near-duplicates: case, spacing and Unicode variants do not count; punctuation does."""
+    return " ".join(TOKEN.findall(unicodedata.normalize("NFKC", text).casefold()))
 
 
 def flatten(value: Any) -> str:
@@ -79,7 +87,7 @@ def digest(text: str) -> bytes:
 
 
 def signature(normalized: str) -> MinHash | None:
-    """MinHash of the word 3-grams (the words themselves for shorter texts); None for an empty text."""
+    """MinHash of the token 3-grams (the tokens themselves for shorter texts); None for an empty text."""
     words = normalized.split()
     if not words:
         return None
@@ -137,10 +145,10 @@ class Index:
         self.records += 1
         text = record_text(record)
         normalized = normalize(text)
-        key = digest(normalized or text.strip())
+        key = digest(exact_text(text))
         pair = prompt_and_answer(record)
         if pair is not None:
-            self.prompts[digest(normalize(pair[0]))].append((index, digest(normalize(pair[1]))))
+            self.prompts[digest(exact_text(pair[0]))].append((index, digest(exact_text(pair[1]))))
         group = self.exact[key]
         group.append(index)
         if len(group) > 1:
@@ -172,7 +180,7 @@ def _leaks(index: Index, validation: Iterable[dict[str, Any]]) -> tuple[list[dic
         count += 1
         text = record_text(record)
         normalized = normalize(text)
-        same = index.exact.get(digest(normalized or text.strip()), [])
+        same = index.exact.get(digest(exact_text(text)), [])
         m = signature(normalized)
         near = [(c, s) for c, s in index.matches(m) if c not in same] if m is not None else []
         indices = set(same) | {i for c, _ in near for i in index.exact[index.key_of[c]]}

@@ -148,15 +148,18 @@ def render_one(
     max_length: int,
 ) -> dict[str, Any]:
     """Record `index` token by token as the trainer sees it: SFT examples are cut at max_length; causal_lm
-    records are packed whole into blocks, so nothing of them is cut."""
+    records are packed whole into blocks, so nothing of them is cut, but only their first max_length tokens
+    (one block's worth) are returned: the rest (`later_block_tokens`) continue in the following blocks."""
     record = next(itertools.islice(records, index, index + 1), None)
     if record is None:
         raise IndexError(f"the dataset has no record {index}")
     rendered = render_record(tokenizer, record, objective)
     sft = objective == "sft"
-    seen = min(len(rendered.ids), max_length) if sft else len(rendered.ids)
-    ids, trained = rendered.ids[:seen], rendered.trained[:seen]
-    supervised = sum(trained)
+    total = len(rendered.ids)
+    seen = min(total, max_length) if sft else total
+    shown = min(total, max_length)
+    ids, trained = rendered.ids[:shown], rendered.trained[:shown]
+    supervised = sum(rendered.trained[:seen])
     return {
         "index": index,
         "objective": objective,
@@ -165,9 +168,11 @@ def render_one(
             {"id": i, "text": text, "trained": t}
             for i, text, t in zip(ids, token_pieces(tokenizer, ids), trained, strict=True)
         ],
-        "total_tokens": len(rendered.ids),
+        "total_tokens": total,
         "supervised_tokens": supervised,
-        "truncated": len(rendered.ids) > seen,
+        "truncated": total > seen,
+        # causal_lm: tokens past the first block, trained in later blocks and not returned here.
+        "later_block_tokens": total - shown if not sft else 0,
         "lost_supervised_tokens": rendered.lost_supervised(seen),
         # An SFT example with no supervised token left is dropped: the trainer never sees it.
         "dropped": sft and supervised == 0,

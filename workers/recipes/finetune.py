@@ -126,7 +126,7 @@ def run(ctx: JobContext) -> None:
     # --- train -----------------------------------------------------------------------------------------
     record_resolved_config(ctx, model, train_examples=len(train_set), eval_examples=len(eval_set))
     trainer, callback = build_trainer(ctx, model, tokenizer, train_set, eval_set)
-    train(trainer, callback)
+    train(trainer, callback, ctx.resume_checkpoint)
 
     # --- outputs ---------------------------------------------------------------------------------------
     loss, eval_loss = final_losses(trainer)

@@ -5,7 +5,7 @@ tokens → a randomly initialized LlamaForCausalLM → next-token prediction wit
 model.zip, and the model joins the owner's base-model list so it can be fine-tuned next.
 """
 
-from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
 
 from backend.job.lifecycle import log_event
 from backend.model.presets import PRESETS
@@ -34,11 +34,16 @@ def run(ctx: JobContext) -> None:
     else:
         # Hold out eval text before anything learns from it, the tokenizer included.
         train_texts, eval_texts = split_text_holdout(texts, hp.validation_fraction, hp.seed)
-    tokenizer = train_tokenizer(train_texts, vocab_size=preset["vocab_size"])
+    if ctx.resume_checkpoint is not None:
+        # A resumed run must cut the corpus into the very same token ids its checkpointed weights learned.
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(ctx.resume_checkpoint, local_files_only=True)
+        log_event(ctx.job_id, f"reloaded the tokenizer from {ctx.resume_checkpoint.name}")
+    else:
+        tokenizer = train_tokenizer(train_texts, vocab_size=preset["vocab_size"])
+        log_event(ctx.job_id, f"trained a byte-level BPE tokenizer with {len(tokenizer)} tokens")
     # A small corpus runs out of pairs to merge before reaching the preset's size; the model follows the
     # tokenizer, so no embedding row is wasted on a token that can never occur.
     vocab_size = len(tokenizer)
-    log_event(ctx.job_id, f"trained a byte-level BPE tokenizer with {vocab_size} tokens")
     check_in(ctx.job_id)
 
     train_set, eval_set = (
@@ -78,7 +83,7 @@ def run(ctx: JobContext) -> None:
         ctx, model, vocab_size=vocab_size, train_blocks=len(train_set), eval_blocks=len(eval_set), tokens=n_tokens
     )
     trainer, callback = build_trainer(ctx, model, tokenizer, train_set, eval_set)
-    train(trainer, callback)
+    train(trainer, callback, ctx.resume_checkpoint)
 
     # --- outputs: model.zip, and a new base model ------------------------------------------------------
     loss, eval_loss = final_losses(trainer)

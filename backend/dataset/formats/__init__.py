@@ -31,16 +31,20 @@ __all__ = [
     "Record",
     "Summary",
     "UnsupportedFile",
+    "parse_options",
     "read_records",
     "summarize",
 ]
 
 
-def read_records(path: Path, filename: str, options: dict[str, Any] | None = None) -> Iterator[Record]:
+def read_records(
+    path: Path, filename: str, options: dict[str, Any] | None = None, *, head_only: bool = False
+) -> Iterator[Record]:
     """Canonical records of a stored (already validated) dataset file, read with its stored `options`.
 
-    Raises `FormatError` at the first bad record."""
-    source = Source(path, filename, Limits.from_settings())
+    `head_only` is for previews: a whole-file text document is cut after its first 64 KB instead of being
+    read into memory. Raises `FormatError` at the first bad record."""
+    source = Source(path, filename, Limits.from_settings(), head_only=head_only)
     plan = make_plan(source, parse_options(options), detect=False)
     if plan.problem:
         raise plan.problem

@@ -4,6 +4,8 @@ import json
 from typing import Any
 
 from backend.dataset.formats.errors import FormatError
+from backend.dataset.formats.limits import Limits
+from backend.dataset.formats.values import DECODER, check_depth, nested_too_deeply
 
 ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT `from` values → roles (function_call is an assistant tool call, observation its result).
@@ -124,10 +126,7 @@ def sharegpt(value: Any, field: str, system: Any = None) -> list[Message]:
 
 def _tool_calls(value: str, field: str) -> list[dict[str, Any]]:
     """A function_call turn's JSON ({name, arguments}, or a list of them) as OpenAI tool calls."""
-    try:
-        calls = json.loads(value)
-    except ValueError:
-        raise FormatError('a function_call value must be JSON: {"name": ..., "arguments": ...}', field=field) from None
+    calls = _json_in_string(value, field, 'a function_call value must be JSON: {"name": ..., "arguments": ...}')
     calls = calls if isinstance(calls, list) else [calls]
     out = []
     for call in calls:
@@ -145,10 +144,25 @@ def tools(value: Any, field: str = "tools") -> list[Any] | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise FormatError("expected a list of tool definitions (or a JSON string of one)", field=field) from None
+        value = _json_in_string(value, field, "expected a list of tool definitions (or a JSON string of one)")
     if not (isinstance(value, list) and all(isinstance(t, dict) for t in value)):
         raise FormatError("expected a list of tool definitions", field=field)
     return value or None
+
+
+def _json_in_string(value: str, field: str, invalid: str) -> Any:
+    """JSON held in a string field, parsed like a record: real JSON only, nesting within max_json_depth."""
+    limit = Limits.from_settings().max_json_depth
+    try:
+        parsed, end = DECODER.raw_decode(value, len(value) - len(value.lstrip()))
+        if value[end:].strip():
+            raise ValueError("extra data")
+    except RecursionError:
+        raise FormatError(nested_too_deeply(limit), field=field) from None
+    except ValueError:
+        raise FormatError(invalid, field=field) from None
+    try:
+        check_depth(parsed, value.count("{") + value.count("["), limit)
+    except FormatError as exc:
+        raise FormatError(exc.message, field=field) from None
+    return parsed

@@ -184,6 +184,8 @@ def _wrapped(window: _Window) -> Iterator[Item]:
     else:
         while True:
             window.compact()
+            window.expect('"', "a string key")  # JSON object keys are strings: {1: [...]} is not JSON
+            window.pos -= 1
             key, _, _ = window.value()
             keys.append(str(key))
             window.expect(":", "':' after a key")

@@ -47,11 +47,31 @@ class Plan:
         return str(READERS[self.reader].UNIT)
 
 
-def pick_reader(source: Source) -> str:
-    name = source.name.lower()
-    if not any(name.endswith(suffix) for module in READERS.values() for suffix in module.SUFFIXES):
+def readers_for(filename: str) -> list[str]:
+    """The readers that may read a file of this name (by extension, `.gz` looked through); UnsupportedFile if none."""
+    name = filename.lower()
+    name = name[:-3] if name.endswith(".gz") else name
+    found = [reader for reader, module in READERS.items() if name.endswith(module.SUFFIXES)]
+    if not found:
         kind = f"'{name[name.rfind('.') :]}'" if "." in name else "without an extension"
         raise UnsupportedFile(f"unsupported file type {kind}: accepted are {ACCEPTED}")
+    return found
+
+
+def check_options_for(filename: str, options: ReadOptions) -> None:
+    """Refuse options that cannot apply to a file of this name, before any of its bytes arrive."""
+    readers = readers_for(filename)
+    if options.text_split is not None and "text" not in readers:
+        raise FormatError("applies to .txt and .md files only", field="options.text_split")
+    for key in ("quoting", "delimiter"):
+        if getattr(options, key) is not None and "csv" not in readers:
+            raise FormatError("applies to .csv and .tsv files only", field=f"options.{key}")
+    if readers == ["text"] and (options.layout not in (None, "text") or options.shape not in (None, "text")):
+        raise FormatError("a text file is read as shape 'text' (layout 'text')", field="options")
+
+
+def pick_reader(source: Source) -> str:
+    readers_for(source.name)
     head = source.head()
     if not head.strip(b"\xef\xbb\xbf \t\r\n"):
         raise FormatError("the file is empty", line=1)
@@ -72,7 +92,7 @@ def make_plan(source: Source, options: ReadOptions, *, detect: bool = True) -> P
     if options.text_split is not None:
         raise FormatError("applies to .txt and .md files only", field="options.text_split")
     if not detect and options.layout and options.shape:
-        return Plan(source, reader, LAYOUTS[options.layout], options.shape, options)
+        return Plan(source, reader, layout_named(options.layout), options.shape, options)
     return _detect(Plan(source, reader, None, "", options))
 
 
@@ -150,9 +170,14 @@ def _first_records(plan: Plan) -> tuple[list[dict[str, Any]], int]:
     return objects, first_line
 
 
+def layout_named(name: str) -> Layout:
+    """A layout by name; 'text' (raw text) reads a record's `text` field like 'jsonl_text'."""
+    return RAW_TEXT if name == "text" else LAYOUTS[name]
+
+
 def _choose_layout(objects: list[dict[str, Any]], options: ReadOptions, first_line: int) -> Layout | None:
     if options.layout:
-        return LAYOUTS[options.layout] if options.layout != "text" else RAW_TEXT
+        return layout_named(options.layout)
     if not objects:
         return None
     votes: dict[str, int] = {}

@@ -57,8 +57,11 @@ class _GuardedGzip(io.RawIOBase):
 class Source:
     """An uploaded file on disk: its name without `.gz`, and a way to open its (decompressed) bytes."""
 
-    def __init__(self, path: Path, filename: str, limits: Limits, *, validating: bool = False) -> None:
-        self.path, self.limits, self.validating = path, limits, validating
+    def __init__(
+        self, path: Path, filename: str, limits: Limits, *, validating: bool = False, head_only: bool = False
+    ) -> None:
+        # validating: read everything, keep only what checks need; head_only: a preview, records may be cut.
+        self.path, self.limits, self.validating, self.head_only = path, limits, validating, head_only
         with path.open("rb") as f:
             magic = f.read(2)
         named_gz = filename.lower().endswith(".gz")

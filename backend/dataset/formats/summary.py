@@ -1,5 +1,6 @@
 """The validating walk: every record of a file read once, errors and warnings collected (the first 50 of each
-and their totals), in memory that does not grow with the file (duplicates are 8-byte hashes)."""
+and their totals), in memory that does not grow with the file (duplicates: 8-byte hashes for the first 4M
+records, a fixed-size Bloom filter after them, so duplicate counts past 4M records are approximate)."""
 
 import json
 from array import array
@@ -115,6 +116,8 @@ def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Su
     except FormatError as exc:  # the file cannot be read past this point
         errors.add(exc.as_dict())
     warnings.count += duplicates.total() - duplicates.reported
+    if duplicates.approximate:
+        warnings.add(_approximate_duplicates(duplicates.approximate), front=True)
     for warning in _label_warnings(labels, limits.label_imbalance_ratio):
         warnings.add(warning, front=True)
     if count == 0 and errors.count == 0:
@@ -136,6 +139,14 @@ def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Su
         warning_count=warnings.count,
         complete=complete,
     )
+
+
+def _approximate_duplicates(count: int) -> dict[str, Any]:
+    message = (
+        f"about {count} exact duplicates after the first {_Duplicates.EXACT:,} records "
+        "(counted with a Bloom filter to keep memory flat: approximate)"
+    )
+    return _warning(None, None, "duplicates_approximate", message)
 
 
 def _unreadable(plan: Plan) -> Summary:
@@ -160,18 +171,35 @@ def _warning(line: int | None, where: str | None, code: str, message: str) -> di
 
 
 class _Duplicates:
-    """Exact duplicates by 64-bit hash: all hashes in a flat array (8 bytes a record), the line of the first
-    copy kept for the first LINES distinct records only, so warnings can name it."""
+    """Exact duplicates in bounded memory.
 
-    LINES = 200_000
+    The first EXACT records are counted exactly: their 64-bit hashes go into a flat array (8 bytes a record,
+    32 MB at most), sorted once at the end. Past that, hashes go through a fixed-size Bloom filter (BLOOM_BITS
+    bits, HASHES probes), so duplicates among later records are counted approximately (a few false positives,
+    more as the file grows) while memory stays capped. The line of the first copy is kept for the first LINES
+    distinct records only, so warnings can name it."""
+
+    EXACT = 4_000_000
+    LINES = 10_000
+    BLOOM_BITS = 1 << 29  # 64 MB
+    HASHES = 5
+    BATCH = 1 << 16  # hashes checked against the Bloom filter at a time (vectorized)
 
     def __init__(self) -> None:
         self.hashes = array("q")
         self.first: dict[int, int] = {}
         self.reported = 0
+        self.bloom: np.ndarray | None = None
+        self.pending = array("q")
+        self.approximate = 0  # duplicates found by the Bloom filter
 
     def add(self, digest: int, line: int) -> int | None:
-        self.hashes.append(digest)
+        if len(self.hashes) < self.EXACT:
+            self.hashes.append(digest)
+        else:
+            self.pending.append(digest)
+            if len(self.pending) >= self.BATCH:
+                self._flush()
         earlier = self.first.get(digest)
         if earlier is not None:
             self.reported += 1
@@ -180,12 +208,53 @@ class _Duplicates:
         return earlier
 
     def total(self) -> int:
-        """Records that repeat an earlier one (sorts the hashes in place)."""
+        """Records that repeat an earlier one (sorts the exact hashes in place); approximate past EXACT."""
+        self._flush()
         if len(self.hashes) < 2:
-            return 0
+            return self.approximate
         hashes = np.frombuffer(self.hashes, dtype=np.int64)
         hashes.sort()
-        return int(len(hashes) - 1 - np.count_nonzero(hashes[1:] != hashes[:-1]))
+        return int(len(hashes) - 1 - np.count_nonzero(hashes[1:] != hashes[:-1])) + self.approximate
+
+    def _flush(self) -> None:
+        """Check the pending hashes against the Bloom filter (seeded with the exact ones), then add them."""
+        if not self.pending:
+            return
+        if self.bloom is None:
+            self.bloom = np.zeros(self.BLOOM_BITS // 8, dtype=np.uint8)
+            self._set(np.frombuffer(self.hashes, dtype=np.int64))
+        batch = np.frombuffer(self.pending, dtype=np.int64)
+        seen = self._test(batch)
+        # A repeat within the batch is a duplicate too: only each hash's first occurrence may be new.
+        _, firsts = np.unique(batch, return_index=True)
+        repeat = np.ones(len(batch), dtype=bool)
+        repeat[firsts] = False
+        self.approximate += int(np.count_nonzero(seen | repeat))
+        self._set(batch)
+        self.pending = array("q")
+
+    def _positions(self, hashes: np.ndarray) -> np.ndarray:
+        # HASHES bit positions per hash: multiply by distinct odd constants (wrapping), keep the top bits.
+        mixed = hashes.astype(np.uint64)[None, :] * _BLOOM_MULTIPLIERS[: self.HASHES, None]
+        return (mixed >> np.uint64(64 - (self.BLOOM_BITS.bit_length() - 1))).astype(np.int64)
+
+    def _set(self, hashes: np.ndarray) -> None:
+        assert self.bloom is not None
+        for positions in self._positions(hashes):
+            np.bitwise_or.at(self.bloom, positions >> 3, (1 << (positions & 7)).astype(np.uint8))
+
+    def _test(self, hashes: np.ndarray) -> np.ndarray:
+        assert self.bloom is not None
+        found = np.ones(len(hashes), dtype=bool)
+        for positions in self._positions(hashes):
+            found &= (self.bloom[positions >> 3] >> (positions & 7).astype(np.uint8)) & 1 == 1
+        return found
+
+
+_BLOOM_MULTIPLIERS = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD],
+    dtype=np.uint64,
+)
 
 
 def _json_hash(record: Record) -> int:

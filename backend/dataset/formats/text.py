@@ -26,7 +26,7 @@ def read(source: Source, options: ReadOptions) -> Iterator[Item]:
         elif split == "paragraph":
             yield from _by_paragraph(numbered, source.limits.max_line_bytes)
         else:
-            yield from _whole(numbered, keep=not source.validating)
+            yield from _whole(numbered, keep=not (source.validating or source.head_only), stop=source.head_only)
 
 
 def _checked(numbered: Iterator[tuple[int, str | FormatError, int]]) -> Iterator[tuple[int, str | FormatError, int]]:
@@ -70,11 +70,14 @@ def _by_paragraph(numbered: Iterator[tuple[int, str | FormatError, int]], limit:
         yield start, {"text": "".join(block).rstrip("\r\n")}, size
 
 
-def _whole(numbered: Iterator[tuple[int, str | FormatError, int]], *, keep: bool) -> Iterator[Item]:
-    """The file as one document; while validating, only its head is kept (memory stays flat)."""
+def _whole(numbered: Iterator[tuple[int, str | FormatError, int]], *, keep: bool, stop: bool = False) -> Iterator[Item]:
+    """The file as one document; unless `keep`, only its first PREVIEW_CHARS are kept (memory stays flat), and
+    with `stop` (a preview of a validated file) reading ends there."""
     parts: list[str] = []
     kept, size, blank = 0, 0, True
     for lineno, text, line_size in numbered:
+        if stop and kept >= PREVIEW_CHARS and not blank:
+            break
         size += line_size
         if isinstance(text, FormatError):
             yield lineno, text, line_size

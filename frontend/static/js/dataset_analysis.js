@@ -168,7 +168,12 @@
     const tokens = r.tokens || [];
     $("render-total").textContent = fmt(r.total_tokens ?? tokens.length);
     $("render-supervised").textContent = fmt(r.supervised_tokens);
-    $("render-truncated").textContent = r.truncated ? "yes" : "no";
+    const later = Number(r.later_block_tokens) || 0;
+    $("render-truncated").textContent = r.truncated
+      ? "yes"
+      : later > 0
+        ? `no (first block shown; ${fmt(later)} more tokens in later blocks)`
+        : "no";
     $("render-lost").textContent = fmt(r.lost_supervised_tokens);
     $("render-lost").classList.toggle("text-danger", Number(r.lost_supervised_tokens) > 0);
     const view = $("render-tokens");

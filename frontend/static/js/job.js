@@ -4,6 +4,8 @@
 
 (function () {
   const ACTIVE = new Set(["queued", "running"]);
+  const CANCELLABLE = new Set(["queued", "running", "paused"]);
+  const RESUMABLE = new Set(["paused", "failed", "cancelled"]);
   const $ = (id) => document.getElementById(id);
   let job = JSON.parse($("job-data").textContent);
   let source = null;
@@ -122,11 +124,14 @@
 
     const active = ACTIVE.has(job.status);
     const cancel = $("job-cancel");
-    cancel.hidden = !active;
-    if (job.cancel_requested) {
-      cancel.disabled = true;
-      cancel.textContent = "Cancelling…";
-    }
+    cancel.hidden = !CANCELLABLE.has(job.status);
+    cancel.disabled = job.cancel_requested && job.status !== "paused";
+    cancel.textContent = cancel.disabled ? "Cancelling…" : "Cancel job";
+    const pause = $("job-pause");
+    pause.hidden = job.status !== "running" || job.cancel_requested;
+    pause.disabled = job.pause_requested;
+    pause.textContent = job.pause_requested ? "Pausing…" : "Pause";
+    $("job-resume").hidden = !RESUMABLE.has(job.status);
 
     const progress = $("job-progress");
     const total = job.total_steps;
@@ -226,6 +231,64 @@
     $("job-artifacts").hidden = items.length === 0;
   }
 
+  /* ---------- checkpoints and watch-prompt samples ---------- */
+
+  function item(...children) {
+    const li = document.createElement("li");
+    li.append(...children);
+    return li;
+  }
+
+  function muted(text) {
+    const span = document.createElement("span");
+    span.className = "muted";
+    span.textContent = text;
+    return span;
+  }
+
+  async function loadCheckpoints() {
+    let items;
+    try {
+      items = await Studio.fetchJSON(`/api/jobs/${job.id}/checkpoints`);
+    } catch (err) {
+      return;
+    }
+    const list = $("job-checkpoints");
+    if (!items.length) {
+      list.replaceChildren(item(muted("None yet.")));
+      return;
+    }
+    list.replaceChildren(
+      ...items.map((c) => {
+        const name = document.createElement("strong");
+        name.textContent = `step ${c.step}`;
+        return item(name, " ", muted(`${c.name} · ${Studio.formatBytes(c.size_bytes)} · `),
+          Studio.timeElement(c.created_at, "time"));
+      }),
+    );
+  }
+
+  async function loadSamples() {
+    if (!job.watch_prompts || !job.watch_prompts.length) return;
+    let items;
+    try {
+      items = await Studio.fetchJSON(`/api/jobs/${job.id}/samples`);
+    } catch (err) {
+      return;
+    }
+    $("job-samples").replaceChildren(
+      ...items.reverse().map((s) => {
+        const head = document.createElement("strong");
+        head.textContent = `step ${s.step}`;
+        const prompt = muted(` ${s.prompt}`);
+        const output = document.createElement("pre");
+        output.className = "code-block";
+        output.textContent = s.output || "(empty)";
+        return item(head, prompt, output);
+      }),
+    );
+  }
+
   /* ---------- stream ---------- */
 
   function setLive(state, text) {
@@ -248,6 +311,10 @@
     source.addEventListener("metric", (e) => {
       const m = parse(e);
       if (m) addMetric(m);
+      if (m && "eval_loss" in m.values) {
+        loadSamples(); // the worker stores the answers right after each eval
+        loadCheckpoints();
+      }
     });
     source.addEventListener("log", (e) => {
       const ev = parse(e);
@@ -263,6 +330,8 @@
       if (data && data.status && data.status !== job.status) renderJob({ ...job, status: data.status });
       setLive("ended", "");
       loadArtifacts();
+      loadCheckpoints();
+      loadSamples();
     });
     source.addEventListener("error", () => {
       // CONNECTING: the browser retries by itself with Last-Event-ID; CLOSED: it gave up (e.g. logged out).
@@ -284,8 +353,43 @@
     }
   });
 
+  async function control(action, button, busyText) {
+    const label = button.textContent;
+    button.disabled = true;
+    button.textContent = busyText;
+    try {
+      return await Studio.fetchJSON(`/api/jobs/${job.id}/${action}`, { method: "POST" });
+    } catch (err) {
+      Studio.showError($("job-error"), `Could not ${action}: ${err.message}`);
+      return null;
+    } finally {
+      button.disabled = false;
+      button.textContent = label;
+    }
+  }
+
+  $("job-pause").addEventListener("click", async () => {
+    const next = await control("pause", $("job-pause"), "Pausing…");
+    if (next) renderJob(next);
+  });
+
+  $("job-resume").addEventListener("click", async () => {
+    const next = await control("resume", $("job-resume"), "Resuming…");
+    if (!next) return;
+    renderJob(next);
+    if (source) source.close(); // the stream ended with the pause: follow the new run
+    connect();
+  });
+
+  $("job-clone").addEventListener("click", async () => {
+    const clone = await control("clone", $("job-clone"), "Cloning…");
+    if (clone) window.location.href = `/jobs/${clone.id}`;
+  });
+
   renderJob(job);
   connect();
   loadArtifacts();
+  loadCheckpoints();
+  loadSamples();
   setInterval(() => ACTIVE.has(job.status) && tick(), 1000);
 })();

@@ -21,6 +21,7 @@
     base_model: "job-base-model",
     method: "job-method",
     objective: "job-objective",
+    watch_prompts: "job-watch-prompts",
   };
 
   const kind = () => form.querySelector('input[name="kind"]:checked')?.value || "pretrain";
@@ -161,6 +162,8 @@
     const name = document.getElementById("job-name").value.trim();
     if (name) body.name = name;
     if (validation && validation.value) body.validation_dataset_id = Number(validation.value);
+    const prompts = document.getElementById("job-watch-prompts").value.split("\n").map((l) => l.trim());
+    if (prompts.some(Boolean)) body.watch_prompts = prompts.filter(Boolean);
     if (body.kind === "pretrain") {
       body.architecture = document.getElementById("job-architecture").value;
     } else {

@@ -1,0 +1,94 @@
+"""Pause, resume and clone: a job's life after its first run, as the web app drives it.
+
+Every state change is a conditional UPDATE on the job's status, because the worker writes the same row: a
+pause that races the job's end must not revive it, a double-clicked resume must not queue it twice.
+"""
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from backend.db import Job, User
+from backend.errors import Conflict, Invalid
+from backend.job.checkpoints import latest_checkpoint
+from backend.job.lifecycle import add_event
+from backend.job.schemas import JobClone, JobCreate
+from backend.job.service import create_job, get_job
+
+RESUMABLE = ("paused", "failed", "cancelled")
+
+
+def _changed(session: Session, job_id: int, where: Any, **values: Any) -> bool:
+    res = session.execute(
+        update(Job).where(Job.id == job_id, where).values(**values).execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def pause_job(session: Session, *, user: User, job_id: int) -> Job:
+    """Ask a running job to save a checkpoint and stop; it ends as `paused`, ready to resume."""
+    job = get_job(session, user=user, job_id=job_id)
+    running = (Job.status == "running") & Job.cancel_requested.is_(False) & Job.pause_requested.is_(False)
+    if _changed(session, job.id, running, pause_requested=True):
+        add_event(session, job.id, "pause requested; saving a checkpoint at the next step")
+    elif job.status != "running":
+        raise Conflict(f"job {job.id} is {job.status}; only a running job can be paused")
+    session.refresh(job)
+    return job
+
+
+def resume_job(session: Session, *, user: User, job_id: int) -> Job:
+    """Queue a paused, failed or cancelled job again from its latest checkpoint. The caller enqueues it."""
+    job = get_job(session, user=user, job_id=job_id)
+    if job.status not in RESUMABLE:
+        raise Conflict(f"job {job.id} is {job.status}; only a paused, failed or cancelled job can be resumed")
+    checkpoint = latest_checkpoint(job.id)
+    if checkpoint is None:
+        raise Conflict(f"job {job.id} has no checkpoint to resume from; clone it to start over")
+    requeued = _changed(
+        session,
+        job.id,
+        Job.status == job.status,
+        status="queued",
+        cancel_requested=False,
+        pause_requested=False,
+        resume_checkpoint=str(checkpoint.path),
+        attempts=Job.attempts + 1,
+        finished_at=None,
+        error=None,
+    )
+    if not requeued:  # someone else resumed (or the reaper moved) it between our read and our write
+        raise Conflict(f"job {job.id} changed state; reload and try again")
+    add_event(session, job.id, f"resume queued from {checkpoint.name}")
+    session.refresh(job)
+    return job
+
+
+def clone_job(session: Session, *, user: User, job_id: int, data: JobClone) -> Job:
+    """A new queued job with the source's inputs, and `data`'s changes. The caller enqueues it."""
+    source = get_job(session, user=user, job_id=job_id)
+    try:
+        body = JobCreate.model_validate(
+            {
+                "name": data.name if data.name is not None else f"{source.name} (clone)"[:200],
+                "kind": source.kind,
+                "dataset_id": source.dataset_id,
+                "base_model": source.base_model_id,
+                "validation_dataset_id": source.validation_dataset_id,
+                "architecture": source.architecture,
+                "method": source.method,
+                "objective": source.objective,
+                "hyperparameters": {**(source.hyperparameters or {}), **data.hyperparameters},
+                "watch_prompts": source.watch_prompts if data.watch_prompts is None else data.watch_prompts,
+            }
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise Invalid(f"{field}: {first['msg']}", field=field) from exc
+    job = create_job(session, user=user, data=body)
+    job.cloned_from_id = source.id
+    add_event(session, job.id, f"cloned from job {source.id}")
+    return job

@@ -1,0 +1,47 @@
+"""Pause and resume with real processes: the worker saves a checkpoint, stops, and later continues from it."""
+
+import time
+
+import httpx
+
+from tests.e2e.test_loop import pretrain, upload
+from tests.support import StudioProcess
+
+MAX_STEPS = 120
+
+
+def wait_for_step(client: httpx.Client, job_id: int, step: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get(f"/api/jobs/{job_id}").json()["current_step"] >= step:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} never reached step {step}")
+
+
+def test_pause_then_resume_continues_from_the_checkpoint(studio: StudioProcess) -> None:
+    client = studio.client()
+    job = pretrain(client, upload(client, "tiny.txt")["id"], max_steps=MAX_STEPS, eval_steps=40, checkpoint_steps=40)
+    wait_for_step(client, job["id"], 5)
+    res = client.post(f"/api/jobs/{job['id']}/pause")
+    assert res.status_code == 200, res.text
+
+    paused = studio.wait_job(client, job["id"], ("paused", "succeeded", "failed"), timeout=120)
+    assert paused["status"] == "paused", paused
+    checkpoints = client.get(f"/api/jobs/{job['id']}/checkpoints").json()
+    assert checkpoints and checkpoints[-1]["name"] == paused["resume_checkpoint"]
+    paused_at = checkpoints[-1]["step"]
+    assert 5 <= paused_at < MAX_STEPS
+
+    resumed = client.post(f"/api/jobs/{job['id']}/resume")
+    assert resumed.status_code == 200, resumed.text
+    done = studio.wait_job(client, job["id"], ("succeeded", "failed", "cancelled"), timeout=240)
+    assert done["status"] == "succeeded", done
+    assert (done["current_step"], done["attempts"]) == (MAX_STEPS, 1)
+
+    metrics = client.get(f"/api/jobs/{job['id']}/metrics").json()
+    steps = [m["step"] for m in metrics if "loss" in m["values"]]
+    assert steps == sorted(set(steps)) and steps[-1] == MAX_STEPS  # strictly increasing: no step twice
+    assert steps == list(range(1, MAX_STEPS + 1))  # and none missing across the pause
+    messages = [e["message"] for e in client.get(f"/api/jobs/{job['id']}/events").json()]
+    assert f"resuming from checkpoint-{paused_at}" in messages
