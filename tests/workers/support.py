@@ -13,7 +13,7 @@ import pytest
 from backend.config import get_settings
 from backend.dataset.formats import summarize
 from backend.db import Dataset, Job, session_scope
-from backend.db.base import reset_engine
+from tests.support import reset_process_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -39,13 +39,11 @@ def studio_env(data_dir: Path) -> Iterator[None]:
         mp.setenv("STUDIO_DATABASE_URL", f"sqlite:///{data_dir / 'studio.db'}")
         mp.setenv("STUDIO_REDIS_URL", "")  # no live fan-out: the database holds every row anyway
         mp.setenv("STUDIO_WORKER_NAME", "")
-        get_settings.cache_clear()
-        reset_engine()
+        reset_process_state()
         try:
             yield
         finally:
-            get_settings.cache_clear()
-            reset_engine()
+            reset_process_state()
 
 
 @dataclass(frozen=True)
