@@ -31,10 +31,13 @@ def test_backend_sources_import_nothing_from_the_ml_stack() -> None:
     assert offenders == []
 
 
-def test_every_job_kind_has_a_recipe() -> None:
+def test_every_job_kind_and_objective_has_a_recipe() -> None:
     from typing import get_args
 
-    from backend.job.schemas import JobKind
+    from backend.job.schemas import JobKind, Objective
+    from backend.job.service import OBJECTIVE_SHAPES
     from workers.recipes import RECIPES
 
-    assert set(RECIPES) == set(get_args(JobKind))
+    # causal_lm and sft run in the kind's recipe (pretrain / finetune); the others have their own file.
+    assert set(RECIPES) == set(get_args(JobKind)) | {"dpo", "classification"}
+    assert set(OBJECTIVE_SHAPES) == set(get_args(Objective))

@@ -53,8 +53,8 @@ class JobContext:
     owner_id: int
     name: str
     kind: str  # "pretrain" | "finetune"
-    method: str  # "lora" | "full"
-    objective: str  # "causal_lm" | "sft"
+    method: str  # "lora" | "qlora" | "full" | "freeze"
+    objective: str  # "causal_lm" | "sft" | "dpo" | "classification"
     architecture: str | None
     hp: Hyperparameters  # validated again, so every default is filled in
     dataset: DatasetRef
@@ -64,6 +64,8 @@ class JobContext:
     output_dir: Path  # data_dir/jobs/<id>: checkpoints/, model/ or adapter/, and the zip
     resume_checkpoint: Path | None = None  # a checkpoint-<step> folder to continue from (a resumed job)
     watch_prompts: tuple[str, ...] = ()  # generated at every eval, stored as JobSample rows
+    tokenizer_model_path: Path | None = None  # pretrain: reuse this model's tokenizer
+    trust_remote_code: bool = False  # only for a base model an admin marked as trusted
 
     def summary(self) -> dict[str, Any]:
         """The job's inputs as JSON-ready values (for resolved_config and model cards)."""
@@ -94,6 +96,7 @@ def load_context(job_id: int) -> JobContext:
         if job.validation_dataset_id is not None and validation is None:
             raise LookupError(f"validation dataset {job.validation_dataset_id} of job {job_id} does not exist")
         base = s.get(Model, job.base_model_id) if job.base_model_id is not None else None
+        tokenizer_model = s.get(Model, job.tokenizer_model_id) if job.tokenizer_model_id is not None else None
         if job.kind == "finetune" and base is None:
             raise LookupError(f"base model {job.base_model_id} of job {job_id} does not exist")
         return JobContext(
@@ -112,4 +115,6 @@ def load_context(job_id: int) -> JobContext:
             output_dir=get_settings().path("jobs", str(job.id)),
             resume_checkpoint=Path(job.resume_checkpoint) if job.resume_checkpoint else None,
             watch_prompts=tuple(job.watch_prompts or ()),
+            tokenizer_model_path=Path(tokenizer_model.path) if tokenizer_model else None,
+            trust_remote_code=bool(base and (base.details or {}).get("trust_remote_code")),
         )

@@ -16,7 +16,7 @@ from backend.job.lifecycle import claim_job, finish_job, log_event, renew_lease,
 from backend.queue import RUN_JOB
 from workers.context import load_context
 from workers.metrics import Cancelled, Diverged, Paused
-from workers.recipes import RECIPES
+from workers.recipes import recipe_for
 from workers.training import device_description, release_memory
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,7 @@ def run_job(job_id: int) -> str:
         with keep_lease(job_id):
             ctx = load_context(job_id)
             update_job(job_id, device=device_description())
-            if ctx.kind not in RECIPES:
-                raise ValueError(f"no recipe for job kind {ctx.kind!r}")
-            RECIPES[ctx.kind](ctx)
+            recipe_for(ctx)(ctx)
     except Cancelled:
         finish_job(job_id, "cancelled")
         return "cancelled"

@@ -18,9 +18,11 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))  # "pretrain" | "finetune"
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
-    method: Mapped[str | None] = mapped_column(String(16))  # "lora" | "full"
-    objective: Mapped[str] = mapped_column(String(16))  # "causal_lm" | "sft"
+    method: Mapped[str | None] = mapped_column(String(16))  # "lora" | "qlora" | "full" | "freeze"
+    objective: Mapped[str] = mapped_column(String(16))  # "causal_lm" | "sft" | "dpo" | "classification"
     architecture: Mapped[str | None] = mapped_column(String(32))
+    # Pretrain: reuse this model's tokenizer instead of training one on the corpus.
+    tokenizer_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
     base_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
     # A separate validation file instead of a held-out fraction of the training data.

@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.db.base import Base, UTCDateTime, utcnow
@@ -24,5 +24,8 @@ class Model(Base):
     shared: Mapped[bool] = mapped_column(default=False)
     # The job that produced it; no foreign key, because jobs already reference models (no cycle).
     job_id: Mapped[int | None]
+    # Uploads and hub imports are converted by a worker: "importing" until the weights are ready to train.
+    status: Mapped[str] = mapped_column(String(16), default="ready")  # "importing" | "ready" | "failed"
+    error: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -78,6 +78,7 @@ def clone_job(session: Session, *, user: User, job_id: int, data: JobClone) -> J
                 "base_model": source.base_model_id,
                 "validation_dataset_id": source.validation_dataset_id,
                 "architecture": source.architecture,
+                "tokenizer_model": source.tokenizer_model_id,
                 "method": source.method,
                 "objective": source.objective,
                 "hyperparameters": {**(source.hyperparameters or {}), **data.hyperparameters},

@@ -10,8 +10,8 @@ from backend.model.presets import PRESETS
 from backend.schemas import DbId, Text
 
 JobKind = Literal["pretrain", "finetune"]
-Method = Literal["lora", "full"]
-Objective = Literal["causal_lm", "sft"]
+Method = Literal["lora", "qlora", "full", "freeze"]
+Objective = Literal["causal_lm", "sft", "dpo", "classification"]
 JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 WatchPrompt = Annotated[Text, Field(min_length=1, max_length=2000)]
 
@@ -42,6 +42,24 @@ class Hyperparameters(BaseModel):
         min_length=1,
         description="Module names to adapt, e.g. q_proj, v_proj; empty means all linear layers.",
     )
+    lora_use_rslora: bool = Field(
+        False, description="Rank-stabilized LoRA: scale the update by alpha/sqrt(r), which keeps high ranks learning."
+    )
+    lora_use_dora: bool = Field(
+        False, description="DoRA: learn each weight's magnitude apart from its LoRA-updated direction (slower)."
+    )
+    freeze_trainable_layers: int = Field(
+        2, ge=1, le=1000, description="Method freeze: train only this many top transformer layers (and the head)."
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Micro-batches summed per optimizer step: a larger batch in the same memory."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: much less memory for ~30% more time."
+    )
+    dpo_beta: float = Field(
+        0.1, gt=0, le=10.0, description="DPO: how strongly the policy may move away from the reference model."
+    )
     validation_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of the records held out to measure eval loss."
     )
@@ -64,6 +82,13 @@ class Hyperparameters(BaseModel):
         gt=1.0,
         le=1000.0,
         description="Fail the job when the loss exceeds this multiple of its best smoothed value after warmup.",
+    )
+    divergence_rollbacks: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="On divergence, go back to the last checkpoint with half the learning rate, up to this many "
+        "times (0: fail the job at once).",
     )
 
     @field_validator("lora_target_modules")
@@ -93,6 +118,9 @@ class JobCreate(BaseModel):
         None, description="A separate validation dataset (same shape); replaces validation_fraction."
     )
     architecture: str | None = Field(None, description="Preset for pretrain: " + ", ".join(PRESETS))
+    tokenizer_model: DbId | None = Field(
+        None, description="Pretrain: reuse this model's tokenizer instead of training one on the corpus."
+    )
     method: Method | None = None
     objective: Objective | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
@@ -109,12 +137,16 @@ class JobCreate(BaseModel):
                 raise ValueError("base_model is for finetune jobs; pretrain starts from random weights")
             if self.objective not in (None, "causal_lm"):
                 raise ValueError("pretrain jobs use objective causal_lm")
+            if self.method not in (None, "full"):
+                raise ValueError("pretrain jobs train every weight (method full)")
             self.objective, self.method = "causal_lm", "full"
         else:
             if self.base_model is None:
                 raise ValueError("base_model is required for a finetune job")
             if self.architecture is not None:
                 raise ValueError("architecture is for pretrain jobs; finetune starts from base_model")
+            if self.tokenizer_model is not None:
+                raise ValueError("tokenizer_model is for pretrain jobs; finetune uses the base model's tokenizer")
             self.method = self.method or "lora"  # objective: from the dataset's shape when empty
         return self
 
@@ -129,6 +161,7 @@ class JobRead(BaseModel):
     method: str | None
     objective: str
     architecture: str | None
+    tokenizer_model_id: int | None = None
     dataset_id: int
     base_model_id: int | None
     validation_dataset_id: int | None

@@ -10,7 +10,7 @@ from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, JobSample, M
 from backend.errors import Invalid, NotFound
 from backend.job.lifecycle import add_event
 from backend.job.schemas import JobCreate, JobRead
-from backend.model.service import visible_model
+from backend.model.service import ready_model
 
 
 def _visible(user: User) -> bool:
@@ -37,8 +37,16 @@ def list_jobs(session: Session, *, user: User, limit: int = 200) -> list[Job]:
 OBJECTIVE_SHAPES = {
     "causal_lm": ("text", "prompt_completion"),
     "sft": ("prompt_completion", "messages"),
+    "dpo": ("preference",),
+    "classification": ("classification",),
 }
-DEFAULT_OBJECTIVE = {"text": "causal_lm", "prompt_completion": "sft", "messages": "sft"}
+DEFAULT_OBJECTIVE = {
+    "text": "causal_lm",
+    "prompt_completion": "sft",
+    "messages": "sft",
+    "preference": "dpo",
+    "classification": "classification",
+}
 
 
 def _owned_dataset(session: Session, user: User, dataset_id: int, field: str) -> Dataset:
@@ -71,7 +79,9 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
     """Validate references and store a queued job. The caller enqueues it after commit."""
     dataset = _owned_dataset(session, user, data.dataset_id, "dataset_id")
     if data.base_model is not None:
-        visible_model(session, user=user, model_id=data.base_model, field="base_model")
+        ready_model(session, user=user, model_id=data.base_model, field="base_model")
+    if data.tokenizer_model is not None:
+        ready_model(session, user=user, model_id=data.tokenizer_model, field="tokenizer_model")
     objective = _objective(data, dataset)
     if data.validation_dataset_id == dataset.id:
         raise Invalid("the validation dataset must differ from the training dataset", field="validation_dataset_id")
@@ -89,6 +99,7 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
         method=data.method,
         objective=objective,
         architecture=data.architecture,
+        tokenizer_model_id=data.tokenizer_model,
         dataset_id=dataset.id,
         base_model_id=data.base_model,
         validation_dataset_id=data.validation_dataset_id,

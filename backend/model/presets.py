@@ -21,6 +21,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vocab_size": 8192,
         "max_position_embeddings": 2048,
     },
+    # About SmolLM2-135M's size: a real base model that a single GPU pretrains in hours, not minutes.
+    "base": {
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+        "vocab_size": 32768,
+        "max_position_embeddings": 2048,
+    },
 }
 
 

@@ -9,6 +9,9 @@ class ModelRead(BaseModel):
     id: int
     name: str
     source: str
+    revision: str | None = None
+    status: str = "ready"
+    error: str | None = None
     architecture: str
     parameters: int
     shared: bool

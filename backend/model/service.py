@@ -86,3 +86,12 @@ def visible_model(session: Session, *, user: User, model_id: int, field: str | N
             raise Invalid(f"base model {model_id} not found", field=field)
         raise NotFound(f"model {model_id} not found")
     return model
+
+
+def ready_model(session: Session, *, user: User, model_id: int, field: str) -> Model:
+    """A visible model whose weights are ready to train from (an import may still be running or have failed)."""
+    model = visible_model(session, user=user, model_id=model_id, field=field)
+    if model.status != "ready":
+        why = f": {model.error}" if model.status == "failed" and model.error else ""
+        raise Invalid(f"model {model_id} is {model.status}{why}; it cannot be trained from yet", field=field)
+    return model

@@ -1,4 +1,4 @@
-"""Fine-tune a base model (a local Hugging Face directory) with LoRA or on all of its weights.
+"""Fine-tune a base model (a local Hugging Face directory) with LoRA/QLoRA, its top layers, or all weights.
 
 Read top to bottom: base model and tokenizer from disk → examples for the objective (`sft`: prompt/response
 pairs or conversations with loss on the responses only, see `workers.examples`; `causal_lm`: packed blocks of
@@ -6,11 +6,9 @@ text) → optional LoRA wrapping → `transformers.Trainer` → adapter.zip (LoR
 becomes a new base model).
 """
 
-from pathlib import Path
 from typing import Any
 
-import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import PeftModel, TaskType
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from backend.job.lifecycle import log_event
@@ -18,27 +16,11 @@ from workers.artifacts import export, register_base_model
 from workers.context import JobContext
 from workers.data import pack_blocks, split_holdout, split_text_holdout
 from workers.examples import CHATML_TEMPLATE, Example, build_sft_examples, causal_text, load_tokenizer
+from workers.methods import ADAPTER_METHODS, apply_method, load_base
 from workers.metrics import check_in
-from workers.training import (
-    build_trainer,
-    final_losses,
-    parameter_counts,
-    record_resolved_config,
-    train,
-    use_bf16,
-)
+from workers.training import build_trainer, final_losses, record_resolved_config, train
 
 Records = list[dict[str, Any]]
-
-
-def load_model(path: Path, *, lora: bool) -> PreTrainedModel:
-    # Full fine-tuning keeps fp32 master weights (AdamW updates are far below bf16's 3 significant digits);
-    # with LoRA the base is frozen, so on a bf16 GPU it is stored in bf16 at half the memory, while PEFT
-    # keeps the small adapter matrices in fp32.
-    dtype = torch.bfloat16 if lora and use_bf16() else torch.float32
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, local_files_only=True, trust_remote_code=False
-    )
 
 
 def sft_examples(ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records) -> list[Example]:
@@ -87,7 +69,7 @@ def run(ctx: JobContext) -> None:
 
     # --- base model ------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(ctx.base_model_path)
-    model: PreTrainedModel | PeftModel = load_model(ctx.base_model_path, lora=ctx.method == "lora")
+    model: PreTrainedModel | PeftModel = load_base(ctx, AutoModelForCausalLM)
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -106,22 +88,8 @@ def run(ctx: JobContext) -> None:
     log_event(ctx.job_id, f"{len(records)} records → {len(train_set)} training and {len(eval_set)} eval examples")
     check_in(ctx.job_id)
 
-    # --- method: a low-rank update beside frozen weights, or every weight ------------------------------
-    if ctx.method == "lora":
-        lora = LoraConfig(
-            r=hp.lora_r,
-            # The update B·A is scaled by alpha/r, so trying another r needs less retuning of the learning rate.
-            lora_alpha=hp.lora_alpha,
-            lora_dropout=hp.lora_dropout,
-            target_modules=hp.lora_target_modules or "all-linear",  # all-linear skips the output head
-            task_type=TaskType.CAUSAL_LM,
-        )
-        model = get_peft_model(model, lora)
-    trainable, total = parameter_counts(model)
-    log_event(
-        ctx.job_id,
-        f"{ctx.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",
-    )
+    # --- method: a low-rank update beside frozen weights, the top layers, or every weight ---------------
+    model = apply_method(ctx, model, TaskType.CAUSAL_LM)
 
     # --- train -----------------------------------------------------------------------------------------
     record_resolved_config(ctx, model, train_examples=len(train_set), eval_examples=len(eval_set))
@@ -130,7 +98,7 @@ def run(ctx: JobContext) -> None:
 
     # --- outputs ---------------------------------------------------------------------------------------
     loss, eval_loss = final_losses(trainer)
-    what = "adapter" if ctx.method == "lora" else "model"
+    what = "adapter" if ctx.method in ADAPTER_METHODS else "model"
     directory = export(ctx, model, tokenizer, what=what, final_loss=loss, final_eval_loss=eval_loss)
     if what == "model":
         register_base_model(ctx, directory)

@@ -1,0 +1,117 @@
+"""How much of a base model a fine-tuning job trains: `full`, `lora`, `qlora` (LoRA on a 4-bit base) or
+`freeze` (only the top layers). Shared by every fine-tuning recipe (sft/causal_lm, dpo, classification).
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from torch import nn
+from transformers import PreTrainedModel
+
+from backend.job.lifecycle import log_event
+from workers.context import JobContext
+from workers.training import parameter_counts, use_bf16
+
+ADAPTER_METHODS = ("lora", "qlora")
+
+
+def load_options(ctx: JobContext) -> dict[str, Any]:
+    """`from_pretrained` keywords for the job's method: dtype, and the 4-bit quantization of QLoRA."""
+    options: dict[str, Any] = {
+        "use_safetensors": True,  # never unpickle a checkpoint: .bin weights can run code when loaded
+        "local_files_only": True,
+        "trust_remote_code": ctx.trust_remote_code,
+    }
+    if ctx.method == "qlora":
+        if not torch.cuda.is_available():
+            # The API refuses qlora when no CUDA worker is registered; a job can still land on a CPU worker.
+            raise RuntimeError("qlora needs a CUDA GPU with bitsandbytes; this worker has none (use lora)")
+        from transformers import BitsAndBytesConfig  # imported here: it probes for bitsandbytes
+
+        compute = torch.bfloat16 if use_bf16() else torch.float16
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            # NF4 spreads its 16 levels like normally distributed weights; double quantization also
+            # compresses the per-block scales (~0.4 bit/parameter saved).
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        options["device_map"] = {"": torch.cuda.current_device()}
+    else:
+        # Full and freeze keep fp32 master weights (AdamW updates are far below bf16's 3 significant digits);
+        # with LoRA the base is frozen, so on a bf16 GPU it is stored in bf16 at half the memory, while PEFT
+        # keeps the small adapter matrices in fp32.
+        options["dtype"] = torch.bfloat16 if ctx.method == "lora" and use_bf16() else torch.float32
+    return options
+
+
+def load_base(ctx: JobContext, auto_class: Any, path: Path | None = None, **extra: Any) -> PreTrainedModel:
+    """The base model with `auto_class` (AutoModelForCausalLM, ...SequenceClassification) for the job's method."""
+    source = path or ctx.base_model_path
+    assert source is not None, "a fine-tuning job has a base model"
+    return auto_class.from_pretrained(source, **load_options(ctx), **extra)
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks: the longest ModuleList (model.layers in Llama, transformer.h in GPT-2)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError("this model has no stack of transformer layers to freeze")
+    return max(lists, key=len)
+
+
+def freeze_bottom(model: nn.Module, trainable_layers: int, head_names: tuple[str, ...]) -> int:
+    """Freeze everything but the top `trainable_layers` blocks, the final norm and the head; return how many
+    blocks train. Lower layers hold general features, upper ones the task-specific ones."""
+    layers = transformer_layers(model)
+    n = min(trainable_layers, len(layers))
+    for p in model.parameters():
+        p.requires_grad = False
+    for layer in list(layers)[len(layers) - n :]:
+        for p in layer.parameters():
+            p.requires_grad = True
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        # "norm" is the final norm after the stack (Llama); the head turns hidden states into outputs.
+        if leaf in head_names or name in ("model.norm", "norm", "transformer.ln_f"):
+            for p in module.parameters():
+                p.requires_grad = True
+    return n
+
+
+def apply_method(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -> PreTrainedModel | PeftModel:
+    """Wrap or freeze `model` for the job's method and log how many parameters will train."""
+    hp = ctx.hp
+    if hp.gradient_checkpointing:
+        # Checkpointed blocks recompute activations in backward; with a frozen embedding the recomputed
+        # graph would have no input that needs grad, so inputs are marked to require it.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if ctx.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing)
+    head = ("score", "classifier") if task_type == TaskType.SEQ_CLS else ("lm_head",)
+    if ctx.method in ADAPTER_METHODS:
+        lora = LoraConfig(
+            r=hp.lora_r,
+            # The update B·A is scaled by alpha/r (alpha/sqrt(r) with rsLoRA, which keeps large ranks from
+            # learning slower), so trying another r needs less retuning of the learning rate.
+            lora_alpha=hp.lora_alpha,
+            lora_dropout=hp.lora_dropout,
+            use_rslora=hp.lora_use_rslora,
+            use_dora=hp.lora_use_dora,
+            target_modules=hp.lora_target_modules or "all-linear",  # all-linear skips the output head
+            task_type=task_type,  # SEQ_CLS also trains (and saves) the new classification head in full
+        )
+        model = get_peft_model(model, lora)
+    elif ctx.method == "freeze":
+        n = freeze_bottom(model, hp.freeze_trainable_layers, head)
+        log_event(ctx.job_id, f"freeze: training the top {n} of {len(transformer_layers(model))} layers")
+    trainable, total = parameter_counts(model)
+    log_event(
+        ctx.job_id,
+        f"{ctx.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",
+    )
+    return model
