@@ -45,6 +45,8 @@ class Job(Base):
     watch_prompts: Mapped[list[str]] = mapped_column(JSON, default=list)
     cloned_from_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     current_step: Mapped[int] = mapped_column(default=0)
+    # The step this attempt started from (a resumed run continues past 0): the ETA measures speed from here.
+    start_step: Mapped[int] = mapped_column(default=0, server_default="0")
     total_steps: Mapped[int | None]
     device: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
