@@ -1,4 +1,6 @@
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from backend.dataset.service import list_datasets
@@ -8,7 +10,7 @@ from backend.job import service
 from backend.job.schemas import Hyperparameters
 from backend.model.presets import PRESETS, parameter_count
 from backend.model.service import list_models
-from backend.schemas import IdPath
+from backend.schemas import DbId, IdPath
 from backend.web import render, require
 
 router = APIRouter(include_in_schema=False)
@@ -34,10 +36,21 @@ def new_job_page(request: Request, session: SessionDep, user: OptionalUser) -> R
         "job/new.html",
         user,
         datasets=list_datasets(session, user=user),
-        models=list_models(session, user=user),
+        # Only models whose weights are ready: an upload or hub import may still be converting.
+        models=[m for m in list_models(session, user=user) if m.status == "ready"],
         presets={name: parameter_count(cfg) for name, cfg in PRESETS.items()},
         hyperparameter_schema=Hyperparameters.model_json_schema(),
     )
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(
+    request: Request, session: SessionDep, user: OptionalUser, ids: Annotated[list[DbId] | None, Query()] = None
+) -> Response:
+    user = require(user)
+    ids = ids or []
+    jobs = service.list_jobs(session, user=user)
+    return render(request, "job/compare.html", user, jobs=jobs, selected=list(dict.fromkeys(ids))[:8])
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

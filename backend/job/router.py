@@ -1,17 +1,18 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
 from backend.db import Job
 from backend.deps import CurrentUser, SessionDep
 from backend.errors import BrokerUnavailable
-from backend.job import control, service
+from backend.job import compare, control, service
 from backend.job.checkpoints import list_checkpoints
 from backend.job.schemas import (
     ArtifactRead,
     CheckpointRead,
+    CompareRead,
     EventRead,
     JobClone,
     JobCreate,
@@ -22,7 +23,7 @@ from backend.job.schemas import (
 )
 from backend.job.stream import job_events, metric_dict, parse_cursor
 from backend.queue import enqueue_job
-from backend.schemas import IdPath, Text
+from backend.schemas import DbId, IdPath, Text
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -46,6 +47,14 @@ def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRe
 @router.get("", response_model=JobList)
 def list_jobs(session: SessionDep, user: CurrentUser) -> JobList:
     return JobList(items=[service.to_read(session, j) for j in service.list_jobs(session, user=user)])
+
+
+@router.get("/compare", response_model=CompareRead)
+def compare_jobs(
+    session: SessionDep, user: CurrentUser, ids: Annotated[list[DbId], Query(max_length=8)]
+) -> CompareRead:
+    """Runs side by side: curves on step / tokens / FLOPs / time axes, summaries and the settings that differ."""
+    return compare.compare_jobs(session, user=user, job_ids=list(ids))
 
 
 @router.get("/{job_id}", response_model=JobRead)

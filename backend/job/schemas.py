@@ -248,3 +248,40 @@ class SampleRead(BaseModel):
     prompt: str
     output: str
     created_at: datetime
+
+
+class CompareCurvePoint(BaseModel):
+    step: int
+    seconds: float = Field(description="Wall time since the run's first logged point.")
+    tokens: float | None = Field(None, description="Training tokens consumed by this step.")
+    flops: float | None = Field(None, description="Training FLOPs spent by this step (≈ tokens x FLOPs per token).")
+    values: dict[str, float]
+
+
+class CompareRun(BaseModel):
+    id: int
+    name: str
+    kind: str
+    status: str
+    method: str | None
+    objective: str
+    architecture: str | None
+    base_model: str | None
+    dataset: str | None
+    dataset_records: int | None
+    dataset_bytes: int | None
+    trainable_parameters: int | None
+    total_parameters: int | None
+    steps: int
+    tokens: float | None
+    flops: float | None
+    seconds: float | None
+    final_loss: float | None
+    final_eval_loss: float | None
+    best_eval_loss: float | None
+    curve: list[CompareCurvePoint]
+
+
+class CompareRead(BaseModel):
+    runs: list[CompareRun]
+    diff: dict[str, list[Any]] = Field(description="Settings that differ: name → one value per run.")

@@ -82,12 +82,120 @@
     points.splice(i, 0, point);
   }
 
+  /* ---------- every other metric: one small chart per quantity, train and eval on the same panel ---------- */
+
+  // Panels shown first, in this order; anything else a recipe logs lands under "More metrics".
+  const PANELS = [
+    ["token_accuracy", "Token accuracy (eval)"],
+    ["perplexity", "Perplexity (eval)"],
+    ["accuracy", "Accuracy (eval)"],
+    ["f1", "Macro F1 (eval)"],
+    ["rewards/accuracies", "Reward accuracy"],
+    ["rewards/margins", "Reward margin"],
+    ["rewards/chosen", "Reward of chosen"],
+    ["rewards/rejected", "Reward of rejected"],
+    ["grad_norm", "Gradient norm"],
+    ["tokens_per_second", "Tokens per second"],
+    ["supervised_tokens", "Supervised tokens seen"],
+    ["tokens_seen", "Tokens seen"],
+    ["memory_mb", "Memory (MB)"],
+  ];
+  const PANEL_TITLES = new Map(PANELS);
+  // Not worth a chart: the main chart's series, the epoch (the x axis says as much) and eval timing noise.
+  const SKIP = new Set(["loss", "learning_rate", "epoch", "runtime", "samples_per_second", "steps_per_second"]);
+  const panels = new Map(); // quantity → { train: [], eval: [], chart, el }
+
+  function quantity(key) {
+    const evalKey = key.startsWith("eval_");
+    return { name: evalKey ? key.slice(5) : key, evalKey };
+  }
+
+  function makePanel(name) {
+    const known = PANEL_TITLES.has(name);
+    const grid = known ? $("metric-panels") : $("metric-panels-more");
+    const figure = document.createElement("figure");
+    figure.className = "chart-figure";
+    figure.dataset.metric = name;
+    const caption = document.createElement("figcaption");
+    caption.textContent = PANEL_TITLES.get(name) || name;
+    const value = document.createElement("span");
+    value.className = "muted small metric-latest";
+    caption.append(" ", value);
+    const box = document.createElement("div");
+    box.className = "chart-box chart-small";
+    const panelCanvas = document.createElement("canvas");
+    panelCanvas.setAttribute("role", "img");
+    panelCanvas.setAttribute("aria-label", `${caption.textContent} by step`);
+    box.append(panelCanvas);
+    figure.append(caption, box);
+    // Keep the known panels in PANELS order however the metrics arrive.
+    const order = PANELS.findIndex(([k]) => k === name);
+    const after = [...grid.children].find((el) => PANELS.findIndex(([k]) => k === el.dataset.metric) > order);
+    grid.insertBefore(figure, known ? after || null : null);
+    $("metric-panels-card").hidden = false;
+    if (!known) $("metric-panels-more-wrap").hidden = false;
+    const panel = { train: [], eval: [], chart: null, canvas: panelCanvas, value };
+    panels.set(name, panel);
+    return panel;
+  }
+
+  function panelChart(panel) {
+    if (typeof Chart === "undefined") return null;
+    const line = (label, data, color, extra) => ({
+      label, data, borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: 0,
+      cubicInterpolationMode: "monotone", ...extra,
+    });
+    return new Chart(panel.canvas, {
+      type: "line",
+      data: {
+        datasets: [
+          line("train", panel.train, cssVar("--accent")),
+          line("eval", panel.eval, "#e8833a", { pointRadius: 3 }),
+        ],
+      },
+      options: {
+        parsing: false, animation: false, responsive: true, maintainAspectRatio: false,
+        interaction: { mode: "nearest", axis: "x", intersect: false },
+        scales: { x: { type: "linear", title: { display: true, text: "step" }, ticks: { precision: 0 } } },
+        plugins: {
+          legend: { display: false },
+          tooltip: { callbacks: { title: (items) => `step ${items[0].parsed.x}` } },
+        },
+      },
+    });
+  }
+
+  function addPanelPoint(key, step, y) {
+    const { name, evalKey } = quantity(key);
+    if (SKIP.has(name)) return;
+    const panel = panels.get(name) || makePanel(name);
+    insertSorted(evalKey ? panel.eval : panel.train, { x: step, y });
+    panel.dirty = true;
+  }
+
+  function formatValue(y) {
+    if (Math.abs(y) >= 1000) return Math.round(y).toLocaleString();
+    return Number(y.toPrecision(4)).toString();
+  }
+
+  function redrawPanels() {
+    for (const panel of panels.values()) {
+      if (!panel.dirty) continue;
+      panel.dirty = false;
+      panel.chart = panel.chart || panelChart(panel);
+      if (panel.chart) panel.chart.update("none");
+      const last = [...panel.train.slice(-1), ...panel.eval.slice(-1)].sort((a, b) => a.x - b.x).pop();
+      panel.value.textContent = last ? `${formatValue(last.y)} at step ${last.x}` : "";
+    }
+  }
+
   function addMetric(metric) {
     if (seenMetrics.has(metric.id)) return;
     seenMetrics.add(metric.id);
-    for (const key of Object.keys(series)) {
-      const y = metric.values[key];
-      if (typeof y === "number" && Number.isFinite(y)) insertSorted(series[key], { x: metric.step, y });
+    for (const [key, y] of Object.entries(metric.values)) {
+      if (typeof y !== "number" || !Number.isFinite(y)) continue;
+      if (key in series) insertSorted(series[key], { x: metric.step, y });
+      else addPanelPoint(key, metric.step, y);
     }
     canvas.dataset.points = String(seenMetrics.size);
     $("chart-empty").hidden = true;
@@ -102,6 +210,7 @@
       redrawPending = false;
       chart = chart || makeChart();
       if (chart) chart.update("none");
+      redrawPanels();
       const last = series.loss[series.loss.length - 1];
       const lastEval = series.eval_loss[series.eval_loss.length - 1];
       $("chart-summary").textContent = [

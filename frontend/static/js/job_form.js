@@ -18,6 +18,7 @@
     dataset_id: "job-dataset",
     validation_dataset_id: "job-validation-dataset",
     architecture: "job-architecture",
+    tokenizer_model: "job-tokenizer-model",
     base_model: "job-base-model",
     method: "job-method",
     objective: "job-objective",
@@ -29,7 +30,10 @@
   function syncVisibility() {
     const k = kind();
     form.querySelectorAll("[data-kind]").forEach((el) => {
-      const show = el.dataset.kind === k && (!el.dataset.method || el.dataset.method === method.value);
+      // data-method / data-objective list the values a group belongs to, separated by spaces.
+      const fits = (attr, value) => !attr || attr.split(" ").includes(value);
+      const show =
+        el.dataset.kind === k && fits(el.dataset.method, method.value) && fits(el.dataset.objective, objective.value);
       el.hidden = !show;
       // Disabled controls are skipped by validation and by the payload.
       el.querySelectorAll("input, select").forEach((c) => (c.disabled = !show));
@@ -47,11 +51,26 @@
     }
   }
 
+  // Which dataset shapes each objective trains on (backend/job/service.py OBJECTIVE_SHAPES), and the natural pick.
+  const OBJECTIVE_SHAPES = {
+    causal_lm: ["text", "prompt_completion"],
+    sft: ["prompt_completion", "messages"],
+    dpo: ["preference"],
+    classification: ["classification"],
+  };
+  const DEFAULT_OBJECTIVE = {
+    text: "causal_lm",
+    prompt_completion: "sft",
+    messages: "sft",
+    preference: "dpo",
+    classification: "classification",
+  };
+
   function syncObjective() {
     const shape = dataset.selectedOptions[0]?.dataset.shape;
-    const sft = objective.querySelector('option[value="sft"]');
-    sft.disabled = shape === "text";
-    objective.value = shape === "prompt_completion" ? "sft" : "causal_lm";
+    [...objective.options].forEach((o) => (o.disabled = Boolean(shape) && !OBJECTIVE_SHAPES[o.value].includes(shape)));
+    objective.value = DEFAULT_OBJECTIVE[shape] || "causal_lm";
+    syncVisibility();
   }
 
   function errorLine(inputId) {
@@ -166,6 +185,8 @@
     if (prompts.some(Boolean)) body.watch_prompts = prompts.filter(Boolean);
     if (body.kind === "pretrain") {
       body.architecture = document.getElementById("job-architecture").value;
+      const tokenizerModel = document.getElementById("job-tokenizer-model").value;
+      if (tokenizerModel) body.tokenizer_model = Number(tokenizerModel);
     } else {
       body.base_model = Number(document.getElementById("job-base-model").value);
       body.method = method.value;
@@ -202,6 +223,7 @@
 
   form.querySelectorAll('input[name="kind"]').forEach((r) => r.addEventListener("change", syncVisibility));
   method.addEventListener("change", syncVisibility);
+  objective.addEventListener("change", syncVisibility);
   dataset.addEventListener("change", syncObjective);
   dataset.addEventListener("change", syncValidation);
   if (validation) validation.addEventListener("change", syncValidation);

@@ -39,12 +39,17 @@
     const link = document.createElement("a");
     link.href = `/jobs/${job.id}`;
     link.textContent = job.name;
+    const pick = document.createElement("input");
+    pick.type = "checkbox";
+    pick.name = "ids";
+    pick.value = job.id;
+    pick.setAttribute("aria-label", `Compare ${job.name}`);
     const cells = [
-      link, job.kind, job.method || "—", Studio.badge(job.status), progressCell(job), "",
+      pick, link, job.kind, job.method || "—", Studio.badge(job.status), progressCell(job), "",
       Studio.timeElement(job.created_at),
     ];
-    const labels = ["", "Kind", "Method", "Status", "Progress", "Final loss", "Created"];
-    const classes = ["cell-title", "", "", "status-cell", "progress-td", "num loss-cell", ""];
+    const labels = ["", "", "Kind", "Method", "Status", "Progress", "Final loss", "Created"];
+    const classes = ["select-cell", "cell-title", "", "", "status-cell", "progress-td", "num loss-cell", ""];
     cells.forEach((content, i) => {
       const cell = row.insertCell();
       cell.append(content);

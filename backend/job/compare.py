@@ -1,0 +1,131 @@
+"""Runs side by side: overlaid curves on a common x axis (step, tokens, FLOPs, wall time) and what differs.
+
+The "pretrain vs fine-tune" question is answered by the same data: data used, time, FLOPs and the final
+validation loss of each run, next to each other.
+"""
+
+import math
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.db import Dataset, Job, JobMetric, Model, User
+from backend.errors import Invalid
+from backend.job.schemas import CompareCurvePoint, CompareRead, CompareRun
+from backend.job.service import get_job
+
+MAX_RUNS = 8
+# Curves keep at most this many points per run: a chart is ~1000 px wide, more points only cost bytes.
+MAX_POINTS = 1000
+CURVE_KEYS = ("loss", "eval_loss", "learning_rate")
+
+
+def _tokens_per_step(job: Job) -> float | None:
+    """Tokens one optimizer step consumes, when the run did not log its own count."""
+    hp = job.hyperparameters or {}
+    batch = hp.get("batch_size", 8) * hp.get("gradient_accumulation_steps", 1)
+    length = hp.get("max_length")
+    return float(batch * length) if length else None
+
+
+def _flops_per_token(job: Job) -> float | None:
+    """Training FLOPs per token: the worker's figure (6·N plus attention for full training), else 6·N."""
+    config = job.resolved_config or {}
+    if isinstance(config.get("flops_per_token"), int | float):
+        return float(config["flops_per_token"])
+    total = (config.get("parameters") or {}).get("total")
+    return 6.0 * total if total else None
+
+
+def _downsample(points: list[JobMetric]) -> list[JobMetric]:
+    if len(points) <= MAX_POINTS:
+        return points
+    stride = math.ceil(len(points) / MAX_POINTS)
+    # Eval points are rare and matter most: keep all of them, thin only the training points.
+    return [p for i, p in enumerate(points) if i % stride == 0 or "eval_loss" in p.values or i == len(points) - 1]
+
+
+def _curve(session: Session, job: Job) -> tuple[list[CompareCurvePoint], float | None]:
+    metrics = list(session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)))
+    per_step = _tokens_per_step(job)
+    flops_per_token = _flops_per_token(job)
+    start = metrics[0].created_at if metrics else None
+    curve: list[CompareCurvePoint] = []
+    tokens_seen: float | None = None
+    for m in _downsample(metrics):
+        logged = m.values.get("tokens_seen")
+        tokens = float(logged) if logged is not None else (per_step * m.step if per_step else None)
+        tokens_seen = tokens if tokens is not None else tokens_seen
+        curve.append(
+            CompareCurvePoint(
+                step=m.step,
+                seconds=(m.created_at - start).total_seconds() if start else 0.0,
+                tokens=tokens,
+                flops=tokens * flops_per_token if tokens is not None and flops_per_token else None,
+                values={k: m.values[k] for k in CURVE_KEYS if k in m.values},
+            )
+        )
+    return curve, tokens_seen
+
+
+def _run(session: Session, job: Job) -> CompareRun:
+    dataset = session.get(Dataset, job.dataset_id)
+    base = session.get(Model, job.base_model_id) if job.base_model_id else None
+    curve, tokens = _curve(session, job)
+    flops_per_token = _flops_per_token(job)
+    evals = [p.values["eval_loss"] for p in curve if "eval_loss" in p.values]
+    config = job.resolved_config or {}
+    return CompareRun(
+        id=job.id,
+        name=job.name,
+        kind=job.kind,
+        status=job.status,
+        method=job.method,
+        objective=job.objective,
+        architecture=job.architecture,
+        base_model=base.name if base else None,
+        dataset=dataset.name if dataset else None,
+        dataset_records=dataset.record_count if dataset else None,
+        dataset_bytes=dataset.size_bytes if dataset else None,
+        trainable_parameters=(config.get("parameters") or {}).get("trainable"),
+        total_parameters=(config.get("parameters") or {}).get("total"),
+        steps=job.current_step,
+        tokens=tokens,
+        flops=tokens * flops_per_token if tokens is not None and flops_per_token else None,
+        seconds=curve[-1].seconds if curve else None,
+        final_loss=job.final_loss,
+        final_eval_loss=job.final_eval_loss,
+        best_eval_loss=min(evals) if evals else None,
+        curve=curve,
+    )
+
+
+def _flatten(job: Job) -> dict[str, Any]:
+    """The comparable settings of a job as one flat dict."""
+    return {
+        "kind": job.kind,
+        "method": job.method,
+        "objective": job.objective,
+        "architecture": job.architecture,
+        "base_model_id": job.base_model_id,
+        "dataset_id": job.dataset_id,
+        "validation_dataset_id": job.validation_dataset_id,
+        **{f"hyperparameters.{k}": v for k, v in sorted((job.hyperparameters or {}).items())},
+    }
+
+
+def config_diff(jobs: list[Job]) -> dict[str, list[Any]]:
+    """Settings whose values differ between the jobs: name → one value per job (None where unset)."""
+    flat = [_flatten(j) for j in jobs]
+    keys = sorted({k for f in flat for k in f})
+    return {k: [f.get(k) for f in flat] for k in keys if len({repr(f.get(k)) for f in flat}) > 1}
+
+
+def compare_jobs(session: Session, *, user: User, job_ids: list[int]) -> CompareRead:
+    """The runs `job_ids` (in that order) with their curves, summaries and configuration diff."""
+    ids = list(dict.fromkeys(job_ids))  # keep the order, drop repeats
+    if not 1 <= len(ids) <= MAX_RUNS:
+        raise Invalid(f"pick between 1 and {MAX_RUNS} runs to compare (got {len(ids)})", field="ids")
+    jobs = [get_job(session, user=user, job_id=i) for i in ids]
+    return CompareRead(runs=[_run(session, j) for j in jobs], diff=config_diff(jobs))

@@ -1,0 +1,152 @@
+// Compare page: overlaid curves of the picked runs on a chosen x axis, a side-by-side summary and a settings diff.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const ids = JSON.parse($("compare-ids").textContent);
+  if (!ids.length) return;
+  const COLORS = ["#4f7cff", "#e8833a", "#2bb673", "#c94fd1", "#d64545", "#1fb5c9", "#8a8f2a", "#7a5cff"];
+  let runs = [];
+  let chart = null;
+
+  const fmt = {
+    int: (v) => (v == null ? "—" : Math.round(v).toLocaleString()),
+    loss: (v) => (v == null ? "—" : v.toFixed(4)),
+    sci: (v) => (v == null ? "—" : Number(v).toExponential(2)),
+    seconds: (v) => (v == null ? "—" : v < 120 ? `${v.toFixed(1)} s` : `${(v / 60).toFixed(1)} min`),
+    bytes: (v) => (v == null ? "—" : Studio.formatBytes ? Studio.formatBytes(v) : `${v} B`),
+    text: (v) => (v == null || v === "" ? "—" : String(v)),
+  };
+
+  // Rows of the summary table: [label, value of a run].
+  const ROWS = [
+    ["Kind", (r) => fmt.text(r.kind)],
+    ["Method", (r) => fmt.text(r.method)],
+    ["Objective", (r) => fmt.text(r.objective)],
+    ["Starts from", (r) => (r.kind === "pretrain" ? `random weights (${r.architecture})` : fmt.text(r.base_model))],
+    ["Dataset", (r) => fmt.text(r.dataset)],
+    ["Records", (r) => fmt.int(r.dataset_records)],
+    ["Dataset size", (r) => fmt.bytes(r.dataset_bytes)],
+    ["Trainable / total parameters", (r) => `${fmt.int(r.trainable_parameters)} / ${fmt.int(r.total_parameters)}`],
+    ["Steps", (r) => fmt.int(r.steps)],
+    ["Tokens trained on", (r) => fmt.int(r.tokens)],
+    ["Training FLOPs", (r) => fmt.sci(r.flops)],
+    ["Wall time", (r) => fmt.seconds(r.seconds)],
+    ["Final training loss", (r) => fmt.loss(r.final_loss)],
+    ["Final validation loss", (r) => fmt.loss(r.final_eval_loss)],
+    ["Best validation loss", (r) => fmt.loss(r.best_eval_loss)],
+  ];
+
+  function cell(tag, text, attrs = {}) {
+    const el = document.createElement(tag);
+    el.textContent = text;
+    Object.entries(attrs).forEach(([k, v]) => el.setAttribute(k, v));
+    return el;
+  }
+
+  function renderSummary() {
+    const table = $("compare-summary");
+    const head = table.createTHead().insertRow();
+    head.append(cell("th", ""));
+    runs.forEach((r, i) => {
+      const th = cell("th", "", { scope: "col" });
+      const link = cell("a", `${r.name} (#${r.id})`, { href: `/jobs/${r.id}` });
+      link.style.color = COLORS[i % COLORS.length];
+      th.append(link);
+      head.append(th);
+    });
+    const body = table.createTBody();
+    ROWS.forEach(([label, value]) => {
+      const row = body.insertRow();
+      row.append(cell("th", label, { scope: "row" }));
+      runs.forEach((r) => row.append(cell("td", value(r))));
+    });
+  }
+
+  // The trade-off in words when a from-scratch run sits beside a fine-tuned one.
+  function renderVerdict() {
+    const scratch = runs.find((r) => r.kind === "pretrain" && r.final_eval_loss != null);
+    const tuned = runs.find((r) => r.kind === "finetune" && r.final_eval_loss != null);
+    if (!scratch || !tuned) return;
+    const ratio = (a, b) => (a && b ? `${(a / b).toFixed(1)}×` : "?");
+    const box = $("compare-verdict");
+    box.textContent =
+      `Pretrain vs fine-tune: "${scratch.name}" reached validation loss ${fmt.loss(scratch.final_eval_loss)} ` +
+      `from random weights with ${fmt.int(scratch.tokens)} tokens, ${fmt.sci(scratch.flops)} FLOPs and ` +
+      `${fmt.seconds(scratch.seconds)}; "${tuned.name}" reached ${fmt.loss(tuned.final_eval_loss)} from ` +
+      `${tuned.base_model} with ${fmt.int(tuned.tokens)} tokens (${ratio(scratch.tokens, tuned.tokens)} fewer), ` +
+      `${fmt.sci(tuned.flops)} FLOPs (${ratio(scratch.flops, tuned.flops)} fewer) and ${fmt.seconds(tuned.seconds)}.`;
+    box.hidden = false;
+  }
+
+  function renderDiff(diff) {
+    const table = $("compare-diff");
+    const keys = Object.keys(diff);
+    if (!keys.length) {
+      table.replaceWith(cell("p", "These runs have the same settings.", { class: "muted" }));
+      return;
+    }
+    const head = table.createTHead().insertRow();
+    head.append(cell("th", "Setting", { scope: "col" }));
+    runs.forEach((r) => head.append(cell("th", `#${r.id}`, { scope: "col" })));
+    const body = table.createTBody();
+    keys.forEach((key) => {
+      const row = body.insertRow();
+      row.append(cell("th", key.replace(/^hyperparameters\./, ""), { scope: "row" }));
+      diff[key].forEach((v) => row.append(cell("td", v == null ? "—" : JSON.stringify(v))));
+    });
+  }
+
+  function datasets() {
+    const x = $("compare-x").value;
+    const y = $("compare-y").value;
+    return runs.map((r, i) => ({
+      label: `${r.name} (#${r.id})`,
+      data: r.curve
+        .filter((p) => p[x] != null && p.values[y] != null)
+        .map((p) => ({ x: x === "step" ? p.step : p[x], y: p.values[y] })),
+      borderColor: COLORS[i % COLORS.length],
+      backgroundColor: COLORS[i % COLORS.length],
+      borderWidth: 2,
+      pointRadius: y === "eval_loss" ? 3 : 0,
+    }));
+  }
+
+  function draw() {
+    if (typeof Chart === "undefined") return;
+    const xLabel = $("compare-x").selectedOptions[0].textContent;
+    const log = $("compare-log").checked;
+    if (chart) chart.destroy();
+    chart = new Chart($("compare-chart"), {
+      type: "line",
+      data: { datasets: datasets() },
+      options: {
+        parsing: false, animation: false, responsive: true, maintainAspectRatio: false,
+        interaction: { mode: "nearest", axis: "x", intersect: false },
+        scales: {
+          x: { type: log && $("compare-x").value !== "step" ? "logarithmic" : "linear", title: { display: true, text: xLabel } },
+          y: { type: log ? "logarithmic" : "linear", title: { display: true, text: $("compare-y").selectedOptions[0].textContent } },
+        },
+        plugins: { legend: { position: "bottom" } },
+      },
+    });
+    $("compare-chart").dataset.runs = String(runs.length);
+  }
+
+  async function load() {
+    const query = ids.map((id) => `ids=${encodeURIComponent(id)}`).join("&");
+    try {
+      const body = await Studio.fetchJSON(`/api/jobs/compare?${query}`);
+      runs = body.runs;
+      renderSummary();
+      renderVerdict();
+      renderDiff(body.diff);
+      draw();
+    } catch (err) {
+      Studio.showError($("compare-error"), err.message);
+    }
+  }
+
+  ["compare-x", "compare-y", "compare-log"].forEach((id) => $(id).addEventListener("change", draw));
+  load();
+})();
