@@ -7,12 +7,13 @@ from sse_starlette import EventSourceResponse
 from backend.db import Job
 from backend.deps import CurrentUser, SessionDep
 from backend.errors import BrokerUnavailable
-from backend.job import compare, control, service
+from backend.job import compare, control, estimate, service
 from backend.job.checkpoints import list_checkpoints
 from backend.job.schemas import (
     ArtifactRead,
     CheckpointRead,
     CompareRead,
+    EstimateRead,
     EventRead,
     JobClone,
     JobCreate,
@@ -42,6 +43,12 @@ def _enqueue(session: SessionDep, job: Job) -> JobRead:
 @router.post("", response_model=JobRead, status_code=201)
 def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRead:
     return _enqueue(session, service.create_job(session, user=user, data=body))
+
+
+@router.post("/estimate", response_model=EstimateRead)
+def estimate_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> EstimateRead:
+    """Parameters, tokens, steps, FLOPs, time and memory of a job before it is launched; nothing is stored."""
+    return estimate.estimate_job(session, user=user, body=body)
 
 
 @router.get("", response_model=JobList)

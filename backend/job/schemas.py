@@ -285,3 +285,25 @@ class CompareRun(BaseModel):
 class CompareRead(BaseModel):
     runs: list[CompareRun]
     diff: dict[str, list[Any]] = Field(description="Settings that differ: name → one value per run.")
+
+
+class EstimateRead(BaseModel):
+    """What a job will cost before it runs; figures are estimates, `notes` say what they rest on."""
+
+    objective: str
+    total_parameters: int
+    trainable_parameters: int
+    tokens_per_epoch: float = Field(description="Supervised tokens in one pass over the training data.")
+    tokens_exact: bool = Field(description="True when counted by the worker's tokenizer, not guessed from bytes.")
+    steps: int
+    tokens: float = Field(description="Token positions the run processes (steps x batch x max_length).")
+    flops_per_token: float
+    flops: float
+    seconds: float | None = Field(None, description="From the FLOP/s finished runs reached on the worker's device.")
+    memory_bytes: int
+    device: str | None
+    device_memory_bytes: int | None
+    fits: bool | None = Field(None, description="Whether memory_bytes fits in 90% of the device memory.")
+    advice: list[str] = Field(description="What to change when it does not fit.")
+    notes: list[str]
+    dry_run: dict[str, Any] | None = Field(None, description="The dataset's token statistics for these settings.")

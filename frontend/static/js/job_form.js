@@ -201,6 +201,82 @@
     return body;
   }
 
+  /* ---------- estimate: parameters, tokens, steps, FLOPs, time and memory before launch ---------- */
+
+  let estimateTimer = null;
+  let estimateSeq = 0;
+  const $ = (id) => document.getElementById(id);
+
+  function human(n, unit = "") {
+    if (n == null) return "—";
+    const units = ["", "k", "M", "G", "T", "P", "E"];
+    let i = 0;
+    while (Math.abs(n) >= 1000 && i < units.length - 1) {
+      n /= 1000;
+      i += 1;
+    }
+    return `${n.toFixed(n < 10 && i > 0 ? 2 : 0)}${units[i]}${unit}`;
+  }
+
+  function duration(s) {
+    if (s == null) return "unknown";
+    if (s < 90) return `~${Math.round(s)} s`;
+    if (s < 5400) return `~${Math.round(s / 60)} min`;
+    return `~${(s / 3600).toFixed(1)} h`;
+  }
+
+  function renderEstimate(est) {
+    $("est-parameters").textContent = `${human(est.trainable_parameters)} / ${human(est.total_parameters)}`;
+    $("est-tokens-epoch").textContent = `${human(est.tokens_per_epoch)}${est.tokens_exact ? "" : " (approx.)"}`;
+    $("est-steps").textContent = est.steps.toLocaleString();
+    $("est-flops").textContent = Number(est.flops).toExponential(2);
+    $("est-time").textContent = duration(est.seconds);
+    $("est-memory").textContent =
+      `${Studio.formatBytes(est.memory_bytes)}` +
+      (est.device_memory_bytes ? ` of ${Studio.formatBytes(est.device_memory_bytes)}` : "");
+    const fit = $("est-fit");
+    fit.hidden = est.fits == null;
+    fit.className = `alert ${est.fits ? "alert-ok" : "alert-error"}`;
+    fit.textContent = est.fits
+      ? `Fits on ${est.device}.`
+      : `Does not fit on ${est.device}: ${est.advice.join("; ")}.`;
+    const notes = [...est.notes];
+    if (est.dry_run) {
+      const d = est.dry_run;
+      notes.unshift(
+        `Dry run: ${human(d.supervised_tokens)} trained of ${human(d.tokens)} tokens` +
+          (d.lost_supervised_tokens ? `, ${human(d.lost_supervised_tokens)} lost to truncation` : ""),
+      );
+    }
+    $("est-notes").replaceChildren(
+      ...notes.map((n) => {
+        const li = document.createElement("li");
+        li.textContent = n;
+        return li;
+      }),
+    );
+    $("job-estimate-state").textContent = "Estimated from the settings above.";
+  }
+
+  async function estimate() {
+    if (!dataset.value) return;
+    const seq = ++estimateSeq;
+    try {
+      const est = await Studio.fetchJSON("/api/jobs/estimate", { method: "POST", body: payload() });
+      if (seq === estimateSeq) renderEstimate(est);
+    } catch (err) {
+      if (seq === estimateSeq) $("job-estimate-state").textContent = `No estimate: ${err.message}`;
+    }
+  }
+
+  function scheduleEstimate() {
+    clearTimeout(estimateTimer);
+    estimateTimer = setTimeout(estimate, 400);
+  }
+
+  form.addEventListener("input", scheduleEstimate);
+  form.addEventListener("change", scheduleEstimate);
+
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clearErrors();
@@ -236,4 +312,5 @@
   syncObjective();
   syncVisibility();
   syncValidation();
+  estimate();
 })();

@@ -1,0 +1,61 @@
+"""The estimate before launch: parameter counts match the real models, steps follow the settings, memory and
+FLOPs grow with what is trained, and bad input is a 422 naming the field."""
+
+import io
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from backend.job.estimate import model_shape, total_parameters
+from backend.model.presets import PRESETS, parameter_count
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def _dataset(client: TestClient) -> int:
+    res = client.post("/api/datasets", files={"file": ("tiny.txt", io.BytesIO((FIXTURES / "tiny.txt").read_bytes()))})
+    return int(res.json()["id"])
+
+
+def test_parameter_count_agrees_with_the_preset_formula() -> None:
+    for preset in PRESETS.values():
+        assert total_parameters(model_shape(preset)) == parameter_count(preset)
+
+
+def test_pretrain_estimate(client: TestClient) -> None:
+    dataset_id = _dataset(client)
+    body = {
+        "kind": "pretrain",
+        "architecture": "tiny",
+        "dataset_id": dataset_id,
+        "hyperparameters": {"max_steps": 100, "batch_size": 4, "max_length": 64},
+    }
+    res = client.post("/api/jobs/estimate", json=body)
+    assert res.status_code == 200, res.text
+    est = res.json()
+    assert est["total_parameters"] == parameter_count(PRESETS["tiny"])
+    assert est["trainable_parameters"] == est["total_parameters"]  # from scratch: every weight
+    assert est["steps"] == 100 and est["tokens"] == 100 * 4 * 64
+    assert est["flops"] == est["flops_per_token"] * est["tokens"]
+    assert est["flops_per_token"] >= 6 * est["total_parameters"]
+    assert est["memory_bytes"] > 4 * est["total_parameters"]
+    assert not est["tokens_exact"] and est["notes"]  # no statistics yet: says the token count is a guess
+
+    # Accumulation multiplies the tokens per step; checkpointing lowers the memory.
+    body["hyperparameters"] |= {"gradient_accumulation_steps": 2, "gradient_checkpointing": True}
+    more = client.post("/api/jobs/estimate", json=body).json()
+    assert more["tokens"] == 2 * est["tokens"] and more["memory_bytes"] < est["memory_bytes"]
+
+    # Nothing was stored.
+    assert client.get("/api/jobs").json()["items"] == []
+
+
+def test_estimate_names_bad_fields(client: TestClient) -> None:
+    dataset_id = _dataset(client)
+    bad = client.post(
+        "/api/jobs/estimate",
+        json={"kind": "pretrain", "architecture": "tiny", "dataset_id": dataset_id, "hyperparameters": {"lora_r": 0}},
+    )
+    assert bad.status_code == 422 and "lora_r" in bad.text
+    missing = client.post("/api/jobs/estimate", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": 99999})
+    assert missing.status_code == 422 and "dataset_id" in missing.text
