@@ -32,6 +32,8 @@ from backend.job.lifecycle import reap_stale_jobs
 from backend.model import pages as model_pages
 from backend.model import router as model_router
 from backend.web import LoginRequired, login_redirect, render
+from backend.worker import pages as worker_pages
+from backend.worker import router as worker_router
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,10 @@ def create_app() -> FastAPI:
             conn.execute(text("SELECT 1"))
         return {"status": "ok", "mode": "embedded" if settings.embedded else "server"}
 
-    routers = (auth_router, dataset_router, upload_router, analysis_router, model_router, job_router)
+    routers = (auth_router, dataset_router, upload_router, analysis_router, model_router, job_router, worker_router)
     for module in routers:
         app.include_router(module.router)
-    for module in (auth_pages, dataset_pages, model_pages, job_pages):
+    for module in (auth_pages, dataset_pages, model_pages, job_pages, worker_pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "frontend" / "static")), name="static")
     return app

@@ -38,3 +38,13 @@ def test_job_page_renders_metric_panels_container(client: TestClient) -> None:
     res = client.get(f"/jobs/{job['id']}")
     assert res.status_code == 200
     assert 'id="metric-panels"' in res.text and 'id="loss-chart"' in res.text
+
+
+def test_workers_page_lists_registered_workers(client: TestClient) -> None:
+    from backend.db import Worker, session_scope, utcnow
+
+    assert "No workers connected" in client.get("/workers").text
+    with session_scope() as s:
+        s.add(Worker(name="w1@host", hostname="host", queue="studio", device="cpu", last_seen_at=utcnow()))
+    page = client.get("/workers").text
+    assert 'data-worker="w1@host"' in page and 'data-live="true"' in page

@@ -1,0 +1,29 @@
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WorkerRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str = Field(description="The Celery node name, e.g. worker-1234@gpu-box.")
+    hostname: str
+    queue: str = Field(description='"studio" (training) or "studio.analysis" (dataset analysis, model imports).')
+    device: str = Field(description='e.g. "cuda:0 NVIDIA H100 80GB HBM3", or "cpu".')
+    cuda: bool
+    bf16: bool
+    device_memory_bytes: int = Field(description="The first GPU's memory, or RAM on a CPU worker.")
+    details: dict[str, Any] = Field(
+        description="gpu_count, gpus, cpu_count, ram_bytes, torch, cuda_version, bitsandbytes, data_parallel_processes"
+    )
+    current_job_id: int | None
+    started_at: datetime
+    last_seen_at: datetime
+    live: bool = Field(
+        False, description="Seen within the last lease_seconds (a worker refreshes its row every heartbeat)."
+    )
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerRead]

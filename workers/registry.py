@@ -1,0 +1,160 @@
+"""This worker in the `workers` table: what it trains on, that it is alive, and which job it runs.
+
+The API reads the table to refuse what no live worker can run (qlora without a CUDA worker with
+bitsandbytes) and to list the workers. The Celery pool child, the process that runs the tasks and owns the
+device, registers itself, refreshes `last_seen_at` from a daemon thread every `heartbeat_seconds`, sets
+`current_job_id` while a job runs, and deletes its row when it exits. A worker killed outright leaves its
+row behind; the API tells it apart by its old `last_seen_at`.
+"""
+
+import importlib.util
+import logging
+import os
+import platform
+import threading
+from typing import Any
+
+import torch
+from sqlalchemy import delete, update
+
+from backend.config import get_settings
+from backend.db import Worker, session_scope
+from backend.job.lifecycle import db_now
+from workers.ranks import data_parallel_processes
+from workers.training import device_description, use_bf16
+
+log = logging.getLogger(__name__)
+
+
+class _State:
+    name: str | None = None
+    queue = ""
+    stop = threading.Event()
+    thread: threading.Thread | None = None
+
+
+def registered_name() -> str | None:
+    """The name this process registered under (the Celery node name), if it did."""
+    return _State.name
+
+
+def ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def describe() -> dict[str, Any]:
+    """The columns that say what this machine can train with: device, precision, memory, libraries."""
+    cuda = torch.cuda.is_available()
+    gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())] if cuda else []
+    try:
+        processes: int | str = data_parallel_processes()
+    except ValueError as exc:  # a misconfigured count fails each job with this message; show it here too
+        processes = str(exc)
+    details = {
+        "gpu_count": len(gpus),
+        "gpus": [{"name": g.name, "memory_bytes": g.total_memory} for g in gpus],
+        "cpu_count": os.cpu_count(),
+        "ram_bytes": ram_bytes(),
+        "torch": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "bitsandbytes": importlib.util.find_spec("bitsandbytes") is not None,
+        "data_parallel_processes": processes,
+        "python": platform.python_version(),
+        "pid": os.getpid(),
+    }
+    return {
+        "device": device_description(),
+        "cuda": cuda,
+        "bf16": use_bf16(),
+        # What a model must fit in: the first GPU's memory, or RAM on a CPU worker.
+        "device_memory_bytes": gpus[0].total_memory if gpus else ram_bytes(),
+        "details": details,
+    }
+
+
+def register(name: str, queue: str) -> None:
+    """Insert or refresh this worker's row, with a fresh description and no job."""
+    with session_scope() as s:
+        now = db_now(s)
+        s.merge(
+            Worker(
+                name=name,
+                hostname=platform.node(),
+                queue=queue,
+                current_job_id=None,
+                started_at=now,
+                last_seen_at=now,
+                **describe(),
+            )
+        )
+
+
+def touch(**values: Any) -> None:
+    """Refresh `last_seen_at` (and set `values`); re-register if the row went missing."""
+    name = _State.name
+    if name is None:
+        return  # not a Celery worker (a test calling the task directly): nothing to report
+    with session_scope() as s:
+        res = s.execute(
+            update(Worker)
+            .where(Worker.name == name)
+            .values(last_seen_at=db_now(s), **values)
+            .execution_options(synchronize_session=False)
+        )
+        found = res.rowcount == 1  # type: ignore[attr-defined]
+    if not found:
+        register(name, _State.queue)
+        if values:
+            touch(**values)
+
+
+def set_current_job(job_id: int | None) -> None:
+    """Say which job this worker runs now (None: idle). Never fails the job: the registry is informative."""
+    try:
+        touch(current_job_id=job_id)
+    except Exception as exc:
+        log.warning("could not record job %s in the worker registry: %s", job_id, exc)
+
+
+def _beat() -> None:
+    name = _State.name
+    assert name is not None
+    try:
+        register(name, _State.queue)
+    except Exception as exc:  # the database may be starting too; the next beat registers
+        log.warning("worker registration failed (retrying): %s", exc)
+    while not _State.stop.wait(get_settings().heartbeat_seconds):
+        try:
+            touch()
+        except Exception as exc:  # a missed beat is retried; liveness allows a lease's worth of them
+            log.warning("worker registry beat failed: %s", exc)
+
+
+def start(name: str, queue: str) -> None:
+    """Register this process and keep its row fresh from a daemon thread (registration runs there too: a
+    pool child must answer Celery within seconds of starting, and describing a GPU can take longer)."""
+    _State.name, _State.queue = name, queue
+    _State.stop.clear()
+    _State.thread = threading.Thread(target=_beat, name="worker-registry", daemon=True)
+    _State.thread.start()
+
+
+def remove(name: str) -> None:
+    """Delete the row of worker `name` (a clean exit)."""
+    with session_scope() as s:
+        s.execute(delete(Worker).where(Worker.name == name))
+
+
+def stop() -> None:
+    """Stop beating and delete this process's row."""
+    name = _State.name
+    if name is None:
+        return
+    _State.stop.set()
+    if _State.thread is not None:
+        _State.thread.join(timeout=10)
+    _State.name = None
+    try:
+        remove(name)
+    except Exception as exc:
+        log.warning("could not remove worker %s from the registry: %s", name, exc)
