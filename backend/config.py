@@ -48,7 +48,24 @@ class Settings(BaseSettings):
     label_imbalance_ratio: float = Field(
         10.0, gt=1, description="Warn when the most frequent label outnumbers the rarest by more than this."
     )
+    max_model_upload_bytes: int = Field(
+        64 * 1024**3,
+        ge=1024,
+        description="Largest base-model upload (a zip of a Hugging Face directory or a .gguf file), and the "
+        "largest a zip may extract to (413 above).",
+    )
+    hub_endpoint: str = Field("https://huggingface.co", description="Hugging Face Hub the workers download from.")
+    hub_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a worker waits for the Hub to answer before a hub import fails."
+    )
     worker_name: str = ""
+    data_parallel_processes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes a training worker runs each job with (data parallel, one per device); 0 means one "
+        "per CUDA GPU, or 1 without CUDA. Above 1 on CPU, the processes talk over gloo.",
+    )
     cookie_secure: bool = False
 
     @model_validator(mode="after")

@@ -6,6 +6,8 @@ from backend.config import get_settings
 
 RUN_JOB = "studio.run_job"
 ANALYZE_DATASET = "studio.analyze_dataset"
+# De-quantize an uploaded GGUF or download a Hub model (runs on the analysis queue: minutes, not hours).
+IMPORT_MODEL = "studio.import_model"
 QUEUE = "studio"
 # Short tasks (token statistics, dry-run renders, hygiene) get their own queue and worker process, so they
 # never wait behind an hours-long training job.
@@ -58,3 +60,8 @@ def enqueue_job(job_id: int) -> None:
 def enqueue_analysis(analysis_id: int) -> None:
     """Send the analyze-dataset task. Call only after the DatasetAnalysis row is committed."""
     celery_app().send_task(ANALYZE_DATASET, args=[analysis_id], queue=ANALYSIS_QUEUE)
+
+
+def enqueue_import(model_id: int) -> None:
+    """Send the import-model task. Call only after the Model row (status "importing") is committed."""
+    celery_app().send_task(IMPORT_MODEL, args=[model_id], queue=ANALYSIS_QUEUE)

