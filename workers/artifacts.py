@@ -6,13 +6,15 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from backend.db import session_scope
 from backend.job.lifecycle import add_artifact, log_event
 from backend.model.service import register_model
 from workers.context import JobContext
+from workers.ranks import is_main
 
 LOAD_SNIPPETS = {
     "model": (
@@ -30,6 +32,14 @@ LOAD_SNIPPETS = {
 }
 
 
+METHODS = {
+    "lora": "LoRA adapter",
+    "qlora": "QLoRA adapter (LoRA trained on the 4-bit quantized base)",
+    "full": "Full fine-tune",
+    "freeze": "Fine-tune of the top {layers} layers",
+}
+
+
 def _loss(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "n/a"
 
@@ -42,16 +52,22 @@ def write_model_card(
     final_loss: float | None,
     final_eval_loss: float | None,
     details: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    loading: str | None = None,
 ) -> None:
-    """README.md describing how the weights in `directory` were made and how to load them."""
+    """README.md describing how the weights in `directory` were made and how to load them.
+
+    `metrics` are further final results (eval accuracy, reward margins), `loading` replaces the load snippet."""
     kind = "adapter" if what == "adapter" else "model"
     if ctx.kind == "pretrain":
         origin = f"Pretrained from random weights (architecture preset `{ctx.architecture}`)."
     else:
-        method = "LoRA adapter" if ctx.method == "lora" else "Full fine-tune"
+        method = METHODS.get(ctx.method, ctx.method).format(layers=ctx.hp.freeze_trainable_layers)
         origin = (
             f"{method} of base model **{ctx.base_model_name}** (`{ctx.base_model_path}`), objective `{ctx.objective}`."
         )
+        if what == "merged":
+            origin += " The adapter is merged into the base weights: this is a plain model, no peft needed."
     lines = [
         f"# {ctx.name}",
         "",
@@ -61,6 +77,7 @@ def write_model_card(
         *([f"- Validation dataset: **{v.name}** (sha256 `{v.sha256}`)"] if (v := ctx.validation_dataset) else []),
         f"- Final train loss: {_loss(final_loss)}",
         f"- Final eval loss: {_loss(final_eval_loss)}",
+        *(f"- Final {name.removeprefix('eval_')}: {_loss(value)}" for name, value in (metrics or {}).items()),
         f"- Made by Fine-Tuning Studio, job {ctx.job_id}",
         "",
         "## Hyperparameters",
@@ -72,7 +89,7 @@ def write_model_card(
         "## Loading",
         "",
         "```python",
-        LOAD_SNIPPETS[kind].rstrip("\n"),
+        (loading or LOAD_SNIPPETS[kind]).rstrip("\n"),
         "```",
         "",
     ]
@@ -98,8 +115,10 @@ def publish_directory(ctx: JobContext, directory: Path, zip_name: str) -> Path:
     return archive
 
 
-def register_base_model(ctx: JobContext, directory: Path) -> int:
+def register_base_model(ctx: JobContext, directory: Path) -> int | None:
     """Add the saved model directory to the owner's base-model list, so it can be fine-tuned next."""
+    if not is_main():
+        return None  # data parallel: rank 0 saved the directory and registers it
     with session_scope() as s:
         model = register_model(s, owner_id=ctx.owner_id, path=directory, name=ctx.name, source="job", job_id=ctx.job_id)
         model_id = model.id
@@ -116,6 +135,8 @@ def export(
     final_loss: float | None,
     final_eval_loss: float | None,
     details: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    loading: str | None = None,
 ) -> Path:
     """Save weights (safetensors), tokenizer and card to job dir/`what`, then publish `what`.zip.
 
@@ -123,11 +144,75 @@ def export(
     adapter_model.safetensors, loaded on top of its base model).
     """
     directory = ctx.output_dir / what
+    if not is_main():
+        return directory  # data parallel: every rank holds the same weights; rank 0 alone writes them
     # The Trainer turns the KV cache off for training; whoever loads the weights next wants it for generation.
     model.config.use_cache = True
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(directory)
     # Written last: PEFT's save_pretrained writes a README.md template of its own.
-    write_model_card(directory, ctx, what=what, final_loss=final_loss, final_eval_loss=final_eval_loss, details=details)
+    write_model_card(
+        directory,
+        ctx,
+        what=what,
+        final_loss=final_loss,
+        final_eval_loss=final_eval_loss,
+        details=details,
+        metrics=metrics,
+        loading=loading,
+    )
     publish_directory(ctx, directory, f"{what}.zip")
+    return directory
+
+
+def export_merged(
+    ctx: JobContext,
+    adapter_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    final_loss: float | None,
+    final_eval_loss: float | None,
+    auto_class: Any = AutoModelForCausalLM,
+    details: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    loading: str | None = None,
+    **load_kwargs: Any,
+) -> Path:
+    """Fold the saved adapter in `adapter_dir` into its base and publish the result as merged.zip: a plain
+    model (safetensors, tokenizer, card) that loads with `auto_class` alone and serves without peft.
+
+    The base is loaded fresh, in fp32 and on the CPU, whatever training ran in: merging W + scale·B·A into a
+    bf16 or 4-bit (QLoRA) copy would round the update away, and the GPU may still hold the trained model.
+    `load_kwargs` go to `from_pretrained` (e.g. num_labels for a classifier), `loading` replaces the card's
+    load snippet (which uses AutoModelForCausalLM)."""
+    directory = ctx.output_dir / "merged"
+    if not is_main():
+        return directory  # data parallel: rank 0 alone writes files
+    assert ctx.base_model_path is not None, "only a fine-tuned adapter has a base to merge into"
+    base = auto_class.from_pretrained(
+        ctx.base_model_path,
+        dtype=torch.float32,
+        use_safetensors=True,
+        local_files_only=True,
+        trust_remote_code=ctx.trust_remote_code,
+        **load_kwargs,
+    )
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.config.use_cache = True
+    merged.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(merged, "generation_config", None) is not None:  # a classifier has none
+        merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    merged.save_pretrained(str(directory))
+    tokenizer.save_pretrained(directory)
+    write_model_card(
+        directory,
+        ctx,
+        what="merged",
+        final_loss=final_loss,
+        final_eval_loss=final_eval_loss,
+        details=details,
+        metrics=metrics,
+        loading=loading,
+    )
+    publish_directory(ctx, directory, "merged.zip")
     return directory

@@ -9,11 +9,12 @@ are aligned with input_ids, not with the next token.
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from workers.examples import IGNORE_INDEX, Example
 
@@ -41,6 +42,22 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN
     )
+
+
+def borrowed_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model directory `path`, for pretraining: with an EOS to separate packed documents
+    and a pad token for the collator."""
+    # A missing directory would otherwise be taken for a Hub repo id; models are only ever local here.
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer model directory {path} does not exist (moved or deleted?)")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    if tokenizer.eos_token is None:
+        # The model is initialized for len(tokenizer) tokens, so a token added here gets an embedding row.
+        tokenizer.add_special_tokens({"eos_token": EOS_TOKEN})
+    if tokenizer.pad_token is None:
+        # Padded positions get label -100 and attention mask 0 from the collator: no extra token is needed.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def pack_blocks(docs: Iterable[Sequence[int]], eos_id: int, block_size: int) -> list[Example]:

@@ -1,18 +1,45 @@
 """Celery entry point: `celery -A workers.main worker --pool=prefork --concurrency=1 -Q studio`."""
 
-from celery.signals import worker_process_init
+import logging
+from typing import Any
+
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
 from backend.db.base import reset_engine
 from backend.queue import celery_app
+from workers import registry
 
+log = logging.getLogger(__name__)
 app = celery_app()
 
 # Importing the modules registers their tasks on `app` (the same instance: celery_app() is a singleton).
 import workers.analysis.tasks  # noqa: E402
+import workers.model_import  # noqa: E402
 import workers.tasks  # noqa: E402, F401
 
 
+def _queues() -> str:
+    """The queues this worker consumes (-Q), e.g. "studio" for training, "studio.analysis" for analysis."""
+    return ",".join(sorted(app.amqp.queues.consume_from or ())) or str(app.conf.task_default_queue)
+
+
 @worker_process_init.connect
-def _fresh_engine(**_: object) -> None:
-    """A forked pool child must not share the parent's database sockets."""
+def _fresh_engine(sender: str | None = None, **_: object) -> None:
+    """A forked pool child must not share the parent's database sockets; then it joins the worker registry
+    under the Celery node name (`sender`), as the process that runs the tasks and owns the device."""
     reset_engine()
+    registry.start(name=str(sender), queue=_queues())
+
+
+@worker_process_shutdown.connect
+def _leave_registry(**_: object) -> None:
+    registry.stop()
+
+
+@worker_shutdown.connect
+def _clear_registry(sender: Any = None, **_: object) -> None:
+    """In the main process, last: a pool child killed outright (out of memory) left its row behind."""
+    try:
+        registry.remove(str(sender.hostname))
+    except Exception as exc:  # shutting down regardless; a stale row only reads as not live
+        log.warning("could not clear the worker registry: %s", exc)

@@ -63,37 +63,67 @@ def transformer_layers(model: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
+def final_norms(model: nn.Module, layers: nn.ModuleList) -> list[nn.Module]:
+    """The norm applied after the stack of layers: a sibling of the stack whose name says norm (Llama's
+    model.norm, Phi's final_layernorm) or ln_f (GPT-2)."""
+    for parent in model.modules():
+        if any(child is layers for child in parent.children()):
+            return [
+                child
+                for name, child in parent.named_children()
+                if child is not layers and ("norm" in name.lower() or name == "ln_f")
+            ]
+    return []
+
+
 def freeze_bottom(model: nn.Module, trainable_layers: int, head_names: tuple[str, ...]) -> int:
     """Freeze everything but the top `trainable_layers` blocks, the final norm and the head; return how many
     blocks train. Lower layers hold general features, upper ones the task-specific ones."""
     layers = transformer_layers(model)
     n = min(trainable_layers, len(layers))
-    for p in model.parameters():
-        p.requires_grad = False
+    model.requires_grad_(False)
     for layer in list(layers)[len(layers) - n :]:
-        for p in layer.parameters():
-            p.requires_grad = True
+        layer.requires_grad_(True)
+    # The final norm rescales what the top layers output, and the head turns it into predictions: both train.
+    # (A head tied to the input embedding trains that embedding with it: they are one tensor.)
+    for norm in final_norms(model, layers):
+        norm.requires_grad_(True)
     for name, module in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        # "norm" is the final norm after the stack (Llama); the head turns hidden states into outputs.
-        if leaf in head_names or name in ("model.norm", "norm", "transformer.ln_f"):
-            for p in module.parameters():
-                p.requires_grad = True
+        if name.rsplit(".", 1)[-1] in head_names:
+            module.requires_grad_(True)
     return n
 
 
+def check_target_modules(model: nn.Module, targets: list[str]) -> None:
+    """Refuse LoRA target names that match no module: PEFT trains the ones that match and drops the others
+    without a word, so a typo would quietly train less than asked."""
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n}
+            - {"lm_head", "score", "classifier"}
+        )
+        raise ValueError(
+            f"lora_target_modules {', '.join(missing)} match no module of this model; "
+            f"its linear layers are: {', '.join(linear)}"
+        )
+
+
 def apply_method(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -> PreTrainedModel | PeftModel:
-    """Wrap or freeze `model` for the job's method and log how many parameters will train."""
+    """Wrap or freeze `model` for the job's method and log how many parameters will train.
+
+    Gradient checkpointing is not set here: the Trainer turns it on from the job's TrainingArguments
+    (`workers.training.training_arguments`), non-reentrant, which needs no input that requires a gradient."""
     hp = ctx.hp
-    if hp.gradient_checkpointing:
-        # Checkpointed blocks recompute activations in backward; with a frozen embedding the recomputed
-        # graph would have no input that needs grad, so inputs are marked to require it.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
     if ctx.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing)
+        # Freezes the 4-bit base and upcasts its few non-quantized weights (norms) to fp32 for stable sums;
+        # checkpointing is left to the Trainer, like every other method.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     head = ("score", "classifier") if task_type == TaskType.SEQ_CLS else ("lm_head",)
     if ctx.method in ADAPTER_METHODS:
+        if hp.lora_target_modules:
+            check_target_modules(model, hp.lora_target_modules)
         lora = LoraConfig(
             r=hp.lora_r,
             # The update B·A is scaled by alpha/r (alpha/sqrt(r) with rsLoRA, which keeps large ranks from

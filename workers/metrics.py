@@ -1,13 +1,21 @@
 """The bridge from `transformers.Trainer` to the job row: metrics, heartbeats, cancel and pause, guards."""
 
+import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+import numpy as np
+import psutil
+import torch
+from transformers import EvalPrediction, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from backend.job.lifecycle import beat, heartbeat, log_event, record_metrics, record_samples, update_job
+from workers.ranks import agree, is_main
 from workers.watch import answer
 
 # Keys of the one summary dict the Trainer logs when `train()` returns; they describe the run, not a step.
@@ -36,11 +44,14 @@ HEARTBEAT_SECONDS = 1.0
 # An eval loss must beat the best by this fraction to count as progress for early stopping: a gain of
 # 0.01% is float noise (or a plateau), not learning.
 MIN_IMPROVEMENT = 1e-4
+# The divergence guard also needs the loss this far (nats) above its best smoothed value.
+MIN_SPIKE = 0.5
 
 
 def check_in(job_id: int) -> None:
     """Renew the lease between preparation stages (tokenizing a large corpus takes a while); stop if cancelled."""
-    if heartbeat(job_id, step=0, total_steps=None):
+    # Data parallel: rank 0 asks, every rank gets its answer (see workers.ranks).
+    if agree("stop" if is_main() and heartbeat(job_id, step=0, total_steps=None) else "run") == "stop":
         raise Cancelled()
 
 
@@ -65,6 +76,7 @@ class Guards:
     divergence_factor: float = 4.0
     patience: int | None = None  # evals without a lower eval loss before stopping; None: never
     log_after: int = 0  # a resumed run already stored the points up to this step
+    rollbacks: int = 0  # on divergence, go back to the last checkpoint at half the learning rate this many times
 
 
 @dataclass
@@ -79,8 +91,9 @@ class JobCallback(TrainerCallback):
     """Write every log point to the job's metrics, beat the lease, stop on cancel or pause (after a
     checkpoint), on divergence and on early stopping; answer the watch prompts at every eval.
 
-    `outcome` says why training stopped early ("cancelled", "paused", "diverged", "early_stopped"), `reason`
-    says it in words for the events log."""
+    `outcome` says why training stopped early ("cancelled", "paused", "diverged", "early_stopped", or
+    "rollback": `rollback_to` is the checkpoint to continue from at half the learning rate), `reason` says it in
+    words for the events log."""
 
     def __init__(
         self,
@@ -100,6 +113,10 @@ class JobCallback(TrainerCallback):
         self._best_smoothed = math.inf
         self._best_eval = math.inf
         self._evals_without_gain = 0
+        self.rollback_to: Path | None = None
+        self.rollbacks_used = 0
+        self._halve_lr = False  # set by a rollback; applied once the Trainer has loaded the checkpoint
+        self._started = False
 
     @property
     def cancelled(self) -> bool:
@@ -108,20 +125,23 @@ class JobCallback(TrainerCallback):
     def _stop(self, control: TrainerControl, outcome: str, reason: str, *, save: bool = False) -> None:
         if self.outcome is None:
             self.outcome, self.reason = outcome, reason
-            log_event(self.job_id, reason, "error" if outcome == "diverged" else "info")
+            level = {"diverged": "error", "rollback": "warning"}.get(outcome, "info")
+            log_event(self.job_id, reason, level)
         control.should_training_stop = True
         # A pause must leave a checkpoint to resume from; a diverged model must not overwrite a good one.
-        control.should_save = save or (control.should_save and outcome != "diverged")
+        control.should_save = save or (control.should_save and outcome not in ("diverged", "rollback"))
 
     def _beat(
         self, state: TrainerState, control: TrainerControl, *, force: bool = False, step_end: bool = False
     ) -> None:
         # One short DB transaction per beat; throttled so fast steps (tiny models) don't hammer the database.
         now = time.monotonic()
-        if not force and now - self._last_beat < self.heartbeat_interval:
-            return
-        self._last_beat = now
-        signal = beat(self.job_id, step=state.global_step, total_steps=state.max_steps or None)
+        signal = "run"
+        if is_main() and (force or now - self._last_beat >= self.heartbeat_interval):
+            self._last_beat = now
+            signal = beat(self.job_id, step=state.global_step, total_steps=state.max_steps or None)
+        # Data parallel: only rank 0 reads the flags (on its own clock); all ranks must stop at the same step.
+        signal = agree(signal)
         if signal == "stop":
             self._stop(control, "cancelled", f"stopping at step {state.global_step} (cancel requested)")
         elif signal == "pause" and step_end and self.outcome is None:
@@ -129,8 +149,22 @@ class JobCallback(TrainerCallback):
             self._stop(control, "paused", f"pausing at step {state.global_step}: saving a checkpoint", save=True)
 
     def on_train_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        optimizer: torch.optim.Optimizer | None = None,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
     ) -> None:
+        # Called after the Trainer loaded any checkpoint: the step is the one this attempt really starts from
+        # (the claim guessed the job's last reported step; a checkpoint may be older), for the ETA's pace.
+        if not self._started:
+            self._started = True
+            update_job(self.job_id, start_step=state.global_step)
+        if self._halve_lr and optimizer is not None:
+            self._halve_lr = False
+            scale_learning_rate(optimizer, lr_scheduler, 0.5)
         # A cancel that arrived while the data was being prepared stops the run before its first step.
         self._beat(state, control, force=True)
 
@@ -169,27 +203,67 @@ class JobCallback(TrainerCallback):
             and model is not None
             and tokenizer is not None
             and state.global_step > self.guards.log_after
+            and is_main()  # generation needs no other rank, and only rank 0 stores the answers
         ):
             answers = [(p, answer(model, tokenizer, p, sft=self.watch.sft)) for p in self.watch.prompts]
             record_samples(self.job_id, state.global_step, answers)
 
-    def _check_divergence(self, state: TrainerState, control: TrainerControl, loss: float) -> None:
+    def _check_divergence(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, loss: float, scheduler: Any
+    ) -> None:
         step = state.global_step
         if not math.isfinite(loss):
-            self._stop(control, "diverged", f"loss became {loss} at step {step}; stopping (try a lower learning rate)")
+            self._diverged(args, state, control, f"loss became {loss} at step {step}", scheduler)
             return
         if step <= self.guards.warmup_steps:
             return  # the loss is still meant to move fast, and the learning rate is still rising
-        limit = self.guards.divergence_factor * self._best_smoothed
+        # A spike is a multiple of the best loss AND a real jump: a loss near 0 (DPO on easy pairs falls to
+        # ~1e-4) moving from 0.001 to 0.01 is noise, not divergence.
+        limit = max(self.guards.divergence_factor * self._best_smoothed, self._best_smoothed + MIN_SPIKE)
         if loss > limit:
-            reason = (
+            what = (
                 f"loss spiked to {loss:.4g} at step {step}, over {self.guards.divergence_factor:g}x its best "
-                f"smoothed value {self._best_smoothed:.4g}; stopping (try a lower learning rate)"
+                f"smoothed value {self._best_smoothed:.4g}"
             )
-            self._stop(control, "diverged", reason)
+            self._diverged(args, state, control, what, scheduler)
             return
         self._smoothed = loss if self._smoothed is None else (1 - SMOOTHING) * self._smoothed + SMOOTHING * loss
         self._best_smoothed = min(self._best_smoothed, self._smoothed)
+
+    def _diverged(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, what: str, scheduler: Any
+    ) -> None:
+        """Roll back to the newest checkpoint at half the learning rate while rollbacks are left, else stop."""
+        checkpoint = checkpoint_before(Path(args.output_dir), state.global_step)
+        if self.rollbacks_used < self.guards.rollbacks and checkpoint is not None and self.outcome is None:
+            self.rollbacks_used += 1
+            peak = peak_learning_rate(scheduler) or args.learning_rate
+            reason = (
+                f"{what}: rolled back to {checkpoint.name}, learning rate {peak:.3g} → {peak / 2:.3g} "
+                f"(rollback {self.rollbacks_used} of {self.guards.rollbacks})"
+            )
+            self.rollback_to = checkpoint
+            self._stop(control, "rollback", reason)
+            return
+        if not self.guards.rollbacks:
+            advice = "stopping (try a lower learning rate)"
+        elif checkpoint is None:
+            advice = "no checkpoint to roll back to yet; stopping (try a lower learning rate or fewer checkpoint_steps)"
+        else:
+            advice = f"all {self.guards.rollbacks} rollbacks used; stopping (try a lower learning rate)"
+        self._stop(control, "diverged", f"{what}; {advice}")
+
+    def begin_rollback(self, state: TrainerState) -> Path:
+        """Ready for the run from the checkpoint a divergence chose: the learning rate is halved once the
+        Trainer has loaded it, and the steps re-run after it are not plotted twice. Returns the checkpoint."""
+        assert self.rollback_to is not None, "no rollback was decided"
+        checkpoint, self.rollback_to = self.rollback_to, None
+        self.outcome, self.reason = None, ""
+        self._halve_lr = True
+        # The abandoned steps up to the divergence are already stored (the spike that caused it among them);
+        # the re-run's points start after it, so every step keeps one point.
+        self.guards.log_after = max(self.guards.log_after, state.global_step)
+        return checkpoint
 
     def on_log(
         self,
@@ -202,7 +276,8 @@ class JobCallback(TrainerCallback):
         logs = logs or {}
         if "loss" in logs:
             loss = logs["loss"]
-            self._check_divergence(state, control, float(loss.item() if hasattr(loss, "item") else loss))
+            loss = float(loss.item() if hasattr(loss, "item") else loss)
+            self._check_divergence(args, state, control, loss, kwargs.get("lr_scheduler"))
         values = numeric_values(logs)
         if SUMMARY_KEYS & values.keys():
             # The end-of-run summary: its train_loss averages the whole run, which would be a misleading
@@ -217,3 +292,169 @@ class JobCallback(TrainerCallback):
         final = {k: v for k, v in final.items() if v is not None}
         if final:
             update_job(self.job_id, **final)
+
+
+# --- rollback: back to a checkpoint, on at half the learning rate ----------------------------------------------
+
+
+def checkpoint_before(output_dir: Path, step: int) -> Path | None:
+    """The newest complete checkpoint in `output_dir` saved before `step` (None if there is none)."""
+    saved = [
+        (int(path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), path)
+        for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit() and (path / "trainer_state.json").is_file()
+    ]
+    earlier = [(n, path) for n, path in saved if n < step]
+    return max(earlier)[1] if earlier else None
+
+
+def _inner_scheduler(scheduler: Any) -> Any:
+    return getattr(scheduler, "scheduler", scheduler)  # accelerate may wrap the torch scheduler
+
+
+def peak_learning_rate(scheduler: Any) -> float | None:
+    """The schedule's peak learning rate (its base: lr = base x warmup/decay factor of the step)."""
+    base_lrs = getattr(_inner_scheduler(scheduler), "base_lrs", None)
+    return float(base_lrs[0]) if base_lrs else None
+
+
+def scale_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -> None:
+    """Multiply the learning rate, now and for the rest of the schedule, by `factor`.
+
+    Loading a checkpoint restores both the optimizer's current lr and the scheduler's base_lrs, from which it
+    recomputes every later lr (base x schedule factor): scaling only the optimizer would be undone at the next
+    step, so both change here, after the load."""
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+        if "initial_lr" in group:
+            group["initial_lr"] *= factor
+    inner = _inner_scheduler(scheduler)
+    if inner is not None and hasattr(inner, "base_lrs"):
+        inner.base_lrs = [lr * factor for lr in inner.base_lrs]
+        # What get_last_lr() reports (the Trainer logs it) until the scheduler's next step recomputes it.
+        inner._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+# --- what each logged point carries besides the Trainer's loss, learning rate and grad norm ------------------------
+
+# A checkpoint's token counts, beside the Trainer's files: a resumed or rolled-back run continues from them.
+TOKENS_FILE = "studio_tokens.json"
+MB = 2**20
+
+
+class TokenMeter(TrainerCallback):
+    """Token counts, throughput and memory for every logged training point.
+
+    The trainer hands it each micro-batch (`count`); `point()` turns what accumulated since the previous point
+    into metric values: `tokens_seen` (non-padding input tokens, cumulative), `supervised_tokens` (tokens whose
+    prediction carries loss, cumulative), `tokens_per_second` (input tokens over the time spent in training
+    steps, so evaluations and checkpoint saves do not count as slowness), and `memory_mb`: on a GPU the peak
+    CUDA memory allocated since the previous point (what decides an out-of-memory error), on a CPU worker the
+    process's resident memory. One key for both, so a chart compares runs; the job's device says which."""
+
+    def __init__(self) -> None:
+        self.tokens_seen = 0
+        self.supervised_tokens = 0
+        # [input, supervised] tokens since the previous point, kept on the batch's device: reading a GPU
+        # number forces a sync, so it happens once per logged point, not once per micro-batch.
+        self._pending: torch.Tensor | None = None
+        self._seconds = 0.0
+        self._step_began: float | None = None
+
+    def count(self, inputs: dict[str, Any]) -> None:
+        """Add one micro-batch (the collated tensors, before the forward pass)."""
+        ids, mask, labels = inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("labels")
+        if ids is None:
+            return
+        n_input = mask.sum() if mask is not None else torch.tensor(ids.numel(), device=ids.device)
+        if labels is not None and labels.dim() == 2:
+            # Causal LMs shift the labels: position t predicts token t+1, so the first label never carries loss.
+            n_supervised = (labels[:, 1:] != -100).sum()
+        elif inputs.get("completion_mask") is not None:  # preference pairs: the answers' tokens
+            n_supervised = inputs["completion_mask"].sum()
+        else:
+            n_supervised = torch.zeros((), dtype=torch.long, device=ids.device)
+        counts = torch.stack([n_input.to(ids.device, torch.long), n_supervised.to(ids.device, torch.long)])
+        self._pending = counts if self._pending is None else self._pending + counts
+
+    def point(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+        """The values of one logged point; `reduce` sums a tensor over data-parallel processes."""
+        pending = self._pending if self._pending is not None else torch.zeros(2, dtype=torch.long)
+        if reduce is not None:
+            pending = reduce(pending)
+        n_input, n_supervised = (int(n) for n in pending.tolist())
+        self._pending = None
+        self.tokens_seen += n_input
+        self.supervised_tokens += n_supervised
+        values = {"tokens_seen": float(self.tokens_seen), "supervised_tokens": float(self.supervised_tokens)}
+        if self._seconds > 0:
+            values["tokens_per_second"] = n_input / self._seconds
+        self._seconds = 0.0
+        if torch.cuda.is_available():
+            values["memory_mb"] = torch.cuda.max_memory_allocated() / MB
+            torch.cuda.reset_peak_memory_stats()  # the next point reports its own interval's peak
+        else:
+            values["memory_mb"] = psutil.Process().memory_info().rss / MB
+        return values
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # A run from a checkpoint (resume or rollback) continues the counts saved with it.
+        self._pending, self._seconds, self._step_began = None, 0.0, None
+        saved = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / TOKENS_FILE
+        counts = json.loads(saved.read_text()) if state.global_step and saved.is_file() else {}
+        self.tokens_seen = int(counts.get("tokens_seen", 0))
+        self.supervised_tokens = int(counts.get("supervised_tokens", 0))
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._step_began = time.perf_counter()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self._step_began is not None:
+            self._seconds += time.perf_counter() - self._step_began
+            self._step_began = None
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if not args.should_save:
+            return  # data parallel: one process writes the checkpoint
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            # Normally nothing is pending here (the step was logged just before); counted if it is (logging_steps > 1).
+            pending = [0, 0] if self._pending is None else [int(n) for n in self._pending.tolist()]
+            counts = {
+                "tokens_seen": self.tokens_seen + pending[0],
+                "supervised_tokens": self.supervised_tokens + pending[1],
+            }
+            (folder / TOKENS_FILE).write_text(json.dumps(counts))
+
+
+# exp() of a loss above this overflows a float64; such a model is guessing among more tokens than exist anyway.
+MAX_LOG_PERPLEXITY = 700.0
+
+
+def perplexity(loss: float) -> float | None:
+    """exp(mean cross-entropy): the number of equally likely tokens the model is choosing among."""
+    return math.exp(loss) if math.isfinite(loss) and loss < MAX_LOG_PERPLEXITY else None
+
+
+def argmax_logits(logits: torch.Tensor | tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+    """Each position's predicted token id: evaluation keeps these instead of batch x length x vocab logits."""
+    if isinstance(logits, tuple):  # some models return (logits, past_key_values, ...)
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def token_accuracy(prediction: EvalPrediction) -> dict[str, float]:
+    """Share of supervised positions whose greedy prediction is the label (SFT: the response tokens)."""
+    predicted = np.asarray(prediction.predictions)
+    labels = np.asarray(prediction.label_ids)
+    # Logits at position t predict token t+1. Batches of different lengths were padded with -100 to one
+    # width, predictions and labels alike, so padding is never a supervised position.
+    predicted, target = predicted[:, :-1], labels[:, 1:]
+    supervised = target != -100
+    if not supervised.any():
+        return {}
+    return {"token_accuracy": float((predicted[supervised] == target[supervised]).mean())}

@@ -14,8 +14,11 @@ from backend.config import get_settings
 from backend.job.checkpoints import latest_checkpoint
 from backend.job.lifecycle import claim_job, finish_job, log_event, renew_lease, update_job
 from backend.queue import RUN_JOB
-from workers.context import load_context
+from workers import registry
+from workers.context import JobContext, load_context
+from workers.distributed import RankFailed, run_data_parallel
 from workers.metrics import Cancelled, Diverged, Paused
+from workers.ranks import data_parallel_processes
 from workers.recipes import recipe_for
 from workers.training import device_description, release_memory
 
@@ -25,7 +28,7 @@ TRACEBACK_LINES = 15
 
 
 def worker_name() -> str:
-    return get_settings().worker_name or f"{socket.gethostname()}:{os.getpid()}"
+    return get_settings().worker_name or registry.registered_name() or f"{socket.gethostname()}:{os.getpid()}"
 
 
 @contextmanager
@@ -50,6 +53,24 @@ def keep_lease(job_id: int) -> Iterator[None]:
         thread.join()
 
 
+def run_recipe(ctx: JobContext) -> None:
+    """Train in this process, or in one process per device (data parallel) when the worker has several."""
+    processes = data_parallel_processes()
+    device = device_description()
+    update_job(ctx.job_id, device=f"{processes} x {device}, data parallel" if processes > 1 else device)
+    if processes > 1:
+        run_data_parallel(ctx, processes)
+    else:
+        recipe_for(ctx)(ctx)
+
+
+def failure(exc: Exception) -> tuple[str, str]:
+    """(error type, traceback tail) of a failed run: a data-parallel rank's own, not the launcher's."""
+    if isinstance(exc, RankFailed):
+        return exc.error_type, exc.tail
+    return type(exc).__name__, "".join(traceback.format_exc().splitlines(keepends=True)[-TRACEBACK_LINES:])
+
+
 # A shared task binds to the app that loads this module (workers.main), so importing it reads no settings.
 @shared_task(name=RUN_JOB)
 def run_job(job_id: int) -> str:
@@ -62,11 +83,10 @@ def run_job(job_id: int) -> str:
         # Celery may deliver a task twice (acks_late, redelivery); the database claim decides who runs it.
         log.info("job %s is not queued (already claimed, finished or cancelled); skipping", job_id)
         return "skipped"
+    registry.set_current_job(job_id)
     try:
         with keep_lease(job_id):
-            ctx = load_context(job_id)
-            update_job(job_id, device=device_description())
-            recipe_for(ctx)(ctx)
+            run_recipe(load_context(job_id))
     except Cancelled:
         finish_job(job_id, "cancelled")
         return "cancelled"
@@ -83,11 +103,12 @@ def run_job(job_id: int) -> str:
         return "failed"
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        tail = "".join(traceback.format_exc().splitlines(keepends=True)[-TRACEBACK_LINES:])
+        error_type, tail = failure(exc)
         log_event(job_id, tail.rstrip(), "error")
-        finish_job(job_id, "failed", error=str(exc), message=f"failed: {type(exc).__name__}: {exc}")
+        finish_job(job_id, "failed", error=str(exc), message=f"failed: {error_type}: {exc}")
         return "failed"
     finally:
         release_memory()
+        registry.set_current_job(None)
     finish_job(job_id, "succeeded")
     return "succeeded"

@@ -10,11 +10,24 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments
 
+from backend.job.estimate import flops_per_token, model_shape
 from backend.job.lifecycle import last_metric_step, log_event, update_job
 from workers.context import JobContext
 from workers.data import PadCollator
 from workers.examples import Example
-from workers.metrics import Cancelled, Diverged, Guards, JobCallback, Paused, Watch
+from workers.metrics import (
+    Cancelled,
+    Diverged,
+    Guards,
+    JobCallback,
+    Paused,
+    TokenMeter,
+    Watch,
+    argmax_logits,
+    perplexity,
+    token_accuracy,
+)
+from workers.ranks import per_device_batch_size, world_size
 
 
 def use_bf16() -> bool:
@@ -38,10 +51,15 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 
 
 def total_steps(ctx: JobContext, n_train: int) -> int:
-    """Optimizer steps the run will take, computed the way the Trainer does (no gradient accumulation)."""
+    """Optimizer steps the run will take, computed the way the Trainer does."""
     if ctx.hp.max_steps is not None:
         return ctx.hp.max_steps
-    steps_per_epoch = math.ceil(n_train / ctx.hp.batch_size)
+    # Data parallel: each rank takes per-device batches in turn (accelerate evens them out), so a step still
+    # consumes about batch_size examples in all.
+    batches = math.ceil(math.ceil(n_train / per_device_batch_size(ctx.hp.batch_size)) / world_size())
+    # An optimizer step sums the gradients of gradient_accumulation_steps batches; a last, shorter group of
+    # batches at the epoch's end still makes a step.
+    steps_per_epoch = math.ceil(batches / ctx.hp.gradient_accumulation_steps)
     return max(1, math.ceil((ctx.hp.epochs or 1.0) * steps_per_epoch))
 
 
@@ -64,13 +82,23 @@ def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> Trai
         lr_scheduler_type="linear",
         warmup_steps=hp.warmup_steps,
         weight_decay=hp.weight_decay,
-        per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.batch_size,
+        # batch_size is the whole step's batch: split over the data-parallel processes (1 outside one).
+        per_device_train_batch_size=per_device_batch_size(hp.batch_size),
+        per_device_eval_batch_size=per_device_batch_size(hp.batch_size),
         logging_steps=hp.logging_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_steps if has_eval else None,
-        # Eval needs only the loss; keeping logits would hold batch x length x vocab floats per batch.
-        prediction_loss_only=True,
+        # Eval needs only the loss, except SFT's token accuracy, which keeps each position's argmax (never the
+        # batch x length x vocab logits: see preprocess_logits_for_metrics in build_trainer).
+        prediction_loss_only=ctx.objective != "sft",
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        # Recompute each block's activations in the backward pass instead of keeping them. Non-reentrant
+        # checkpointing also works when no input needs a gradient (LoRA's frozen embeddings).
+        activation_checkpointing=hp.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
+        # The Trainer would log a NaN/inf loss as the average of earlier ones, hiding it from the divergence
+        # guard: a model whose weights became NaN would go on "training" at a plausible loss.
+        logging_nan_inf_filter=False,
         # Always "steps": the Trainer then also saves at the last step, and a pause saves wherever it lands.
         save_strategy="steps",
         save_steps=hp.checkpoint_steps or NEVER,
@@ -79,11 +107,47 @@ def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> Trai
         seed=hp.seed,
         bf16=use_bf16(),
         use_cpu=not cuda,
+        ddp_backend="gloo" if world_size() > 1 and not cuda else None,  # NCCL needs GPUs; accelerate may pick MPI
+        # Every trainable weight gets a gradient at every step: DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
         dataloader_num_workers=0,  # examples are in-memory lists; worker processes would only add forks
         remove_unused_columns=False,  # the collator already yields exactly what the model takes
         report_to="none",
         disable_tqdm=True,
     )
+
+
+class MeteredTrainer(Trainer):
+    """A Trainer whose logged training points also carry token counts, tokens per second and memory
+    (`workers.metrics.TokenMeter`), and whose eval points carry perplexity when the loss is a language model's."""
+
+    def __init__(self, *args: Any, meter: TokenMeter, perplexity: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.meter = meter
+        self.report_perplexity = perplexity
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        self.meter.count(inputs)  # every micro-batch, gradient accumulation included
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training point (an eval point has eval_loss, the end-of-run summary train_loss)
+            # Data parallel: each process counted its own share of the batches; the point reports their sum.
+            logs.update(self.meter.point(lambda t: self.accelerator.reduce(t.to(self.args.device), reduction="sum")))
+        if self.report_perplexity and "eval_loss" in logs:
+            value = perplexity(logs["eval_loss"])
+            if value is not None:
+                logs["eval_perplexity"] = value
+        super().log(logs, start_time)
+
+
+def metered(trainer_class: type[Trainer]) -> type[MeteredTrainer]:
+    """`trainer_class` with MeteredTrainer's additions: a recipe may bring its own Trainer (trl's DPOTrainer)."""
+    if issubclass(trainer_class, MeteredTrainer):
+        return trainer_class
+    return type(f"Metered{trainer_class.__name__}", (MeteredTrainer, trainer_class), {})
 
 
 def build_trainer(
@@ -92,8 +156,15 @@ def build_trainer(
     tokenizer: PreTrainedTokenizerBase,
     train_set: list[Example],
     eval_set: list[Example],
+    *,
+    trainer_class: type[Trainer] = Trainer,
+    **options: Any,
 ) -> tuple[Trainer, JobCallback]:
-    """A Trainer wired to the job: metrics and heartbeats go to the database through the callback."""
+    """A Trainer wired to the job: metrics and heartbeats go to the database through the callback.
+
+    `trainer_class` (a subclass such as trl's DPOTrainer) and `options` (its keywords: `args`, `data_collator`,
+    `compute_metrics`, `ref_model`, ...) replace the defaults below; the callback and its guards stay.
+    """
     if not train_set:
         raise ValueError("no training examples left after tokenization; check the dataset and max_length")
     guards = Guards(
@@ -102,20 +173,29 @@ def build_trainer(
         patience=ctx.hp.early_stopping_patience,
         # A resumed run repeats the steps between its checkpoint and where it stopped: plot each step once.
         log_after=last_metric_step(ctx.job_id) if ctx.resume_checkpoint else 0,
+        rollbacks=ctx.hp.divergence_rollbacks,
     )
     watch = Watch(prompts=ctx.watch_prompts, sft=ctx.objective == "sft")
     callback = JobCallback(ctx.job_id, guards=guards, watch=watch)
+    meter = TokenMeter()
     pad_id = tokenizer.pad_token_id
     assert pad_id is not None, "the recipe must give the tokenizer a pad token"
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(ctx, n_train=len(train_set), has_eval=bool(eval_set)),
-        data_collator=PadCollator(pad_id),
-        train_dataset=train_set,  # type: ignore[arg-type]  # a list is a map-style dataset
-        eval_dataset=eval_set or None,  # type: ignore[arg-type]
-        processing_class=tokenizer,
-        callbacks=[callback],
-    )
+    defaults: dict[str, Any] = {
+        "model": model,
+        "args": training_arguments(ctx, n_train=len(train_set), has_eval=bool(eval_set)),
+        "data_collator": PadCollator(pad_id),
+        "train_dataset": train_set,  # a list is a map-style dataset
+        "eval_dataset": eval_set or None,
+        "processing_class": tokenizer,
+        "callbacks": [callback, meter],
+        "meter": meter,
+        # Perplexity is exp(cross-entropy per token): it means something for next-token losses only.
+        "perplexity": ctx.objective in ("causal_lm", "sft"),
+    }
+    if ctx.objective == "sft":
+        # Token accuracy on the response tokens; the Trainer keeps each batch's argmax, not its logits.
+        defaults |= {"compute_metrics": token_accuracy, "preprocess_logits_for_metrics": argmax_logits}
+    trainer = metered(trainer_class)(**(defaults | options))
     # With tqdm disabled the Trainer prints every log dict to stdout; the database already holds them all.
     trainer.remove_callback(PrinterCallback)
     return trainer, callback
@@ -123,10 +203,21 @@ def build_trainer(
 
 def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = None) -> None:
     """Run the loop (continuing from checkpoint `resume_from`: weights, optimizer, scheduler, RNG and step);
-    raise Cancelled, Paused or Diverged if it stopped for that; end with an eval of the final weights."""
+    raise Cancelled, Paused or Diverged if it stopped for that; end with an eval of the final weights.
+
+    A divergence with rollbacks left (`divergence_rollbacks`) runs the loop again from the last checkpoint, at
+    half the learning rate (see JobCallback.begin_rollback)."""
     if resume_from is not None:
         log_event(callback.job_id, f"resuming from {resume_from.name}")
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    checkpoint = resume_from
+    while True:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if callback.outcome != "rollback":
+            break
+        checkpoint = callback.begin_rollback(trainer.state)
+        # A fresh optimizer and scheduler, which the Trainer fills from the checkpoint (moments, step, schedule)
+        # before the callback halves the learning rate; the old ones would be wrapped by accelerate twice.
+        trainer.optimizer, trainer.lr_scheduler = None, None
     if callback.outcome == "cancelled":
         raise Cancelled()
     if callback.outcome == "paused":
@@ -141,11 +232,18 @@ def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = No
 def record_resolved_config(ctx: JobContext, model: nn.Module, **extra: Any) -> None:
     """Store what will actually run: resolved hyperparameters, data hash, versions, parameter counts."""
     trainable, total = parameter_counts(model)
+    # The same accounting as the estimate before launch, so estimate, compare page and run agree.
+    model_config = getattr(model, "config", None)  # a PeftModel forwards to its base's config
+    shape = model_shape(model_config.to_dict() if model_config is not None else {})
     config = {
         **ctx.summary(),
         "parameters": {"trainable": trainable, "total": total},
-        "libraries": {name: version(name) for name in ("torch", "transformers", "peft", "tokenizers")},
+        "flops_per_token": flops_per_token(shape, total, trainable, ctx.hp.max_length),
+        "libraries": {
+            name: version(name) for name in ("torch", "transformers", "peft", "trl", "accelerate", "tokenizers")
+        },
         "device": device_description(),
+        "world_size": world_size(),
         "precision": "bf16" if use_bf16() else "fp32",
         **extra,
     }

@@ -4,10 +4,13 @@ The database is the source of truth for state, leases and claims (the broker may
 lose it). Functions without a `session` argument commit on their own and then publish a live update.
 """
 
+import functools
 import hashlib
+import os
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -15,6 +18,21 @@ from sqlalchemy.orm import Session
 from backend.config import get_settings
 from backend.db import Artifact, Job, JobEvent, JobMetric, JobSample, session_scope, utcnow
 from backend.events import publish
+
+P = ParamSpec("P")
+# Set by workers.distributed in each process of a data-parallel run (torchrun's RANK; this module stays torch-free).
+RANK_ENV = "STUDIO_DATA_PARALLEL_RANK"
+
+
+def main_rank_only(writer: Callable[P, None]) -> Callable[P, None]:
+    """Every rank of a data-parallel run executes the recipe; only rank 0 writes the job's rows."""
+
+    @functools.wraps(writer)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        if os.environ.get(RANK_ENV, "0") == "0":
+            writer(*args, **kwargs)
+
+    return guarded
 
 
 def add_event(session: Session, job_id: int, message: str, level: str = "info") -> None:
@@ -33,6 +51,7 @@ def db_now(session: Session) -> datetime:
     return utcnow()
 
 
+@main_rank_only
 def log_event(job_id: int, message: str, level: str = "info") -> None:
     """Append a line to the job's events log (committed and published)."""
     with session_scope() as s:
@@ -47,7 +66,8 @@ def claim_job(job_id: int, worker: str) -> bool:
         res = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-            .values(status="running", worker=worker, started_at=now, heartbeat_at=now)
+            # start_step: a resumed job continues its step count; the ETA measures this attempt's pace from here.
+            .values(status="running", worker=worker, started_at=now, heartbeat_at=now, start_step=Job.current_step)
             .execution_options(synchronize_session=False)
         )
         claimed = res.rowcount == 1  # type: ignore[attr-defined]
@@ -91,12 +111,14 @@ def renew_lease(job_id: int) -> None:
         )
 
 
+@main_rank_only
 def update_job(job_id: int, **values: Any) -> None:
     with session_scope() as s:
         s.execute(update(Job).where(Job.id == job_id).values(**values).execution_options(synchronize_session=False))
     publish(job_id)
 
 
+@main_rank_only
 def record_metrics(job_id: int, step: int, values: dict[str, float]) -> None:
     """Store one logged point (durable first), then publish it."""
     with session_scope() as s:
@@ -110,6 +132,7 @@ def last_metric_step(job_id: int) -> int:
         return s.scalar(select(func.max(JobMetric.step)).where(JobMetric.job_id == job_id)) or 0
 
 
+@main_rank_only
 def record_samples(job_id: int, step: int, answers: list[tuple[str, str]]) -> None:
     """Store the watch prompts' (prompt, output) answers at one eval step, then publish."""
     with session_scope() as s:
@@ -117,6 +140,7 @@ def record_samples(job_id: int, step: int, answers: list[tuple[str, str]]) -> No
     publish(job_id)
 
 
+@main_rank_only
 def add_artifact(job_id: int, path: Path) -> None:
     """Register a finished file under the job; its name is the file name (e.g. adapter.zip)."""
     digest = hashlib.sha256()

@@ -28,7 +28,13 @@ class Hyperparameters(BaseModel):
     learning_rate: float = Field(
         3e-4, gt=0, le=1.0, description="Peak learning rate (linear warmup, then linear decay)."
     )
-    batch_size: int = Field(8, ge=1, le=4096, description="Sequences per optimizer step.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Sequences per micro-batch (over all data-parallel processes); "
+        "an optimizer step sees batch_size x gradient_accumulation_steps.",
+    )
     max_length: int = Field(
         256, ge=8, le=32768, description="Tokens per sequence: block size when packing, cut-off for SFT."
     )

@@ -11,6 +11,7 @@ from backend.errors import Invalid, NotFound
 from backend.job.lifecycle import add_event
 from backend.job.schemas import JobCreate, JobRead
 from backend.model.service import ready_model
+from backend.worker.service import require_qlora_worker
 
 
 def _visible(user: User) -> bool:
@@ -92,6 +93,8 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
                 f"validation dataset {validation.id} is {validation.shape}, the training data is {dataset.shape}",
                 field="validation_dataset_id",
             )
+    if data.method == "qlora":
+        require_qlora_worker(session)  # 4-bit weights need CUDA and bitsandbytes; a CPU worker would fail it
     job = Job(
         owner_id=user.id,
         name=data.name or f"{data.kind}-{dataset.name}"[:200],
@@ -153,9 +156,12 @@ def to_read(session: Session, job: Job) -> JobRead:
 
 
 def eta_seconds(job: Job, now: datetime) -> float | None:
-    if job.status != "running" or not job.started_at or not job.total_steps or job.current_step < 1:
+    """Seconds left at this attempt's pace: time since it started over the steps it has run since."""
+    # A resumed job's clock restarts at its claim while its step count continues from start_step.
+    done = job.current_step - (job.start_step or 0)
+    if job.status != "running" or not job.started_at or not job.total_steps or done < 1:
         return None
-    per_step = (now - job.started_at).total_seconds() / job.current_step
+    per_step = (now - job.started_at).total_seconds() / done
     return max(0.0, per_step * (job.total_steps - job.current_step))
 
 

@@ -1,6 +1,7 @@
 """Fine-tuning the pretrained tiny model: LoRA on instructions (adapter.zip), full on text (model.zip)."""
 
 import json
+import math
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,8 @@ from sqlalchemy import select
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from backend.db import Artifact, Job, JobEvent, JobMetric, Model, session_scope
-from tests.workers.support import Pretrained, Seed, create_job, studio_env
-from workers.examples import ALPACA_TEMPLATE
+from tests.workers.support import Pretrained, Seed, add_dataset, create_job, studio_env
+from workers.examples import ALPACA_TEMPLATE, format_prompt
 from workers.tasks import run_job
 
 FINETUNE_HP = {
@@ -131,3 +132,72 @@ def test_full_causal_lm_finetune_writes_a_new_base_model(seed: Seed, pretrained:
     tuned_weights, base_weights = tuned.state_dict(), base.state_dict()
     assert any(not torch.equal(tuned_weights[k], base_weights[k]) for k in base_weights)
     generate(tuned, AutoTokenizer.from_pretrained(tmp_path), "The lion")
+
+
+def test_lora_sft_evals_report_token_accuracy_and_perplexity(lora_job: int) -> None:
+    with session_scope() as s:
+        evals = [
+            m.values
+            for m in s.scalars(select(JobMetric).where(JobMetric.job_id == lora_job))
+            if "eval_loss" in m.values
+        ]
+    assert evals
+    for point in evals:
+        assert 0.0 <= point["eval_token_accuracy"] <= 1.0
+        assert point["eval_perplexity"] == pytest.approx(math.exp(point["eval_loss"]))
+
+
+def test_merged_zip_generates_what_base_plus_adapter_generates(
+    lora_job: int, pretrained: Pretrained, tmp_path: Path
+) -> None:
+    names = unzip_artifact(lora_job, "merged.zip", tmp_path / "merged")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
+    assert not any(n.startswith("adapter_") for n in names)  # a plain model: no peft needed to load it
+    assert "merged into the base weights" in (tmp_path / "merged" / "README.md").read_text()
+    unzip_artifact(lora_job, "adapter.zip", tmp_path / "adapter")
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert merged.dtype == torch.float32
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(pretrained.model_path), tmp_path / "adapter"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    for prompt in ("Reverse the word: cat", "Name a colour."):
+        text = ALPACA_TEMPLATE.format(prompt=prompt)
+        assert torch.equal(generate(merged, tokenizer, text), generate(adapted, tokenizer, text))
+    # The merge really holds the update: the merged weights differ from the base where LoRA adapted it.
+    base = AutoModelForCausalLM.from_pretrained(pretrained.model_path).state_dict()
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[q_proj], base[q_proj])
+
+
+# A toy task a 1M-parameter model masters in a few dozen steps: a fixed short answer per instruction.
+TOY_ANSWERS = {"Say yes.": "yes", "Say no.": "no", "Greet me.": "hello there", "Count to three.": "one two three"}
+
+
+def test_generation_stops_at_eos_after_sft(seed: Seed, pretrained: Pretrained, tmp_path: Path) -> None:
+    records = [{"prompt": p, "completion": c} for p, c in TOY_ANSWERS.items()] * 8
+    source = tmp_path / "toy_answers.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    job_id = create_job(
+        seed,
+        kind="finetune",
+        method="full",
+        objective="sft",
+        dataset_id=add_dataset(seed.user_id, source),
+        base_model_id=pretrained.model_id,
+        hyperparameters={**FINETUNE_HP, "max_steps": 60, "learning_rate": 3e-3, "validation_fraction": 0.0},
+    )
+    assert run_job(job_id) == "succeeded"
+    unzip_artifact(job_id, "model.zip", tmp_path / "model")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    budget = 16
+    for prompt, expected in TOY_ANSWERS.items():
+        inputs = tokenizer(format_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=budget, do_sample=False)
+        new = out[0, inputs["input_ids"].shape[1] :].tolist()
+        # The answer, then EOS, well inside the budget: SFT trained the stop, not only the words.
+        assert new[-1] == tokenizer.eos_token_id and len(new) < budget, tokenizer.decode(new)
+        assert tokenizer.decode(new, skip_special_tokens=True).strip() == expected

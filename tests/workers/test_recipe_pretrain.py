@@ -9,7 +9,9 @@ from sqlalchemy import select
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from backend.db import Artifact, Job, JobEvent, JobMetric, Model, session_scope
-from tests.workers.support import PRETRAIN_HP, Pretrained
+from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job
+from tests.workers.tokenizers import byte_tokenizer
+from workers.tasks import run_job
 
 
 def losses(job_id: int) -> list[float]:
@@ -74,3 +76,33 @@ def test_model_zip_reloads_and_generates(pretrained: Pretrained, tmp_path: Path)
     assert out.shape[1] > inputs["input_ids"].shape[1]
     assert isinstance(tokenizer.decode(out[0]), str)
     assert "tiny-fables" in (tmp_path / "README.md").read_text()
+
+
+def test_pretrain_reuses_another_models_tokenizer(seed: Seed, tmp_path: Path) -> None:
+    # A tokenizer of one token per byte, saved without a pad token: nothing like the one the corpus would train.
+    borrowed = byte_tokenizer()
+    borrowed.pad_token = None
+    borrowed.save_pretrained(tmp_path / "donor")
+    with session_scope() as s:
+        donor = Model(owner_id=seed.user_id, name="byte-donor", source="local", path=str(tmp_path / "donor"))
+        s.add(donor)
+        s.flush()
+        donor_id = donor.id
+    hp = {**PRETRAIN_HP, "max_steps": 4, "eval_steps": 4}
+    job_id = create_job(seed, kind="pretrain", architecture="tiny", tokenizer_model_id=donor_id, hyperparameters=hp)
+    assert run_job(job_id) == "succeeded"
+
+    with session_scope() as s:
+        messages = [e.message for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
+        artifact = s.scalars(select(Artifact).where(Artifact.job_id == job_id)).one()
+    assert any(m.startswith(f"using the tokenizer in {tmp_path / 'donor'}") for m in messages)
+    assert not any("trained a byte-level BPE tokenizer" in m for m in messages)
+    with zipfile.ZipFile(artifact.path) as zf:
+        zf.extractall(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert tokenizer.get_vocab() == borrowed.get_vocab()  # the donor's ids, not a vocabulary of our own
+    assert tokenizer.pad_token == tokenizer.eos_token  # the collator needs a pad; EOS serves without a new token
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert model.config.vocab_size == len(tokenizer) == 258
+    inputs = tokenizer("The fox", return_tensors="pt")
+    assert inputs["input_ids"].shape[1] == len(b"The fox")  # one token per byte

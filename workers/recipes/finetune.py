@@ -2,8 +2,9 @@
 
 Read top to bottom: base model and tokenizer from disk → examples for the objective (`sft`: prompt/response
 pairs or conversations with loss on the responses only, see `workers.examples`; `causal_lm`: packed blocks of
-text) → optional LoRA wrapping → `transformers.Trainer` → adapter.zip (LoRA) or model.zip (full, which also
-becomes a new base model).
+text) → the method (LoRA/QLoRA wrapping, or freezing the lower layers) → `transformers.Trainer` → adapter.zip
+plus merged.zip (LoRA/QLoRA: the adapter, and the adapter folded into the base) or model.zip (full, freeze),
+which also becomes a new base model.
 """
 
 from typing import Any
@@ -12,7 +13,7 @@ from peft import PeftModel, TaskType
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from backend.job.lifecycle import log_event
-from workers.artifacts import export, register_base_model
+from workers.artifacts import export, export_merged, register_base_model
 from workers.context import JobContext
 from workers.data import pack_blocks, split_holdout, split_text_holdout
 from workers.examples import CHATML_TEMPLATE, Example, build_sft_examples, causal_text, load_tokenizer
@@ -102,3 +103,6 @@ def run(ctx: JobContext) -> None:
     directory = export(ctx, model, tokenizer, what=what, final_loss=loss, final_eval_loss=eval_loss)
     if what == "model":
         register_base_model(ctx, directory)
+    else:
+        # The same weights as a plain model, for serving stacks that do not load adapters.
+        export_merged(ctx, directory, tokenizer, final_loss=loss, final_eval_loss=eval_loss)

@@ -1,17 +1,18 @@
 """Pretrain a small Llama-style model from random weights on a text dataset.
 
-Read top to bottom: documents → a byte-level BPE tokenizer trained on them → packed blocks of max_length
-tokens → a randomly initialized LlamaForCausalLM → next-token prediction with `transformers.Trainer` →
-model.zip, and the model joins the owner's base-model list so it can be fine-tuned next.
+Read top to bottom: documents → a byte-level BPE tokenizer trained on them (or another model's tokenizer,
+`tokenizer_model`) → packed blocks of max_length tokens → a randomly initialized LlamaForCausalLM → next-token
+prediction with `transformers.Trainer` → model.zip, and the model joins the owner's base-model list so it can be
+fine-tuned next.
 """
 
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, set_seed
 
 from backend.job.lifecycle import log_event
 from backend.model.presets import PRESETS
 from workers.artifacts import export, register_base_model
 from workers.context import JobContext
-from workers.data import pack_blocks, split_text_holdout, train_tokenizer
+from workers.data import borrowed_tokenizer, pack_blocks, split_text_holdout, train_tokenizer
 from workers.metrics import check_in
 from workers.training import build_trainer, final_losses, parameter_counts, record_resolved_config, train
 
@@ -36,8 +37,13 @@ def run(ctx: JobContext) -> None:
         train_texts, eval_texts = split_text_holdout(texts, hp.validation_fraction, hp.seed)
     if ctx.resume_checkpoint is not None:
         # A resumed run must cut the corpus into the very same token ids its checkpointed weights learned.
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(ctx.resume_checkpoint, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(ctx.resume_checkpoint, local_files_only=True)
         log_event(ctx.job_id, f"reloaded the tokenizer from {ctx.resume_checkpoint.name}")
+    elif ctx.tokenizer_model_path is not None:
+        # Another model's vocabulary: token ids shared with that model (distillation, comparing runs, serving
+        # stacks built for it) instead of a vocabulary fitted to this corpus.
+        tokenizer = borrowed_tokenizer(ctx.tokenizer_model_path)
+        log_event(ctx.job_id, f"using the tokenizer in {ctx.tokenizer_model_path} ({len(tokenizer)} tokens)")
     else:
         tokenizer = train_tokenizer(train_texts, vocab_size=preset["vocab_size"])
         log_event(ctx.job_id, f"trained a byte-level BPE tokenizer with {len(tokenizer)} tokens")
