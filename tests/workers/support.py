@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from backend.config import get_settings
 from backend.dataset.formats import summarize
-from backend.db import Dataset, Job, session_scope
+from backend.db import Dataset, Job, JobEvent, session_scope
 from tests.support import reset_process_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -100,3 +101,17 @@ def create_job(seed: Seed, **fields: Any) -> int:
         s.add(job)
         s.flush()
         return job.id
+
+
+def get_job(job_id: int) -> Job:
+    """The job row as it is now (detached, read-only use)."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def messages(job_id: int) -> list[str]:
+    """The job's event log lines, oldest first."""
+    with session_scope() as s:
+        return [e.message for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]

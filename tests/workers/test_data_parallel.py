@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from backend.config import get_settings
-from backend.db import Artifact, Job, JobEvent, JobMetric, Model, session_scope
+from backend.db import Artifact, JobMetric, Model, session_scope
 from backend.job.lifecycle import update_job
-from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job
+from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job, get_job, messages
 from workers.tasks import run_job
 
 PROCESSES = 2
@@ -29,18 +29,6 @@ def two_processes() -> Iterator[None]:
         get_settings.cache_clear()
         yield
     get_settings.cache_clear()
-
-
-def get_job(job_id: int) -> Job:
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        return job
-
-
-def messages(job_id: int) -> list[str]:
-    with session_scope() as s:
-        return [e.message for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
 
 
 def losses(job_id: int) -> list[tuple[int, float]]:

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from sqlalchemy import select
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from backend.db import Artifact, Job, JobEvent, session_scope
-from tests.workers.support import Pretrained, Seed, create_job
+from backend.db import Artifact, session_scope
+from tests.workers.support import Pretrained, Seed, create_job, get_job, messages
 from workers.methods import freeze_bottom
 from workers.tasks import run_job
 
@@ -31,18 +31,6 @@ def finetune_job(seed: Seed, pretrained: Pretrained, method: str, **hp: object) 
         base_model_id=pretrained.model_id,
         hyperparameters={**HP, **hp},
     )
-
-
-def get_job(job_id: int) -> Job:
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        return job
-
-
-def messages(job_id: int) -> list[str]:
-    with session_scope() as s:
-        return [e.message for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
 
 
 def unzip(job_id: int, name: str, into: Path) -> Path:

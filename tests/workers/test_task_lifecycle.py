@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 
 from backend.db import Artifact, Job, JobEvent, JobMetric, Model, session_scope
 from backend.job.lifecycle import claim_job
-from tests.workers.support import Pretrained, Seed, create_job
+from tests.workers.support import Pretrained, Seed, create_job, get_job
 from workers.tasks import run_job
 
 
@@ -17,13 +17,6 @@ def events(job_id: int) -> list[tuple[str, str]]:
     with session_scope() as s:
         rows = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
         return [(e.level, e.message) for e in rows]
-
-
-def get_job(job_id: int) -> Job:
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        return job
 
 
 def cancel_when_running(job_id: int, timeout: float = 60.0) -> None:

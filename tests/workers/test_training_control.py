@@ -11,28 +11,16 @@ from safetensors.torch import load_file
 from sqlalchemy import select
 from transformers import TrainerCallback
 
-from backend.db import Artifact, Job, JobEvent, JobMetric, JobSample, session_scope
+from backend.db import Artifact, JobMetric, JobSample, session_scope
 from backend.job import lifecycle
 from backend.job.checkpoints import list_checkpoints
-from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job
+from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job, get_job, messages
 from workers import metrics, training
 from workers.recipes import finetune, pretrain
 from workers.tasks import run_job
 
 PAUSE_AT = 12
 SHORT_HP = {**PRETRAIN_HP, "max_steps": 24, "eval_steps": 8, "checkpoint_steps": 8}
-
-
-def get_job(job_id: int) -> Job:
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        return job
-
-
-def messages(job_id: int) -> list[str]:
-    with session_scope() as s:
-        return [e.message for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
 
 
 def loss_steps(job_id: int) -> list[int]:

@@ -10,10 +10,10 @@ import torch
 from sqlalchemy import select
 from transformers import AutoModelForCausalLM, EvalPrediction
 
-from backend.db import Job, JobMetric, session_scope, utcnow
+from backend.db import JobMetric, session_scope, utcnow
 from backend.job.lifecycle import claim_job, update_job
 from backend.job.service import eta_seconds
-from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job
+from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job, get_job
 from workers import training
 from workers.context import load_context
 from workers.metrics import perplexity, token_accuracy
@@ -27,13 +27,6 @@ def metric_rows(job_id: int) -> list[dict[str, float]]:
     with session_scope() as s:
         rows = s.scalars(select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.id))
         return [{"step": m.step, **m.values} for m in rows]
-
-
-def get_job(job_id: int) -> Job:
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        return job
 
 
 # --- every logged point ------------------------------------------------------------------------------------------
