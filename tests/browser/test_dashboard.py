@@ -144,6 +144,10 @@ def test_login_upload_launch_watch_and_download(page, studio: StudioProcess, tmp
     page.fill("#hp-max_steps", "10")
     page.fill("#hp-learning_rate", "0.002")
     page.fill("#hp-max_length", "64")
+    # The estimate follows the form: LoRA trains a sliver of the weights, for 10 steps.
+    expect(page.locator("#est-steps")).to_have_text("10")
+    expect(page.locator("#est-parameters")).not_to_have_text("—")
+    page.screenshot(path=str(SHOTS / "new-job-estimate.png"))
     page.click("#job-submit")
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
     expect(page.locator("#job-status")).to_have_attribute("data-status", "succeeded", timeout=120_000)
@@ -157,8 +161,28 @@ def test_login_upload_launch_watch_and_download(page, studio: StudioProcess, tmp
     with zipfile.ZipFile(path) as zf:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zf.namelist())
 
+    # Every logged quantity gets its own chart on the job page.
+    expect(page.locator('#metric-panels figure[data-metric="tokens_per_second"]')).to_be_visible()
+
     page.goto("/jobs")
     expect(page.locator("#job-table tr[data-job-id]")).to_have_count(2)
     shot(page, "jobs")
+
+    # Compare the from-scratch run with the fine-tune: curves, the trade-off in words, the settings diff.
+    page.locator("#job-table input[name=ids]").nth(0).check()
+    page.locator("#job-table input[name=ids]").nth(1).check()
+    page.screenshot(path=str(SHOTS / "jobs-selected.png"))
+    page.click("#compare-submit")
+    page.wait_for_url(re.compile(r"/compare\?ids="))
+    expect(page.locator("#compare-chart")).to_have_attribute("data-runs", "2")
+    expect(page.locator("#compare-verdict")).to_contain_text("Pretrain vs fine-tune")
+    expect(page.locator("#compare-summary")).to_contain_text("Training FLOPs")
+    expect(page.locator("#compare-diff")).to_contain_text("kind")
+    page.select_option("#compare-x", "flops")
+    shot(page, "compare")
+
+    page.goto("/workers")
+    expect(page.locator('#worker-table tr[data-live="true"]')).not_to_have_count(0)
+    shot(page, "workers")
     page.goto("/models")
     shot(page, "models")

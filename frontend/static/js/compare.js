@@ -75,7 +75,11 @@
       `from random weights with ${fmt.int(scratch.tokens)} tokens, ${fmt.sci(scratch.flops)} FLOPs and ` +
       `${fmt.seconds(scratch.seconds)}; "${tuned.name}" reached ${fmt.loss(tuned.final_eval_loss)} from ` +
       `${tuned.base_model} with ${fmt.int(tuned.tokens)} tokens (${ratio(scratch.tokens, tuned.tokens)} fewer), ` +
-      `${fmt.sci(tuned.flops)} FLOPs (${ratio(scratch.flops, tuned.flops)} fewer) and ${fmt.seconds(tuned.seconds)}.`;
+      `${fmt.sci(tuned.flops)} FLOPs (${ratio(scratch.flops, tuned.flops)} fewer) and ${fmt.seconds(tuned.seconds)}.` +
+      (scratch.dataset !== tuned.dataset
+        ? " They were measured on different datasets, so their losses are not directly comparable: train both on " +
+          "the same target data for a like-for-like answer."
+        : "");
     box.hidden = false;
   }
 
