@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,18 @@ def export(
     return directory
 
 
-def export_merged(
+def export_merged(ctx: JobContext, adapter_dir: Path, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> Path | None:
+    """merged.zip (see `_export_merged`), as an extra: the adapter is already published, so a merge that fails
+    (say the fp32 base does not fit in the worker's RAM after GPU training) warns instead of failing the job."""
+    try:
+        return _export_merged(ctx, adapter_dir, tokenizer, **kwargs)
+    except Exception as exc:
+        log_event(ctx.job_id, f"merged.zip was not written ({type(exc).__name__}: {exc}); adapter.zip is", "warning")
+        shutil.rmtree(ctx.output_dir / "merged", ignore_errors=True)
+        return None
+
+
+def _export_merged(
     ctx: JobContext,
     adapter_dir: Path,
     tokenizer: PreTrainedTokenizerBase,

@@ -115,7 +115,9 @@ class JobCallback(TrainerCallback):
         self._evals_without_gain = 0
         self.rollback_to: Path | None = None
         self.rollbacks_used = 0
-        self._halve_lr = False  # set by a rollback; applied once the Trainer has loaded the checkpoint
+        self._next_peak: float | None = None
+        # Set by a rollback: the peak learning rate to run at, applied once the Trainer has loaded the checkpoint.
+        self._target_peak: float | None = None
         self._started = False
 
     @property
@@ -162,9 +164,12 @@ class JobCallback(TrainerCallback):
         if not self._started:
             self._started = True
             update_job(self.job_id, start_step=state.global_step)
-        if self._halve_lr and optimizer is not None:
-            self._halve_lr = False
-            scale_learning_rate(optimizer, lr_scheduler, 0.5)
+        if self._target_peak is not None and optimizer is not None:
+            # The checkpoint restored its own learning rate; a second rollback to the same checkpoint must go
+            # on halving from the rate that diverged, not from the checkpoint's.
+            loaded = peak_learning_rate(lr_scheduler) or args.learning_rate
+            scale_learning_rate(optimizer, lr_scheduler, self._target_peak / loaded)
+            self._target_peak = None
         # A cancel that arrived while the data was being prepared stops the run before its first step.
         self._beat(state, control, force=True)
 
@@ -243,6 +248,7 @@ class JobCallback(TrainerCallback):
                 f"(rollback {self.rollbacks_used} of {self.guards.rollbacks})"
             )
             self.rollback_to = checkpoint
+            self._next_peak = peak / 2
             self._stop(control, "rollback", reason)
             return
         if not self.guards.rollbacks:
@@ -259,7 +265,7 @@ class JobCallback(TrainerCallback):
         assert self.rollback_to is not None, "no rollback was decided"
         checkpoint, self.rollback_to = self.rollback_to, None
         self.outcome, self.reason = None, ""
-        self._halve_lr = True
+        self._target_peak = self._next_peak
         # The abandoned steps up to the divergence are already stored (the spike that caused it among them);
         # the re-run's points start after it, so every step keeps one point.
         self.guards.log_after = max(self.guards.log_after, state.global_step)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # What a Hub import downloads, at the top level of the repository only: weights as safetensors, configs,
 # tokenizers (json, sentencepiece .model, BPE vocab/merges .txt), chat templates, and the model's own code
 # (inert unless an admin turns trust_remote_code on). Never *.bin / *.pt: unpickling can run code.
-HUB_PATTERNS = ("*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "*.py", "tokenizer*")
+HUB_PATTERNS = ("*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "*.py")
 
 
 class ImportFailed(Exception):
@@ -143,7 +143,14 @@ def import_model(model_id: int) -> str:
             log.exception("import of model %s failed", model_id)
         fail_import(model_id, str(exc) if isinstance(exc, ImportFailed) else f"{type(exc).__name__}: {exc}")
         return "failed"
-    return "ready" if finish_import(model_id, staged, details) else "skipped"
+    try:
+        finished = finish_import(model_id, staged, details)
+    except Exception as exc:  # the converted files failed the checks an upload gets: say why, don't hang
+        shutil.rmtree(staged, ignore_errors=True)
+        log.exception("model %s failed its checks after import", model_id)
+        fail_import(model_id, str(exc))
+        return "failed"
+    return "ready" if finished else "skipped"
 
 
 def main(argv: list[str] | None = None) -> None:

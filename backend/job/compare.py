@@ -53,9 +53,14 @@ def _curve(session: Session, job: Job) -> tuple[list[CompareCurvePoint], float |
     start = metrics[0].created_at if metrics else None
     curve: list[CompareCurvePoint] = []
     tokens_seen: float | None = None
+    # Training points carry the worker's count of real (unpadded) tokens; eval points at the same step take
+    # the last count. Only a run that never logged a count falls back to steps x batch x max_length.
+    logs_tokens = any("tokens_seen" in m.values for m in metrics)
+    last_logged: float | None = None
     for m in _downsample(metrics):
-        logged = m.values.get("tokens_seen")
-        tokens = float(logged) if logged is not None else (per_step * m.step if per_step else None)
+        if "tokens_seen" in m.values:
+            last_logged = float(m.values["tokens_seen"])
+        tokens = last_logged if logs_tokens else (per_step * m.step if per_step else None)
         tokens_seen = tokens if tokens is not None else tokens_seen
         curve.append(
             CompareCurvePoint(

@@ -19,7 +19,7 @@ from backend.db import Dataset, DatasetAnalysis, Job, JobMetric, Model, User
 from backend.job.schemas import EstimateRead, Hyperparameters, JobCreate
 from backend.job.service import DEFAULT_OBJECTIVE, _owned_dataset
 from backend.model.presets import PRESETS
-from backend.model.service import visible_model
+from backend.model.service import ready_model
 from backend.worker.service import live_training_workers
 
 # A byte of UTF-8 text is about a quarter of a BPE token in English; only used until real statistics exist.
@@ -27,17 +27,28 @@ BYTES_PER_TOKEN = 4.0
 GIB = 1024**3
 
 
+def _dim(config: dict[str, Any], *keys: str) -> int:
+    """The first of `keys` that holds a sane size (an uploaded config.json may hold anything)."""
+    for key in keys:
+        value = config.get(key)
+        if type(value) is int and 0 < value < 2**40:
+            return value
+    return 0
+
+
 def model_shape(config: dict[str, Any]) -> dict[str, int]:
-    """The dimensions the estimates need, from a Llama/Qwen/Mistral-style config."""
-    h = int(config.get("hidden_size") or config.get("n_embd") or 0)
-    heads = int(config.get("num_attention_heads") or config.get("n_head") or 1)
+    """The dimensions the estimates need, from a Llama/Qwen/Mistral-style config (0 where it has none)."""
+    if not _dim(config, "hidden_size", "n_embd") and isinstance(config.get("text_config"), dict):
+        config = config["text_config"]  # multimodal configs keep the language model's under text_config
+    h = _dim(config, "hidden_size", "n_embd")
+    heads = _dim(config, "num_attention_heads", "n_head") or 1
     return {
         "hidden": h,
-        "intermediate": int(config.get("intermediate_size") or 4 * h),
-        "layers": int(config.get("num_hidden_layers") or config.get("n_layer") or 0),
-        "kv": h // heads * int(config.get("num_key_value_heads") or heads),
-        "vocab": int(config.get("vocab_size") or 0),
-        "tied": int(bool(config.get("tie_word_embeddings", False))),
+        "intermediate": _dim(config, "intermediate_size") or 4 * h,
+        "layers": _dim(config, "num_hidden_layers", "n_layer"),
+        "kv": h // heads * (_dim(config, "num_key_value_heads") or heads),
+        "vocab": _dim(config, "vocab_size"),
+        "tied": int(config.get("tie_word_embeddings") is True),
     }
 
 
@@ -86,25 +97,44 @@ def flops_per_token(s: dict[str, int], total: int, trainable: int, seq_len: int)
     return 4.0 * total + 2.0 * trainable + 12.0 * s["layers"] * s["hidden"] * seq_len
 
 
-def memory_bytes(s: dict[str, int], total: int, trainable: int, method: str, hp: Hyperparameters, cuda: bool) -> int:
+def memory_bytes(
+    s: dict[str, int], total: int, trainable: int, method: str, hp: Hyperparameters, cuda: bool, objective: str
+) -> int:
     """Peak training memory: weights + gradients + AdamW moments + activations + logits (fp32 on CPU)."""
     weight_bytes = {"qlora": 0.55, "lora": 2.0 if cuda else 4.0}.get(method, 4.0)  # nf4 ≈ 4.5 bits with scales
-    b, t, h = hp.batch_size, hp.max_length, s["hidden"]
+    if objective == "dpo" and method in ("full", "freeze"):
+        weight_bytes += 2.0 if cuda else 4.0  # a frozen reference copy (LoRA's reference is the adapter off)
+    # DPO runs each pair's chosen and rejected answers in one batch: twice the sequences.
+    b, t, h = hp.batch_size * (2 if objective == "dpo" else 1), hp.max_length, s["hidden"]
     act_bytes = 2 if cuda else 4
     # ~34·b·t·h bytes per layer in 16-bit (Korthikanti et al. 2022); checkpointing keeps only block inputs.
     per_layer = (2 if hp.gradient_checkpointing else 34 / 2) * b * t * h * act_bytes
-    logits = 3 * b * t * s["vocab"] * 4  # fp32 logits, their softmax and gradient
+    # fp32 logits, their softmax and gradient; a classifier's head has a handful of outputs, not a vocabulary.
+    logits = 3 * b * (1 if objective == "classification" else t * s["vocab"]) * 4
     optimizer = trainable * 4 * 3  # fp32 gradient + two AdamW moments
     return int(total * weight_bytes + optimizer + s["layers"] * per_layer + logits)
 
 
+def _read_config(model: Model) -> dict[str, Any]:
+    path = Path(model.path) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def _config(session: Session, user: User, body: JobCreate) -> tuple[dict[str, Any], int | None]:
     if body.kind == "pretrain":
-        return dict(PRESETS[body.architecture or "tiny"]), None
+        preset = dict(PRESETS[body.architecture or "tiny"])
+        if body.tokenizer_model is not None:
+            # The model follows the borrowed tokenizer's vocabulary, not the preset's.
+            borrowed = ready_model(session, user=user, model_id=body.tokenizer_model, field="tokenizer_model")
+            preset["vocab_size"] = _dim(_read_config(borrowed), "vocab_size") or preset["vocab_size"]
+        return preset, None
     assert body.base_model is not None
-    model: Model = visible_model(session, user=user, model_id=body.base_model, field="base_model")
-    path = Path(model.path) / "config.json"
-    return (json.loads(path.read_text()) if path.is_file() else {}), model.parameters or None
+    model = ready_model(session, user=user, model_id=body.base_model, field="base_model")
+    return _read_config(model), model.parameters or None
 
 
 def _token_stats(session: Session, dataset: Dataset, body: JobCreate, objective: str) -> dict[str, Any] | None:
@@ -171,9 +201,19 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
     examples = max(1, round(examples * (1 - (hp.validation_fraction if body.validation_dataset_id is None else 0))))
     per_step = hp.batch_size * hp.gradient_accumulation_steps
     steps = hp.max_steps or max(1, math.ceil((hp.epochs or 1.0) * math.ceil(examples / per_step)))
-    tokens = float(steps * per_step * hp.max_length)  # positions processed (padding and prompts included)
+    # Positions processed (padding and prompts included); a DPO example is two sequences, chosen and rejected.
+    sequences = 2 if objective == "dpo" else 1
+    tokens = float(steps * per_step * hp.max_length * sequences)
     per_token = flops_per_token(shape, total, trainable, hp.max_length)
+    if objective == "dpo":
+        per_token += 2.0 * total  # the reference model's forward pass over the same tokens
     flops = per_token * tokens
+    known = all(shape[k] for k in ("hidden", "layers", "vocab"))
+    if not known:
+        notes.append(
+            "the base model's config.json lacks hidden_size, num_hidden_layers or vocab_size: "
+            "FLOPs and memory leave out what those sizes would add"
+        )
 
     workers = live_training_workers(session)
     worker = next((w for w in workers if w.cuda), workers[0] if workers else None)
@@ -186,9 +226,10 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
             seconds = flops / rate
         else:
             notes.append(f"no finished run on {worker.device} yet to measure its speed: run a short job first")
-    need = memory_bytes(shape, total, trainable, method, hp, cuda=bool(worker and worker.cuda))
+    need = memory_bytes(shape, total, trainable, method, hp, cuda=bool(worker and worker.cuda), objective=objective)
     available = worker.device_memory_bytes if worker else None
-    fits = None if not available else need <= available * 0.9  # leave room for the runtime and fragmentation
+    # Leave room for the runtime and fragmentation; no verdict on a guess from an incomplete config.
+    fits = None if not available or not known else need <= available * 0.9
     advice = []
     if fits is False:
         if not hp.gradient_checkpointing:

@@ -23,6 +23,10 @@ def models_dir() -> Path:
     return get_settings().path("models")
 
 
+def _valid_shape(shape: object) -> bool:
+    return isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+
+
 def _header(file: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file, or Invalid naming the file."""
     try:
@@ -33,6 +37,13 @@ def _header(file: Path) -> dict[str, Any]:
             header = json.loads(f.read(header_len))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
+        for name, info in header.items():
+            shape = info.get("shape") if isinstance(info, dict) else None
+            if name != "__metadata__" and not (
+                isinstance(shape, list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            ):
+                raise ValueError(f"tensor {name!r} has no valid shape")
         return header
     except (OSError, ValueError, struct.error) as exc:
         raise Invalid(f"{file.name} is not a valid safetensors file ({exc})", field="file", file=file.name) from None
@@ -46,8 +57,8 @@ def safetensors_parameter_count(directory: Path) -> int:
             if name == "__metadata__":
                 continue
             count = 1
-            for dim in info.get("shape", []) if isinstance(info, dict) else []:
-                count *= int(dim)
+            for dim in info["shape"]:  # checked by _header: a list of non-negative ints
+                count *= dim
             total += count
     return total
 

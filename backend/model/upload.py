@@ -9,6 +9,7 @@ import shutil
 import stat
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -122,8 +123,10 @@ def _import_zip(session: Session, *, user: User, path: Path, filename: str, name
             with zipfile.ZipFile(path) as zf:
                 members = _checked_members(zf, filename)
                 _extract(zf, members, staged, filename)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error) as exc:
             raise Invalid(f"{filename} is not a readable zip file ({exc})", field="file", file=filename) from None
+        except OSError as exc:  # e.g. a member that is also another member's folder, or a name too long
+            raise Invalid(f"{filename}: cannot extract an entry ({exc})", field="file", file=filename) from None
         details = {"filename": safe_filename(filename)}
         return adopt_model_dir(session, owner_id=user.id, staged=staged, name=name, source="upload", details=details)
     finally:

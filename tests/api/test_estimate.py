@@ -59,3 +59,26 @@ def test_estimate_names_bad_fields(client: TestClient) -> None:
     assert bad.status_code == 422 and "lora_r" in bad.text
     missing = client.post("/api/jobs/estimate", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": 99999})
     assert missing.status_code == 422 and "dataset_id" in missing.text
+
+
+def test_estimate_from_odd_base_models(client: TestClient, tmp_path: Path) -> None:
+    """A config.json with nonsense sizes gets an estimate that says so, never a 500; an importing model a 422."""
+    from backend.db import Model, User, session_scope
+
+    (tmp_path / "config.json").write_text('{"hidden_size": "x", "num_hidden_layers": [2], "vocab_size": 1e400}')
+    with session_scope() as s:
+        owner = s.query(User).one()
+        odd = Model(owner_id=owner.id, name="odd", source="local", path=str(tmp_path), parameters=1000)
+        busy = Model(owner_id=owner.id, name="busy", source="gguf", path=str(tmp_path), status="importing")
+        s.add_all([odd, busy])
+        s.flush()
+        odd_id, busy_id = odd.id, busy.id
+    dataset_id = _dataset(client)
+    body = {"kind": "finetune", "dataset_id": dataset_id, "method": "lora", "objective": "causal_lm"}
+    res = client.post("/api/jobs/estimate", json={**body, "base_model": odd_id})
+    assert res.status_code == 200, res.text
+    est = res.json()
+    assert est["total_parameters"] == 1000 and est["fits"] is None
+    assert any("config.json" in n for n in est["notes"])
+    busy_res = client.post("/api/jobs/estimate", json={**body, "base_model": busy_id})
+    assert busy_res.status_code == 422 and "importing" in busy_res.text

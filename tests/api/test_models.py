@@ -92,9 +92,27 @@ def _with_entry(info: zipfile.ZipInfo | str, data: bytes = b"x") -> bytes:
     return buf.getvalue()
 
 
+def _corrupt_deflate() -> bytes:
+    """A zip whose headers are intact but whose first member's compressed bytes are garbage."""
+    data = bytearray(zipped(model_files(**{"notes.txt": b"abc" * 5000})))
+    name_len, extra_len = int.from_bytes(data[26:28], "little"), int.from_bytes(data[28:30], "little")
+    start = 30 + name_len + extra_len
+    data[start : start + 16] = b"\xff" * 16
+    return bytes(data)
+
+
+def _header_with(shape: object) -> bytes:
+    header = json.dumps({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}).encode()
+    return len(header).to_bytes(8, "little") + header
+
+
 @pytest.mark.parametrize(
     ("content", "status", "named"),
     [
+        (_corrupt_deflate(), 422, "zip"),
+        (zipped(model_files(**{"config.json/inner.txt": b"x"})), 422, "config.json"),
+        (zipped(model_files(**{"model.safetensors": _header_with(["x"])})), 422, "shape"),
+        (zipped(model_files(**{"model.safetensors": _header_with(-1)})), 422, "shape"),
         (zipped(model_files(**{"model.safetensors": None})), 422, "safetensors"),
         (zipped(model_files(**{"config.json": None})), 422, "config.json"),
         (zipped(model_files(**{"tokenizer.json": None, "tokenizer_config.json": None})), 422, "tokenizer"),
@@ -108,6 +126,10 @@ def _with_entry(info: zipfile.ZipInfo | str, data: bytes = b"x") -> bytes:
         (zipped(model_files(**{"big.safetensors": bytes(8 * 1024 * 1024)})), 413, "zip bomb"),
     ],
     ids=[
+        "corrupt-deflate",
+        "file-and-folder",
+        "shape-not-ints",
+        "shape-not-a-list",
         "no-safetensors",
         "no-config",
         "no-tokenizer",
