@@ -8,6 +8,7 @@ RUN_JOB = "studio.run_job"
 ANALYZE_DATASET = "studio.analyze_dataset"
 # De-quantize an uploaded GGUF or download a Hub model (runs on the analysis queue: minutes, not hours).
 IMPORT_MODEL = "studio.import_model"
+GENERATE = "studio.generate"
 QUEUE = "studio"
 # Short tasks (token statistics, dry-run renders, hygiene) get their own queue and worker process, so they
 # never wait behind an hours-long training job.
@@ -65,3 +66,8 @@ def enqueue_analysis(analysis_id: int) -> None:
 def enqueue_import(model_id: int) -> None:
     """Send the import-model task. Call only after the Model row (status "importing") is committed."""
     celery_app().send_task(IMPORT_MODEL, args=[model_id], queue=ANALYSIS_QUEUE)
+
+
+def enqueue_generation(generation_id: int) -> None:
+    """Send a playground generation to the analysis queue (seconds of work, never behind a training job)."""
+    celery_app().send_task(GENERATE, args=[generation_id], queue=ANALYSIS_QUEUE)

@@ -2,6 +2,7 @@
 
 from backend.db.base import Base, get_engine, session_factory, session_scope, utcnow
 from backend.db.dataset import Dataset, DatasetAnalysis, Upload
+from backend.db.generation import Generation
 from backend.db.job import ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobMetric, JobSample
 from backend.db.model import Model
 from backend.db.token import Token
@@ -15,6 +16,7 @@ __all__ = [
     "Base",
     "Dataset",
     "DatasetAnalysis",
+    "Generation",
     "Job",
     "JobEvent",
     "JobMetric",
