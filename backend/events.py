@@ -31,6 +31,21 @@ _publisher: tuple[str, redis.Redis] | None = None
 
 def publish(job_id: int) -> None:
     """Tell listening API processes that job `job_id` has new rows. Best effort: the DB is the truth."""
+    _publish(str(job_id))
+
+
+def generation_key(generation_id: int) -> str:
+    """The wake-up key of a playground generation: it shares the jobs' channel (one subscription per process),
+    and a prefix keeps its ids apart from job ids."""
+    return f"generation:{generation_id}"
+
+
+def publish_generation(generation_id: int) -> None:
+    """Tell listening API processes that generation `generation_id` has more output. Best effort."""
+    _publish(generation_key(generation_id))
+
+
+def _publish(key: str) -> None:
     global _publisher
     url = get_settings().redis_url
     if not url:
@@ -38,9 +53,15 @@ def publish(job_id: int) -> None:
     try:
         if _publisher is None or _publisher[0] != url:
             _publisher = (url, redis.Redis.from_url(url, socket_timeout=2))
-        _publisher[1].publish(channel(url), str(job_id))
+        _publisher[1].publish(channel(url), key)
     except redis.RedisError as exc:
-        log.warning("could not publish job %s update: %s", job_id, exc)
+        log.warning("could not publish update %s: %s", key, exc)
+
+
+def _key(data: bytes | str) -> int | str:
+    """A message's key: a job id, or a prefixed key such as generation_key's."""
+    text = data.decode() if isinstance(data, bytes) else data
+    return int(text) if text.isdigit() else text
 
 
 class Broadcaster:
@@ -48,7 +69,7 @@ class Broadcaster:
 
     def __init__(self, redis_url: str) -> None:
         self.redis_url = redis_url
-        self._waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[int | str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.connected = False
 
@@ -72,7 +93,7 @@ class Broadcaster:
                     self.connected = True
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            self._wake(int(message["data"]))
+                            self._wake(_key(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnect on any Redis failure; clients fall back to polling
@@ -81,12 +102,12 @@ class Broadcaster:
                 self.connected = False
             await asyncio.sleep(1.0)
 
-    def _wake(self, job_id: int) -> None:
+    def _wake(self, job_id: int | str) -> None:
         for event in self._waiters.get(job_id, ()):
             event.set()
 
     @contextlib.contextmanager
-    def listen(self, job_id: int) -> Iterator[asyncio.Event]:
+    def listen(self, job_id: int | str) -> Iterator[asyncio.Event]:
         """Register for wake-ups about `job_id` for the life of an SSE stream (before its first read, so a
         publish between a read and a wait is never lost)."""
         event = asyncio.Event()

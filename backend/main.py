@@ -31,6 +31,8 @@ from backend.job import router as job_router
 from backend.job.lifecycle import reap_stale_jobs
 from backend.model import pages as model_pages
 from backend.model import router as model_router
+from backend.playground import pages as playground_pages
+from backend.playground import router as playground_router
 from backend.web import LoginRequired, login_redirect, render
 from backend.worker import pages as worker_pages
 from backend.worker import router as worker_router
@@ -114,10 +116,19 @@ def create_app() -> FastAPI:
             conn.execute(text("SELECT 1"))
         return {"status": "ok", "mode": "embedded" if settings.embedded else "server"}
 
-    routers = (auth_router, dataset_router, upload_router, analysis_router, model_router, job_router, worker_router)
+    routers = (
+        auth_router,
+        dataset_router,
+        upload_router,
+        analysis_router,
+        model_router,
+        job_router,
+        worker_router,
+        playground_router,
+    )
     for module in routers:
         app.include_router(module.router)
-    for module in (auth_pages, dataset_pages, model_pages, job_pages, worker_pages):
+    for module in (auth_pages, dataset_pages, model_pages, job_pages, worker_pages, playground_pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "frontend" / "static")), name="static")
     return app

@@ -1,0 +1,201 @@
+"""Playground generations: what answers a prompt (a base model, a job's adapter or model, or one of its
+checkpoints), checked before the row is queued and resolved again by the worker that loads it."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.config import get_settings
+from backend.db import Generation, Job, Model, User
+from backend.errors import Invalid, NotFound
+from backend.job.checkpoints import list_checkpoints
+from backend.job.service import get_job
+from backend.model.service import ready_model
+from backend.playground.schemas import GenerationCreate, GenerationRead
+
+# Objectives whose training laid prompts out as chat turns: ask them the same way by default.
+CHAT_OBJECTIVES = ("sft", "dpo")
+HISTORY_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the weights that answer live, and how to load them (plain values: the worker needs no session)."""
+
+    kind: str  # "model": a full model directory; "adapter": a PEFT adapter loaded on `base_path`
+    path: Path
+    tokenizer_path: Path
+    base_path: Path | None = None
+    task: str = "generate"  # "classify": a sequence classifier answers with a label and its probability
+    labels: list[str] = field(default_factory=list)  # classify: class names by id (an adapter's head needs them)
+    sft: bool = False  # trained on chat-formatted prompts
+    trust_remote_code: bool = False
+
+
+def has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
+
+
+def has_chat_template(path: Path) -> bool:
+    """Whether the tokenizer in `path` carries a chat template (read from its files: no tokenizer loaded)."""
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
+
+
+def weights_kind(path: Path) -> str | None:
+    """ "adapter", "model" or None for a directory holding neither (yet)."""
+    if (path / "adapter_config.json").is_file() and any(path.glob("adapter_model*.safetensors")):
+        return "adapter"
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return "model"
+    return None
+
+
+def job_output_dir(job_id: int) -> Path:
+    """Where a job's exported adapter/ or model/ folder lives (not created here)."""
+    return get_settings().data_dir / "jobs" / str(job_id)
+
+
+def model_target(model: Model) -> Target:
+    path = Path(model.path)
+    return Target(
+        kind="model",
+        path=path,
+        tokenizer_path=path,
+        trust_remote_code=bool((model.details or {}).get("trust_remote_code")),
+    )
+
+
+def _job_weights(job: Job, checkpoint: str | None) -> tuple[str, Path]:
+    """(kind, directory) of the job's final adapter/model, or of its checkpoint `checkpoint`."""
+    if checkpoint is not None:
+        found = {c.name: c.path for c in list_checkpoints(job.id)}
+        if checkpoint not in found:
+            names = ", ".join(found) or "none yet"
+            raise Invalid(f"job {job.id} has no checkpoint {checkpoint} (it has: {names})", field="checkpoint")
+        kind = weights_kind(found[checkpoint])
+        if kind is None:
+            raise Invalid(f"{checkpoint} of job {job.id} holds no loadable weights", field="checkpoint")
+        return kind, found[checkpoint]
+    out = job_output_dir(job.id)
+    for name in ("adapter", "model"):
+        if (kind := weights_kind(out / name)) is not None:
+            return kind, out / name
+    raise Invalid(
+        f"job {job.id} ({job.status}) has no trained adapter or model yet; pick one of its checkpoints, "
+        "or wait until it succeeds",
+        field="job_id",
+    )
+
+
+def job_target(session: Session, job: Job, checkpoint: str | None) -> Target:
+    """The weights of job `job` (its final output, or `checkpoint`) and what they load on."""
+    kind, path = _job_weights(job, checkpoint)
+    base = session.get(Model, job.base_model_id) if job.base_model_id is not None else None
+    if kind == "adapter" and base is None:
+        raise Invalid(f"job {job.id} trained an adapter but its base model is gone", field="job_id")
+    base_path = Path(base.path) if base is not None else None
+    # A checkpoint holds the tokenizer when the Trainer saved it; else the job's export or its base has it.
+    candidates = [path, job_output_dir(job.id) / "adapter", job_output_dir(job.id) / "model", base_path]
+    tokenizer_path = next((p for p in candidates if p is not None and has_tokenizer(p)), None)
+    if tokenizer_path is None:
+        raise Invalid(f"no tokenizer found for job {job.id}", field="job_id")
+    classify = job.objective == "classification"
+    labels = [str(x) for x in (job.resolved_config or {}).get("labels", [])]
+    if classify and kind == "adapter" and not labels:
+        raise Invalid(f"job {job.id} recorded no label names; its classifier head cannot be rebuilt", field="job_id")
+    return Target(
+        kind=kind,
+        path=path,
+        tokenizer_path=tokenizer_path,
+        base_path=base_path if kind == "adapter" else None,
+        task="classify" if classify else "generate",
+        labels=labels,
+        sft=job.objective in CHAT_OBJECTIVES,
+        trust_remote_code=bool(base is not None and (base.details or {}).get("trust_remote_code")),
+    )
+
+
+def resolve_target(session: Session, *, user: User, data: GenerationCreate) -> Target:
+    """What answers `data`'s prompt, if `user` may use it and its weights exist; Invalid naming the field."""
+    if data.model_id is not None:
+        return model_target(ready_model(session, user=user, model_id=data.model_id, field="model_id"))
+    assert data.job_id is not None  # the schema requires one of the two
+    try:
+        job = get_job(session, user=user, job_id=data.job_id)
+    except NotFound as exc:
+        raise Invalid(exc.message, field="job_id") from None
+    return job_target(session, job, data.checkpoint)
+
+
+def create_generation(session: Session, *, user: User, data: GenerationCreate) -> Generation:
+    """A queued generation (the caller commits, then enqueues it)."""
+    target = resolve_target(session, user=user, data=data)
+    chat = data.chat if data.chat is not None else (target.sft or has_chat_template(target.tokenizer_path))
+    params: dict[str, Any] = {
+        "max_new_tokens": data.max_new_tokens,
+        "temperature": data.temperature,
+        "top_p": data.top_p,
+        "chat": chat,
+        "task": target.task,
+    }
+    row = Generation(
+        owner_id=user.id,
+        model_id=data.model_id,
+        job_id=data.job_id,
+        checkpoint=data.checkpoint,
+        prompt=data.prompt,
+        params=params,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_generation(session: Session, *, user: User, generation_id: int) -> Generation:
+    """The generation, if `user` owns it (or is an admin)."""
+    row = session.get(Generation, generation_id)
+    if row is None or not (row.owner_id == user.id or user.is_admin):
+        raise NotFound(f"generation {generation_id} not found")
+    return row
+
+
+def list_generations(
+    session: Session, *, user: User, job_id: int | None = None, model_id: int | None = None, limit: int = HISTORY_LIMIT
+) -> list[Generation]:
+    """`user`'s recent generations, newest first, optionally for one job or one model."""
+    q = select(Generation).where(Generation.owner_id == user.id).order_by(Generation.id.desc()).limit(limit)
+    if job_id is not None:
+        q = q.where(Generation.job_id == job_id)
+    if model_id is not None:
+        q = q.where(Generation.model_id == model_id)
+    return list(session.scalars(q))
+
+
+def fail_unqueued(session: Session, *, row: Generation, reason: str) -> None:
+    """Mark a generation that never reached the queue as failed, so no page waits for it."""
+    row.status = "failed"
+    row.error = f"could not be queued: {reason}"
+
+
+def target_label(session: Session, row: Generation) -> str:
+    """What answered, in words."""
+    if row.model_id is not None:
+        model = session.get(Model, row.model_id)
+        return f"model {model.name if model else '?'} (#{row.model_id})"
+    job = session.get(Job, row.job_id) if row.job_id is not None else None
+    text = f"job {job.name if job else '?'} (#{row.job_id})"
+    return f"{text}, {row.checkpoint}" if row.checkpoint else text
+
+
+def to_read(session: Session, row: Generation) -> GenerationRead:
+    return GenerationRead.model_validate(row).model_copy(update={"target": target_label(session, row)})

@@ -1,0 +1,248 @@
+"""Playground answers on a worker: load what answers (a base model, a job's adapter on its base or its full
+model, or a checkpoint of either), then stream the answer into the generation's row as it is written.
+
+Generation runs in a thread that feeds transformers' TextIteratorStreamer; this thread reads the text pieces
+and appends them to the row in batches (every FLUSH_SECONDS), publishing a wake-up after each, so the page's
+SSE stream shows words as they come without a database write per token. The last loaded model stays in
+memory (keyed by its paths and file times), so the next prompt to the same weights starts at once.
+"""
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from celery import shared_task
+from peft import PeftModel
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedTokenizerBase,
+    TextIteratorStreamer,
+)
+
+from backend.errors import DomainError
+from backend.playground.lifecycle import (
+    GenerationSpec,
+    append_output,
+    claim_generation,
+    finish_generation,
+    load_generation,
+)
+from backend.playground.service import Target
+from backend.queue import GENERATE
+from workers.examples import end_of_turn, format_prompt, load_tokenizer
+from workers.recipes.classification import classify
+from workers.training import use_bf16
+
+log = logging.getLogger(__name__)
+
+# A write and a publish per ~100 ms: a smooth stream for the reader, a few rows' worth of writes a second.
+FLUSH_SECONDS = 0.1
+# A generation thread that produces nothing for this long is stuck: stop waiting for it.
+STREAM_TIMEOUT_SECONDS = 300.0
+
+
+@dataclass
+class Loaded:
+    key: tuple[Any, ...]
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    labels: list[str]  # a classifier's class names by id; empty for a language model
+
+
+_cache: Loaded | None = None
+
+
+def _stamp(path: Path | None) -> float:
+    """The newest modification time among the files of `path`: rewritten weights make a new cache key."""
+    if path is None or not path.is_dir():
+        return 0.0
+    return max((f.stat().st_mtime for f in path.iterdir() if f.is_file()), default=0.0)
+
+
+def cache_key(target: Target) -> tuple[Any, ...]:
+    return (
+        target.kind,
+        target.task,
+        str(target.path),
+        _stamp(target.path),
+        str(target.base_path),
+        _stamp(target.base_path),
+        str(target.tokenizer_path),
+        tuple(target.labels),
+    )
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_options(target: Target) -> dict[str, Any]:
+    return {
+        "use_safetensors": True,  # never unpickle weights: .bin files can run code when loaded
+        "local_files_only": True,
+        "trust_remote_code": target.trust_remote_code,
+        # Inference only: bf16 halves the memory on GPUs that run it natively; fp32 on CPU, where bf16 is slow.
+        "dtype": torch.bfloat16 if use_bf16() else torch.float32,
+    }
+
+
+def _load_model(target: Target) -> nn.Module:
+    options = _load_options(target)
+    if target.task == "classify":
+        auto: Any = AutoModelForSequenceClassification
+        if target.kind == "adapter":
+            # The saved adapter holds the trained head in full, but the base must be built with that head's shape.
+            id2label = dict(enumerate(target.labels))
+            options |= {
+                "num_labels": len(target.labels),
+                "id2label": id2label,
+                "label2id": {v: k for k, v in id2label.items()},
+            }
+    else:
+        auto = AutoModelForCausalLM
+    if target.kind == "adapter":
+        assert target.base_path is not None, "an adapter loads on its base"
+        base = auto.from_pretrained(target.base_path, **options)
+        return PeftModel.from_pretrained(base, target.path)
+    model: nn.Module = auto.from_pretrained(target.path, **options)
+    return model
+
+
+def load(target: Target) -> Loaded:
+    """The model and tokenizer `target` names, from the cache when they are the ones loaded last."""
+    global _cache
+    key = cache_key(target)
+    if _cache is not None and _cache.key == key:
+        return _cache
+    _cache = None  # let the previous model go before the next one loads: two may not fit at once
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    tokenizer = load_tokenizer(target.tokenizer_path)
+    model = _load_model(target).to(device())
+    model.eval()  # no dropout: greedy answers are the same every time
+    labels: list[str] = []
+    if target.task == "classify":
+        config = model.config  # a PeftModel forwards to its base's config
+        # The head reads the last token that is not padding: the model must know which id pads.
+        config.pad_token_id = tokenizer.pad_token_id
+        labels = target.labels or [str(config.id2label[i]) for i in range(config.num_labels)]
+    _cache = Loaded(key=key, model=model, tokenizer=tokenizer, labels=labels)
+    return _cache
+
+
+def stop_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS, and the chat template's end-of-turn marker when it is one token of its own (e.g. <|im_end|>)."""
+    ids = [tokenizer.eos_token_id]
+    marker = end_of_turn(tokenizer)
+    marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"] if marker else []
+    if len(marker_ids) == 1 and marker_ids[0] not in ids:
+        ids.append(marker_ids[0])
+    return [int(i) for i in ids if i is not None]
+
+
+def prompt_inputs(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool, max_new_tokens: int
+) -> tuple[dict[str, torch.Tensor], int]:
+    """(input tensors, max_new_tokens), cut to fit the model's context."""
+    # A chat layout is the one SFT trained on, and its template already carries any BOS (see workers/watch.py).
+    text = format_prompt(tokenizer, prompt) if chat else prompt
+    inputs = dict(tokenizer(text, return_tensors="pt", add_special_tokens=not chat))
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:
+        # Positions past the context were never trained: keep the end of a long prompt (the part the answer
+        # follows) and leave room for the answer.
+        max_new_tokens = max(1, min(max_new_tokens, context - 1))
+        keep = context - max_new_tokens
+        inputs = {k: v[:, -keep:] for k, v in inputs.items()}
+    return {k: v.to(device()) for k, v in inputs.items()}, max_new_tokens
+
+
+def stream_text(loaded: Loaded, prompt: str, params: dict[str, Any]) -> Iterator[str]:
+    """The answer to `prompt`, in pieces as the model writes them (whole words: the streamer holds back a
+    partial word until it is complete)."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    inputs, max_new_tokens = prompt_inputs(
+        model, tokenizer, prompt, chat=bool(params.get("chat")), max_new_tokens=int(params["max_new_tokens"])
+    )
+    temperature = float(params.get("temperature", 0.0))
+    sampling: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": float(params.get("top_p", 1.0))}
+    streamer = TextIteratorStreamer(
+        tokenizer,  # type: ignore[arg-type]
+        skip_prompt=True,
+        skip_special_tokens=True,
+        timeout=STREAM_TIMEOUT_SECONDS,
+    )
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(  # type: ignore[operator]
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=stop_ids(tokenizer),
+                    streamer=streamer,
+                    **sampling,
+                )
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            failures.append(exc)
+            streamer.end()  # generate() ends the stream only when it returns: unblock the reader
+
+    thread = threading.Thread(target=run, name="playground-generate", daemon=True)
+    thread.start()
+    for piece in streamer:
+        if piece:
+            yield piece
+    thread.join()
+    if failures:
+        raise failures[0]
+
+
+def answer(spec: GenerationSpec) -> None:
+    """Generate spec's answer into its row: a classifier's label at once, a language model's text in batches."""
+    loaded = load(spec.target)
+    gid = spec.generation_id
+    if spec.target.task == "classify":
+        append_output(gid, classify(loaded.model, loaded.tokenizer, spec.prompt, loaded.labels))
+        return
+    pending: list[str] = []
+    flushed_at = time.monotonic()
+    for piece in stream_text(loaded, spec.prompt, spec.params):
+        pending.append(piece)
+        if time.monotonic() - flushed_at >= FLUSH_SECONDS:
+            append_output(gid, "".join(pending))
+            pending.clear()
+            flushed_at = time.monotonic()
+    append_output(gid, "".join(pending))
+
+
+def _message(exc: Exception) -> str:
+    return exc.message if isinstance(exc, DomainError) else f"{type(exc).__name__}: {exc}"
+
+
+@shared_task(name=GENERATE)
+def generate(generation_id: int) -> str:
+    """Answer generation `generation_id`; return "done", "failed" or "skipped" (another delivery has it)."""
+    if not claim_generation(generation_id):
+        log.info("generation %s is not queued (already claimed or finished); skipping", generation_id)
+        return "skipped"
+    try:
+        answer(load_generation(generation_id))
+    except Exception as exc:
+        log.exception("generation %s failed", generation_id)
+        finish_generation(generation_id, error=_message(exc))
+        return "failed"
+    finish_generation(generation_id)
+    return "done"
