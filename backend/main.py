@@ -33,6 +33,7 @@ from backend.model import pages as model_pages
 from backend.model import router as model_router
 from backend.playground import pages as playground_pages
 from backend.playground import router as playground_router
+from backend.playground.lifecycle import reap_stale_generations
 from backend.web import LoginRequired, login_redirect, render
 from backend.worker import pages as worker_pages
 from backend.worker import router as worker_router
@@ -46,6 +47,9 @@ async def _reaper() -> None:
             stale = await to_thread.run_sync(reap_stale_jobs)
             if stale:
                 log.warning("failed jobs whose worker stopped responding: %s", stale)
+            lost = await to_thread.run_sync(reap_stale_generations)
+            if lost:
+                log.warning("failed playground generations whose worker went away: %s", lost)
         except Exception:
             log.exception("lease reaper failed")
         await asyncio.sleep(get_settings().reap_interval_seconds)

@@ -5,12 +5,14 @@ clients read the new output from the database at once (or at their next poll in 
 """
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from backend.db import Generation, Job, Model, session_scope, utcnow
 from backend.events import publish_generation
+from backend.job.lifecycle import db_now
 from backend.playground.service import Target, job_target, model_target
 
 
@@ -82,3 +84,26 @@ def finish_generation(generation_id: int, *, error: str | None = None) -> None:
             .execution_options(synchronize_session=False)
         )
     publish_generation(generation_id)
+
+
+# A generation is at most 1024 tokens: one still "running" after this long lost its worker (killed, restarted).
+STALE_AFTER = timedelta(minutes=30)
+
+
+def reap_stale_generations() -> list[int]:
+    """Fail generations whose worker went away mid-answer, so their columns stop waiting; return their ids."""
+    with session_scope() as s:
+        cutoff = db_now(s) - STALE_AFTER
+        ids = list(
+            s.scalars(select(Generation.id).where(Generation.status == "running", Generation.created_at < cutoff))
+        )
+        if ids:
+            s.execute(
+                update(Generation)
+                .where(Generation.id.in_(ids), Generation.status == "running")
+                .values(status="failed", error="the worker stopped before finishing this answer", finished_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+    for generation_id in ids:
+        publish_generation(generation_id)
+    return ids

@@ -167,6 +167,26 @@ def test_a_failure_ends_the_stream_with_its_reason(client: TestClient, setup: Se
     assert (read["status"], read["error"]) == ("failed", "RuntimeError: out of memory")
 
 
+def test_an_answer_whose_worker_went_away_is_failed(client: TestClient, setup: Setup) -> None:
+    from datetime import timedelta
+
+    from backend.db import Generation, utcnow
+    from backend.playground.lifecycle import STALE_AFTER, reap_stale_generations
+
+    old, fresh = (
+        client.post("/api/generations", json={"prompt": "hi", "job_id": setup.job_id}).json()["id"] for _ in "ab"
+    )
+    for gid in (old, fresh):
+        claim_generation(gid)
+    with session_scope() as s:
+        row = s.get(Generation, old)
+        assert row is not None
+        row.created_at = utcnow() - STALE_AFTER - timedelta(minutes=1)
+    assert reap_stale_generations() == [old]
+    assert client.get(f"/api/generations/{old}").json()["status"] == "failed"
+    assert client.get(f"/api/generations/{fresh}").json()["status"] == "running"
+
+
 def test_other_users_see_nothing(client: TestClient, setup: Setup) -> None:
     gid = client.post("/api/generations", json={"prompt": "hi", "job_id": setup.job_id}).json()["id"]
     with session_scope() as s:
