@@ -5,6 +5,7 @@ from backend.dataset import service
 from backend.dataset.versions import lineage
 from backend.db import Dataset
 from backend.deps import OptionalUser, SessionDep
+from backend.job.service import jobs_using
 from backend.model.service import list_models
 from backend.schemas import IdPath
 from backend.web import render, require
@@ -34,4 +35,5 @@ def dataset_page(dataset_id: IdPath, request: Request, session: SessionDep, user
         parent=session.get(Dataset, ds.parent_id) if ds.parent_id else None,
         models=list_models(session, user=user),
         others=[d for d in service.list_datasets(session, user=user) if d.id != ds.id],
+        used_by=jobs_using(session, user=user, dataset_id=ds.id),
     )

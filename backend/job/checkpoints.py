@@ -1,5 +1,6 @@
 """A job's checkpoints on disk, as the Trainer writes them: data_dir/jobs/<id>/checkpoints/checkpoint-<step>/."""
 
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,3 +51,23 @@ def latest_checkpoint(job_id: int) -> Checkpoint | None:
     """The checkpoint a resume starts from: the one with the highest step."""
     found = list_checkpoints(job_id)
     return found[-1] if found else None
+
+
+def named_checkpoint(job_id: int, name: str) -> Checkpoint | None:
+    """The complete checkpoint called `name` (e.g. checkpoint-40), if the job has it."""
+    return next((c for c in list_checkpoints(job_id) if c.name == name), None)
+
+
+def remove_checkpoints_after(job_id: int, step: int) -> list[str]:
+    """Delete the checkpoints past `step` (a resume from an older one abandons them); their names."""
+    root = checkpoint_dir(job_id)
+    if not root.is_dir():
+        return []
+    removed = []
+    # Also the incomplete folders past `step`: the Trainer would save into them again and mix old files in.
+    for path in sorted(root.iterdir()):
+        found = _step(path)
+        if found is not None and found > step and path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path.name)
+    return removed

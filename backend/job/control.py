@@ -7,12 +7,18 @@ pause that races the job's end must not revive it, a double-clicked resume must 
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from backend.db import Job, User
+from backend.db import Job, JobMetric, JobSample, User
 from backend.errors import Conflict, Invalid
-from backend.job.checkpoints import latest_checkpoint
+from backend.job.checkpoints import (
+    Checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    named_checkpoint,
+    remove_checkpoints_after,
+)
 from backend.job.lifecycle import add_event
 from backend.job.schemas import JobClone, JobCreate
 from backend.job.service import create_job, get_job
@@ -39,14 +45,45 @@ def pause_job(session: Session, *, user: User, job_id: int) -> Job:
     return job
 
 
-def resume_job(session: Session, *, user: User, job_id: int) -> Job:
-    """Queue a paused, failed or cancelled job again from its latest checkpoint. The caller enqueues it."""
+def _checkpoint(job: Job, name: str | None) -> Checkpoint:
+    if name is None:
+        checkpoint = latest_checkpoint(job.id)
+        if checkpoint is None:
+            raise Conflict(f"job {job.id} has no checkpoint to resume from; clone it to start over")
+        return checkpoint
+    checkpoint = named_checkpoint(job.id, name)
+    if checkpoint is None:
+        names = ", ".join(c.name for c in list_checkpoints(job.id)) or "none"
+        raise Invalid(f"checkpoint: job {job.id} has no checkpoint {name!r} (it has: {names})", field="checkpoint")
+    return checkpoint
+
+
+def _drop_after(session: Session, job: Job, step: int) -> str | None:
+    """Forget what the run did after `step`: the resumed run logs those steps again, and a curve must hold one
+    value per step (the worker plots only steps after the last stored one). Says what was dropped."""
+    metrics = session.execute(delete(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step > step))
+    samples = session.execute(delete(JobSample).where(JobSample.job_id == job.id, JobSample.step > step))
+    removed = remove_checkpoints_after(job.id, step)
+    n_metrics, n_samples = metrics.rowcount, samples.rowcount  # type: ignore[attr-defined]
+    if not (n_metrics or n_samples or removed):
+        return None
+    # The final losses must describe the weights the run continues from, not the abandoned steps.
+    kept = session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.step)).all()
+    job.final_loss = next((m.values["loss"] for m in reversed(kept) if "loss" in m.values), None)
+    job.final_eval_loss = next((m.values["eval_loss"] for m in reversed(kept) if "eval_loss" in m.values), None)
+    parts = [f"{n_metrics} metric points", f"{n_samples} watch-prompt answers"]
+    if removed:
+        parts.append(f"checkpoints {', '.join(removed)}")
+    return f"dropped what came after step {step}: {', '.join(parts)}"
+
+
+def resume_job(session: Session, *, user: User, job_id: int, checkpoint: str | None = None) -> Job:
+    """Queue a paused, failed or cancelled job again from `checkpoint` (default: its latest). The caller
+    enqueues it. Metrics, answers and checkpoints after the checkpoint's step are dropped."""
     job = get_job(session, user=user, job_id=job_id)
     if job.status not in RESUMABLE:
         raise Conflict(f"job {job.id} is {job.status}; only a paused, failed or cancelled job can be resumed")
-    checkpoint = latest_checkpoint(job.id)
-    if checkpoint is None:
-        raise Conflict(f"job {job.id} has no checkpoint to resume from; clone it to start over")
+    chosen = _checkpoint(job, checkpoint)
     requeued = _changed(
         session,
         job.id,
@@ -54,14 +91,20 @@ def resume_job(session: Session, *, user: User, job_id: int) -> Job:
         status="queued",
         cancel_requested=False,
         pause_requested=False,
-        resume_checkpoint=str(checkpoint.path),
+        resume_checkpoint=str(chosen.path),
+        current_step=chosen.step,
         attempts=Job.attempts + 1,
         finished_at=None,
         error=None,
     )
     if not requeued:  # someone else resumed (or the reaper moved) it between our read and our write
         raise Conflict(f"job {job.id} changed state; reload and try again")
-    add_event(session, job.id, f"resume queued from {checkpoint.name}")
+    session.refresh(job)
+    dropped = _drop_after(session, job, chosen.step)
+    add_event(session, job.id, f"resume queued from {chosen.name}")
+    if dropped:
+        add_event(session, job.id, dropped)
+    session.flush()
     session.refresh(job)
     return job
 

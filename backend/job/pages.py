@@ -7,7 +7,7 @@ from backend.dataset.service import list_datasets
 from backend.db import Dataset, Model
 from backend.deps import OptionalUser, SessionDep
 from backend.job import service
-from backend.job.schemas import Hyperparameters
+from backend.job.schemas import HYPERPARAMETER_PRESETS, Hyperparameters
 from backend.model.presets import PRESETS, parameter_count
 from backend.model.service import list_models
 from backend.schemas import DbId, IdPath
@@ -29,12 +29,18 @@ def jobs_page(request: Request, session: SessionDep, user: OptionalUser) -> Resp
 
 
 @router.get("/jobs/new", response_class=HTMLResponse)
-def new_job_page(request: Request, session: SessionDep, user: OptionalUser) -> Response:
+def new_job_page(
+    request: Request, session: SessionDep, user: OptionalUser, clone: Annotated[DbId | None, Query()] = None
+) -> Response:
     user = require(user)
+    # "Clone and edit": the form opens filled with the source job's inputs (404 if the user may not see it).
+    source = service.to_read(session, service.get_job(session, user=user, job_id=clone)) if clone else None
     return render(
         request,
         "job/new.html",
         user,
+        clone=source.model_dump(mode="json") if source else None,
+        hp_presets=HYPERPARAMETER_PRESETS,
         datasets=list_datasets(session, user=user),
         # Only models whose weights are ready: an upload or hub import may still be converting.
         models=[m for m in list_models(session, user=user) if m.status == "ready"],

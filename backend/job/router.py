@@ -19,6 +19,7 @@ from backend.job.schemas import (
     JobCreate,
     JobList,
     JobRead,
+    JobResume,
     MetricRead,
     SampleRead,
 )
@@ -83,9 +84,11 @@ def pause_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead
 
 
 @router.post("/{job_id}/resume", response_model=JobRead)
-def resume_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
-    """Continue a paused, failed or cancelled job from its latest checkpoint (409 without one)."""
-    return _enqueue(session, control.resume_job(session, user=user, job_id=job_id))
+def resume_job(job_id: IdPath, session: SessionDep, user: CurrentUser, body: JobResume | None = None) -> JobRead:
+    """Continue a paused, failed or cancelled job from `body.checkpoint`, or its latest (409 without one);
+    what came after that checkpoint's step is dropped."""
+    checkpoint = body.checkpoint if body else None
+    return _enqueue(session, control.resume_job(session, user=user, job_id=job_id, checkpoint=checkpoint))
 
 
 @router.post("/{job_id}/clone", response_model=JobRead, status_code=201)

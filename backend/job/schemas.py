@@ -113,6 +113,67 @@ class Hyperparameters(BaseModel):
         return self
 
 
+# Settings presets of the new-job form, one place for all. Each sets the same fields (so presets do not mix when
+# clicked in turn), per kind for the learning rate: random weights take a larger step than a pretrained base,
+# whose features a fine-tune should nudge, not overwrite. Fields no preset names keep the user's values.
+HYPERPARAMETER_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "description": "A smoke test: 60 steps, an eval every 20, no intermediate checkpoints. Minutes on a CPU.",
+        "common": {
+            "max_steps": 60,
+            "epochs": None,
+            "eval_steps": 20,
+            "logging_steps": 1,
+            "checkpoint_steps": None,
+            "early_stopping_patience": None,
+            "warmup_steps": 0,
+            "weight_decay": 0.0,
+            "keep_checkpoints": 2,
+        },
+        "pretrain": {"learning_rate": 1e-3},
+        "finetune": {"learning_rate": 2e-4},
+    },
+    "balanced": {
+        "description": "One pass over the data with a short warmup and about ten evals.",
+        "common": {
+            "max_steps": None,
+            "epochs": 1,
+            "eval_steps": None,
+            "logging_steps": 5,
+            "checkpoint_steps": None,
+            "early_stopping_patience": None,
+            "warmup_steps": 20,
+            "weight_decay": 0.0,
+            "keep_checkpoints": 2,
+        },
+        "pretrain": {"learning_rate": 6e-4},
+        "finetune": {"learning_rate": 2e-4},
+    },
+    "thorough": {
+        "description": "Three epochs, a checkpoint every 200 steps and early stopping after 3 evals without gain.",
+        "common": {
+            "max_steps": None,
+            "epochs": 3,
+            "eval_steps": 100,
+            "logging_steps": 5,
+            "checkpoint_steps": 200,
+            "keep_checkpoints": 3,
+            "early_stopping_patience": 3,
+            "warmup_steps": 50,
+            "weight_decay": 0.01,
+        },
+        "pretrain": {"learning_rate": 6e-4},
+        "finetune": {"learning_rate": 1e-4},
+    },
+}
+
+
+def preset_values(name: str, kind: str) -> dict[str, Any]:
+    """The hyperparameters preset `name` sets for a job of `kind` (None: the field is emptied)."""
+    preset = HYPERPARAMETER_PRESETS[name]
+    return {**preset["common"], **preset[kind]}
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -132,6 +193,9 @@ class JobCreate(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     watch_prompts: list[WatchPrompt] = Field(
         default_factory=list, max_length=5, description="Prompts generated at every eval to watch answers change."
+    )
+    cloned_from: DbId | None = Field(
+        None, description='The job this one was cloned and edited from ("Clone and edit"); recorded, not copied.'
     )
 
     @model_validator(mode="after")
@@ -191,6 +255,11 @@ class JobRead(BaseModel):
     final_eval_loss: float | None
     output_model_id: int | None = None
     eta_seconds: float | None = None
+    dataset_name: str | None = None
+    base_model_name: str | None = None
+    duration_seconds: float | None = Field(
+        None, description="Training time of the latest attempt: start to finish, or to now while it runs."
+    )
 
     @field_validator("resume_checkpoint")
     @classmethod
@@ -238,6 +307,19 @@ class JobClone(BaseModel):
         default_factory=dict, description="Merged over the source job's hyperparameters, then validated."
     )
     watch_prompts: list[WatchPrompt] | None = Field(None, max_length=5)
+
+
+class JobResume(BaseModel):
+    """Which checkpoint a resume starts from; the latest when empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Text | None = Field(
+        None,
+        max_length=200,
+        description="A checkpoint name from /checkpoints, e.g. checkpoint-40. Metrics, watch-prompt answers and "
+        "checkpoints after its step are dropped, so the curve holds one value per step.",
+    )
 
 
 class CheckpointRead(BaseModel):

@@ -34,6 +34,33 @@ def list_jobs(session: Session, *, user: User, limit: int = 200) -> list[Job]:
     return list(session.scalars(q))
 
 
+def jobs_using(
+    session: Session, *, user: User, model_id: int | None = None, dataset_id: int | None = None
+) -> list[Job]:
+    """Jobs `user` may see that started from model `model_id` (as base or tokenizer) or trained or validated on
+    dataset `dataset_id`, newest first."""
+    q = select(Job).order_by(Job.id.desc()).limit(200)
+    if model_id is not None:
+        q = q.where((Job.base_model_id == model_id) | (Job.tokenizer_model_id == model_id))
+    if dataset_id is not None:
+        q = q.where((Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id))
+    if not user.is_admin:
+        q = q.where(Job.owner_id == user.id)
+    return list(session.scalars(q))
+
+
+def jobs_by_model(session: Session, *, user: User) -> dict[int, list[Job]]:
+    """Model id → the jobs `user` may see that started from it (as base or tokenizer), newest first."""
+    q = select(Job).where(Job.base_model_id.is_not(None) | Job.tokenizer_model_id.is_not(None)).order_by(Job.id.desc())
+    if not user.is_admin:
+        q = q.where(Job.owner_id == user.id)
+    found: dict[int, list[Job]] = {}
+    for job in session.scalars(q):
+        for model_id in {job.base_model_id, job.tokenizer_model_id} - {None}:
+            found.setdefault(model_id, []).append(job)  # type: ignore[arg-type]
+    return found
+
+
 # Which canonical dataset shapes each objective trains on.
 OBJECTIVE_SHAPES = {
     "causal_lm": ("text", "prompt_completion"),
@@ -109,9 +136,16 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
         hyperparameters=data.hyperparameters.model_dump(exclude_none=True),
         watch_prompts=list(data.watch_prompts),
     )
+    if data.cloned_from is not None:
+        source = session.get(Job, data.cloned_from)
+        if source is None or not (source.owner_id == user.id or _visible(user)):
+            raise Invalid(f"job {data.cloned_from} not found", field="cloned_from")
+        job.cloned_from_id = source.id
     session.add(job)
     session.flush()
     add_event(session, job.id, f"{job.kind} job queued")
+    if job.cloned_from_id is not None:
+        add_event(session, job.id, f"cloned from job {job.cloned_from_id} and edited")
     return job
 
 
@@ -151,7 +185,15 @@ def to_read(session: Session, job: Job) -> JobRead:
     """The API view of a job, with its output model and an ETA from the pace so far."""
     out = JobRead.model_validate(job)
     out.output_model_id = session.scalar(select(Model.id).where(Model.job_id == job.id))
-    out.eta_seconds = eta_seconds(job, utcnow())
+    now = utcnow()
+    out.eta_seconds = eta_seconds(job, now)
+    # session.get reads the identity map first: a list of jobs on a few datasets costs a few queries.
+    dataset = session.get(Dataset, job.dataset_id)
+    out.dataset_name = dataset.name if dataset else None
+    base = session.get(Model, job.base_model_id) if job.base_model_id else None
+    out.base_model_name = base.name if base else None
+    if job.started_at:
+        out.duration_seconds = max(0.0, ((job.finished_at or now) - job.started_at).total_seconds())
     return out
 
 

@@ -45,3 +45,41 @@ def test_pause_then_resume_continues_from_the_checkpoint(studio: StudioProcess) 
     assert steps == list(range(1, MAX_STEPS + 1))  # and none missing across the pause
     messages = [e["message"] for e in client.get(f"/api/jobs/{job['id']}/events").json()]
     assert f"resuming from checkpoint-{paused_at}" in messages
+
+
+def test_resume_from_an_older_checkpoint_plots_each_step_once(studio: StudioProcess) -> None:
+    client = studio.client()
+    job = pretrain(
+        client,
+        upload(client, "tiny.txt")["id"],
+        max_steps=MAX_STEPS,
+        eval_steps=40,
+        checkpoint_steps=10,
+        keep_checkpoints=5,
+    )
+    wait_for_step(client, job["id"], 25)
+    assert client.post(f"/api/jobs/{job['id']}/pause").status_code == 200
+    paused = studio.wait_job(client, job["id"], ("paused", "succeeded", "failed"), timeout=120)
+    assert paused["status"] == "paused", paused
+    checkpoints = client.get(f"/api/jobs/{job['id']}/checkpoints").json()
+    older = checkpoints[-2]  # the pause saved the last one; go back one further
+    assert older["step"] < paused["current_step"]
+    before = client.get(f"/api/jobs/{job['id']}/metrics").json()
+    assert max(m["step"] for m in before) > older["step"]
+
+    res = client.post(f"/api/jobs/{job['id']}/resume", json={"checkpoint": older["name"]})
+    assert res.status_code == 200, res.text
+    assert (res.json()["resume_checkpoint"], res.json()["current_step"]) == (older["name"], older["step"])
+    done = studio.wait_job(client, job["id"], ("succeeded", "failed", "cancelled"), timeout=240)
+    assert done["status"] == "succeeded", done
+    assert done["current_step"] == MAX_STEPS
+
+    # One point per step: the dropped steps were trained again from the older checkpoint and logged once.
+    metrics = client.get(f"/api/jobs/{job['id']}/metrics").json()
+    steps = [m["step"] for m in metrics if "loss" in m["values"]]
+    assert steps == list(range(1, MAX_STEPS + 1))
+    eval_steps = [m["step"] for m in metrics if "eval_loss" in m["values"]]
+    assert eval_steps == sorted(set(eval_steps))
+    messages = [e["message"] for e in client.get(f"/api/jobs/{job['id']}/events").json()]
+    assert f"resuming from {older['name']}" in messages
+    assert any(m.startswith(f"dropped what came after step {older['step']}:") for m in messages)

@@ -11,11 +11,155 @@
   let source = null;
   let etaAnchor = null; // [eta_seconds, Date.now()] of the last snapshot, counted down locally
 
-  /* ---------- chart ---------- */
+  /* ---------- chart view: log scale, smoothing and zoom, shared by the loss chart and every metric panel ---------- */
+
+  const VIEW_KEY = "studio.chartView";
+  const view = { log: false, smoothing: 0.6, zoom: null }; // zoom: [min step, max step] or null
+  try {
+    Object.assign(view, JSON.parse(localStorage.getItem(VIEW_KEY) || "{}"), { zoom: null });
+  } catch (err) {
+    /* a bad stored value: keep the defaults */
+  }
+
+  // TensorBoard's smoothing: an exponential moving average, debiased so the first points are not pulled to 0.
+  function smooth(points, weight, out) {
+    out.length = 0;
+    let last = 0;
+    let norm = 0;
+    for (const p of points) {
+      last = last * weight + (1 - weight) * p.y;
+      norm = norm * weight + (1 - weight);
+      out.push({ x: p.x, y: weight > 0 ? last / norm : p.y });
+    }
+    return out;
+  }
+
+  // A log axis cannot show 0 or negatives (a reward margin, say): such a chart stays linear.
+  function logFits(...arrays) {
+    return arrays.every((a) => a.every((p) => p.y > 0));
+  }
+
+  function applyView(c, logOk) {
+    if (!c) return;
+    const x = c.options.scales.x;
+    [x.min, x.max] = view.zoom || [undefined, undefined];
+    c.options.scales.y.type = view.log && logOk ? "logarithmic" : "linear";
+    c.data.datasets.forEach((ds) => {
+      if (ds.role === "raw") ds.hidden = view.smoothing === 0; // the faint raw curve, behind the smoothed one
+    });
+  }
+
+  // The raw curve behind a smoothed one: the same colour at a quarter of the opacity.
+  function fade(color) {
+    const hex = /^#([0-9a-f]{6})$/i.exec(color);
+    if (!hex) return "rgba(128, 128, 128, 0.3)";
+    const n = parseInt(hex[1], 16);
+    return `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, 0.3)`;
+  }
+
+  // Drag across a chart to zoom every chart to that step range; the selection is drawn by this plugin.
+  const dragZoom = {
+    id: "dragZoom",
+    afterDatasetsDraw(c) {
+      const drag = c.$drag;
+      if (!drag || drag.to == null) return;
+      const { top, bottom } = c.chartArea;
+      c.ctx.save();
+      c.ctx.fillStyle = "rgba(100, 130, 255, 0.15)";
+      c.ctx.fillRect(Math.min(drag.from, drag.to), top, Math.abs(drag.to - drag.from), bottom - top);
+      c.ctx.restore();
+    },
+  };
+
+  function clampToArea(c, px) {
+    return Math.min(Math.max(px, c.chartArea.left), c.chartArea.right);
+  }
+
+  function enableDragZoom(target) {
+    const c = () => Chart.getChart(target);
+    target.addEventListener("pointerdown", (e) => {
+      const chartNow = c();
+      if (!chartNow || e.button !== 0) return;
+      const { left, right, top, bottom } = chartNow.chartArea;
+      if (e.offsetX < left || e.offsetX > right || e.offsetY < top || e.offsetY > bottom) return;
+      chartNow.$drag = { from: e.offsetX, to: null };
+      target.setPointerCapture(e.pointerId);
+    });
+    target.addEventListener("pointermove", (e) => {
+      const chartNow = c();
+      if (!chartNow || !chartNow.$drag) return;
+      chartNow.$drag.to = clampToArea(chartNow, e.offsetX);
+      chartNow.draw();
+    });
+    const end = (e) => {
+      const chartNow = c();
+      if (!chartNow || !chartNow.$drag) return;
+      const { from, to } = chartNow.$drag;
+      chartNow.$drag = null;
+      if (to != null && Math.abs(to - from) >= 5) {
+        const scale = chartNow.scales.x;
+        const a = scale.getValueForPixel(from);
+        const b = scale.getValueForPixel(clampToArea(chartNow, e.offsetX ?? to));
+        setZoom([Math.floor(Math.min(a, b)), Math.ceil(Math.max(a, b))]);
+      } else {
+        chartNow.draw();
+      }
+    };
+    target.addEventListener("pointerup", end);
+    target.addEventListener("pointercancel", end);
+  }
+
+  function setZoom(range) {
+    view.zoom = range && range[1] > range[0] ? range : null;
+    $("chart-zoom-from").value = view.zoom ? view.zoom[0] : "";
+    $("chart-zoom-to").value = view.zoom ? view.zoom[1] : "";
+    $("chart-reset-zoom").disabled = !view.zoom;
+    $("chart-zoom-state").textContent = view.zoom ? `Steps ${view.zoom[0]}–${view.zoom[1]}` : "";
+    redrawAll();
+  }
+
+  function saveView() {
+    try {
+      localStorage.setItem(VIEW_KEY, JSON.stringify({ log: view.log, smoothing: view.smoothing }));
+    } catch (err) {
+      /* private mode: the view just is not remembered */
+    }
+  }
+
+  function initControls() {
+    const log = $("chart-log");
+    const smoothing = $("chart-smoothing");
+    log.checked = view.log;
+    smoothing.value = view.smoothing;
+    $("chart-smoothing-value").textContent = Number(view.smoothing).toFixed(2);
+    log.addEventListener("change", () => {
+      view.log = log.checked;
+      saveView();
+      redrawAll();
+    });
+    smoothing.addEventListener("input", () => {
+      view.smoothing = Number(smoothing.value);
+      $("chart-smoothing-value").textContent = view.smoothing.toFixed(2);
+      saveView();
+      redrawAll();
+    });
+    $("chart-reset-zoom").addEventListener("click", () => setZoom(null));
+    const typed = () => {
+      const a = $("chart-zoom-from").value;
+      const b = $("chart-zoom-to").value;
+      if (a !== "" && b !== "") setZoom([Number(a), Number(b)]);
+    };
+    $("chart-zoom-from").addEventListener("change", typed);
+    $("chart-zoom-to").addEventListener("change", typed);
+    $("chart-reset-zoom").disabled = true;
+  }
+
+  /* ---------- the loss chart ---------- */
 
   const canvas = $("loss-chart");
   const seenMetrics = new Set();
   const series = { loss: [], eval_loss: [], learning_rate: [] };
+  const smoothedLoss = [];
   let chart = null;
   let redrawPending = false;
 
@@ -23,21 +167,29 @@
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   }
 
+  function line(label, data, color, extra) {
+    return {
+      label, data, borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: 0,
+      cubicInterpolationMode: "monotone", // smooth without overshooting the logged values
+      ...extra,
+    };
+  }
+
   function makeChart() {
     if (typeof Chart === "undefined") return null;
     Chart.defaults.color = cssVar("--muted");
     Chart.defaults.borderColor = cssVar("--border");
     Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
-    const line = (label, data, color, extra) => ({
-      label, data, borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: 0,
-      cubicInterpolationMode: "monotone", // smooth without overshooting the logged values
-      ...extra,
-    });
+    const accent = cssVar("--accent");
     return new Chart(canvas, {
       type: "line",
+      plugins: [dragZoom],
       data: {
         datasets: [
-          line("Training loss", series.loss, cssVar("--accent"), { yAxisID: "y" }),
+          line("Training loss", smoothedLoss, accent, { yAxisID: "y", role: "smoothed" }),
+          line("Training loss (raw)", series.loss, fade(accent), {
+            yAxisID: "y", role: "raw", borderWidth: 1, cubicInterpolationMode: "default",
+          }),
           line("Eval loss", series.eval_loss, "#e8833a", { yAxisID: "y", pointRadius: 3 }),
           line("Learning rate", series.learning_rate, cssVar("--muted"), {
             yAxisID: "lr", borderWidth: 1.5, borderDash: [5, 4],
@@ -60,7 +212,10 @@
           },
         },
         plugins: {
-          legend: { position: "bottom", labels: { usePointStyle: true, boxHeight: 6 } },
+          legend: {
+            position: "bottom",
+            labels: { usePointStyle: true, boxHeight: 6, filter: (item, data) => data.datasets[item.datasetIndex].role !== "raw" },
+          },
           tooltip: {
             callbacks: {
               title: (items) => `step ${items[0].parsed.x}`,
@@ -103,7 +258,7 @@
   const PANEL_TITLES = new Map(PANELS);
   // Not worth a chart: the main chart's series, the epoch (the x axis says as much) and eval timing noise.
   const SKIP = new Set(["loss", "learning_rate", "epoch", "runtime", "samples_per_second", "steps_per_second"]);
-  const panels = new Map(); // quantity → { train: [], eval: [], chart, el }
+  const panels = new Map(); // quantity → { train: [], smoothed: [], eval: [], chart, canvas, value }
 
   function quantity(key) {
     const evalKey = key.startsWith("eval_");
@@ -134,29 +289,32 @@
     grid.insertBefore(figure, known ? after || null : null);
     $("metric-panels-card").hidden = false;
     if (!known) $("metric-panels-more-wrap").hidden = false;
-    const panel = { train: [], eval: [], chart: null, canvas: panelCanvas, value };
+    const panel = { train: [], smoothed: [], eval: [], chart: null, canvas: panelCanvas, value };
     panels.set(name, panel);
+    enableDragZoom(panelCanvas);
     return panel;
   }
 
   function panelChart(panel) {
     if (typeof Chart === "undefined") return null;
-    const line = (label, data, color, extra) => ({
-      label, data, borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: 0,
-      cubicInterpolationMode: "monotone", ...extra,
-    });
+    const accent = cssVar("--accent");
     return new Chart(panel.canvas, {
       type: "line",
+      plugins: [dragZoom],
       data: {
         datasets: [
-          line("train", panel.train, cssVar("--accent")),
+          line("train", panel.smoothed, accent, { role: "smoothed" }),
+          line("train (raw)", panel.train, fade(accent), { role: "raw", borderWidth: 1 }),
           line("eval", panel.eval, "#e8833a", { pointRadius: 3 }),
         ],
       },
       options: {
         parsing: false, animation: false, responsive: true, maintainAspectRatio: false,
         interaction: { mode: "nearest", axis: "x", intersect: false },
-        scales: { x: { type: "linear", title: { display: true, text: "step" }, ticks: { precision: 0 } } },
+        scales: {
+          x: { type: "linear", title: { display: true, text: "step" }, ticks: { precision: 0 } },
+          y: { type: "linear" },
+        },
         plugins: {
           legend: { display: false },
           tooltip: { callbacks: { title: (items) => `step ${items[0].parsed.x}` } },
@@ -178,11 +336,13 @@
     return Number(y.toPrecision(4)).toString();
   }
 
-  function redrawPanels() {
+  function redrawPanels(all) {
     for (const panel of panels.values()) {
-      if (!panel.dirty) continue;
+      if (!panel.dirty && !all) continue;
       panel.dirty = false;
       panel.chart = panel.chart || panelChart(panel);
+      smooth(panel.train, view.smoothing, panel.smoothed);
+      applyView(panel.chart, logFits(panel.train, panel.eval));
       if (panel.chart) panel.chart.update("none");
       const last = [...panel.train.slice(-1), ...panel.eval.slice(-1)].sort((a, b) => a.x - b.x).pop();
       panel.value.textContent = last ? `${formatValue(last.y)} at step ${last.x}` : "";
@@ -202,15 +362,41 @@
     scheduleRedraw();
   }
 
+  // Forget every point (a resume from an older checkpoint dropped some on the server); the stream replays the rest.
+  function resetCharts() {
+    seenMetrics.clear();
+    Object.values(series).forEach((points) => (points.length = 0));
+    smoothedLoss.length = 0;
+    for (const panel of panels.values()) {
+      panel.train.length = 0;
+      panel.smoothed.length = 0;
+      panel.eval.length = 0;
+      panel.dirty = true;
+    }
+    canvas.dataset.points = "0";
+    redrawAll();
+  }
+
+  function redrawMain() {
+    chart = chart || makeChart();
+    smooth(series.loss, view.smoothing, smoothedLoss);
+    applyView(chart, logFits(series.loss, series.eval_loss));
+    if (chart) chart.update("none");
+  }
+
+  function redrawAll() {
+    redrawMain();
+    redrawPanels(true);
+  }
+
   function scheduleRedraw() {
     if (redrawPending) return;
     redrawPending = true;
     // Batch a replay of thousands of points into one draw per frame.
     requestAnimationFrame(() => {
       redrawPending = false;
-      chart = chart || makeChart();
-      if (chart) chart.update("none");
-      redrawPanels();
+      redrawMain();
+      redrawPanels(false);
       const last = series.loss[series.loss.length - 1];
       const lastEval = series.eval_loss[series.eval_loss.length - 1];
       $("chart-summary").textContent = [
@@ -219,6 +405,9 @@
       ].filter(Boolean).join(" · ");
     });
   }
+
+  initControls();
+  enableDragZoom(canvas);
 
   /* ---------- job snapshot ---------- */
 
@@ -241,6 +430,7 @@
     pause.disabled = job.pause_requested;
     pause.textContent = job.pause_requested ? "Pausing…" : "Pause";
     $("job-resume").hidden = !RESUMABLE.has(job.status);
+    syncResumeButtons();
 
     const progress = $("job-progress");
     const total = job.total_steps;
@@ -371,10 +561,52 @@
       ...items.map((c) => {
         const name = document.createElement("strong");
         name.textContent = `step ${c.step}`;
-        return item(name, " ", muted(`${c.name} · ${Studio.formatBytes(c.size_bytes)} · `),
-          Studio.timeElement(c.created_at, "time"));
+        const resume = document.createElement("button");
+        resume.type = "button";
+        resume.className = "btn btn-small resume-from";
+        resume.dataset.checkpoint = c.name;
+        resume.dataset.step = c.step;
+        resume.textContent = "Resume from here";
+        resume.setAttribute("aria-label", `Resume from ${c.name}`);
+        resume.addEventListener("click", () => resumeFrom(c, resume));
+        const li = item(name, " ", muted(`${c.name} · ${Studio.formatBytes(c.size_bytes)} · `),
+          Studio.timeElement(c.created_at, "time"), " ", resume);
+        li.dataset.checkpoint = c.name;
+        return li;
       }),
     );
+    syncResumeButtons();
+  }
+
+  function syncResumeButtons() {
+    document.querySelectorAll("#job-checkpoints .resume-from").forEach((b) => (b.hidden = !RESUMABLE.has(job.status)));
+  }
+
+  async function resumeFrom(checkpoint, button) {
+    const last = series.loss.length ? series.loss[series.loss.length - 1].x : 0;
+    if (last > checkpoint.step) {
+      const ok = window.confirm(
+        `Resume from step ${checkpoint.step}? The metrics, watch-prompt answers and checkpoints after step ` +
+          `${checkpoint.step} are discarded, so the curves continue from there.`,
+      );
+      if (!ok) return;
+    }
+    button.disabled = true;
+    try {
+      const next = await Studio.fetchJSON(`/api/jobs/${job.id}/resume`, {
+        method: "POST",
+        body: { checkpoint: checkpoint.name },
+      });
+      renderJob(next);
+      if (source) source.close();
+      resetCharts(); // the server dropped the later points: replay what is left
+      $("job-samples").replaceChildren();
+      connect();
+      loadCheckpoints();
+    } catch (err) {
+      Studio.showError($("job-error"), `Could not resume from ${checkpoint.name}: ${err.message}`);
+      button.disabled = false;
+    }
   }
 
   async function loadSamples() {
@@ -487,7 +719,9 @@
     if (!next) return;
     renderJob(next);
     if (source) source.close(); // the stream ended with the pause: follow the new run
+    resetCharts(); // points after the checkpoint were dropped on the server: replay what is left
     connect();
+    loadCheckpoints();
   });
 
   $("job-clone").addEventListener("click", async () => {

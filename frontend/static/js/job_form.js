@@ -198,8 +198,79 @@
         const value = hpValue(input);
         if (value !== undefined) body.hyperparameters[input.dataset.hp] = value;
       });
+    if (formData.clone) body.cloned_from = formData.clone.id;
     return body;
   }
+
+  /* ---------- presets and "clone and edit": fill the fields, then let the estimate follow ---------- */
+
+  const formData = JSON.parse(document.getElementById("job-form-data").textContent);
+  const presetButtons = [...form.querySelectorAll("[data-preset]")];
+
+  function setHp(name, value) {
+    const input = document.getElementById(`hp-${name}`);
+    if (!input) return;
+    if (input.dataset.hpType === "boolean") input.checked = Boolean(value);
+    else if (value == null) input.value = "";
+    else input.value = Array.isArray(value) ? value.join(", ") : String(value);
+    input.removeAttribute("aria-invalid");
+    Studio.showError(errorLine(input.id), "");
+  }
+
+  // backend/job/schemas.py HYPERPARAMETER_PRESETS: shared values, then the kind's own (the learning rate).
+  function applyPreset(name) {
+    const preset = formData.presets[name];
+    Object.entries({ ...preset.common, ...preset[kind()] }).forEach(([key, value]) => setHp(key, value));
+    presetButtons.forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.preset === name)));
+    scheduleEstimate();
+  }
+
+  function choose(select, value) {
+    const ok = value != null && [...select.options].some((o) => o.value === String(value));
+    if (ok) select.value = String(value);
+    return ok;
+  }
+
+  function prefill(job) {
+    document.getElementById("job-name").value = `${job.name} (clone)`.slice(0, 200);
+    const radio = document.getElementById(`job-kind-${job.kind}`);
+    if (radio) radio.checked = true;
+    if (!choose(dataset, job.dataset_id)) markField("job-dataset", `Dataset ${job.dataset_id} is no longer available.`);
+    syncObjective(); // picks the dataset's natural objective; the job's own is set below
+    if (validation) choose(validation, job.validation_dataset_id ?? "");
+    if (job.kind === "pretrain") {
+      choose(document.getElementById("job-architecture"), job.architecture);
+      choose(document.getElementById("job-tokenizer-model"), job.tokenizer_model_id ?? "");
+    } else {
+      if (!choose(document.getElementById("job-base-model"), job.base_model_id)) {
+        markField("job-base-model", `Base model ${job.base_model_id} is not available (removed, or not ready).`);
+      }
+      choose(method, job.method);
+      choose(objective, job.objective);
+    }
+    // Stored hyperparameters leave out empty optional fields: empty those, keep the form's defaults for the rest.
+    hpInputs.forEach((input) => {
+      const key = input.dataset.hp;
+      if (key in job.hyperparameters) setHp(key, job.hyperparameters[key]);
+      else if (input.placeholder === "empty") setHp(key, null);
+    });
+    document.getElementById("job-watch-prompts").value = (job.watch_prompts || []).join("\n");
+    syncVisibility();
+    syncValidation();
+  }
+
+  presetButtons.forEach((b) => b.addEventListener("click", () => applyPreset(b.dataset.preset)));
+  // A preset's learning rate depends on the kind: switching kind re-applies the chosen preset.
+  form.querySelectorAll('input[name="kind"]').forEach((r) =>
+    r.addEventListener("change", () => {
+      const pressed = presetButtons.find((b) => b.getAttribute("aria-pressed") === "true");
+      if (pressed) applyPreset(pressed.dataset.preset);
+    }),
+  );
+  // Editing a field by hand means the form no longer is the preset as shown.
+  hpInputs.forEach((input) =>
+    input.addEventListener("input", () => presetButtons.forEach((b) => b.setAttribute("aria-pressed", "false"))),
+  );
 
   /* ---------- estimate: parameters, tokens, steps, FLOPs, time and memory before launch ---------- */
 
@@ -312,5 +383,6 @@
   syncObjective();
   syncVisibility();
   syncValidation();
+  if (formData.clone) prefill(formData.clone);
   estimate();
 })();
