@@ -38,7 +38,7 @@ def _run(studio: StudioProcess, body: dict[str, Any]) -> tuple[dict[str, Any], f
     job = studio.wait_job(client, res.json()["id"], ("succeeded", "failed", "cancelled"), timeout=1800)
     assert job["status"] == "succeeded", client.get(f"/api/jobs/{job['id']}/events").json()
     last: dict[str, float] = {}
-    for m in client.get(f"/api/jobs/{job['id']}/metrics").json()["items"]:
+    for m in client.get(f"/api/jobs/{job['id']}/metrics").json():
         last.update(m["values"])
     return job, time.perf_counter() - t0, last
 
