@@ -45,6 +45,16 @@ def publish_generation(generation_id: int) -> None:
     _publish(generation_key(generation_id))
 
 
+def model_key(model_id: int) -> str:
+    """The wake-up key of a model's import progress (same channel, its own prefix)."""
+    return f"model:{model_id}"
+
+
+def publish_model(model_id: int) -> None:
+    """Tell listening API processes that model `model_id` changed (import progress, ready, failed). Best effort."""
+    _publish(model_key(model_id))
+
+
 def _publish(key: str) -> None:
     global _publisher
     url = get_settings().redis_url
@@ -56,6 +66,10 @@ def _publish(key: str) -> None:
         _publisher[1].publish(channel(url), key)
     except redis.RedisError as exc:
         log.warning("could not publish update %s: %s", key, exc)
+
+
+# The key a listener registers under to hear about every job (the live jobs list); generations are not jobs.
+ANY_JOB = "job:*"
 
 
 def _key(data: bytes | str) -> int | str:
@@ -105,6 +119,9 @@ class Broadcaster:
     def _wake(self, job_id: int | str) -> None:
         for event in self._waiters.get(job_id, ()):
             event.set()
+        if isinstance(job_id, int):
+            for event in self._waiters.get(ANY_JOB, ()):
+                event.set()
 
     @contextlib.contextmanager
     def listen(self, job_id: int | str) -> Iterator[asyncio.Event]:

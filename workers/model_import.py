@@ -10,6 +10,7 @@ import fnmatch
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,7 +22,7 @@ from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, Revi
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from backend.config import get_settings
-from backend.model.imports import ImportSpec, fail_import, finish_import, load_import
+from backend.model.imports import ImportSpec, fail_import, finish_import, load_import, record_progress
 from backend.queue import IMPORT_MODEL
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,27 @@ class ImportFailed(Exception):
     """An import that cannot succeed, with the message the user sees."""
 
 
-def convert_gguf(gguf: Path, dest: Path) -> None:
+# Stage reporter: (stage, step, steps, done, total, unit). The task records to the model row; the CLI ignores it.
+Progress = Callable[..., None]
+
+
+def _quiet(*_args: object, **_kwargs: object) -> None:
+    pass
+
+
+def gguf_tensor_count(gguf: Path) -> int:
+    """How many tensors the GGUF holds (its header only: the reader memory-maps, reading no weights)."""
+    from gguf import GGUFReader  # the converter's own dependency; only its header is read here
+
+    return len(GGUFReader(gguf).tensors)
+
+
+def convert_gguf(gguf: Path, dest: Path, progress: Progress = _quiet) -> None:
     """De-quantize `gguf` (weights, tokenizer, chat template) into a Hugging Face directory at `dest`."""
+    progress("reading the tokenizer", step=1, steps=3)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    # transformers de-quantizes inside from_pretrained, with no per-tensor hook: the count tells what is done.
+    progress("de-quantizing the weights", step=2, steps=3, done=0, total=gguf_tensor_count(gguf), unit="tensors")
     # GGUF blocks store small integers with a per-block fp16 scale (and offset); their products need more
     # mantissa than bf16's 8 bits, so the unpacked weights are kept in fp32: exact, at 4 bytes a weight.
     model = AutoModelForCausalLM.from_pretrained(
@@ -49,6 +68,7 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
         dtype=torch.float32,
         local_files_only=True,
     )
+    progress("writing safetensors", step=3, steps=3)
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
@@ -67,7 +87,7 @@ def hub_files(siblings: list[str]) -> list[str]:
     return sorted(f for f in siblings if "/" not in f and any(fnmatch.fnmatch(f, p) for p in HUB_PATTERNS))
 
 
-def download_hub(hub_id: str, revision: str, dest: Path) -> dict[str, Any]:
+def download_hub(hub_id: str, revision: str, dest: Path, progress: Progress = _quiet) -> dict[str, Any]:
     """Download `hub_id` at `revision` into `dest`; return what was pinned. Fails within the Hub timeout
     when there is no network, instead of retrying for minutes."""
     settings = get_settings()
@@ -76,6 +96,7 @@ def download_hub(hub_id: str, revision: str, dest: Path) -> dict[str, Any]:
     if constants.HF_HUB_OFFLINE:
         raise ImportFailed(f"{offline} (HF_HUB_OFFLINE is set on the worker)")
     api = HfApi(endpoint=settings.hub_endpoint)
+    progress("resolving the revision", step=1, steps=2)
     try:
         # One small request first: it checks the network, the repository and the revision, resolves the
         # revision to a commit (what we then download, so the files all come from one commit), and lists files.
@@ -96,6 +117,7 @@ def download_hub(hub_id: str, revision: str, dest: Path) -> dict[str, Any]:
             f"{hub_id}@{revision} has no *.safetensors weights at its top level; only safetensors are loaded "
             "(pickled .bin checkpoints are never downloaded)"
         )
+    progress("downloading", step=2, steps=2, done=0, total=len(files), unit="files")
     try:
         snapshot_download(
             hub_id,
@@ -105,6 +127,7 @@ def download_hub(hub_id: str, revision: str, dest: Path) -> dict[str, Any]:
             endpoint=settings.hub_endpoint,
             etag_timeout=settings.hub_timeout_seconds,
         )
+        progress("downloading", step=2, steps=2, done=len(files), total=len(files), unit="files")
     except Exception as exc:
         if _network_error(exc):
             raise ImportFailed(f"the download of {hub_id}@{revision} broke off: {type(exc).__name__}: {exc}") from None
@@ -115,15 +138,19 @@ def download_hub(hub_id: str, revision: str, dest: Path) -> dict[str, Any]:
 
 def run_import(spec: ImportSpec, staged: Path) -> dict[str, Any]:
     """Fill `staged` for the import `spec` describes; return details to store with the model."""
+
+    def progress(stage: str, **where: Any) -> None:
+        record_progress(spec.model_id, stage, **where)
+
     if spec.source == "gguf":
         if spec.gguf_path is None or not spec.gguf_path.is_file():
             raise ImportFailed(f"the uploaded GGUF file of model {spec.model_id} is gone")
-        convert_gguf(spec.gguf_path, staged)
+        convert_gguf(spec.gguf_path, staged, progress)
         return {"dtype": "float32"}
     if spec.source == "hub":
         if not spec.hub_id or not spec.revision:
             raise ImportFailed(f"model {spec.model_id} names no hub id and revision")
-        return download_hub(spec.hub_id, spec.revision, staged)
+        return download_hub(spec.hub_id, spec.revision, staged, progress)
     raise ImportFailed(f"model {spec.model_id} has source {spec.source!r}, which no worker imports")
 
 

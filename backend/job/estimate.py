@@ -137,22 +137,37 @@ def _config(session: Session, user: User, body: JobCreate) -> tuple[dict[str, An
     return _read_config(model), model.parameters or None
 
 
+def stats_model(body: JobCreate) -> int | None:
+    """Whose tokenizer counts the job's tokens: the base model's, or for pretraining a borrowed one's (a
+    tokenizer trained on the dataset at launch does not exist yet, so there is nothing to count with)."""
+    return body.base_model if body.kind == "finetune" else body.tokenizer_model
+
+
 def _token_stats(session: Session, dataset: Dataset, body: JobCreate, objective: str) -> dict[str, Any] | None:
-    """The worker's token statistics for these settings, if it has computed them (the Datasets page does)."""
+    """The worker's token statistics for these settings, if it has computed them (the Datasets page or the
+    new-job form asks for them). batch_size only changes steps_per_epoch and padding, not the token counts,
+    so any batch size will do; the job's own is preferred."""
+    model_id = stats_model(body)
+    if model_id is None:
+        return None
     rows = session.scalars(
-        select(DatasetAnalysis).where(
+        select(DatasetAnalysis)
+        .where(
             DatasetAnalysis.dataset_id == dataset.id, DatasetAnalysis.kind == "stats", DatasetAnalysis.status == "done"
         )
+        .order_by(DatasetAnalysis.id.desc())
     )
-    for row in rows:
-        p = row.params or {}
-        if (
-            p.get("base_model") == body.base_model
-            and p.get("objective") == objective
-            and p.get("max_length") == body.hyperparameters.max_length
-        ):
-            return row.result
-    return None
+    matches = [
+        row
+        for row in rows
+        if row.result
+        and (row.params or {}).get("base_model") == model_id
+        and (row.params or {}).get("objective") == objective
+        and (row.params or {}).get("max_length") == body.hyperparameters.max_length
+    ]
+    same_batch = [r for r in matches if (r.params or {}).get("batch_size") == body.hyperparameters.batch_size]
+    best = same_batch or matches
+    return best[0].result if best else None
 
 
 def _measured_flops_per_second(session: Session, device: str) -> float | None:
@@ -196,7 +211,10 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
             max(1, math.ceil(tokens_per_epoch / hp.max_length)) if objective == "causal_lm" else dataset.record_count
         )
         notes.append(
-            "tokens estimated from the file size (~4 bytes per token); the dataset's statistics give exact counts"
+            "tokens estimated from the file size (~4 bytes per token): the tokenizer is trained on the dataset "
+            "at launch, so there is none to count with yet"
+            if stats_model(body) is None
+            else "tokens estimated from the file size (~4 bytes per token); the dataset's statistics give exact counts"
         )
     examples = max(1, round(examples * (1 - (hp.validation_fraction if body.validation_dataset_id is None else 0))))
     per_step = hp.batch_size * hp.gradient_accumulation_steps

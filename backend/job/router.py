@@ -7,6 +7,7 @@ from sse_starlette import EventSourceResponse
 from backend.db import Job
 from backend.deps import CurrentUser, SessionDep
 from backend.errors import BrokerUnavailable
+from backend.events import publish
 from backend.job import compare, control, estimate, service
 from backend.job.checkpoints import list_checkpoints
 from backend.job.schemas import (
@@ -23,7 +24,7 @@ from backend.job.schemas import (
     MetricRead,
     SampleRead,
 )
-from backend.job.stream import job_events, metric_dict, parse_cursor
+from backend.job.stream import job_events, jobs_list_events, metric_dict, parse_cursor
 from backend.queue import enqueue_job
 from backend.schemas import DbId, IdPath, Text
 
@@ -38,6 +39,7 @@ def _enqueue(session: SessionDep, job: Job) -> JobRead:
         service.fail_unqueued(session, job=job, reason=str(exc))
         session.commit()
         raise BrokerUnavailable(f"the job queue is unreachable ({type(exc).__name__}); job {job.id} failed") from exc
+    publish(job.id)  # the live jobs lists show the new (or re-queued) job without waiting for the worker
     return service.to_read(session, job)
 
 
@@ -65,6 +67,15 @@ def compare_jobs(
     return compare.compare_jobs(session, user=user, job_ids=list(ids))
 
 
+@router.get("/stream")
+def stream_jobs(request: Request, session: SessionDep, user: CurrentUser) -> EventSourceResponse:
+    """SSE for the jobs list: a `job` event per visible job (newest first) on connect, then one whenever a job
+    changes or appears. A reconnect gets the snapshot again, so nothing is missed."""
+    user_id, is_admin = user.id, user.is_admin
+    session.close()  # a stream can last hours; don't hold a connection
+    return EventSourceResponse(jobs_list_events(user_id, is_admin, request.app.state.broadcaster), ping=15)
+
+
 @router.get("/{job_id}", response_model=JobRead)
 def get_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
     return service.to_read(session, service.get_job(session, user=user, job_id=job_id))
@@ -72,7 +83,10 @@ def get_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
 def cancel_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead:
-    return service.to_read(session, service.cancel_job(session, user=user, job_id=job_id))
+    job = service.cancel_job(session, user=user, job_id=job_id)
+    session.commit()  # before the publish, so live readers see the change
+    publish(job_id)
+    return service.to_read(session, job)
 
 
 @router.post("/{job_id}/pause", response_model=JobRead)
@@ -80,6 +94,7 @@ def pause_job(job_id: IdPath, session: SessionDep, user: CurrentUser) -> JobRead
     """Save a checkpoint at the next step and stop; the job ends as `paused`."""
     job = control.pause_job(session, user=user, job_id=job_id)
     session.commit()
+    publish(job_id)
     return service.to_read(session, job)
 
 

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from anyio import to_thread
+from sqlalchemy import select
 
 from backend.db import FINAL_STATUSES, Job, session_scope
-from backend.events import Broadcaster
+from backend.events import ANY_JOB, Broadcaster
 from backend.job import service
 from backend.job.schemas import EventRead
 from backend.schemas import MAX_ID
@@ -82,4 +83,50 @@ async def _follow(
             }
             return
         if not final:  # once final, read again at once: only the tail is left to send
+            await broadcaster.wait(wake, SAFETY_POLL_SECONDS)
+
+
+# The jobs list: what a row shows that can change. Jobs have no updated_at column, so each look compares this
+# cheap tuple per job (one narrow query) and builds the full view only for the rows that changed.
+LIST_COLUMNS = (
+    Job.id,
+    Job.status,
+    Job.current_step,
+    Job.total_steps,
+    Job.final_loss,
+    Job.cancel_requested,
+    Job.pause_requested,
+)
+LIST_LIMIT = 200  # as many as the list page renders
+
+
+def _changed_jobs(user_id: int, is_admin: bool, seen: dict[int, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Views of the visible jobs whose row differs from `seen` (all of them the first time), newest first;
+    `seen` is updated in place."""
+    with session_scope() as s:
+        q = select(*LIST_COLUMNS).order_by(Job.id.desc()).limit(LIST_LIMIT)
+        if not is_admin:
+            q = q.where(Job.owner_id == user_id)
+        changed = []
+        for row in s.execute(q):
+            key = tuple(row)
+            if seen.get(row.id) != key:
+                seen[row.id] = key
+                changed.append(row.id)
+        if not changed:
+            return []
+        jobs = s.scalars(select(Job).where(Job.id.in_(changed)).order_by(Job.id.desc()))
+        return [service.to_read(s, job).model_dump(mode="json") for job in jobs]
+
+
+async def jobs_list_events(user_id: int, is_admin: bool, broadcaster: Broadcaster) -> AsyncIterator[dict[str, str]]:
+    """Yield a `job` event per visible job (the snapshot is the replay: a reconnect resyncs), then one per job
+    whenever its row changes, for as long as the client listens."""
+    seen: dict[int, tuple[Any, ...]] = {}
+    # Registered before the first read, so a change between the read and the wait is never lost.
+    with broadcaster.listen(ANY_JOB) as wake:
+        while True:
+            for job in await to_thread.run_sync(_changed_jobs, user_id, is_admin, seen):
+                yield {"event": "job", "data": json.dumps(job)}
+            # Redis says "look again" on any job's write; the safety poll also catches writers that don't publish.
             await broadcaster.wait(wake, SAFETY_POLL_SECONDS)

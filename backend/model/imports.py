@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from backend.db import Model, User, session_scope
+from backend.db import Model, User, session_scope, utcnow
 from backend.errors import DomainError
+from backend.events import publish_model
 from backend.model.service import create_import, imports_dir, inspect_model_dir
 
 ERROR_CHARS = 4000
@@ -57,6 +58,32 @@ def load_import(model_id: int) -> ImportSpec | None:
         )
 
 
+def record_progress(
+    model_id: int,
+    stage: str,
+    *,
+    step: int,
+    steps: int,
+    done: int | None = None,
+    total: int | None = None,
+    unit: str | None = None,
+) -> None:
+    """Store where a running import is in Model.details["progress"] and tell the model's page. A new `stage`
+    is added to the history (the page shows how long each took); a repeated one only moves `done`."""
+    with session_scope() as s:
+        model = s.get(Model, model_id)
+        if model is None or model.status != "importing":
+            return
+        details = dict(model.details or {})
+        history = list((details.get("progress") or {}).get("history") or [])
+        if not history or history[-1]["stage"] != stage:
+            history.append({"stage": stage, "at": utcnow().isoformat()})
+        progress = {"stage": stage, "step": step, "steps": steps, "history": history}
+        progress.update({k: v for k, v in (("done", done), ("total", total), ("unit", unit)) if v is not None})
+        model.details = {**details, "progress": progress}
+    publish_model(model_id)
+
+
 def finish_import(model_id: int, staged: Path, details: dict[str, Any] | None = None) -> bool:
     """Move the staged directory into place and mark the model ready; False (staging removed) when the row was
     deleted or another delivery finished first. An invalid directory marks the import failed instead."""
@@ -78,6 +105,7 @@ def finish_import(model_id: int, staged: Path, details: dict[str, Any] | None = 
         model.architecture, model.parameters = architecture, parameters
         model.details = {**(model.details or {}), **(details or {})}
     shutil.rmtree(imports_dir(model_id), ignore_errors=True)
+    publish_model(model_id)
     return True
 
 
@@ -90,3 +118,4 @@ def fail_import(model_id: int, error: str) -> None:
             .values(status="failed", error=error[:ERROR_CHARS])
         )
     shutil.rmtree(imports_dir(model_id), ignore_errors=True)
+    publish_model(model_id)

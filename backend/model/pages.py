@@ -4,6 +4,8 @@ from fastapi.responses import HTMLResponse, Response
 from backend.deps import OptionalUser, SessionDep
 from backend.job.service import jobs_by_model
 from backend.model import service
+from backend.model.detail import model_detail
+from backend.schemas import IdPath
 from backend.web import render, require
 
 router = APIRouter(include_in_schema=False)
@@ -14,3 +16,11 @@ def models_page(request: Request, session: SessionDep, user: OptionalUser) -> Re
     user = require(user)
     models = service.list_models(session, user=user)
     return render(request, "model/list.html", user, models=models, used_by=jobs_by_model(session, user=user))
+
+
+@router.get("/models/{model_id}", response_class=HTMLResponse)
+def model_page(model_id: IdPath, request: Request, session: SessionDep, user: OptionalUser) -> Response:
+    user = require(user)
+    model = model_detail(session, user=user, model_id=model_id)
+    owner = service.visible_model(session, user=user, model_id=model_id).owner_id
+    return render(request, "model/detail.html", user, model=model, mine=user.is_admin or owner == user.id)

@@ -1,14 +1,16 @@
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from sse_starlette import EventSourceResponse
 
 from backend.dataset.upload import CHUNK_SIZE
 from backend.db import Model
 from backend.deps import CurrentUser, SessionDep
 from backend.errors import BrokerUnavailable, Invalid
-from backend.model import imports, service, upload
+from backend.model import detail, imports, service, upload
 from backend.model.presets import PRESETS, parameter_count
 from backend.model.schemas import (
+    ModelDetail,
     ModelImport,
     ModelList,
     ModelRead,
@@ -17,6 +19,7 @@ from backend.model.schemas import (
     ModelUploadRead,
     PresetRead,
 )
+from backend.model.stream import model_events
 from backend.queue import enqueue_import
 from backend.schemas import IdPath, Text
 
@@ -88,6 +91,20 @@ def import_from_hub(body: ModelImport, session: SessionDep, user: CurrentUser) -
 @router.get("/models/{model_id}", response_model=ModelRead)
 def get_model(model_id: IdPath, session: SessionDep, user: CurrentUser) -> ModelRead:
     return ModelRead.model_validate(service.visible_model(session, user=user, model_id=model_id))
+
+
+@router.get("/models/{model_id}/detail", response_model=ModelDetail)
+def get_model_detail(model_id: IdPath, session: SessionDep, user: CurrentUser) -> ModelDetail:
+    """The model with its files, size on disk, config summary, import progress and the jobs that used it."""
+    return detail.model_detail(session, user=user, model_id=model_id)
+
+
+@router.get("/models/{model_id}/stream")
+def stream_model(model_id: IdPath, request: Request, session: SessionDep, user: CurrentUser) -> EventSourceResponse:
+    """SSE: `model` events (status and import progress) on connect and on each change, `end` when it is over."""
+    service.visible_model(session, user=user, model_id=model_id)
+    session.close()  # an import can take long; don't hold a connection
+    return EventSourceResponse(model_events(model_id, request.app.state.broadcaster), ping=15)
 
 
 @router.patch("/models/{model_id}", response_model=ModelRead)

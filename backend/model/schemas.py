@@ -43,6 +43,56 @@ class ModelRead(BaseModel):
     created_at: datetime
 
 
+class ModelFile(BaseModel):
+    name: str = Field(description="Path inside the model directory.")
+    size_bytes: int
+
+
+class ModelConfigSummary(BaseModel):
+    """What config.json and the tokenizer files say, for people choosing a base model."""
+
+    layers: int | None = None
+    hidden_size: int | None = None
+    attention_heads: int | None = None
+    kv_heads: int | None = None
+    vocab_size: int | None = None
+    context_length: int | None = Field(None, description="max_position_embeddings (or n_positions).")
+    dtype: str | None = Field(None, description="The dtype the weights were saved in, per config.json.")
+    chat_template: bool = Field(False, description="Whether the tokenizer carries a chat template.")
+
+
+class ImportProgress(BaseModel):
+    """Where a running import is: stage `step` of `steps`, with bytes or tensors done when known."""
+
+    stage: str
+    step: int
+    steps: int
+    done: int | None = None
+    total: int | None = None
+    unit: str | None = Field(None, description='"tensors" | "files" | "bytes": what `done` and `total` count.')
+    history: list[dict[str, str]] = Field(default_factory=list, description="Stages so far, with start times.")
+
+
+class ModelJob(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    kind: str
+    status: str
+    created_at: datetime
+
+
+class ModelDetail(ModelRead):
+    """One model with what its page shows: files, size on disk, config summary, import progress, jobs."""
+
+    files: list[ModelFile] = Field(default_factory=list)
+    size_bytes: int = 0
+    config: ModelConfigSummary | None = None
+    progress: ImportProgress | None = Field(None, validation_alias=AliasPath("details", "progress"))
+    jobs: list[ModelJob] = Field(default_factory=list, description="Jobs you may see that started from it.")
+
+
 class ModelList(BaseModel):
     items: list[ModelRead]
 

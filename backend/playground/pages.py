@@ -24,7 +24,9 @@ def _job_option(job: Job) -> dict[str, object]:
 
 
 @router.get("/playground", response_class=HTMLResponse)
-def playground_page(request: Request, session: SessionDep, user: OptionalUser, job_id: DbId | None = None) -> Response:
+def playground_page(
+    request: Request, session: SessionDep, user: OptionalUser, job_id: DbId | None = None, model_id: DbId | None = None
+) -> Response:
     user = require(user)
     jobs = [j for j in list_jobs(session, user=user) if j.status == "succeeded"]
     if job_id is not None and all(j.id != job_id for j in jobs):
@@ -37,4 +39,5 @@ def playground_page(request: Request, session: SessionDep, user: OptionalUser, j
         models=[{"id": m.id, "name": m.name} for m in list_models(session, user=user) if m.status == "ready"],
         jobs=[_job_option(j) for j in jobs],
         selected_job_id=job_id,
+        selected_model_id=model_id,  # a model page's "Try in the Playground" puts it on the left
     )

@@ -2,12 +2,16 @@
 FLOPs grow with what is trained, and bad input is a 422 naming the field."""
 
 import io
+import math
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from backend.job.estimate import model_shape, total_parameters
 from backend.model.presets import PRESETS, parameter_count
+from tests.api.test_analysis import PAIRS, base_model, compute_queued, upload
+
+__all__ = ["base_model"]  # fixture shared with the analysis test
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -82,3 +86,54 @@ def test_estimate_from_odd_base_models(client: TestClient, tmp_path: Path) -> No
     assert any("config.json" in n for n in est["notes"])
     busy_res = client.post("/api/jobs/estimate", json={**body, "base_model": busy_id})
     assert busy_res.status_code == 422 and "importing" in busy_res.text
+
+
+def test_estimate_uses_the_dry_run_once_the_worker_counted_tokens(client: TestClient, base_model: int) -> None:
+    """No statistics: tokens guessed from the size. Once the worker computed them for the same (dataset, base
+    model, objective, max_length), the estimate's tokens are exact and it carries the dry run, whatever the
+    batch size the statistics were asked with (it changes no token count)."""
+    pairs = upload(client, "pairs.jsonl", PAIRS)
+    body = {
+        "kind": "finetune",
+        "dataset_id": pairs["id"],
+        "base_model": base_model,
+        "method": "lora",
+        "objective": "sft",
+        "validation_dataset_id": None,
+        "hyperparameters": {"max_length": 64, "batch_size": 2, "epochs": 1, "validation_fraction": 0},
+    }
+    before = client.post("/api/jobs/estimate", json=body).json()
+    assert before["dry_run"] is None and not before["tokens_exact"]
+    assert any("file size" in n for n in before["notes"])
+
+    stats = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}&objective=sft&max_length=64&batch_size=4"
+    assert client.get(stats).json()["status"] == "queued"
+    compute_queued("stats")
+    counted = client.get(stats).json()["result"]
+
+    after = client.post("/api/jobs/estimate", json=body).json()
+    assert after["tokens_exact"] and after["dry_run"] == counted
+    assert after["tokens_per_epoch"] == counted["supervised_tokens"] > 0
+    assert counted["masked_tokens"] > 0  # SFT masks the prompts: trained < total
+    assert after["steps"] == math.ceil(counted["examples"] / 2)  # 5 records, 2 per step
+    assert not any("file size" in n for n in after["notes"])
+
+    # Another max_length is another count: back to the guess.
+    body["hyperparameters"]["max_length"] = 128
+    assert client.post("/api/jobs/estimate", json=body).json()["dry_run"] is None
+
+
+def test_pretrain_dry_run_needs_a_borrowed_tokenizer(client: TestClient, base_model: int) -> None:
+    """Pretraining with its own tokenizer has nothing to count with before launch; with a borrowed one it has."""
+    text = upload(client, "text.jsonl", [{"text": f"Story number {i} is short."} for i in range(12)])
+    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text["id"], "hyperparameters": {"max_length": 32}}
+    own = client.post("/api/jobs/estimate", json=body).json()
+    assert own["dry_run"] is None and any("trained on the dataset at launch" in n for n in own["notes"])
+
+    stats = f"/api/datasets/{text['id']}/stats?base_model={base_model}&objective=causal_lm&max_length=32"
+    client.get(stats)
+    compute_queued("stats")
+    assert client.post("/api/jobs/estimate", json=body).json()["dry_run"] is None  # still its own tokenizer
+    borrowed = client.post("/api/jobs/estimate", json={**body, "tokenizer_model": base_model}).json()
+    assert borrowed["tokens_exact"] and borrowed["dry_run"]["objective"] == "causal_lm"
+    assert borrowed["tokens_per_epoch"] == borrowed["dry_run"]["supervised_tokens"] > 0

@@ -208,6 +208,8 @@ def test_playground_page_and_job_link(client: TestClient, setup: Setup) -> None:
     assert page.status_code == 200
     assert f'<option value="{setup.job_id}" selected>' in page.text
     assert f'<option value="{setup.model_id}">' in page.text
+    from_model = client.get(f"/playground?model_id={setup.model_id}")
+    assert f'<option value="{setup.model_id}" selected>' in from_model.text
     assert 'href="/playground"' in page.text  # the nav link
     # A deep link to a job that has not finished still offers it (its checkpoints can answer).
     assert (

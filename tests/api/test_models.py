@@ -289,3 +289,61 @@ def test_delete_keeps_models_that_jobs_use(client: TestClient, app_env: dict[str
     assert client.delete(f"/api/models/{gone['id']}").status_code == 204
     assert [m["id"] for m in client.get("/api/models").json()["items"]] == [kept["id"]]
     assert all(str(gone["id"]) not in p.parts for p in _stored(app_env))
+
+
+def test_model_detail_lists_files_config_and_the_jobs_that_used_it(client: TestClient) -> None:
+    config = {
+        "model_type": "llama",
+        "num_hidden_layers": 2,
+        "hidden_size": 16,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 64,
+        "max_position_embeddings": 128,
+        "dtype": "float32",
+    }
+    tok_config = json.dumps({"eos_token": "</s>", "chat_template": "{{ messages }}"}).encode()
+    files = model_files(**{"config.json": json.dumps(config).encode(), "tokenizer_config.json": tok_config})
+    model = _upload(client, "detailed.zip", zipped(files)).json()
+    text = client.post("/api/datasets", files={"file": ("tiny.txt", (FIXTURES / "tiny.txt").read_bytes())}).json()
+    job = {"kind": "finetune", "dataset_id": text["id"], "base_model": model["id"], "objective": "causal_lm"}
+    job_id = client.post("/api/jobs", json={**job, "name": "uses-it"}).json()["id"]
+
+    detail = client.get(f"/api/models/{model['id']}/detail").json()
+    assert {k: detail[k] for k in model} == model  # the list's view, and more
+    assert detail["files"] == [{"name": n, "size_bytes": len(files[n])} for n in sorted(files)]
+    assert detail["size_bytes"] == sum(len(b) for b in files.values())
+    assert detail["config"] == {
+        "layers": 2,
+        "hidden_size": 16,
+        "attention_heads": 4,
+        "kv_heads": 2,
+        "vocab_size": 64,
+        "context_length": 128,
+        "dtype": "float32",
+        "chat_template": True,
+    }
+    assert detail["progress"] is None
+    assert [(j["id"], j["name"], j["kind"]) for j in detail["jobs"]] == [(job_id, "uses-it", "finetune")]
+    # The HTML page shows the same, with the buttons that start from it.
+    page = client.get(f"/models/{model['id']}").text
+    assert "model.safetensors" in page and f"/jobs/new?kind=finetune&amp;base_model={model['id']}" in page
+    assert f'href="/jobs/{job_id}"' in page and f'href="/models/{model["id"]}"' in client.get("/models").text
+
+
+def test_an_importing_model_has_no_files_yet_and_others_cannot_see_it(client: TestClient) -> None:
+    model = _upload(client, "pending.gguf", GGUF_HEAD).json()
+    detail = client.get(f"/api/models/{model['id']}/detail").json()
+    assert (detail["status"], detail["files"], detail["config"], detail["jobs"]) == ("importing", [], None, [])
+    assert "Import" in client.get(f"/models/{model['id']}").text
+    assert client.get("/api/models/99999/detail").status_code == 404
+    assert client.get("/models/99999").status_code == 404
+    admin = _admin(client)
+    from backend.auth.service import create_user, issue_token
+    from backend.db import session_scope
+
+    with session_scope() as s:
+        stranger = create_user(s, email="stranger@example.com", password="password123")
+        headers = {"Authorization": f"Bearer {issue_token(s, user=stranger, kind='api')}"}
+    assert client.get(f"/api/models/{model['id']}/detail", headers=headers).status_code == 404
+    assert client.get(f"/api/models/{model['id']}/detail", headers=admin).status_code == 200  # an admin sees all

@@ -109,13 +109,19 @@ def test_login_upload_launch_watch_and_download(page, studio: StudioProcess, tmp
     assert alpaca_id != text_id
 
     # Launch a pretrain job from the form and watch the chart receive live points.
+    # The wizard: kind → data → model → settings (pretraining has no method step) → review.
     page.goto(f"/jobs/new?dataset_id={text_id}")
     page.check("#job-kind-pretrain")
+    page.click("#wizard-next")
+    expect(page.locator("#job-dataset")).to_have_value(str(text_id))
+    page.click("#wizard-next")
     page.select_option("#job-architecture", "tiny")
-    page.fill("#job-name", "browser-pretrain")
+    page.click("#wizard-next")
     page.fill("#hp-max_steps", "150")
     page.fill("#hp-learning_rate", "0.002")
     page.fill("#hp-max_length", "64")
+    page.click("#wizard-next")
+    page.fill("#job-name", "browser-pretrain")
     # A viewport shot: right after a full-page screenshot Chromium's hit-testing is stale and the click is lost.
     page.screenshot(path=str(SHOTS / "new-job.png"))
     page.click("#job-submit")
@@ -138,15 +144,21 @@ def test_login_upload_launch_watch_and_download(page, studio: StudioProcess, tmp
     base_id = next(m["id"] for m in models if pretrain_url.endswith(f"/jobs/{m['job_id']}"))
     page.goto(f"/jobs/new?dataset_id={alpaca_id}")
     page.check("#job-kind-finetune")
+    page.click("#wizard-next")
+    page.click("#wizard-next")
     page.select_option("#job-base-model", str(base_id))
+    page.click("#wizard-next")
     page.select_option("#job-method", "lora")
     page.select_option("#job-objective", "sft")
+    page.click("#wizard-next")
     page.fill("#hp-max_steps", "10")
     page.fill("#hp-learning_rate", "0.002")
     page.fill("#hp-max_length", "64")
     # The estimate follows the form: LoRA trains a sliver of the weights, for 10 steps.
     expect(page.locator("#est-steps")).to_have_text("10")
     expect(page.locator("#est-parameters")).not_to_have_text("—")
+    page.click("#wizard-next")  # the review: the estimate again, beside a summary of the choices
+    expect(page.locator("#review-summary")).to_contain_text("LoRA")
     page.screenshot(path=str(SHOTS / "new-job-estimate.png"))
     page.click("#job-submit")
     page.wait_for_url(re.compile(r"/jobs/\d+$"))

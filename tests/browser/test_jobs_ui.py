@@ -229,10 +229,11 @@ def test_job_page_chart_controls_resume_from_checkpoint_clone_and_presets(page, 
     expect(events).to_contain_text(f"dropped what came after step {older['step']}")
     shot(page, "job-resumed-from-checkpoint")
 
-    # Clone and edit: the form opens with every field of the job filled in.
+    # Clone and edit: the wizard opens at its review with every field of the job filled in.
     page.click("#job-clone-edit")
     page.wait_for_url(re.compile(rf"/jobs/new\?clone={job['id']}$"))
     expect(page.locator("#job-clone-note")).to_be_visible()
+    expect(page.locator("#wizard-tab-review")).to_have_attribute("aria-current", "step")
     expect(page.locator("#job-name")).to_have_value("charts (clone)")
     expect(page.locator("#job-kind-pretrain")).to_be_checked()
     expect(page.locator("#job-dataset")).to_have_value(str(dataset_id))
@@ -250,7 +251,8 @@ def test_job_page_chart_controls_resume_from_checkpoint_clone_and_presets(page, 
     expect(page.locator("#est-steps")).to_have_text("80")
     shot(page, "new-job-clone")
 
-    # Presets fill the settings and the estimate follows.
+    # Presets fill the settings and the estimate follows (every step of a clone is one click away).
+    page.click("#wizard-tab-settings")
     page.click("#preset-quick")
     expect(page.locator("#preset-quick")).to_have_attribute("aria-pressed", "true")
     expect(page.locator("#hp-max_steps")).to_have_value("60")
@@ -266,9 +268,31 @@ def test_job_page_chart_controls_resume_from_checkpoint_clone_and_presets(page, 
     page.fill("#hp-max_steps", "12")  # a hand edit: the form is no longer the preset
     expect(page.locator("#preset-quick")).to_have_attribute("aria-pressed", "false")
     page.screenshot(path=str(SHOTS / "new-job-presets.png"))
+    page.click("#wizard-next")
     page.click("#job-submit")
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
     new_id = int(page.url.rsplit("/", 1)[1])
     created = client.get(f"/api/jobs/{new_id}").json()
     assert created["cloned_from_id"] == job["id"] and created["hyperparameters"]["max_steps"] == 12
     assert created["hyperparameters"]["learning_rate"] == 1e-3 and created["name"] == "charts (clone)"
+
+
+def test_jobs_list_is_live_over_sse_without_polling(page, studio: StudioProcess) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    client = studio.client()
+    dataset_id = upload(client)
+    polled: list[str] = []
+    page.on("request", lambda r: polled.append(r.url) if r.url.split("?")[0].endswith("/api/jobs") else None)
+    login(page)
+    expect(page.locator("#jobs-empty")).to_be_visible()
+    expect(page.locator("#job-table")).to_have_attribute("data-live", "open")
+    # A job started elsewhere appears without a reload, then its status follows it to the end.
+    job = submit(client, dataset_id, "appears-live", max_steps=400)
+    row = page.locator(f'tr[data-job-id="{job["id"]}"]')
+    expect(row).to_have_count(1, timeout=15_000)
+    expect(page.locator("#jobs-empty")).to_be_hidden()
+    assert client.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
+    expect(row.locator(".badge")).to_have_attribute("data-status", "cancelled", timeout=60_000)
+    shot(page, "jobs-list-live")
+    assert polled == []  # every update came over the stream

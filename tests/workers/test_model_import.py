@@ -188,3 +188,17 @@ def test_hub_imports_take_safetensors_and_tokenizer_files_only() -> None:
         "tokenizer.json",
         "tokenizer.model",
     ]
+
+
+def test_gguf_import_records_its_progress(seed: Seed, pretrained: Pretrained, tmp_path: Path) -> None:
+    gguf = write_gguf(pretrained.model_path, tmp_path / "tiny.Q8_0.gguf")
+    model_id = _upload(seed, gguf, "progress.Q8_0.gguf")
+    assert "progress" not in (_row(model_id).details or {})  # nothing until a worker starts
+    assert import_model(model_id) == "ready"
+    progress = _row(model_id).details["progress"]
+    # Every stage was recorded, in order, with when it began; the last one is where the import ended.
+    stages = [h["stage"] for h in progress["history"]]
+    assert stages == ["reading the tokenizer", "de-quantizing the weights", "writing safetensors"]
+    times = [h["at"] for h in progress["history"]]
+    assert times == sorted(times)
+    assert (progress["stage"], progress["step"], progress["steps"]) == ("writing safetensors", 3, 3)

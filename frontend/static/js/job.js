@@ -454,7 +454,7 @@
     setTime($("job-finished"), job.finished_at);
     if (job.output_model_id) {
       const link = document.createElement("a");
-      link.href = `/models#model-${job.output_model_id}`;
+      link.href = `/models/${job.output_model_id}`;
       link.textContent = `Model ${job.output_model_id}`;
       $("job-output-model").replaceChildren(link);
     }

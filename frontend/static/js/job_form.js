@@ -1,7 +1,9 @@
-// New-job form: show the fields that fit the kind and method, post JSON, put 422 errors next to fields.
+// New-job wizard: one step at a time (kind → data → model → method → settings → review), the fields that fit
+// the kind and method, an estimate with the dataset's dry run, JSON posted, 422 errors put next to their fields.
 "use strict";
 
 (function () {
+  const $ = (id) => document.getElementById(id);
   const form = document.getElementById("job-form");
   const alertBox = document.getElementById("job-form-error");
   const submit = document.getElementById("job-submit");
@@ -120,7 +122,7 @@
       return field ? `${field}: ${msg}` : msg;
     });
     Studio.showError(alertBox, lines.join("\n"));
-    focusFirstError();
+    jumpToFirstError();
   }
 
   function focusFirstError() {
@@ -144,17 +146,35 @@
     return input.validationMessage;
   }
 
-  function validateClient() {
+  // What stops each step, as [input id, message] pairs; Next checks the current step, Start every step.
+  function stepProblems(step) {
     const problems = [];
-    hpInputs
-      .filter((i) => !i.disabled)
-      .forEach((input) => {
-        const msg = clientMessage(input);
-        if (msg) problems.push([input.id, msg]);
-      });
-    if (!dataset.value) problems.push(["job-dataset", "Upload a dataset first."]);
-    const baseModel = document.getElementById("job-base-model");
-    if (kind() === "finetune" && !baseModel.value) problems.push(["job-base-model", "Choose a base model."]);
+    if (step === "data") {
+      const shape = dataset.selectedOptions[0]?.dataset.shape;
+      if (!dataset.value) problems.push(["job-dataset", "Upload a dataset first."]);
+      else if (kind() === "pretrain" && shape && shape !== "text") {
+        problems.push(["job-dataset", `Pretraining needs raw text; this dataset is ${shape.replace("_", "/")}.`]);
+      }
+      if (validation && validation.value && validation.value === dataset.value) {
+        problems.push(["job-validation-dataset", "The validation dataset should not be the training dataset."]);
+      }
+    }
+    const baseModel = $("job-base-model");
+    if (step === "model" && kind() === "finetune" && !baseModel.value) {
+      problems.push(["job-base-model", "Choose a base model."]);
+    }
+    if (step === "settings") {
+      hpInputs
+        .filter((i) => !i.disabled)
+        .forEach((input) => {
+          const msg = clientMessage(input);
+          if (msg) problems.push([input.id, msg]);
+        });
+    }
+    return problems;
+  }
+
+  function markProblems(problems) {
     problems.forEach(([id, msg]) => markField(id, msg));
     return problems.length === 0;
   }
@@ -276,7 +296,6 @@
 
   let estimateTimer = null;
   let estimateSeq = 0;
-  const $ = (id) => document.getElementById(id);
 
   function human(n, unit = "") {
     if (n == null) return "—";
@@ -311,16 +330,8 @@
     fit.textContent = est.fits
       ? `Fits on ${est.device}.`
       : `Does not fit on ${est.device}: ${est.advice.join("; ")}.`;
-    const notes = [...est.notes];
-    if (est.dry_run) {
-      const d = est.dry_run;
-      notes.unshift(
-        `Dry run: ${human(d.supervised_tokens)} trained of ${human(d.tokens)} tokens` +
-          (d.lost_supervised_tokens ? `, ${human(d.lost_supervised_tokens)} lost to truncation` : ""),
-      );
-    }
     $("est-notes").replaceChildren(
-      ...notes.map((n) => {
+      ...est.notes.map((n) => {
         const li = document.createElement("li");
         li.textContent = n;
         return li;
@@ -332,9 +343,12 @@
   async function estimate() {
     if (!dataset.value) return;
     const seq = ++estimateSeq;
+    const body = payload();
     try {
-      const est = await Studio.fetchJSON("/api/jobs/estimate", { method: "POST", body: payload() });
-      if (seq === estimateSeq) renderEstimate(est);
+      const est = await Studio.fetchJSON("/api/jobs/estimate", { method: "POST", body });
+      if (seq !== estimateSeq) return;
+      renderEstimate(est);
+      renderDryRun(est, body);
     } catch (err) {
       if (seq === estimateSeq) $("job-estimate-state").textContent = `No estimate: ${err.message}`;
     }
@@ -348,12 +362,267 @@
   form.addEventListener("input", scheduleEstimate);
   form.addEventListener("change", scheduleEstimate);
 
+  /* ---------- the dataset's dry run: exact tokens, masking and truncation, counted by a worker ---------- */
+
+  const PENDING = new Set(["queued", "running"]);
+  const DRY_RUN_POLL_MS = 1000;
+  const DRY_RUN_LIMIT_MS = 10 * 60 * 1000;
+  const dryRuns = {}; // "dataset|model|objective|max_length" → {state: "counting" | "done" | "failed", ...}
+  let dryRunKey = null; // the one the form shows now
+
+  // Whose tokenizer counts the tokens, or why nothing can count them before launch.
+  function dryRunSource(est, body) {
+    if (body.kind === "pretrain") {
+      if (!body.tokenizer_model) {
+        return {
+          reason:
+            "Tokens per epoch are estimated: the tokenizer is trained on the dataset when the job starts, so " +
+            "there is nothing to count with yet (reuse a model's tokenizer for an exact dry run).",
+        };
+      }
+      return { model: body.tokenizer_model, objective: "causal_lm" };
+    }
+    if (!body.base_model) return { reason: "Choose a base model for a dry run of the dataset." };
+    if (!["sft", "causal_lm"].includes(est.objective)) {
+      return { reason: `No dry run for objective ${est.objective}: tokens are estimated from the file size.` };
+    }
+    return { model: body.base_model, objective: est.objective };
+  }
+
+  function dryRunLine(text, state) {
+    const line = $("est-dry-run");
+    line.textContent = text;
+    line.dataset.state = state;
+  }
+
+  const count = (n) => Number(n || 0).toLocaleString();
+
+  function renderDryRun(est, body) {
+    if (est.dry_run) {
+      const d = est.dry_run;
+      dryRunKey = null;
+      dryRunLine(
+        `Dry run: ${count(d.supervised_tokens)} trained of ${count(d.tokens)} tokens (${count(d.masked_tokens)} masked), ` +
+          `${count(d.truncated_records)} records truncated, ${count(d.lost_supervised_tokens)} supervised tokens lost ` +
+          "to truncation.",
+        "done",
+      );
+      return;
+    }
+    const source = dryRunSource(est, body);
+    if (source.reason) {
+      dryRunKey = null;
+      dryRunLine(source.reason, "estimated");
+      return;
+    }
+    const hp = body.hyperparameters;
+    const params = {
+      base_model: source.model,
+      objective: source.objective,
+      max_length: hp.max_length ?? $("hp-max_length").placeholder,
+      batch_size: hp.batch_size ?? $("hp-batch_size").placeholder,
+    };
+    dryRunKey = [body.dataset_id, params.base_model, params.objective, params.max_length].join("|");
+    const run = dryRuns[dryRunKey];
+    // Counting queues work on a worker: only once the person reached the settings, not while browsing choices.
+    if (!run && estimateCard.hidden) dryRunLine("The dry run is counted at the settings step.", "estimated");
+    else if (!run) countTokens(dryRunKey, body.dataset_id, params);
+    else if (run.state === "failed") dryRunLine(`Dry run failed: ${run.error}`, "failed");
+    else if (run.state === "done") dryRunLine("Dry run counted, but not for these settings; estimated.", "estimated");
+    else dryRunLine(run.text, "counting");
+  }
+
+  // GET /api/datasets/{id}/stats queues a worker analysis (or answers from its cache); poll it, then estimate
+  // again: the estimate now finds the statistics and its tokens per epoch become exact.
+  async function countTokens(key, datasetId, params) {
+    const run = (dryRuns[key] = { state: "counting", text: "Counting tokens…" });
+    const show = (text) => {
+      run.text = text;
+      if (dryRunKey === key) dryRunLine(text, "counting");
+    };
+    show("Counting tokens…");
+    const url = `/api/datasets/${datasetId}/stats?${new URLSearchParams(params)}`;
+    const deadline = Date.now() + DRY_RUN_LIMIT_MS;
+    try {
+      for (;;) {
+        const analysis = await Studio.fetchJSON(url);
+        if (!PENDING.has(analysis.status)) {
+          if (analysis.status === "failed") throw new Error(analysis.error || "the analysis failed");
+          break;
+        }
+        if (Date.now() > deadline) throw new Error("still counting after 10 minutes; try again later");
+        show(
+          analysis.status === "running"
+            ? "Counting tokens… (a worker is reading the dataset)"
+            : "Counting tokens… (waiting for the analysis worker)",
+        );
+        await new Promise((resolve) => setTimeout(resolve, DRY_RUN_POLL_MS));
+      }
+      run.state = "done";
+      if (dryRunKey === key) estimate();
+    } catch (err) {
+      run.state = "failed";
+      run.error = err.message;
+      if (dryRunKey === key) dryRunLine(`Dry run failed: ${err.message}`, "failed");
+    }
+  }
+
+  /* ---------- the wizard: a step at a time, Next checks the step, a 422 goes back to its field ---------- */
+
+  const steps = [...form.querySelectorAll("section[data-step]")];
+  const back = $("wizard-back");
+  const next = $("wizard-next");
+  const estimateCard = $("job-estimate");
+  const visited = new Set();
+  let current = "kind";
+
+  // Pretraining has no method to choose: its step is left out.
+  const activeSteps = () => steps.map((s) => s.dataset.step).filter((s) => s !== "method" || kind() === "finetune");
+  const stepOf = (el) => el?.closest("section[data-step]")?.dataset.step || null;
+
+  function renderTabs() {
+    const active = activeSteps();
+    form.querySelectorAll("[data-step-item]").forEach((li) => {
+      const step = li.dataset.stepItem;
+      const tab = li.querySelector("[data-goto]");
+      li.hidden = !active.includes(step);
+      tab.querySelector(".wizard-num").textContent = String(active.indexOf(step) + 1);
+      if (step === current) tab.setAttribute("aria-current", "step");
+      else tab.removeAttribute("aria-current");
+      tab.disabled = !visited.has(step) && step !== current;
+      const broken = Boolean(form.querySelector(`section[data-step="${step}"] [aria-invalid="true"]`));
+      tab.classList.toggle("has-error", broken);
+      tab.classList.toggle("visited", visited.has(step));
+      tab.querySelector(".wizard-tab-state").textContent = broken
+        ? " (needs attention)"
+        : step === current
+          ? " (current step)"
+          : visited.has(step)
+            ? " (visited)"
+            : " (not yet reached)";
+    });
+  }
+
+  function showStep(step, { focus = true } = {}) {
+    current = activeSteps().includes(step) ? step : "kind";
+    visited.add(current);
+    steps.forEach((s) => (s.hidden = s.dataset.step !== current));
+    // The estimate answers "will it fit, how long": it belongs beside the settings and the final check.
+    estimateCard.hidden = !["settings", "review"].includes(current);
+    const at = activeSteps().indexOf(current);
+    back.hidden = at === 0;
+    next.hidden = current === "review";
+    submit.hidden = current !== "review";
+    if (current === "review") renderSummary();
+    if (!estimateCard.hidden) scheduleEstimate();
+    renderTabs();
+    if (focus) {
+      const heading = $(`step-${current}-title`);
+      heading.focus({ preventScroll: true });
+      window.scrollTo({ top: 0 }); // a step starts at the top of the page, indicator and heading in view
+    }
+  }
+
+  function goNext() {
+    clearErrors();
+    if (!markProblems(stepProblems(current))) {
+      Studio.showError(alertBox, "Some fields need attention.");
+      renderTabs();
+      focusFirstError();
+      return;
+    }
+    const active = activeSteps();
+    showStep(active[Math.min(active.indexOf(current) + 1, active.length - 1)]);
+  }
+
+  function goBack() {
+    const active = activeSteps();
+    showStep(active[Math.max(active.indexOf(current) - 1, 0)]);
+  }
+
+  // Open the step that holds the first marked field, and put the cursor there.
+  function jumpToFirstError() {
+    const first = form.querySelector('[aria-invalid="true"]');
+    const step = stepOf(first);
+    if (step && step !== current) showStep(step, { focus: false });
+    else renderTabs();
+    focusFirstError();
+  }
+
+  /* ---------- review: what the job will be, each line a way back to its step ---------- */
+
+  const optionText = (select) => (select.value ? select.selectedOptions[0]?.textContent.trim() : "") || "—";
+
+  function summaryRows() {
+    const body = payload();
+    const hp = body.hyperparameters;
+    const rows = [
+      ["Kind", body.kind === "pretrain" ? "Pretrain from scratch" : "Fine-tune", "kind"],
+      ["Dataset", optionText(dataset), "data"],
+      ["Validation", validation && validation.value ? optionText(validation) : "A held-out fraction", "data"],
+      ["Watch prompts", body.watch_prompts ? `${body.watch_prompts.length}` : "None", "data"],
+    ];
+    if (body.kind === "pretrain") {
+      rows.push(["Architecture", optionText($("job-architecture")), "model"]);
+      rows.push(["Tokenizer", optionText($("job-tokenizer-model")), "model"]);
+    } else {
+      rows.push(["Base model", optionText($("job-base-model")), "model"]);
+      rows.push(["Method", optionText(method), "method"]);
+      rows.push(["Objective", optionText(objective), "method"]);
+    }
+    const length = hp.max_steps != null ? `${hp.max_steps} steps` : `${hp.epochs ?? 1} epochs`;
+    rows.push(["Length", length, "settings"]);
+    rows.push(["Learning rate", String(hp.learning_rate ?? "default"), "settings"]);
+    rows.push(["Batch × max length", `${hp.batch_size ?? "default"} × ${hp.max_length ?? "default"}`, "settings"]);
+    return rows;
+  }
+
+  function renderSummary() {
+    $("review-summary").replaceChildren(
+      ...summaryRows().map(([label, value, step]) => {
+        const row = document.createElement("div");
+        const dt = document.createElement("dt");
+        const dd = document.createElement("dd");
+        const edit = document.createElement("button");
+        dt.textContent = label;
+        dd.textContent = `${value} `;
+        edit.type = "button";
+        edit.className = "btn-link review-edit";
+        edit.dataset.goto = step;
+        edit.textContent = "Edit";
+        edit.setAttribute("aria-label", `Edit ${label.toLowerCase()}`);
+        dd.append(edit);
+        row.append(dt, dd);
+        return row;
+      }),
+    );
+  }
+
+  form.addEventListener("click", (e) => {
+    const target = e.target.closest("[data-goto]");
+    if (target && !target.disabled) showStep(target.dataset.goto);
+  });
+  next.addEventListener("click", goNext);
+  back.addEventListener("click", goBack);
+  // Enter moves on (a textarea keeps its newlines; buttons and links keep their own Enter).
+  form.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || e.isComposing || e.defaultPrevented) return;
+    if (!e.target.matches("input, select")) return;
+    e.preventDefault();
+    if (current === "review") form.requestSubmit(submit);
+    else goNext();
+  });
+
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    if (current !== "review") {
+      goNext();
+      return;
+    }
     clearErrors();
-    if (!validateClient()) {
+    if (!markProblems(activeSteps().flatMap(stepProblems))) {
       Studio.showError(alertBox, "Some fields need attention.");
-      focusFirstError();
+      jumpToFirstError();
       return;
     }
     submit.disabled = true;
@@ -368,7 +637,12 @@
     }
   });
 
-  form.querySelectorAll('input[name="kind"]').forEach((r) => r.addEventListener("change", syncVisibility));
+  form.querySelectorAll('input[name="kind"]').forEach((r) =>
+    r.addEventListener("change", () => {
+      syncVisibility();
+      renderTabs(); // the method step comes and goes with the kind
+    }),
+  );
   method.addEventListener("change", syncVisibility);
   objective.addEventListener("change", syncVisibility);
   dataset.addEventListener("change", syncObjective);
@@ -384,5 +658,8 @@
   syncVisibility();
   syncValidation();
   if (formData.clone) prefill(formData.clone);
+  // A clone holds a whole job already: open at the review with every step reachable.
+  if (form.dataset.startStep === "review") activeSteps().forEach((step) => visited.add(step));
+  showStep(form.dataset.startStep || "kind", { focus: false });
   estimate();
 })();

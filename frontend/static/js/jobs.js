@@ -1,11 +1,10 @@
 // Job list: filter (status, kind, name), sort (created, name, duration, final loss) and live updates.
-// Statuses and progress are refreshed from /api/jobs every 3 s while any job is active (every 15 s otherwise,
-// so a job started elsewhere still shows up). Filter and sort live in the URL, so a reload keeps them.
+// Live over SSE (/api/jobs/stream): a `job` event per visible job on connect, then one per change, new jobs
+// included. EventSource reconnects by itself after an error, and the snapshot it gets resyncs every row.
+// Filter and sort live in the URL, so a reload keeps them.
 "use strict";
 
 (function () {
-  const ACTIVE_MS = 3000;
-  const IDLE_MS = 15000;
   const ACTIVE = new Set(["queued", "running"]);
   const $ = (id) => document.getElementById(id);
   const table = $("job-table");
@@ -63,7 +62,7 @@
     pick.value = job.id;
     pick.setAttribute("aria-label", `Compare ${job.name}`);
     const base = job.base_model_id
-      ? link(`/models#model-${job.base_model_id}`, job.base_model_name || `Model ${job.base_model_id}`)
+      ? link(`/models/${job.base_model_id}`, job.base_model_name || `Model ${job.base_model_id}`)
       : muted(job.architecture || "—");
     const cells = [
       ["select-cell", "", pick],
@@ -215,22 +214,31 @@
     return [...tbody.rows].some((row) => ACTIVE.has(row.dataset.status));
   }
 
-  async function refresh() {
-    if (!document.hidden) {
-      try {
-        const body = await Studio.fetchJSON("/api/jobs");
-        body.items.forEach(update);
-        apply();
-      } catch (err) {
-        /* a missed refresh is retried on the next tick */
-      }
-    }
-    setTimeout(refresh, isActive() ? ACTIVE_MS : IDLE_MS);
+  // Events come in bursts (the snapshot is one per job): sort and filter once per frame, not per event.
+  let pending = false;
+  function applySoon() {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => {
+      pending = false;
+      apply();
+    });
+  }
+
+  function follow() {
+    const source = new EventSource("/api/jobs/stream");
+    source.addEventListener("job", (e) => {
+      update(JSON.parse(e.data));
+      applySoon();
+    });
+    table.dataset.live = "connecting";
+    source.addEventListener("open", () => (table.dataset.live = "open"));
+    source.addEventListener("error", () => (table.dataset.live = "reconnecting"));
   }
 
   loadState();
   apply();
-  setTimeout(refresh, isActive() ? ACTIVE_MS : IDLE_MS);
+  follow();
   // Running jobs' durations count up between refreshes.
   setInterval(() => isActive() && showDurations(), 1000);
 })();
