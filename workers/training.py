@@ -43,10 +43,19 @@ def device_description() -> str:
     return "cpu"
 
 
+def weights_in(param: nn.Parameter) -> int:
+    """How many weights a parameter holds: bitsandbytes packs 4-bit weights two per byte of its storage dtype
+    (QLoRA), so numel() of such a tensor counts storage elements, not weights (as peft counts them)."""
+    if type(param).__name__ == "Params4bit":
+        storage = getattr(param, "quant_storage", None)
+        return param.numel() * 2 * (storage.itemsize if storage is not None else 1)
+    return param.numel()
+
+
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(weights_in(p) for p in model.parameters() if p.requires_grad)
+    total = sum(weights_in(p) for p in model.parameters())
     return trainable, total
 
 
