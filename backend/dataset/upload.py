@@ -63,7 +63,7 @@ def remove_stale_uploads(session: Session) -> int:
     cutoff = utcnow() - STALE_AFTER
     stale = list(session.scalars(select(Upload.id).where(Upload.updated_at < cutoff)))
     for upload_id in stale:
-        _discard(session, upload_id)
+        discard_upload(session, upload_id)
     return len(stale)
 
 
@@ -77,10 +77,10 @@ def get_upload(session: Session, *, user: User, upload_id: str) -> Upload:
 
 def delete_upload(session: Session, *, user: User, upload_id: str) -> None:
     """Abandon an upload and its bytes."""
-    _discard(session, get_upload(session, user=user, upload_id=upload_id).id)
+    discard_upload(session, get_upload(session, user=user, upload_id=upload_id).id)
 
 
-def _discard(session: Session, upload_id: str) -> bool:
+def discard_upload(session: Session, upload_id: str) -> bool:
     """Delete the row (by statement: a concurrent request may have deleted it first) and the part file.
 
     A chunk still arriving keeps writing to the unlinked file and then finds no row to advance."""
@@ -113,9 +113,9 @@ async def write_chunk(
     no ORM object is left for the request's final commit to write back over a newer (or deleted) row."""
     upload = await to_thread.run_sync(lambda: _detached_values(session, user=user, upload_id=upload_id))
     start, end = parse_content_range(content_range, size=upload["size_bytes"])
-    with _locked_part(upload_id) as part:
+    with locked_part(upload_id) as part:
         # Under the lock, read the offset afresh: another request may have just added a chunk.
-        received = await to_thread.run_sync(_received_bytes, session, upload_id)
+        received = await to_thread.run_sync(received_bytes, session, upload_id)
         if received is None:
             raise NotFound(f"upload {upload_id} not found")
         if start != received:
@@ -139,7 +139,7 @@ def _detached_values(session: Session, *, user: User, upload_id: str) -> dict[st
     return values
 
 
-def _received_bytes(session: Session, upload_id: str) -> int | None:
+def received_bytes(session: Session, upload_id: str) -> int | None:
     return session.scalar(select(Upload.received_bytes).where(Upload.id == upload_id))
 
 
@@ -156,7 +156,7 @@ def _advance(session: Session, upload_id: str, start: int, end: int, now: dateti
 
 
 @contextmanager
-def _locked_part(upload_id: str) -> Iterator[BinaryIO]:
+def locked_part(upload_id: str) -> Iterator[BinaryIO]:
     """The part file opened for writing under an exclusive lock; a concurrent writer gets a Conflict."""
     try:
         part = part_path(upload_id).open("r+b", buffering=1 << 20)
@@ -206,15 +206,15 @@ def complete_upload(session: Session, *, user: User, upload_id: str) -> Dataset:
     upload = get_upload(session, user=user, upload_id=upload_id)
     filename, name, options = upload.filename, upload.name, dict(upload.options or {})
     tmp = get_settings().path("tmp") / f"{upload.id}.part"
-    with _locked_part(upload.id):  # no chunk is being written, and a second `complete` finds no part file
-        received = _received_bytes(session, upload.id)
+    with locked_part(upload.id):  # no chunk is being written, and a second `complete` finds no part file
+        received = received_bytes(session, upload.id)
         if received != upload.size_bytes:
             raise Conflict(
                 f"upload has {received} of {upload.size_bytes} bytes; send the rest first", received_bytes=received
             )
         part_path(upload.id).replace(tmp)
     # Committed now, so a file refused below still ends the upload (the error rolls the session back).
-    removed = _discard(session, upload_id)
+    removed = discard_upload(session, upload_id)
     session.commit()
     if not removed:  # deleted while we took the file
         tmp.unlink(missing_ok=True)

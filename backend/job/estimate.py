@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from backend.db import Dataset, DatasetAnalysis, Job, JobMetric, Model, User
 from backend.job.schemas import EstimateRead, Hyperparameters, JobCreate
-from backend.job.service import DEFAULT_OBJECTIVE, _owned_dataset
+from backend.job.service import DEFAULT_OBJECTIVE, owned_dataset
 from backend.model.presets import PRESETS
 from backend.model.service import ready_model
 from backend.worker.service import live_training_workers
@@ -192,7 +192,7 @@ def _measured_flops_per_second(session: Session, device: str) -> float | None:
 def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRead:
     """Parameters, tokens, steps, FLOPs, time and memory of the job `body` describes, before it runs."""
     hp = body.hyperparameters
-    dataset = _owned_dataset(session, user, body.dataset_id, "dataset_id")
+    dataset = owned_dataset(session, user, body.dataset_id, "dataset_id")
     objective = body.objective or DEFAULT_OBJECTIVE.get(dataset.shape, "causal_lm")
     config, stored_total = _config(session, user, body)
     shape = model_shape(config)

@@ -77,7 +77,7 @@ DEFAULT_OBJECTIVE = {
 }
 
 
-def _owned_dataset(session: Session, user: User, dataset_id: int, field: str) -> Dataset:
+def owned_dataset(session: Session, user: User, dataset_id: int, field: str) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
     if dataset is None or not (dataset.owner_id == user.id or user.is_admin):
         raise Invalid(f"dataset {dataset_id} not found", field=field)
@@ -105,7 +105,7 @@ def _objective(data: JobCreate, dataset: Dataset) -> str:
 
 def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
     """Validate references and store a queued job. The caller enqueues it after commit."""
-    dataset = _owned_dataset(session, user, data.dataset_id, "dataset_id")
+    dataset = owned_dataset(session, user, data.dataset_id, "dataset_id")
     if data.base_model is not None:
         ready_model(session, user=user, model_id=data.base_model, field="base_model")
     if data.tokenizer_model is not None:
@@ -114,7 +114,7 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
     if data.validation_dataset_id == dataset.id:
         raise Invalid("the validation dataset must differ from the training dataset", field="validation_dataset_id")
     if data.validation_dataset_id is not None:
-        validation = _owned_dataset(session, user, data.validation_dataset_id, "validation_dataset_id")
+        validation = owned_dataset(session, user, data.validation_dataset_id, "validation_dataset_id")
         if validation.shape != dataset.shape:
             raise Invalid(
                 f"validation dataset {validation.id} is {validation.shape}, the training data is {dataset.shape}",

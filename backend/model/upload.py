@@ -21,11 +21,11 @@ from backend.dataset.service import safe_filename
 
 # The chunked-upload plumbing is shared with datasets: the same part files, lock and rows.
 from backend.dataset.upload import (
-    _discard,
-    _locked_part,
-    _received_bytes,
+    discard_upload,
     get_upload,
+    locked_part,
     part_path,
+    received_bytes,
     remove_stale_uploads,
 )
 from backend.db import Model, Upload, User
@@ -261,14 +261,14 @@ def complete_upload(session: Session, *, user: User, upload_id: str, name: str =
         raise Invalid(f"upload {upload_id} is a dataset upload, not a model's", field="upload_id")
     filename, name = upload.filename, name or upload.name
     tmp = _temp_path()
-    with _locked_part(upload.id):  # no chunk is being written, and a second completion finds no part file
-        received = _received_bytes(session, upload.id)
+    with locked_part(upload.id):  # no chunk is being written, and a second completion finds no part file
+        received = received_bytes(session, upload.id)
         if received != upload.size_bytes:
             raise Conflict(
                 f"upload has {received} of {upload.size_bytes} bytes; send the rest first", received_bytes=received
             )
         part_path(upload.id).replace(tmp)
-    removed = _discard(session, upload_id)
+    removed = discard_upload(session, upload_id)
     session.commit()  # the upload is over even if the file is refused below (the error rolls back the rest)
     if not removed:
         tmp.unlink(missing_ok=True)
