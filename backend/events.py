@@ -55,6 +55,36 @@ def publish_model(model_id: int) -> None:
     _publish(model_key(model_id))
 
 
+def analysis_key(analysis_id: int) -> str:
+    """The wake-up key of a dataset analysis (statistics, render, hygiene): its progress and its end."""
+    return f"analysis:{analysis_id}"
+
+
+def publish_analysis(analysis_id: int) -> None:
+    """Tell listening API processes that analysis `analysis_id` progressed or ended. Best effort."""
+    _publish(analysis_key(analysis_id))
+
+
+def export_key(export_id: int) -> str:
+    """The wake-up key of a weights export (loading, merging, saving, zipping)."""
+    return f"export:{export_id}"
+
+
+def publish_export(export_id: int) -> None:
+    """Tell listening API processes that export `export_id` progressed or ended. Best effort."""
+    _publish(export_key(export_id))
+
+
+def worker_key(name: str) -> str:
+    """The wake-up key of a worker's registry row (heartbeat, current job)."""
+    return f"worker:{name}"
+
+
+def publish_worker(name: str) -> None:
+    """Tell listening API processes that worker `name` reported in. Best effort."""
+    _publish(worker_key(name))
+
+
 def _publish(key: str) -> None:
     global _publisher
     url = get_settings().redis_url
@@ -70,6 +100,12 @@ def _publish(key: str) -> None:
 
 # The key a listener registers under to hear about every job (the live jobs list); generations are not jobs.
 ANY_JOB = "job:*"
+
+
+def any_key(prefix: str) -> str:
+    """The key a listener registers under to hear about every key with `prefix` ("model" → every model_key):
+    the live lists (models, workers) listen so."""
+    return f"{prefix}:*"
 
 
 def _key(data: bytes | str) -> int | str:
@@ -121,6 +157,9 @@ class Broadcaster:
             event.set()
         if isinstance(job_id, int):
             for event in self._waiters.get(ANY_JOB, ()):
+                event.set()
+        elif ":" in job_id:
+            for event in self._waiters.get(any_key(job_id.split(":", 1)[0]), ()):
                 event.set()
 
     @contextlib.contextmanager

@@ -9,6 +9,8 @@ ANALYZE_DATASET = "studio.analyze_dataset"
 # De-quantize an uploaded GGUF or download a Hub model (runs on the analysis queue: minutes, not hours).
 IMPORT_MODEL = "studio.import_model"
 GENERATE = "studio.generate"
+# Package a job's weights (final or a checkpoint) as a zip: adapter, merged into the base, or full model.
+EXPORT_WEIGHTS = "studio.export_weights"
 QUEUE = "studio"
 # Short tasks (token statistics, dry-run renders, hygiene) get their own queue and worker process, so they
 # never wait behind an hours-long training job.
@@ -71,3 +73,8 @@ def enqueue_import(model_id: int) -> None:
 def enqueue_generation(generation_id: int) -> None:
     """Send a playground generation to the analysis queue (seconds of work, never behind a training job)."""
     celery_app().send_task(GENERATE, args=[generation_id], queue=ANALYSIS_QUEUE)
+
+
+def enqueue_export(export_id: int) -> None:
+    """Send a weights export to the analysis queue (minutes: load, merge, save, zip). Call after the commit."""
+    celery_app().send_task(EXPORT_WEIGHTS, args=[export_id], queue=ANALYSIS_QUEUE)

@@ -2,6 +2,7 @@
 
 from backend.db.base import Base, get_engine, session_factory, session_scope, utcnow
 from backend.db.dataset import Dataset, DatasetAnalysis, Upload
+from backend.db.export import Export
 from backend.db.generation import Generation
 from backend.db.job import ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobMetric, JobSample
 from backend.db.model import Model
@@ -16,6 +17,7 @@ __all__ = [
     "Base",
     "Dataset",
     "DatasetAnalysis",
+    "Export",
     "Generation",
     "Job",
     "JobEvent",

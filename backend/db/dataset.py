@@ -63,6 +63,8 @@ class DatasetAnalysis(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done | failed
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # While running: {"phase": "tokenizing" | ..., "done": records so far, "total": records}
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
