@@ -170,6 +170,13 @@ def _token_stats(session: Session, dataset: Dataset, body: JobCreate, objective:
     return best[0].result if best else None
 
 
+def _first_timed(session: Session, job_id: int, order: Any) -> JobMetric | None:
+    """The job's first (or, ordered by id descending, last) training point that counts tokens. Evaluation
+    points carry no token count, so look a few rows in; a long run's thousands of rows are never read."""
+    rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job_id).order_by(order).limit(20))
+    return next((m for m in rows if "tokens_seen" in m.values), None)
+
+
 def _measured_flops_per_second(session: Session, device: str) -> float | None:
     """Median training FLOP/s that recent finished runs reached on `device` (None before the first run)."""
     jobs = session.scalars(
@@ -178,12 +185,13 @@ def _measured_flops_per_second(session: Session, device: str) -> float | None:
     rates = []
     for job in jobs:
         per_token = (job.resolved_config or {}).get("flops_per_token")
-        metrics = list(session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)))
-        timed = [m for m in metrics if "tokens_seen" in m.values]
-        if not per_token or len(timed) < 2:
+        if not per_token:
             continue
-        seconds = (timed[-1].created_at - timed[0].created_at).total_seconds()
-        tokens = timed[-1].values["tokens_seen"] - timed[0].values["tokens_seen"]
+        first, last = _first_timed(session, job.id, JobMetric.id), _first_timed(session, job.id, JobMetric.id.desc())
+        if first is None or last is None or first.id == last.id:
+            continue
+        seconds = (last.created_at - first.created_at).total_seconds()
+        tokens = last.values["tokens_seen"] - first.values["tokens_seen"]
         if seconds > 0 and tokens > 0:
             rates.append(per_token * tokens / seconds)
     return statistics.median(rates) if rates else None

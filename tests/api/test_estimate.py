@@ -137,3 +137,40 @@ def test_pretrain_dry_run_needs_a_borrowed_tokenizer(client: TestClient, base_mo
     borrowed = client.post("/api/jobs/estimate", json={**body, "tokenizer_model": base_model}).json()
     assert borrowed["tokens_exact"] and borrowed["dry_run"]["objective"] == "causal_lm"
     assert borrowed["tokens_per_epoch"] == borrowed["dry_run"]["supervised_tokens"] > 0
+
+
+def test_time_comes_from_the_speed_finished_runs_reached(client: TestClient) -> None:
+    """FLOP/s = flops_per_token x tokens between a past run's first and last counted points / their seconds;
+    the evaluation point after the last training point carries no token count and is skipped."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from backend.db import Job, JobMetric, User, Worker, session_scope, utcnow
+    from backend.queue import QUEUE
+
+    dataset_id = _dataset(client)
+    body = {
+        "kind": "pretrain",
+        "architecture": "tiny",
+        "dataset_id": dataset_id,
+        "hyperparameters": {"max_steps": 100, "batch_size": 4, "max_length": 64},
+    }
+    with session_scope() as s:
+        s.add(Worker(name="w-cpu", queue=QUEUE, device="cpu", device_memory_bytes=8 << 30))
+        owner = s.scalars(select(User)).one()
+        job = Job(
+            owner_id=owner.id, name="past", kind="pretrain", status="succeeded", objective="causal_lm",
+            architecture="tiny", dataset_id=dataset_id, device="cpu", resolved_config={"flops_per_token": 1e6},
+        )  # fmt: skip
+        s.add(job)
+        s.flush()
+        t0 = utcnow() - timedelta(minutes=5)
+        for i in range(30):  # more rows than one look reads
+            s.add(JobMetric(job_id=job.id, step=i + 1, values={"loss": 1.0, "tokens_seen": 1000.0 * i},
+                            created_at=t0 + timedelta(seconds=i)))  # fmt: skip
+        s.add(JobMetric(job_id=job.id, step=30, values={"eval_loss": 0.9}, created_at=t0 + timedelta(seconds=40)))
+    est = client.post("/api/jobs/estimate", json=body).json()
+    rate = 1e6 * 29_000 / 29  # 1e9 FLOP/s
+    assert est["device"] == "cpu"
+    assert math.isclose(est["seconds"], est["flops"] / rate, rel_tol=1e-6)
