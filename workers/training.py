@@ -14,20 +14,11 @@ from backend.job.estimate import flops_per_token, model_shape
 from backend.job.lifecycle import last_metric_step, log_event, update_job
 from workers.context import JobContext
 from workers.data import PadCollator
+from workers.eval_metrics import argmax_logits, perplexity, token_accuracy
 from workers.examples import Example
-from workers.metrics import (
-    Cancelled,
-    Diverged,
-    Guards,
-    JobCallback,
-    Paused,
-    TokenMeter,
-    Watch,
-    argmax_logits,
-    perplexity,
-    token_accuracy,
-)
+from workers.metrics import Cancelled, Diverged, Guards, JobCallback, Paused, Watch
 from workers.ranks import per_device_batch_size, world_size
+from workers.token_meter import TokenMeter
 
 
 def use_bf16() -> bool:
@@ -128,7 +119,7 @@ def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> Trai
 
 class MeteredTrainer(Trainer):
     """A Trainer whose logged training points also carry token counts, tokens per second and memory
-    (`workers.metrics.TokenMeter`), and whose eval points carry perplexity when the loss is a language model's."""
+    (`workers.token_meter.TokenMeter`), and whose eval points carry perplexity when the loss is a language model's."""
 
     def __init__(self, *args: Any, meter: TokenMeter, perplexity: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -16,7 +16,7 @@ from backend.job.service import eta_seconds
 from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job, get_job
 from workers import training
 from workers.context import load_context
-from workers.metrics import perplexity, token_accuracy
+from workers.eval_metrics import perplexity, token_accuracy
 from workers.recipes import finetune
 from workers.tasks import run_job
 

@@ -1,0 +1,106 @@
+"""What each logged training point carries besides the Trainer's loss, learning rate and grad norm: token
+counts, throughput and memory."""
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+# A checkpoint's token counts, beside the Trainer's files: a resumed or rolled-back run continues from them.
+TOKENS_FILE = "studio_tokens.json"
+MB = 2**20
+
+
+class TokenMeter(TrainerCallback):
+    """Token counts, throughput and memory for every logged training point.
+
+    The trainer hands it each micro-batch (`count`); `point()` turns what accumulated since the previous point
+    into metric values: `tokens_seen` (non-padding input tokens, cumulative), `supervised_tokens` (tokens whose
+    prediction carries loss, cumulative), `tokens_per_second` (input tokens over the time spent in training
+    steps, so evaluations and checkpoint saves do not count as slowness), and `memory_mb`: on a GPU the peak
+    CUDA memory allocated since the previous point (what decides an out-of-memory error), on a CPU worker the
+    process's resident memory. One key for both, so a chart compares runs; the job's device says which."""
+
+    def __init__(self) -> None:
+        self.tokens_seen = 0
+        self.supervised_tokens = 0
+        # [input, supervised] tokens since the previous point, kept on the batch's device: reading a GPU
+        # number forces a sync, so it happens once per logged point, not once per micro-batch.
+        self._pending: torch.Tensor | None = None
+        self._seconds = 0.0
+        self._step_began: float | None = None
+
+    def count(self, inputs: dict[str, Any]) -> None:
+        """Add one micro-batch (the collated tensors, before the forward pass)."""
+        ids, mask, labels = inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("labels")
+        if ids is None:
+            return
+        n_input = mask.sum() if mask is not None else torch.tensor(ids.numel(), device=ids.device)
+        if labels is not None and labels.dim() == 2:
+            # Causal LMs shift the labels: position t predicts token t+1, so the first label never carries loss.
+            n_supervised = (labels[:, 1:] != -100).sum()
+        elif inputs.get("completion_mask") is not None:  # preference pairs: the answers' tokens
+            n_supervised = inputs["completion_mask"].sum()
+        else:
+            n_supervised = torch.zeros((), dtype=torch.long, device=ids.device)
+        counts = torch.stack([n_input.to(ids.device, torch.long), n_supervised.to(ids.device, torch.long)])
+        self._pending = counts if self._pending is None else self._pending + counts
+
+    def point(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+        """The values of one logged point; `reduce` sums a tensor over data-parallel processes."""
+        pending = self._pending if self._pending is not None else torch.zeros(2, dtype=torch.long)
+        if reduce is not None:
+            pending = reduce(pending)
+        n_input, n_supervised = (int(n) for n in pending.tolist())
+        self._pending = None
+        self.tokens_seen += n_input
+        self.supervised_tokens += n_supervised
+        values = {"tokens_seen": float(self.tokens_seen), "supervised_tokens": float(self.supervised_tokens)}
+        if self._seconds > 0:
+            values["tokens_per_second"] = n_input / self._seconds
+        self._seconds = 0.0
+        if torch.cuda.is_available():
+            values["memory_mb"] = torch.cuda.max_memory_allocated() / MB
+            torch.cuda.reset_peak_memory_stats()  # the next point reports its own interval's peak
+        else:
+            values["memory_mb"] = psutil.Process().memory_info().rss / MB
+        return values
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # A run from a checkpoint (resume or rollback) continues the counts saved with it.
+        self._pending, self._seconds, self._step_began = None, 0.0, None
+        saved = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / TOKENS_FILE
+        counts = json.loads(saved.read_text()) if state.global_step and saved.is_file() else {}
+        self.tokens_seen = int(counts.get("tokens_seen", 0))
+        self.supervised_tokens = int(counts.get("supervised_tokens", 0))
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._step_began = time.perf_counter()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self._step_began is not None:
+            self._seconds += time.perf_counter() - self._step_began
+            self._step_began = None
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if not args.should_save:
+            return  # data parallel: one process writes the checkpoint
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            # Normally nothing is pending here (the step was logged just before); counted if it is (logging_steps > 1).
+            pending = [0, 0] if self._pending is None else [int(n) for n in self._pending.tolist()]
+            counts = {
+                "tokens_seen": self.tokens_seen + pending[0],
+                "supervised_tokens": self.supervised_tokens + pending[1],
+            }
+            (folder / TOKENS_FILE).write_text(json.dumps(counts))
