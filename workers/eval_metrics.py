@@ -1,10 +1,16 @@
-"""Evaluation metrics of language-model objectives: perplexity and the token accuracy of supervised positions."""
+"""Evaluation metrics of language-model objectives: perplexity, bits per byte and the token accuracy of supervised
+positions."""
 
 import math
 
 import numpy as np
 import torch
-from transformers import EvalPrediction
+from transformers import EvalPrediction, PreTrainedTokenizerBase
+
+from workers.examples import IGNORE_INDEX
+
+# The tokens-per-byte ratio is a property of the text and the tokenizer: a few thousand examples pin it down.
+MAX_RATIO_EXAMPLES = 4000
 
 # exp() of a loss above this overflows a float64; such a model is guessing among more tokens than exist anyway.
 MAX_LOG_PERPLEXITY = 700.0
@@ -33,3 +39,30 @@ def token_accuracy(prediction: EvalPrediction) -> dict[str, float]:
     if not supervised.any():
         return {}
     return {"token_accuracy": float((predicted[supervised] == target[supervised]).mean())}
+
+
+def tokens_per_byte(examples: list[dict[str, list[int]]], tokenizer: PreTrainedTokenizerBase) -> float | None:
+    """Supervised tokens per UTF-8 byte of the text they spell, over `examples` (an evaluation set).
+
+    eval_loss is in nats per token, and a token is a different amount of text under each tokenizer: a run
+    from scratch with a 2k-word tokenizer and a fine-tune of a base with 49k words cannot be compared by it.
+    loss x tokens/byte / ln 2 is bits per byte of the validation text, which they can."""
+    tokens = n_bytes = 0
+    for example in examples[:MAX_RATIO_EXAMPLES]:
+        labels = example.get("labels", example["input_ids"])
+        run: list[int] = []
+        # A causal LM predicts labels[1:] (position t predicts token t+1); contiguous runs decode as text.
+        for label in [*labels[1:], IGNORE_INDEX]:
+            if label != IGNORE_INDEX:
+                run.append(label)
+                continue
+            if run:
+                tokens += len(run)
+                n_bytes += len(tokenizer.decode(run, skip_special_tokens=True).encode())
+                run = []
+    return tokens / n_bytes if tokens and n_bytes else None
+
+
+def bits_per_byte(loss: float, ratio: float) -> float | None:
+    """A loss in nats per token as bits per byte of text, given the tokens per byte of that text."""
+    return loss * ratio / math.log(2) if math.isfinite(loss) else None

@@ -14,7 +14,7 @@ from backend.job.estimate import flops_per_token, model_shape
 from backend.job.lifecycle import last_metric_step, log_event, update_job
 from workers.context import JobContext
 from workers.data import PadCollator
-from workers.eval_metrics import argmax_logits, perplexity, token_accuracy
+from workers.eval_metrics import argmax_logits, bits_per_byte, perplexity, token_accuracy, tokens_per_byte
 from workers.examples import Example
 from workers.metrics import Cancelled, Diverged, Guards, JobCallback, Paused, Watch
 from workers.ranks import per_device_batch_size, world_size
@@ -119,12 +119,21 @@ def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> Trai
 
 class MeteredTrainer(Trainer):
     """A Trainer whose logged training points also carry token counts, tokens per second and memory
-    (`workers.token_meter.TokenMeter`), and whose eval points carry perplexity when the loss is a language model's."""
+    (`workers.token_meter.TokenMeter`), and whose eval points carry perplexity and bits per byte when the loss is
+    a language model's."""
 
-    def __init__(self, *args: Any, meter: TokenMeter, perplexity: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        meter: TokenMeter,
+        perplexity: bool = False,
+        tokens_per_byte: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.meter = meter
         self.report_perplexity = perplexity
+        self.tokens_per_byte = tokens_per_byte
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -140,6 +149,9 @@ class MeteredTrainer(Trainer):
             value = perplexity(logs["eval_loss"])
             if value is not None:
                 logs["eval_perplexity"] = value
+            bpb = bits_per_byte(logs["eval_loss"], self.tokens_per_byte) if self.tokens_per_byte else None
+            if bpb is not None:
+                logs["eval_bits_per_byte"] = bpb
         super().log(logs, start_time)
 
 
@@ -189,8 +201,12 @@ def build_trainer(
         "processing_class": tokenizer,
         "callbacks": [callback, meter],
         "meter": meter,
-        # Perplexity is exp(cross-entropy per token): it means something for next-token losses only.
+        # Perplexity is exp(cross-entropy per token): it means something for next-token losses only. So do bits
+        # per byte, the tokenizer-independent form that lets a run from scratch face a fine-tuned base.
         "perplexity": ctx.objective in ("causal_lm", "sft"),
+        "tokens_per_byte": tokens_per_byte(eval_set, tokenizer)
+        if eval_set and ctx.objective in ("causal_lm", "sft")
+        else None,
     }
     if ctx.objective == "sft":
         # Token accuracy on the response tokens; the Trainer keeps each batch's argmax, not its logits.

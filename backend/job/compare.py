@@ -18,7 +18,7 @@ from backend.job.service import get_job
 MAX_RUNS = 8
 # Curves keep at most this many points per run: a chart is ~1000 px wide, more points only cost bytes.
 MAX_POINTS = 1000
-CURVE_KEYS = ("loss", "eval_loss", "learning_rate")
+CURVE_KEYS = ("loss", "eval_loss", "eval_bits_per_byte", "learning_rate")
 
 
 def _tokens_per_step(job: Job) -> float | None:
@@ -80,6 +80,7 @@ def _run(session: Session, job: Job) -> CompareRun:
     curve, tokens = _curve(session, job)
     flops_per_token = _flops_per_token(job)
     evals = [p.values["eval_loss"] for p in curve if "eval_loss" in p.values]
+    bits = [p.values["eval_bits_per_byte"] for p in curve if "eval_bits_per_byte" in p.values]
     config = job.resolved_config or {}
     return CompareRun(
         id=job.id,
@@ -102,6 +103,7 @@ def _run(session: Session, job: Job) -> CompareRun:
         final_loss=job.final_loss,
         final_eval_loss=job.final_eval_loss,
         best_eval_loss=min(evals) if evals else None,
+        final_eval_bits_per_byte=bits[-1] if bits else None,
         curve=curve,
     )
 

@@ -367,6 +367,11 @@ class CompareRun(BaseModel):
     final_loss: float | None
     final_eval_loss: float | None
     best_eval_loss: float | None
+    final_eval_bits_per_byte: float | None = Field(
+        None,
+        description="The last validation loss as bits per byte of text: unlike a loss per token, comparable "
+        "between runs whose tokenizers differ (a model trained from scratch vs a fine-tuned base).",
+    )
     curve: list[CompareCurvePoint]
 
 

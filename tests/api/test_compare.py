@@ -31,6 +31,7 @@ def _record_run(job_id: int, *, total_parameters: int, losses: list[float]) -> N
             values = {"loss": loss, "tokens_seen": 512.0 * step}
             if step % 2 == 0:
                 values["eval_loss"] = loss + 0.1
+                values["eval_bits_per_byte"] = (loss + 0.1) / 4
             s.add(JobMetric(job_id=job_id, step=step, values=values, created_at=start + timedelta(seconds=step)))
 
 
@@ -53,7 +54,8 @@ def test_compare_two_runs(client: TestClient) -> None:
     assert run_a["flops"] == 6 * 1000 * 2048.0  # 6·N per token without the worker's own figure
     assert run_a["best_eval_loss"] == 2.6 and run_a["seconds"] == 3.0
     assert [p["step"] for p in run_a["curve"]] == [1, 2, 3, 4]
-    assert run_a["curve"][1]["values"] == {"loss": 3.5, "eval_loss": 3.6}
+    assert run_a["curve"][1]["values"] == {"loss": 3.5, "eval_loss": 3.6, "eval_bits_per_byte": 0.9}
+    assert run_a["final_eval_bits_per_byte"] == 2.6 / 4
     assert run_a["curve"][3]["flops"] == 6 * 1000 * 2048.0
     # Only what differs: the learning rate (max_steps and everything else are equal).
     assert body["diff"] == {"hyperparameters.learning_rate": [3e-4, 1e-3]}

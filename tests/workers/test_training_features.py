@@ -16,7 +16,8 @@ from backend.job.service import eta_seconds
 from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job, get_job
 from workers import training
 from workers.context import load_context
-from workers.eval_metrics import perplexity, token_accuracy
+from workers.eval_metrics import bits_per_byte, perplexity, token_accuracy, tokens_per_byte
+from workers.examples import load_tokenizer
 from workers.recipes import finetune
 from workers.tasks import run_job
 
@@ -59,6 +60,21 @@ def test_eval_points_carry_perplexity(pretrained: Pretrained) -> None:
     for point in evals:
         assert point["eval_perplexity"] == pytest.approx(math.exp(point["eval_loss"]))
         assert "eval_token_accuracy" not in point  # raw text: the accuracy is an SFT metric
+        # Bits per byte: the same loss in a unit that does not depend on the tokenizer; a byte-level BPE
+        # token spells at least one byte, so it is at most loss / ln 2.
+        assert 0 < point["eval_bits_per_byte"] <= point["eval_loss"] / math.log(2) + 1e-9
+
+
+def test_tokens_per_byte_counts_the_predicted_tokens_and_the_text_they_spell(pretrained: Pretrained) -> None:
+    tokenizer = load_tokenizer(pretrained.model_path)
+    ids = tokenizer("The lion sleeps tonight", add_special_tokens=False)["input_ids"]
+    # Raw text: every token but the first is predicted. SFT: only the answer's tokens (-100 elsewhere).
+    answer = [-100, -100, *ids[2:]]
+    examples = [{"input_ids": ids, "labels": ids}, {"input_ids": ids, "labels": answer}]
+    spelled = len(tokenizer.decode(ids[1:]).encode()) + len(tokenizer.decode(ids[2:]).encode())
+    assert tokens_per_byte(examples, tokenizer) == pytest.approx((len(ids) - 1 + len(ids) - 2) / spelled)
+    assert tokens_per_byte([{"input_ids": ids, "labels": [-100] * len(ids)}], tokenizer) is None
+    assert bits_per_byte(math.log(2), 0.5) == pytest.approx(0.5)
 
 
 def test_perplexity_refuses_what_overflows() -> None:
