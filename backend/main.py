@@ -11,10 +11,12 @@ from typing import Any
 from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.auth import pages as auth_pages
 from backend.auth import router as auth_router
@@ -26,6 +28,8 @@ from backend.dataset import router as dataset_router
 from backend.db import User, get_engine, session_scope
 from backend.errors import DomainError
 from backend.events import Broadcaster
+from backend.export import router as export_router
+from backend.export.lifecycle import reap_stale_exports
 from backend.job import pages as job_pages
 from backend.job import router as job_router
 from backend.job.lifecycle import reap_stale_jobs
@@ -50,6 +54,9 @@ async def _reaper() -> None:
             lost = await to_thread.run_sync(reap_stale_generations)
             if lost:
                 log.warning("failed playground generations whose worker went away: %s", lost)
+            dead = await to_thread.run_sync(reap_stale_exports)
+            if dead:
+                log.warning("failed weight exports whose worker went away: %s", dead)
         except Exception:
             log.exception("lease reaper failed")
         await asyncio.sleep(get_settings().reap_interval_seconds)
@@ -102,6 +109,16 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (an unknown address, a wrong method): JSON for the API and static files, the error
+    page for a person who typed or followed a bad link."""
+    assert isinstance(exc, StarletteHTTPException)
+    if request.url.path.startswith(("/api", "/static")):
+        return await http_exception_handler(request, exc)
+    message = f"There is no page at {request.url.path[:200]}" if exc.status_code == 404 else str(exc.detail)
+    return render(request, "error.html", _page_user(request), status_code=exc.status_code, message=message)
+
+
 async def _login_required(request: Request, exc: Exception) -> Response:
     return login_redirect(request)
 
@@ -113,6 +130,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
 
     @app.get("/api/health", tags=["health"])
     def health() -> dict[str, str]:
@@ -129,6 +147,7 @@ def create_app() -> FastAPI:
         job_router,
         worker_router,
         playground_router,
+        export_router,
     )
     for module in routers:
         app.include_router(module.router)

@@ -8,6 +8,8 @@ from fastapi.templating import Jinja2Templates
 
 from backend.config import REPO_ROOT
 from backend.db import User
+from backend.errors import Invalid
+from backend.schemas import MAX_ID
 
 templates = Jinja2Templates(directory=str(REPO_ROOT / "frontend" / "templates"))
 
@@ -22,8 +24,18 @@ def require(user: User | None) -> User:
     return user
 
 
+def page_id(raw: str, what: str) -> int:
+    """The id in a page's URL. Anything else (`/jobs/abc`, `/jobs/0`) is a 422 shown as the friendly error page,
+    where the API's validation error would show a person raw JSON."""
+    # The length first: int() refuses strings of over 4300 digits with a ValueError.
+    if raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_ID)) and 1 <= int(raw) <= MAX_ID:
+        return int(raw)
+    raise Invalid(f"{raw[:40]!r} is not a {what} number: the address holds no {what}", field=f"{what}_id")
+
+
 def render(request: Request, name: str, user: User | None, status_code: int = 200, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"user": user, **context}, status_code=status_code)
+    context = {"user": user, "status_code": status_code, **context}
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
 def login_redirect(request: Request) -> RedirectResponse:

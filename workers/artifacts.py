@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +98,31 @@ def write_model_card(
     (directory / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
-def zip_directory(directory: Path, destination: Path) -> Path:
-    """Zip the files of `directory` at the archive root; readers never see a half-written zip."""
+ZIP_CHUNK = 1 << 20
+
+
+def zip_directory(directory: Path, destination: Path, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Zip the files of `directory` at the archive root; readers never see a half-written zip. `progress` hears
+    (bytes read, bytes in all) as the files go in, a megabyte at a time."""
     tmp = destination.with_name(destination.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
-        for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-            # Weights are dense floats that deflate barely shrinks, at minutes per GB: store them as they are.
-            method = zipfile.ZIP_STORED if file.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
-            zf.write(file, file.relative_to(directory).as_posix(), compress_type=method)
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    total, done = sum(f.stat().st_size for f in files), 0
+    try:
+        with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+            for file in files:
+                info = zipfile.ZipInfo.from_file(file, file.relative_to(directory).as_posix())
+                # Weights are dense floats that deflate barely shrinks, at minutes per GB: store them as they are.
+                info.compress_type = zipfile.ZIP_STORED if file.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
+                # What ZipFile.write does, in chunks the caller hears about.
+                with file.open("rb") as src, zf.open(info, "w") as dst:
+                    while chunk := src.read(ZIP_CHUNK):
+                        dst.write(chunk)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(done, total)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, destination)  # atomic on one filesystem
     return destination
 
@@ -166,6 +184,29 @@ def export(
     return directory
 
 
+def load_base(
+    path: Path, *, auto_class: Any = AutoModelForCausalLM, trust_remote_code: bool = False, **kwargs: Any
+) -> Any:
+    """A base model loaded fresh for merging: fp32 on the CPU, from safetensors only (see `_export_merged`)."""
+    return auto_class.from_pretrained(
+        path,
+        dtype=torch.float32,
+        use_safetensors=True,
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        **kwargs,
+    )
+
+
+def ready_to_serve(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Settings a merged model needs to generate once loaded: the KV cache on (training turned it off) and the
+    tokenizer's pad id (a classifier's head reads the last token that is not padding)."""
+    model.config.use_cache = True
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:  # a classifier has none
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
 def export_merged(ctx: JobContext, adapter_dir: Path, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> Path | None:
     """merged.zip (see `_export_merged`), as an extra: the adapter is already published, so a merge that fails
     (say the fp32 base does not fit in the worker's RAM after GPU training) warns instead of failing the job."""
@@ -201,19 +242,9 @@ def _export_merged(
     if not is_main():
         return directory  # data parallel: rank 0 alone writes files
     assert ctx.base_model_path is not None, "only a fine-tuned adapter has a base to merge into"
-    base = auto_class.from_pretrained(
-        ctx.base_model_path,
-        dtype=torch.float32,
-        use_safetensors=True,
-        local_files_only=True,
-        trust_remote_code=ctx.trust_remote_code,
-        **load_kwargs,
-    )
+    base = load_base(ctx.base_model_path, auto_class=auto_class, trust_remote_code=ctx.trust_remote_code, **load_kwargs)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.config.use_cache = True
-    merged.config.pad_token_id = tokenizer.pad_token_id
-    if getattr(merged, "generation_config", None) is not None:  # a classifier has none
-        merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    ready_to_serve(merged, tokenizer)
     merged.save_pretrained(str(directory))
     tokenizer.save_pretrained(directory)
     write_model_card(

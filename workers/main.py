@@ -14,6 +14,7 @@ app = celery_app()
 
 # Importing the modules registers their tasks on `app` (the same instance: celery_app() is a singleton).
 import workers.analysis.tasks  # noqa: E402
+import workers.export  # noqa: E402
 import workers.generate  # noqa: E402
 import workers.model_import  # noqa: E402
 import workers.tasks  # noqa: E402, F401

@@ -4,7 +4,8 @@ The API reads the table to refuse what no live worker can run (qlora without a C
 bitsandbytes) and to list the workers. The Celery pool child, the process that runs the tasks and owns the
 device, registers itself, refreshes `last_seen_at` from a daemon thread every `heartbeat_seconds`, sets
 `current_job_id` while a job runs, and deletes its row when it exits. A worker killed outright leaves its
-row behind; the API tells it apart by its old `last_seen_at`.
+row behind; the API tells it apart by its old `last_seen_at`. Each write publishes `worker_key`, which wakes
+the live Workers page.
 """
 
 import importlib.util
@@ -19,6 +20,7 @@ from sqlalchemy import delete, update
 
 from backend.config import get_settings
 from backend.db import Worker, session_scope
+from backend.events import publish_worker
 from backend.job.lifecycle import db_now
 from workers.ranks import data_parallel_processes
 from workers.training import device_description, use_bf16
@@ -87,6 +89,7 @@ def register(name: str, queue: str) -> None:
                 **describe(),
             )
         )
+    publish_worker(name)
 
 
 def touch(**values: Any) -> None:
@@ -106,6 +109,8 @@ def touch(**values: Any) -> None:
         register(name, _State.queue)
         if values:
             touch(**values)
+        return
+    publish_worker(name)
 
 
 def set_current_job(job_id: int | None) -> None:
@@ -143,6 +148,7 @@ def remove(name: str) -> None:
     """Delete the row of worker `name` (a clean exit)."""
     with session_scope() as s:
         s.execute(delete(Worker).where(Worker.name == name))
+    publish_worker(name)
 
 
 def stop() -> None:

@@ -2,14 +2,16 @@
 
 The web app validates the parameters, stores a `DatasetAnalysis` row (one per dataset version, kind and
 parameters, so a result is computed once and then served from the database) and sends its id to the
-analysis queue after the commit. The worker (`workers.analysis`) claims the row, computes, and writes the
-result back. "Apply fixes" runs here: it needs no tokenizer, only the hygiene result and the records.
+analysis queue after the commit. The worker (`workers.analysis`) claims the row, computes (writing its
+progress a few times a second), and writes the result back; each write publishes `analysis_key`, which the
+live stream (`analysis_stream`) follows. "Apply fixes" runs here: it needs no tokenizer, only the hygiene
+result and the records.
 """
 
 import hashlib
 import json
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from backend.dataset.formats import read_records
 from backend.dataset.service import ingest_file
 from backend.db import Dataset, DatasetAnalysis, User, session_scope, utcnow
 from backend.errors import BrokerUnavailable, Conflict, Invalid, NotFound
+from backend.events import publish_analysis
 from backend.job.service import OBJECTIVE_SHAPES
 from backend.model.service import visible_model
 from backend.queue import enqueue_analysis
@@ -138,12 +141,17 @@ def _get_or_create(
     return row, True
 
 
-def _retry(analysis: DatasetAnalysis) -> bool:
-    """Queue a failed or stale analysis again; False when it is done or still fresh."""
-    stale = analysis.status in ("queued", "running") and utcnow() - analysis.created_at > STALE_AFTER
-    if analysis.status != "failed" and not stale:
+def is_stale(status: str, created_at: datetime) -> bool:
+    """Queued or running for longer than any analysis takes: its worker (or its message) is gone."""
+    return status in ("queued", "running") and utcnow() - created_at > STALE_AFTER
+
+
+def _retry(analysis: DatasetAnalysis, refresh: bool) -> bool:
+    """Queue a stale analysis again, or with `refresh` a failed one; False when it is done or still fresh.
+    A failure is kept until asked (computing it again would fail again), a lost one is not."""
+    if not is_stale(analysis.status, analysis.created_at) and not (refresh and analysis.status == "failed"):
         return False
-    analysis.status, analysis.result, analysis.error = "queued", None, None
+    analysis.status, analysis.result, analysis.error, analysis.progress = "queued", None, None, None
     analysis.created_at, analysis.finished_at = utcnow(), None
     return True
 
@@ -151,18 +159,29 @@ def _retry(analysis: DatasetAnalysis) -> bool:
 def submit(
     session: Session, *, dataset: Dataset, kind: str, params: dict[str, Any], refresh: bool = False
 ) -> DatasetAnalysis:
-    """The analysis of `dataset` for `params`; a new one (or, with `refresh`, a failed or stale one) is sent
+    """The analysis of `dataset` for `params`; a new or stale one (or, with `refresh`, a failed one) is sent
     to the analysis worker after the commit."""
     analysis, created = _get_or_create(session, dataset=dataset, kind=kind, params=params)
-    if not created and not (refresh and _retry(analysis)):
+    if not created and not _retry(analysis, refresh):
         return analysis
     session.commit()  # the worker must find the row when the task arrives
+    publish_analysis(analysis.id)  # a page following a failed run sees it queued again
     try:
         enqueue_analysis(analysis.id)
     except Exception as exc:  # broker down: say so, and don't leave a row queued that no one will compute
         analysis.status, analysis.error, analysis.finished_at = "failed", f"could not enqueue: {exc}", utcnow()
         session.commit()
+        publish_analysis(analysis.id)
         raise BrokerUnavailable(f"the analysis queue is unreachable ({type(exc).__name__})") from exc
+    return analysis
+
+
+def visible_analysis(session: Session, *, user: User, analysis_id: int) -> DatasetAnalysis:
+    """An analysis of a dataset `user` owns (any, for an admin); NotFound otherwise, as for the dataset."""
+    analysis = session.get(DatasetAnalysis, analysis_id)
+    dataset = session.get(Dataset, analysis.dataset_id) if analysis is not None else None
+    if analysis is None or dataset is None or not (dataset.owner_id == user.id or user.is_admin):
+        raise NotFound(f"analysis {analysis_id} not found")
     return analysis
 
 
@@ -191,10 +210,26 @@ def claim_analysis(analysis_id: int) -> bool:
         res = s.execute(
             update(DatasetAnalysis)
             .where(DatasetAnalysis.id == analysis_id, DatasetAnalysis.status == "queued")
-            .values(status="running")
+            .values(status="running", progress=None)
             .execution_options(synchronize_session=False)
         )
-        return res.rowcount == 1  # type: ignore[attr-defined]
+        claimed = res.rowcount == 1  # type: ignore[attr-defined]
+    if claimed:
+        publish_analysis(analysis_id)
+    return claimed
+
+
+def record_progress(analysis_id: int, *, phase: str, done: int, total: int | None) -> None:
+    """Store where a running analysis is and wake its live readers (the worker calls this a few times a
+    second at most)."""
+    with session_scope() as s:
+        s.execute(
+            update(DatasetAnalysis)
+            .where(DatasetAnalysis.id == analysis_id, DatasetAnalysis.status == "running")
+            .values(progress={"phase": phase, "done": done, "total": total})
+            .execution_options(synchronize_session=False)
+        )
+    publish_analysis(analysis_id)
 
 
 def finish_analysis(analysis_id: int, *, result: dict[str, Any] | None = None, error: str | None = None) -> None:
@@ -206,6 +241,7 @@ def finish_analysis(analysis_id: int, *, result: dict[str, Any] | None = None, e
             .values(status="failed" if error else "done", result=result, error=error, finished_at=utcnow())
             .execution_options(synchronize_session=False)
         )
+    publish_analysis(analysis_id)
 
 
 def _hygiene_result(session: Session, *, dataset: Dataset, fixes: FixesRequest) -> DatasetAnalysis:

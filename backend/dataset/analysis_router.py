@@ -1,16 +1,19 @@
 """Dataset analyses over HTTP: token statistics, a dry-run render of one record, hygiene, and "apply fixes".
 
-Statistics and hygiene answer at once with the analysis's current state (the browser polls until it is
-done); a render waits a little for the worker, since one record is quick to compute.
+Statistics and hygiene answer at once with the analysis's current state; a render waits a little for the
+worker, since one record is quick to compute. The browser asks once, then follows
+`/api/datasets/analyses/{id}/stream` (progress, then the result) instead of asking again.
 """
 
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from sse_starlette import EventSourceResponse
 
 from backend.dataset import analysis, service
 from backend.dataset.analysis_schemas import AnalysisRead, FixesRequest
+from backend.dataset.analysis_stream import analysis_events
 from backend.dataset.schemas import DatasetRead
 from backend.deps import CurrentUser, SessionDep
 from backend.job.schemas import Objective
@@ -102,3 +105,14 @@ def apply_fixes(dataset_id: IdPath, body: FixesRequest, session: SessionDep, use
     """Drop what the chosen fixes name (from the latest hygiene check); the rest is a new dataset version."""
     ds = service.get_dataset(session, user=user, dataset_id=dataset_id)
     return DatasetRead.model_validate(analysis.apply_fixes(session, user=user, dataset=ds, fixes=body))
+
+
+@router.get("/analyses/{analysis_id}/stream")
+def stream_analysis(
+    analysis_id: IdPath, request: Request, session: SessionDep, user: CurrentUser
+) -> EventSourceResponse:
+    """SSE: an `analysis` event (status, progress, then the result or the error) on connect and on each change,
+    `end` once it is done or failed. 404 for an analysis of someone else's dataset."""
+    analysis.visible_analysis(session, user=user, analysis_id=analysis_id)
+    session.close()  # an analysis of a large dataset takes minutes; don't hold a connection
+    return EventSourceResponse(analysis_events(analysis_id, request.app.state.broadcaster), ping=15)

@@ -9,13 +9,23 @@ from backend.schemas import DbId
 AnalysisStatus = Literal["queued", "running", "done", "failed"]
 
 
+class AnalysisProgress(BaseModel):
+    """Where a running analysis is: `done` of `total` records in `phase` (total unknown: None)."""
+
+    phase: str = Field(description='"loading" | "tokenizing" | "hashing" | "comparing"')
+    done: int = Field(0, ge=0, description="Records of this phase handled so far.")
+    total: int | None = Field(None, ge=0, description="Records this phase handles in all.")
+
+
 class AnalysisRead(BaseModel):
-    """One analysis as the browser polls it: `result` is set once `status` is done, `error` once failed."""
+    """One analysis as the browser follows it: `progress` while running, `result` once `status` is done,
+    `error` once failed."""
 
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     status: AnalysisStatus
+    progress: AnalysisProgress | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
 

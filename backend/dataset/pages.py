@@ -7,8 +7,7 @@ from backend.db import Dataset
 from backend.deps import OptionalUser, SessionDep
 from backend.job.service import jobs_using
 from backend.model.service import list_models
-from backend.schemas import IdPath
-from backend.web import render, require
+from backend.web import page_id, render, require
 
 router = APIRouter(include_in_schema=False)
 
@@ -22,9 +21,9 @@ def datasets_page(request: Request, session: SessionDep, user: OptionalUser) -> 
 
 
 @router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
-def dataset_page(dataset_id: IdPath, request: Request, session: SessionDep, user: OptionalUser) -> Response:
+def dataset_page(dataset_id: str, request: Request, session: SessionDep, user: OptionalUser) -> Response:
     user = require(user)
-    ds = service.get_dataset(session, user=user, dataset_id=dataset_id)
+    ds = service.get_dataset(session, user=user, dataset_id=page_id(dataset_id, "dataset"))
     return render(
         request,
         "dataset/detail.html",

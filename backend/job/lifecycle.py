@@ -140,13 +140,18 @@ def record_samples(job_id: int, step: int, answers: list[tuple[str, str]]) -> No
     publish(job_id)
 
 
-@main_rank_only
-def add_artifact(job_id: int, path: Path) -> None:
-    """Register a finished file under the job; its name is the file name (e.g. adapter.zip)."""
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+@main_rank_only
+def add_artifact(job_id: int, path: Path) -> None:
+    """Register a finished file under the job; its name is the file name (e.g. adapter.zip)."""
+    sha256 = file_sha256(path)
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert job is not None
@@ -157,7 +162,7 @@ def add_artifact(job_id: int, path: Path) -> None:
                 name=path.name,
                 path=str(path),
                 size_bytes=path.stat().st_size,
-                sha256=digest.hexdigest(),
+                sha256=sha256,
             )
         )
         add_event(s, job_id, f"artifact {path.name} ready ({path.stat().st_size / 1e6:.1f} MB)")

@@ -10,8 +10,7 @@ from backend.job import service
 from backend.job.schemas import HYPERPARAMETER_PRESETS, Hyperparameters
 from backend.model.presets import PRESETS, parameter_count
 from backend.model.service import list_models
-from backend.schemas import DbId, IdPath
-from backend.web import render, require
+from backend.web import page_id, render, require
 
 router = APIRouter(include_in_schema=False)
 
@@ -30,11 +29,12 @@ def jobs_page(request: Request, session: SessionDep, user: OptionalUser) -> Resp
 
 @router.get("/jobs/new", response_class=HTMLResponse)
 def new_job_page(
-    request: Request, session: SessionDep, user: OptionalUser, clone: Annotated[DbId | None, Query()] = None
+    request: Request, session: SessionDep, user: OptionalUser, clone: Annotated[str | None, Query()] = None
 ) -> Response:
     user = require(user)
     # "Clone and edit": the form opens filled with the source job's inputs (404 if the user may not see it).
-    source = service.to_read(session, service.get_job(session, user=user, job_id=clone)) if clone else None
+    source_job = service.get_job(session, user=user, job_id=page_id(clone, "job")) if clone else None
+    source = service.to_read(session, source_job) if source_job else None
     return render(
         request,
         "job/new.html",
@@ -51,18 +51,18 @@ def new_job_page(
 
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(
-    request: Request, session: SessionDep, user: OptionalUser, ids: Annotated[list[DbId] | None, Query()] = None
+    request: Request, session: SessionDep, user: OptionalUser, ids: Annotated[list[str] | None, Query()] = None
 ) -> Response:
     user = require(user)
-    ids = ids or []
+    picked = [page_id(raw, "job") for raw in ids or []]
     jobs = service.list_jobs(session, user=user)
-    return render(request, "job/compare.html", user, jobs=jobs, selected=list(dict.fromkeys(ids))[:8])
+    return render(request, "job/compare.html", user, jobs=jobs, selected=list(dict.fromkeys(picked))[:8])
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: IdPath, request: Request, session: SessionDep, user: OptionalUser) -> Response:
+def job_page(job_id: str, request: Request, session: SessionDep, user: OptionalUser) -> Response:
     user = require(user)
-    job = service.get_job(session, user=user, job_id=job_id)
+    job = service.get_job(session, user=user, job_id=page_id(job_id, "job"))
     base_model = session.get(Model, job.base_model_id) if job.base_model_id else None
     return render(
         request,

@@ -5,8 +5,7 @@ from backend.deps import OptionalUser, SessionDep
 from backend.job.service import jobs_by_model
 from backend.model import service
 from backend.model.detail import model_detail
-from backend.schemas import IdPath
-from backend.web import render, require
+from backend.web import page_id, render, require
 
 router = APIRouter(include_in_schema=False)
 
@@ -19,8 +18,9 @@ def models_page(request: Request, session: SessionDep, user: OptionalUser) -> Re
 
 
 @router.get("/models/{model_id}", response_class=HTMLResponse)
-def model_page(model_id: IdPath, request: Request, session: SessionDep, user: OptionalUser) -> Response:
+def model_page(model_id: str, request: Request, session: SessionDep, user: OptionalUser) -> Response:
     user = require(user)
-    model = model_detail(session, user=user, model_id=model_id)
-    owner = service.visible_model(session, user=user, model_id=model_id).owner_id
+    number = page_id(model_id, "model")
+    model = model_detail(session, user=user, model_id=number)
+    owner = service.visible_model(session, user=user, model_id=number).owner_id
     return render(request, "model/detail.html", user, model=model, mine=user.is_admin or owner == user.id)

@@ -19,7 +19,7 @@ from backend.model.schemas import (
     ModelUploadRead,
     PresetRead,
 )
-from backend.model.stream import model_events
+from backend.model.stream import model_events, models_list_events
 from backend.queue import enqueue_import
 from backend.schemas import IdPath, Text
 
@@ -86,6 +86,16 @@ def import_from_hub(body: ModelImport, session: SessionDep, user: CurrentUser) -
     """Download `hub_id` at `revision` on a worker (safetensors, configs and tokenizer files only)."""
     model = imports.create_hub_import(session, user=user, hub_id=body.hub_id, revision=body.revision, name=body.name)
     return _read(session, model)
+
+
+@router.get("/models/stream")
+def stream_models(request: Request, session: SessionDep, user: CurrentUser) -> EventSourceResponse:
+    """SSE for the models list: a `models` event with every model you may use on connect (a reconnect gets it
+    again), then a `model` event per model that appears or changes (import progress included) and `removed`
+    per model deleted."""
+    user_id = user.id
+    session.close()  # a stream can last hours; don't hold a connection
+    return EventSourceResponse(models_list_events(user_id, request.app.state.broadcaster), ping=15)
 
 
 @router.get("/models/{model_id}", response_model=ModelRead)

@@ -1,5 +1,8 @@
 """Base models: registering Hugging Face directories (local, uploaded, imported, pretrain outputs), listing what
-a user may use, and the admin's trust_remote_code switch."""
+a user may use, and the admin's trust_remote_code switch.
+
+Every function that adds, changes or removes a model publishes `model_key` once its session commits, whoever
+commits it (a route, the CLI, a worker registering a trained model): the live models lists follow that."""
 
 import json
 import shutil
@@ -7,15 +10,21 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import event, or_, select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
 from backend.db import Job, Model, User
 from backend.errors import Conflict, Forbidden, Invalid, NotFound
+from backend.events import publish_model
 
 # A safetensors header is JSON describing the tensors; real ones are kilobytes to a few megabytes.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def publish_on_commit(session: Session, model_id: int) -> None:
+    """Wake the live models lists once `session` commits: published earlier, a reader would find nothing new."""
+    event.listen(session, "after_commit", lambda _session: publish_model(model_id), once=True)
 
 
 def models_dir() -> Path:
@@ -108,6 +117,7 @@ def register_model(
     )
     session.add(model)
     session.flush()
+    publish_on_commit(session, model.id)
     return model
 
 
@@ -138,6 +148,7 @@ def adopt_model_dir(
     final = models_dir() / str(model.id)
     staged.replace(final)
     model.path = str(final)
+    publish_on_commit(session, model.id)
     return model
 
 
@@ -165,6 +176,7 @@ def create_import(
     session.add(model)
     session.flush()
     model.path = str(models_dir() / str(model.id))
+    publish_on_commit(session, model.id)
     return model
 
 
@@ -214,6 +226,7 @@ def update_model(
         model.details = {**(model.details or {}), "trust_remote_code": trust_remote_code}
     if name is not None:
         model.name = name
+    publish_on_commit(session, model.id)
     return model
 
 
@@ -229,6 +242,7 @@ def delete_model(session: Session, *, user: User, model_id: int) -> None:
         raise Conflict(f"model {model_id} is used by job(s) {', '.join(map(str, users))}; it cannot be deleted")
     session.delete(model)
     session.flush()
+    publish_on_commit(session, model_id)
     for owned in (models_dir() / str(model_id), imports_dir(model_id)):
         shutil.rmtree(owned, ignore_errors=True)
 

@@ -1,8 +1,10 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from sse_starlette import EventSourceResponse
 
 from backend.deps import CurrentUser, SessionDep
 from backend.worker import service
 from backend.worker.schemas import WorkerList
+from backend.worker.stream import workers_events
 
 router = APIRouter(prefix="/api", tags=["workers"])
 
@@ -11,3 +13,11 @@ router = APIRouter(prefix="/api", tags=["workers"])
 def list_workers(session: SessionDep, user: CurrentUser) -> WorkerList:
     """The training and analysis workers: device, memory, libraries, current job, and whether they are live."""
     return WorkerList(items=service.list_workers(session))
+
+
+@router.get("/workers/stream")
+def stream_workers(request: Request, session: SessionDep, user: CurrentUser) -> EventSourceResponse:
+    """SSE: a `workers` event (every worker with `live`, the queue depth and the server's clock) on connect and
+    whenever a worker reports, goes silent, or a job is queued or taken."""
+    session.close()  # a stream can last hours; don't hold a connection
+    return EventSourceResponse(workers_events(request.app.state.broadcaster), ping=15)

@@ -27,3 +27,10 @@ class WorkerRead(BaseModel):
 
 class WorkerList(BaseModel):
     items: list[WorkerRead]
+
+
+class WorkersLive(WorkerList):
+    """What the live Workers page shows: the workers, the jobs waiting, and the server's clock."""
+
+    queued: int = Field(description="Jobs waiting in the queue for a training worker.")
+    now: datetime = Field(description="The database's clock when this was read: last_seen_at is on it too.")

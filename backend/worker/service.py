@@ -2,15 +2,15 @@
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import Worker
+from backend.db import Job, Worker
 from backend.errors import Invalid
 from backend.job.lifecycle import db_now
 from backend.queue import QUEUE
-from backend.worker.schemas import WorkerRead
+from backend.worker.schemas import WorkerRead, WorkersLive
 
 
 def live_since(session: Session) -> datetime:
@@ -23,6 +23,16 @@ def list_workers(session: Session) -> list[WorkerRead]:
     since = live_since(session)
     rows = session.scalars(select(Worker).order_by(Worker.queue, Worker.name))
     return [WorkerRead.model_validate(w).model_copy(update={"live": w.last_seen_at >= since}) for w in rows]
+
+
+def queue_depth(session: Session) -> int:
+    """Jobs waiting for a training worker (every user's: they share the workers)."""
+    return session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
+
+
+def live_state(session: Session) -> WorkersLive:
+    """The workers and the queue depth, with the database's clock (pages count "seen x s ago" from it)."""
+    return WorkersLive(items=list_workers(session), queued=queue_depth(session), now=db_now(session))
 
 
 def live_training_workers(session: Session) -> list[Worker]:

@@ -62,7 +62,13 @@ def test_stats_are_created_once_and_served_when_done(client: TestClient, pairs: 
     url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}&max_length=64&batch_size=2"
     first = client.get(url)
     assert first.status_code == 200, first.text
-    assert first.json() == {"id": first.json()["id"], "status": "queued", "result": None, "error": None}
+    assert first.json() == {
+        "id": first.json()["id"],
+        "status": "queued",
+        "result": None,
+        "error": None,
+        "progress": None,
+    }
     assert client.get(url).json()["id"] == first.json()["id"]  # the same parameters, the same row
     compute_queued("stats")
     done = client.get(url).json()

@@ -15,11 +15,25 @@ def text_dataset(client: TestClient) -> int:
 
 
 def test_out_of_range_ids_are_4xx(client: TestClient) -> None:
-    for path in (f"/api/jobs/{HUGE}", f"/api/datasets/{HUGE}", f"/api/models/{HUGE}", "/api/jobs/0", f"/jobs/{HUGE}"):
+    for path in (
+        f"/api/jobs/{HUGE}", f"/api/datasets/{HUGE}", f"/api/models/{HUGE}", "/api/jobs/0", f"/jobs/{HUGE}",
+        "/jobs/" + "9" * 5000, "/compare?ids=" + "9" * 5000,
+    ):  # fmt: skip
         assert client.get(path).status_code == 422, path
     body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": HUGE}
     assert client.post("/api/jobs", json=body).status_code == 422
     assert client.get(f"/api/jobs/{HUGE - 1}").status_code == 404
+
+
+def test_unknown_addresses_are_json_for_the_api_and_a_page_for_people(client: TestClient) -> None:
+    api = client.get("/api/no-such-thing")
+    assert api.status_code == 404 and api.json() == {"detail": "Not Found"}
+    assert client.get("/static/no-such-file.js").status_code == 404
+    page = client.get("/no/such-page")
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "There is no page at /no/such-page" in page.text and 'id="error-back"' in page.text
+    wrong_method = client.post("/jobs")
+    assert wrong_method.status_code == 405 and "Method Not Allowed" in wrong_method.text
 
 
 def test_nul_nan_and_infinity_are_refused(client: TestClient, text_dataset: int) -> None:

@@ -188,7 +188,12 @@ def test_login_upload_launch_watch_and_download(page, studio: StudioProcess, tmp
     page.wait_for_url(re.compile(r"/compare\?ids="))
     expect(page.locator("#compare-chart")).to_have_attribute("data-runs", "2")
     expect(page.locator("#compare-verdict")).to_contain_text("Pretrain vs fine-tune")
+    # Their tokenizers differ: the verdict weighs bits per byte of validation text, not loss per token.
+    expect(page.locator("#compare-verdict")).to_contain_text("bits per byte of validation text")
     expect(page.locator("#compare-summary")).to_contain_text("Training FLOPs")
+    expect(page.locator("#compare-summary")).to_contain_text("Validation bits per byte")
+    page.select_option("#compare-y", "eval_bits_per_byte")
+    expect(page.locator("#compare-chart")).to_have_attribute("data-runs", "2")
     expect(page.locator("#compare-diff")).to_contain_text("kind")
     page.select_option("#compare-x", "flops")
     shot(page, "compare")

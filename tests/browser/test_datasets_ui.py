@@ -140,6 +140,9 @@ def test_upload_map_columns_dry_run_and_fix(page, studio: StudioProcess, tmp_pat
     page.fill("#analysis-max-length", "64")
     page.fill("#analysis-batch-size", "4")
 
+    # Each view asks once, then follows the analysis's stream: no repeated GETs while the worker computes.
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if re.search(r"/(stats|hygiene)\?", r.url) else None)
     page.click("#stats-run")
     expect(page.locator("#stats-results")).to_be_visible(timeout=120_000)
     expect(page.locator("#stats-records")).to_have_text("13")
@@ -164,6 +167,7 @@ def test_upload_map_columns_dry_run_and_fix(page, studio: StudioProcess, tmp_pat
     page.click("#hygiene-run")
     expect(page.locator("#hygiene-results")).to_be_visible(timeout=120_000)
     expect(page.locator("#hygiene-exact [data-count]")).not_to_have_text("0")
+    assert [url.split("?")[0].rsplit("/", 1)[1] for url in asked] == ["stats", "hygiene"], asked
     page.check("#hygiene-fix-exact")
     shot(page, "dataset-hygiene")
     page.click("#hygiene-apply")

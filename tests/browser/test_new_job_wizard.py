@@ -50,6 +50,8 @@ def setup_data(client: httpx.Client, tmp_path: Path) -> tuple[int, int]:
 def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
+    stats_gets: list[str] = []
+    page.on("request", lambda r: stats_gets.append(r.url) if "/stats?" in r.url else None)
     login(page)
     # No dataset yet: Next on the data step refuses, with the same message the form always gave.
     page.goto("/jobs/new")
@@ -112,9 +114,11 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     expect(page.locator("#hp-max_steps")).to_have_value("4")
     expect(page.locator("#hp-max_length")).to_have_value("64")
 
-    # The dry run: no statistics yet, so the page asks the worker to count, then the estimate is exact.
+    # The dry run: no statistics yet, so the page asks the worker to count (once: then it follows the
+    # analysis's stream), then the estimate is exact.
     dry_run = page.locator("#est-dry-run")
     expect(dry_run).to_have_attribute("data-state", "done", timeout=90_000)
+    assert len(stats_gets) == 1, stats_gets
     expect(dry_run).to_contain_text(re.compile(r"Dry run: [\d,]+ trained of [\d,]+ tokens \([\d,]+ masked\)"))
     expect(dry_run).to_contain_text("records truncated")
     expect(dry_run).to_contain_text("supervised tokens lost to truncation")

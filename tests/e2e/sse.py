@@ -1,6 +1,7 @@
 """A small SSE reader for tests (httpx streaming)."""
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,12 +16,19 @@ class SSEEvent:
     data: Any
 
 
-def read_events(client: httpx.Client, url: str, last_event_id: str | None = None) -> Iterator[SSEEvent]:
+def read_events(
+    client: httpx.Client, url: str, last_event_id: str | None = None, deadline_seconds: float = 600
+) -> Iterator[SSEEvent]:
+    """The stream's events; fails after `deadline_seconds` (the server's pings would keep a read timeout from
+    ever firing on a stream that never ends)."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    deadline = time.monotonic() + deadline_seconds
     with client.stream("GET", url, headers=headers, timeout=httpx.Timeout(60, read=120)) as res:
         res.raise_for_status()
         event, eid, data = "message", "", []
         for line in res.iter_lines():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} still streaming after {deadline_seconds:.0f} s")
             if line.startswith(":"):
                 continue
             if not line:

@@ -1,15 +1,16 @@
 """Dataset analyses with the real processes: the API stores and enqueues, the analysis worker computes.
 
 Embedded (`studio up` starts an analysis worker beside the training worker) and server mode (`studio api`,
-`studio worker` and `studio worker --analysis`).
+`studio worker` and `studio worker --analysis`). Like the browser, the test asks once and then follows the
+analysis's SSE stream to its end.
 """
 
 import json
-import time
 from typing import Any
 
 import httpx
 
+from tests.e2e.sse import read_events
 from tests.e2e.test_loop import pretrain, upload
 from tests.support import StudioProcess
 
@@ -21,17 +22,22 @@ PAIRS = [
 ]
 
 
-def poll(client: httpx.Client, url: str, timeout: float = 90) -> dict[str, Any]:
-    """GET `url` until the analysis is finished, as the browser does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        res = client.get(url)
-        assert res.status_code in (200, 202), res.text
-        body = dict(res.json())
-        if body["status"] in ("done", "failed"):
-            return body
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not finish")
+def follow(client: httpx.Client, url: str) -> dict[str, Any]:
+    """GET `url` once (it answers from the cache or queues the work), then follow the analysis's stream to its
+    `end`, as the browser does; the last `analysis` event is the finished state."""
+    res = client.get(url)
+    assert res.status_code in (200, 202), res.text
+    state = dict(res.json())
+    if state["status"] in ("done", "failed"):
+        return state
+    statuses = []
+    for event in read_events(client, f"/api/datasets/analyses/{state['id']}/stream"):
+        if event.event == "end":
+            assert event.data["status"] == state["status"], statuses
+            return state
+        state = event.data
+        statuses.append(state["status"])
+    raise AssertionError(f"the stream of {url} ended without an end event: {statuses}")
 
 
 def test_stats_render_hygiene_and_fixes(studio: StudioProcess) -> None:
@@ -47,7 +53,7 @@ def test_stats_render_hygiene_and_fixes(studio: StudioProcess) -> None:
     ds = res.json()
     params = f"base_model={base['id']}&max_length=64"
 
-    stats = poll(client, f"/api/datasets/{ds['id']}/stats?{params}&batch_size=2")
+    stats = follow(client, f"/api/datasets/{ds['id']}/stats?{params}&batch_size=2")
     assert stats["status"] == "done", (stats, studio.logs())
     assert (stats["result"]["records"], stats["result"]["steps_per_epoch"]) == (4, 2)
 
@@ -56,7 +62,7 @@ def test_stats_render_hygiene_and_fixes(studio: StudioProcess) -> None:
     render = res.json()["result"]
     assert "".join(t["text"] for t in render["tokens"] if t["trained"]) == "Blue<|endoftext|>"
 
-    hygiene = poll(client, f"/api/datasets/{ds['id']}/hygiene")
+    hygiene = follow(client, f"/api/datasets/{ds['id']}/hygiene")
     assert hygiene["status"] == "done", hygiene
     assert hygiene["result"]["exact_duplicates"] == [[1, 2]]
 

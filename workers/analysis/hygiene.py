@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
+from workers.analysis.progress import ProgressFn, no_progress
+
 NUM_PERM = 128
 SHINGLE_WORDS = 3
 PREVIEW_CHARS = 160
@@ -173,10 +175,13 @@ def _near_groups(index: Index) -> list[tuple[list[int], float]]:
     return sorted((g, min(index.near_similarity[i] for i in g)) for g in found)
 
 
-def _leaks(index: Index, validation: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def _leaks(
+    index: Index, validation: Iterable[dict[str, Any]], progress: ProgressFn
+) -> tuple[list[dict[str, Any]], int]:
     """Validation records that also occur in the training records, exactly or nearly."""
     leaks, count = [], 0
     for j, record in enumerate(validation):
+        progress("comparing", j)
         count += 1
         text = record_text(record)
         normalized = normalize(text)
@@ -199,11 +204,17 @@ def _leaks(index: Index, validation: Iterable[dict[str, Any]]) -> tuple[list[dic
 
 
 def find_issues(
-    records: Iterable[dict[str, Any]], *, threshold: float, validation: Iterable[dict[str, Any]] | None = None
+    records: Iterable[dict[str, Any]],
+    *,
+    threshold: float,
+    validation: Iterable[dict[str, Any]] | None = None,
+    progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
-    """The hygiene result, without previews of the training records (`add_previews` fills them in)."""
+    """The hygiene result, without previews of the training records (`add_previews` fills them in).
+    `progress(phase, records done)` hears "hashing" (the training records), then "comparing" (validation)."""
     index = Index(threshold)
     for i, record in enumerate(records):
+        progress("hashing", i)
         index.add(i, record)
     exact = sorted(g for g in index.exact.values() if len(g) > 1)
     near = _near_groups(index)
@@ -213,7 +224,7 @@ def find_issues(
         if len(answers) > 1:
             conflicts.append({"indices": sorted(i for i, _ in pairs), "answers": len(answers)})
     conflicts.sort(key=lambda c: c["indices"])
-    leaks, n_validation = _leaks(index, validation) if validation is not None else ([], 0)
+    leaks, n_validation = _leaks(index, validation, progress) if validation is not None else ([], 0)
     # Each fix keeps the first record of a group of copies; a near-duplicate takes its exact copies with it.
     drop = {
         "exact_duplicates": sorted(i for g in exact for i in g[1:]),

@@ -1,7 +1,8 @@
 """The analysis task: claim the row, compute statistics, a render or hygiene, store the result or the error.
 
 It runs on its own queue (`studio worker --analysis`), so a dry run answers in a second even while a
-training job holds the training worker for hours.
+training job holds the training worker for hours. Progress (phase, records done of total) goes to the row a
+few times a second, and every write publishes, so the dataset page follows it live.
 """
 
 import functools
@@ -17,6 +18,7 @@ from backend.dataset.analysis import HYGIENE, RENDER, STATS, claim_analysis, fin
 from backend.db import Dataset, DatasetAnalysis, Model, session_scope
 from backend.queue import ANALYZE_DATASET
 from workers.analysis.hygiene import add_previews, find_issues
+from workers.analysis.progress import ProgressFn, Reporter, no_progress
 from workers.analysis.tokens import render_one, token_stats
 from workers.context import DatasetRef
 from workers.examples import load_tokenizer
@@ -34,6 +36,13 @@ class AnalysisContext:
     dataset: DatasetRef
     base_model_path: Path | None
     validation_dataset: DatasetRef | None
+    record_count: int = 0
+    validation_record_count: int = 0
+
+    def totals(self) -> dict[str, int | None]:
+        """Records each phase of the computation goes through (what a progress bar counts to)."""
+        n = self.record_count
+        return {"loading": None, "tokenizing": n, "hashing": n, "comparing": self.validation_record_count}
 
 
 def load_analysis(analysis_id: int) -> AnalysisContext:
@@ -59,6 +68,8 @@ def load_analysis(analysis_id: int) -> AnalysisContext:
             dataset=DatasetRef.of(dataset),
             base_model_path=Path(model.path) if model else None,
             validation_dataset=DatasetRef.of(other) if other else None,
+            record_count=dataset.record_count,
+            validation_record_count=other.record_count if other else 0,
         )
 
 
@@ -68,20 +79,21 @@ def cached_tokenizer(path: str) -> PreTrainedTokenizerBase:
     return load_tokenizer(Path(path))
 
 
-def compute(ctx: AnalysisContext) -> dict[str, Any]:
-    """The result of the analysis `ctx` describes."""
+def compute(ctx: AnalysisContext, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    """The result of the analysis `ctx` describes; `progress` hears each record of each phase."""
     p = ctx.params
     if ctx.kind == HYGIENE:
         validation = ctx.validation_dataset.records() if ctx.validation_dataset else None
-        result = find_issues(ctx.dataset.records(), threshold=p["threshold"], validation=validation)
+        result = find_issues(ctx.dataset.records(), threshold=p["threshold"], validation=validation, progress=progress)
         add_previews(result, ctx.dataset.records())
         result["validation_dataset_id"] = p.get("validation_dataset_id")
         return result
     assert ctx.base_model_path is not None
+    progress("loading", 0)  # a large model's tokenizer takes a moment; say what the wait is
     tokenizer = cached_tokenizer(str(ctx.base_model_path))
     common = {"objective": p["objective"], "max_length": p["max_length"]}
     if ctx.kind == STATS:
-        result = token_stats(tokenizer, ctx.dataset.records(), batch_size=p["batch_size"], **common)
+        result = token_stats(tokenizer, ctx.dataset.records(), batch_size=p["batch_size"], progress=progress, **common)
     elif ctx.kind == RENDER:
         result = render_one(tokenizer, ctx.dataset.records(), index=p["index"], **common)
     else:
@@ -96,7 +108,8 @@ def analyze_dataset(analysis_id: int) -> str:
         log.info("analysis %s is not queued (already claimed or finished); skipping", analysis_id)
         return "skipped"
     try:
-        result = compute(load_analysis(analysis_id))
+        ctx = load_analysis(analysis_id)
+        result = compute(ctx, Reporter(analysis_id, ctx.totals()))
     except Exception as exc:
         log.exception("analysis %s failed", analysis_id)
         finish_analysis(analysis_id, error=f"{type(exc).__name__}: {exc}")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from workers.analysis.progress import ProgressFn, no_progress
 from workers.examples import Rendered, render_record, token_pieces
 
 HISTOGRAM_BUCKETS = 20
@@ -89,10 +90,13 @@ def token_stats(
     objective: str,
     max_length: int,
     batch_size: int,
+    progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
-    """Counts, supervision, truncation, a length histogram, steps per epoch and packing efficiency."""
+    """Counts, supervision, truncation, a length histogram, steps per epoch and packing efficiency.
+    `progress("tokenizing", records done)` is called before each record (it throttles itself)."""
     totals = Totals()
     for number, record in enumerate(records, start=1):
+        progress("tokenizing", number - 1)
         try:
             rendered = render_record(tokenizer, record, objective)
         except Exception as exc:

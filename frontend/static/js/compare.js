@@ -35,6 +35,7 @@
     ["Final training loss", (r) => fmt.loss(r.final_loss)],
     ["Final validation loss", (r) => fmt.loss(r.final_eval_loss)],
     ["Best validation loss", (r) => fmt.loss(r.best_eval_loss)],
+    ["Validation bits per byte", (r) => fmt.loss(r.final_eval_bits_per_byte)],
   ];
 
   function cell(tag, text, attrs = {}) {
@@ -63,19 +64,30 @@
     });
   }
 
-  // The trade-off in words when a from-scratch run sits beside a fine-tuned one.
+  // The trade-off in words when a from-scratch run sits beside a fine-tuned one. Their tokenizers differ, so a
+  // loss per token is not like for like: bits per byte of the validation text is, when both runs logged it.
   function renderVerdict() {
     const scratch = runs.find((r) => r.kind === "pretrain" && r.final_eval_loss != null);
     const tuned = runs.find((r) => r.kind === "finetune" && r.final_eval_loss != null);
     if (!scratch || !tuned) return;
     const ratio = (a, b) => (a && b ? `${(a / b).toFixed(1)}×` : "?");
+    const bpb = scratch.final_eval_bits_per_byte != null && tuned.final_eval_bits_per_byte != null;
+    const result = (r) =>
+      bpb
+        ? `${fmt.loss(r.final_eval_bits_per_byte)} bits per byte of validation text`
+        : `validation loss ${fmt.loss(r.final_eval_loss)}`;
     const box = $("compare-verdict");
     box.textContent =
-      `Pretrain vs fine-tune: "${scratch.name}" reached validation loss ${fmt.loss(scratch.final_eval_loss)} ` +
-      `from random weights with ${fmt.int(scratch.tokens)} tokens, ${fmt.sci(scratch.flops)} FLOPs and ` +
-      `${fmt.seconds(scratch.seconds)}; "${tuned.name}" reached ${fmt.loss(tuned.final_eval_loss)} from ` +
-      `${tuned.base_model} with ${fmt.int(tuned.tokens)} tokens (${ratio(scratch.tokens, tuned.tokens)} fewer), ` +
-      `${fmt.sci(tuned.flops)} FLOPs (${ratio(scratch.flops, tuned.flops)} fewer) and ${fmt.seconds(tuned.seconds)}.` +
+      `Pretrain vs fine-tune: "${scratch.name}" reached ${result(scratch)} from random weights with ` +
+      `${fmt.int(scratch.tokens)} tokens, ${fmt.sci(scratch.flops)} FLOPs and ${fmt.seconds(scratch.seconds)}; ` +
+      `"${tuned.name}" reached ${result(tuned)} from ${tuned.base_model} with ${fmt.int(tuned.tokens)} tokens, ` +
+      `${fmt.sci(tuned.flops)} FLOPs and ${fmt.seconds(tuned.seconds)}. The from-scratch run used ` +
+      `${ratio(scratch.tokens, tuned.tokens)} the tokens, ${ratio(scratch.flops, tuned.flops)} the FLOPs and ` +
+      `${ratio(scratch.seconds, tuned.seconds)} the time of the fine-tune.` +
+      (bpb
+        ? ""
+        : " Their tokenizers differ, so losses per token are not like for like; bits per byte (logged by runs " +
+          "with a validation set) would be.") +
       (scratch.dataset !== tuned.dataset
         ? " They were measured on different datasets, so their losses are not directly comparable: train both on " +
           "the same target data for a like-for-like answer."
@@ -112,7 +124,7 @@
       borderColor: COLORS[i % COLORS.length],
       backgroundColor: COLORS[i % COLORS.length],
       borderWidth: 2,
-      pointRadius: y === "eval_loss" ? 3 : 0,
+      pointRadius: y.startsWith("eval_") ? 3 : 0,
     }));
   }
 
@@ -147,7 +159,9 @@
       renderDiff(body.diff);
       draw();
     } catch (err) {
-      Studio.showError($("compare-error"), err.message);
+      // Nothing to draw: say why in words, and leave no empty chart or table behind.
+      Studio.showError($("compare-error"), `Could not compare these runs: ${err.message}`);
+      ["compare-chart-card", "compare-diff-card"].forEach((id) => ($(id).hidden = true));
     }
   }
 

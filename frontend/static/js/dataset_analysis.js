@@ -1,18 +1,16 @@
 // Dataset page, worker-computed views: token statistics (charts), the dry run of one record, and hygiene with
-// "apply fixes". Each asks the API, which answers at once from its cache or queues the work; we poll until done.
+// "apply fixes". Each asks the API once, which answers from its cache or queues the work; a queued or running
+// analysis is then followed over SSE (progress bar, then the result). A failed one shows its error and Retry.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const data = JSON.parse($("dataset-data").textContent);
   const base = `/api/datasets/${data.id}`;
-  const POLL_MS = 1000;
-  const POLL_LIMIT_MS = 15 * 60 * 1000;
-  const PENDING = new Set(["queued", "running", "pending"]);
+  const PENDING = new Set(["queued", "running"]);
   const number = new Intl.NumberFormat();
   const fmt = (n) => (n == null || Number.isNaN(Number(n)) ? "—" : number.format(n));
   const pct = (x) => (x == null || !Number.isFinite(Number(x)) ? "—" : `${(Number(x) * 100).toFixed(1)}%`);
-  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
   function settings() {
@@ -27,49 +25,118 @@
   const query = (params) =>
     new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v != null)).toString();
 
-  // GET until the analysis is done or failed; `onWait` hears each pending state. Newer runs cancel older ones.
-  const runs = {};
-  async function poll(panel, url, onWait) {
-    const run = (runs[panel] = (runs[panel] || 0) + 1);
-    const deadline = Date.now() + POLL_LIMIT_MS;
-    for (;;) {
-      const body = await Studio.fetchJSON(url);
-      if (runs[panel] !== run) return null;
-      if (!body || !PENDING.has(body.status)) return body;
-      onWait(body.status);
-      if (Date.now() > deadline) throw new Error("Still computing after 15 minutes; try again later.");
-      await sleep(POLL_MS);
-      if (runs[panel] !== run) return null;
-    }
-  }
+  /* ---------- asking once, then following the analysis live ---------- */
+
+  const PHASES = {
+    loading: "Loading the tokenizer",
+    tokenizing: "Tokenizing",
+    hashing: "Hashing",
+    comparing: "Comparing with the validation set",
+  };
 
   function panel(prefix) {
     const status = $(`${prefix}-status`);
     const error = $(`${prefix}-error`);
+    const retry = $(`${prefix}-retry`);
+    const box = $(`${prefix}-progress`);
+    const bar = box.querySelector("progress");
+    const label = box.querySelector(".progress-label");
     return {
+      // A queued or running analysis: what it is doing, and how far it got when it says.
       wait(state) {
-        status.textContent = state === "running" ? "Computing…" : "Waiting for the analysis worker…";
+        const p = state.progress;
+        const known = p && p.total != null && p.phase in PHASES && p.phase !== "loading";
+        box.hidden = false;
+        box.dataset.phase = (p && p.phase) || state.status;
+        if (known) {
+          bar.max = Math.max(1, p.total);
+          bar.value = Math.min(p.done, p.total);
+          label.textContent = `${PHASES[p.phase]} ${fmt(p.done)} / ${fmt(p.total)} records`;
+        } else {
+          bar.removeAttribute("value"); // indeterminate: nothing to count yet
+          label.textContent = p ? `${PHASES[p.phase] || p.phase}…` : "";
+        }
+        // The status line is read out by screen readers: it changes with the state, not with every count.
+        const text = state.status === "queued" ? "Waiting for the analysis worker…" : "Computing on the analysis worker…";
+        if (status.textContent !== text) status.textContent = text;
       },
       start() {
         Studio.showError(error, "");
+        retry.hidden = true;
+        box.hidden = true;
         status.textContent = "Asking…";
       },
-      done(text = "") {
-        status.textContent = text;
+      done() {
+        box.hidden = true;
+        status.textContent = "";
       },
       fail(message) {
+        box.hidden = true;
         status.textContent = "";
         Studio.showError(error, message);
+        retry.hidden = false;
       },
     };
   }
 
-  async function analyse(prefix, url) {
+  // One live analysis per panel; a newer request ends the older one's stream.
+  const following = {};
+
+  function stopFollowing(prefix) {
+    const current = following[prefix];
+    if (!current) return;
+    delete following[prefix];
+    current.source.close();
+    current.resolve(null);
+  }
+
+  const STALE = "The analysis worker stopped answering (is it running?). Retry sends the work again.";
+
+  // Follow /api/datasets/analyses/{id}/stream until its `end`: resolves with the final state, or null when a
+  // newer request took the panel over. EventSource reconnects by itself; the state it gets first resyncs.
+  function follow(prefix, first, ui) {
+    return new Promise((resolve) => {
+      const source = new EventSource(`/api/datasets/analyses/${first.id}/stream`);
+      const me = (following[prefix] = { source, resolve });
+      let last = first;
+      const finish = (state) => {
+        if (following[prefix] === me) delete following[prefix];
+        source.close();
+        resolve(state);
+      };
+      source.addEventListener("analysis", (e) => {
+        last = JSON.parse(e.data);
+        if (PENDING.has(last.status)) ui.wait(last);
+      });
+      source.addEventListener("end", (e) => {
+        const end = JSON.parse(e.data);
+        if (end.status === "deleted") finish({ status: "failed", error: "The dataset was deleted." });
+        else if (end.status === "stale") finish({ status: "failed", error: STALE });
+        else finish(last);
+      });
+      source.addEventListener("error", () => {
+        // CLOSED means the server refused (e.g. logged out): a reconnect would not help.
+        if (source.readyState === EventSource.CLOSED) finish({ status: "failed", error: "Lost the connection to the analysis." });
+      });
+    });
+  }
+
+  // Ask once (the answer comes from the cache, or the work is queued), then follow it live until done. A newer
+  // request for the same panel wins: the older one returns null, whether it was asking or following.
+  const runs = {};
+  async function analyse(prefix, url, refresh) {
+    const run = (runs[prefix] = (runs[prefix] || 0) + 1);
     const ui = panel(prefix);
+    stopFollowing(prefix);
     ui.start();
     try {
-      const body = await poll(prefix, url, ui.wait);
-      if (body === null) return null; // superseded by a newer request
+      let body = await Studio.fetchJSON(refresh ? `${url}&refresh=true` : url);
+      if (runs[prefix] !== run) return null;
+      if (PENDING.has(body.status)) {
+        ui.wait(body);
+        body = await follow(prefix, body, ui);
+        if (body === null || runs[prefix] !== run) return null;
+      }
       if (body.status === "failed") {
         ui.fail(body.error || "The analysis failed.");
         return null;
@@ -77,7 +144,7 @@
       ui.done();
       return body.result || {};
     } catch (err) {
-      ui.fail(err.message);
+      if (runs[prefix] === run) ui.fail(err.message);
       return null;
     }
   }
@@ -142,9 +209,9 @@
     $("stats-roles").dataset.bars = String(roles.length);
   }
 
-  async function runStats() {
+  async function runStats(refresh = false) {
     const s = settings();
-    const result = await analyse("stats", `${base}/stats?${query(s)}`);
+    const result = await analyse("stats", `${base}/stats?${query(s)}`, refresh);
     if (result) showStats(result, Number(s.max_length));
   }
 
@@ -182,14 +249,14 @@
     $("render-result").hidden = false;
   }
 
-  async function runRender() {
+  async function runRender(refresh = false) {
     const s = settings();
     const index = clampIndex(Number(indexInput.value));
     indexInput.value = String(index);
     $("render-prev").disabled = index <= 1;
     $("render-next").disabled = index >= data.record_count;
     const params = { base_model: s.base_model, objective: s.objective, max_length: s.max_length, index: index - 1 };
-    const result = await analyse("render", `${base}/render?${query(params)}`);
+    const result = await analyse("render", `${base}/render?${query(params)}`, refresh);
     if (result) showRender(result, Number(s.max_length));
   }
 
@@ -301,8 +368,8 @@
     return { validation_dataset_id: $("hygiene-validation").value, threshold: $("hygiene-threshold").value };
   }
 
-  async function runHygiene() {
-    const result = await analyse("hygiene", `${base}/hygiene?${query(hygieneParams())}`);
+  async function runHygiene(refresh = false) {
+    const result = await analyse("hygiene", `${base}/hygiene?${query(hygieneParams())}`, refresh);
     if (result) showHygiene(result);
   }
 
@@ -331,8 +398,11 @@
 
   /* ---------- wiring ---------- */
 
-  $("stats-run").addEventListener("click", runStats);
-  $("render-run").addEventListener("click", runRender);
+  $("stats-run").addEventListener("click", () => runStats());
+  $("render-run").addEventListener("click", () => runRender());
+  $("stats-retry").addEventListener("click", () => runStats(true));
+  $("render-retry").addEventListener("click", () => runRender(true));
+  $("hygiene-retry").addEventListener("click", () => runHygiene(true));
   $("render-prev").addEventListener("click", () => step(-1));
   $("render-next").addEventListener("click", () => step(1));
   indexInput.addEventListener("keydown", (e) => {

@@ -529,6 +529,8 @@
     );
     $("job-artifacts").hidden = items.length === 0;
   }
+  // export.js announces a finished export: its zip is one more artifact.
+  document.addEventListener("studio:artifacts-changed", loadArtifacts);
 
   /* ---------- checkpoints and watch-prompt samples ---------- */
 

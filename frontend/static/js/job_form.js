@@ -365,8 +365,6 @@
   /* ---------- the dataset's dry run: exact tokens, masking and truncation, counted by a worker ---------- */
 
   const PENDING = new Set(["queued", "running"]);
-  const DRY_RUN_POLL_MS = 1000;
-  const DRY_RUN_LIMIT_MS = 10 * 60 * 1000;
   const dryRuns = {}; // "dataset|model|objective|max_length" → {state: "counting" | "done" | "failed", ...}
   let dryRunKey = null; // the one the form shows now
 
@@ -389,10 +387,27 @@
     return { model: body.base_model, objective: est.objective };
   }
 
-  function dryRunLine(text, state) {
+  // The line under the estimate: text, plus a progress bar while counting or a Retry once it failed.
+  function dryRunLine(text, state, run = null) {
     const line = $("est-dry-run");
-    line.textContent = text;
+    line.replaceChildren(text);
     line.dataset.state = state;
+    if (state === "counting" && run && run.total) {
+      const bar = document.createElement("progress");
+      bar.className = "dry-run-progress";
+      bar.max = Math.max(1, run.total);
+      bar.value = Math.min(run.done, run.total);
+      bar.setAttribute("aria-label", "Dry run progress");
+      line.append(" ", bar);
+    }
+    if (state === "failed" && run) {
+      const retry = document.createElement("button");
+      retry.type = "button";
+      retry.className = "btn btn-small dry-run-retry";
+      retry.textContent = "Retry";
+      retry.addEventListener("click", () => countTokens(run.key, run.datasetId, run.params, true));
+      line.append(" ", retry);
+    }
   }
 
   const count = (n) => Number(n || 0).toLocaleString();
@@ -427,43 +442,77 @@
     // Counting queues work on a worker: only once the person reached the settings, not while browsing choices.
     if (!run && estimateCard.hidden) dryRunLine("The dry run is counted at the settings step.", "estimated");
     else if (!run) countTokens(dryRunKey, body.dataset_id, params);
-    else if (run.state === "failed") dryRunLine(`Dry run failed: ${run.error}`, "failed");
+    else if (run.state === "failed") dryRunLine(`Dry run failed: ${run.error}`, "failed", run);
     else if (run.state === "done") dryRunLine("Dry run counted, but not for these settings; estimated.", "estimated");
-    else dryRunLine(run.text, "counting");
+    else dryRunLine(run.text, "counting", run);
   }
 
-  // GET /api/datasets/{id}/stats queues a worker analysis (or answers from its cache); poll it, then estimate
-  // again: the estimate now finds the statistics and its tokens per epoch become exact.
-  async function countTokens(key, datasetId, params) {
-    const run = (dryRuns[key] = { state: "counting", text: "Counting tokens…" });
-    const show = (text) => {
-      run.text = text;
-      if (dryRunKey === key) dryRunLine(text, "counting");
+  // Follow one analysis over SSE until its `end`; resolves with its last state. EventSource reconnects by
+  // itself, and the state it gets first on a reconnect resyncs. One at a time: a browser keeps six connections
+  // per host, so a follow for settings the person has since changed is closed (resolving "superseded").
+  let following = null;
+  function followAnalysis(id, onState) {
+    if (following) following.finish({ status: "superseded" });
+    return new Promise((resolve) => {
+      const source = new EventSource(`/api/datasets/analyses/${id}/stream`);
+      let last = null;
+      const finish = (state) => {
+        source.close();
+        if (following && following.source === source) following = null;
+        resolve(state);
+      };
+      following = { source, finish };
+      source.addEventListener("analysis", (e) => {
+        last = JSON.parse(e.data);
+        onState(last);
+      });
+      source.addEventListener("end", (e) => {
+        const end = JSON.parse(e.data);
+        if (end.status === "stale") finish({ status: "failed", error: "the analysis worker stopped answering" });
+        else if (end.status === "deleted") finish({ status: "failed", error: "the dataset was deleted" });
+        else finish(last);
+      });
+      source.addEventListener("error", () => {
+        if (source.readyState === EventSource.CLOSED) finish({ status: "failed", error: "lost the connection" });
+      });
+    });
+  }
+
+  // GET /api/datasets/{id}/stats queues a worker analysis (or answers from its cache); follow it live, then
+  // estimate again: the estimate now finds the statistics and its tokens per epoch become exact.
+  async function countTokens(key, datasetId, params, refresh = false) {
+    const run = (dryRuns[key] = { key, datasetId, params, state: "counting", text: "Counting tokens…" });
+    const show = (state) => {
+      const p = state.progress;
+      run.done = p && p.phase === "tokenizing" ? p.done : 0;
+      run.total = p && p.phase === "tokenizing" ? p.total : 0;
+      run.text =
+        state.status === "queued"
+          ? "Counting tokens… (waiting for the analysis worker)"
+          : run.total
+            ? `Counting tokens… ${count(run.done)} / ${count(run.total)} records`
+            : "Counting tokens… (a worker is reading the dataset)";
+      if (dryRunKey === key && dryRuns[key] === run) dryRunLine(run.text, "counting", run);
     };
-    show("Counting tokens…");
-    const url = `/api/datasets/${datasetId}/stats?${new URLSearchParams(params)}`;
-    const deadline = Date.now() + DRY_RUN_LIMIT_MS;
+    if (dryRunKey === key) dryRunLine(run.text, "counting");
+    const query = new URLSearchParams({ ...params, ...(refresh ? { refresh: "true" } : {}) });
     try {
-      for (;;) {
-        const analysis = await Studio.fetchJSON(url);
-        if (!PENDING.has(analysis.status)) {
-          if (analysis.status === "failed") throw new Error(analysis.error || "the analysis failed");
-          break;
-        }
-        if (Date.now() > deadline) throw new Error("still counting after 10 minutes; try again later");
-        show(
-          analysis.status === "running"
-            ? "Counting tokens… (a worker is reading the dataset)"
-            : "Counting tokens… (waiting for the analysis worker)",
-        );
-        await new Promise((resolve) => setTimeout(resolve, DRY_RUN_POLL_MS));
+      let analysis = await Studio.fetchJSON(`/api/datasets/${datasetId}/stats?${query}`);
+      if (PENDING.has(analysis.status)) {
+        show(analysis);
+        analysis = await followAnalysis(analysis.id, (state) => PENDING.has(state.status) && show(state));
       }
+      if (analysis && analysis.status === "superseded") {
+        delete dryRuns[key]; // counted again (or read from the cache) if the person comes back to these settings
+        return;
+      }
+      if (!analysis || analysis.status !== "done") throw new Error((analysis && analysis.error) || "the analysis failed");
       run.state = "done";
       if (dryRunKey === key) estimate();
     } catch (err) {
       run.state = "failed";
       run.error = err.message;
-      if (dryRunKey === key) dryRunLine(`Dry run failed: ${err.message}`, "failed");
+      if (dryRunKey === key && dryRuns[key] === run) dryRunLine(`Dry run failed: ${err.message}`, "failed", run);
     }
   }
 

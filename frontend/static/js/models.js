@@ -1,12 +1,13 @@
 // Models page: upload a base model (a zip of a Hugging Face directory, or a .gguf) in resumable chunks with a
-// progress bar, import one from the Hub, and watch imports finish. The list is the server's own rendering,
-// fetched again every 2 s while an import runs (one template for both, so they never disagree).
+// progress bar, import one from the Hub, and watch imports finish. The list is live over SSE
+// (/api/models/stream): a snapshot of every row on connect, then a `model` event per row that appears or
+// changes (import progress included) and `removed` per row gone. EventSource reconnects by itself after an
+// error, and the snapshot it gets resyncs every row.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const ACCEPTED = /\.(zip|gguf)$/i;
-  const POLL_MS = 2000;
 
   // A chunked upload whose start and finish are the models API's (the chunks go to /api/uploads/{id} as for
   // datasets). It is not resumed after a reload: no pending id is kept.
@@ -37,43 +38,182 @@
     }
   }
 
-  /* ---------- the list ---------- */
+  /* ---------- the list, live over /api/models/stream ---------- */
 
-  let pollTimer = null;
+  const section = $("models-list");
+  const table = $("model-table");
+  const tbody = table.querySelector("tbody");
+  const isAdmin = section.dataset.admin === "true";
 
-  async function refresh() {
-    const html = await (await fetch("/models", { credentials: "same-origin" })).text();
-    const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("models-list");
-    const list = $("models-list");
-    if (!fresh || !list) return;
-    list.replaceWith(fresh);
-    Studio.formatTimes(fresh);
-    schedulePoll();
+  function el(tag, props = {}, ...children) {
+    const node = Object.assign(document.createElement(tag), props);
+    node.append(...children);
+    return node;
   }
 
-  function schedulePoll() {
-    clearTimeout(pollTimer);
-    if (document.querySelector('#models-list tr[data-status="importing"]')) {
-      pollTimer = setTimeout(() => refresh().catch(schedulePoll), POLL_MS);
+  // As the server's `params` macro: 1.2B, 135.0M, 4.5K.
+  function params(n) {
+    if (!n) return "—";
+    if (n >= 1e9) return `${(n / 1e9).toFixed(1)}B`;
+    if (n >= 1e5) return `${(n / 1e6).toFixed(1)}M`;
+    if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
+    return String(n);
+  }
+
+  function titleCell(m) {
+    const cell = el("td", { className: "cell-title" }, el("a", { href: `/models/${m.id}`, textContent: m.name }));
+    if (m.shared) cell.append(" ", el("span", { className: "tag", title: "Visible to every user", textContent: "shared" }));
+    if (m.trust_remote_code) {
+      const title = "The model's own Python code runs when it is loaded";
+      cell.append(" ", el("span", { className: "tag tag-warn", title, textContent: "remote code" }));
+    }
+    if (m.status === "failed" && m.error) cell.append(el("p", { className: "field-error model-error", textContent: m.error }));
+    return cell;
+  }
+
+  function sourceCell(m) {
+    const cell = el("td");
+    if (m.source === "job" && m.job_id) {
+      cell.append("produced by ", el("a", { href: `/jobs/${m.job_id}`, textContent: `job ${m.job_id}` }));
+    } else if (m.source === "hub") {
+      const pinned = m.commit || m.revision || "";
+      cell.append("hub ", el("code", { className: "hash", title: `${m.hub_id}@${pinned}`, textContent: `@${pinned.slice(0, 12)}` }));
+    } else {
+      cell.textContent = m.source;
+    }
+    return cell;
+  }
+
+  // A running import: stages count whole, and the bytes or tensors done move the bar inside one.
+  function importProgress(p) {
+    const bar = el("progress", { max: p ? p.steps : 1, value: 0 });
+    bar.setAttribute("aria-label", "Import progress");
+    const label = el("span", { className: "progress-label", textContent: "waiting for a worker" });
+    if (p) {
+      const within = p.total && p.done != null ? Math.min(1, p.done / p.total) : 0;
+      bar.value = p.step - 1 + within;
+      const size = (n) => (p.unit === "bytes" ? Studio.formatBytes(n) : Number(n).toLocaleString());
+      const count = p.total && p.done != null ? ` · ${size(p.done)} of ${size(p.total)}` : "";
+      label.textContent = `${p.stage} (${p.step} of ${p.steps})${count}`;
+    }
+    return el("div", { className: "progress-cell model-import" }, bar, label);
+  }
+
+  function statusCell(m) {
+    const cell = el("td", {}, Studio.badge(m.status));
+    if (m.status === "importing") cell.append(importProgress(m.progress));
+    return cell;
+  }
+
+  function usedByCell(m) {
+    const cell = el("td", { className: "used-by" });
+    cell.dataset.jobCount = String(m.used_by_count);
+    m.used_by.slice(0, 5).forEach((j, i) => {
+      if (i) cell.append(", ");
+      cell.append(el("a", { href: `/jobs/${j.id}`, title: `${j.kind} · ${j.status}`, textContent: j.name }));
+    });
+    if (m.used_by_count > 5) cell.append(" ", el("span", { className: "muted small", textContent: `+${m.used_by_count - 5} more` }));
+    if (!m.used_by_count) cell.append(el("span", { className: "muted", textContent: "no jobs" }));
+    return cell;
+  }
+
+  function actionsCell(m) {
+    const cell = el("td", { className: "actions" });
+    if (m.status === "ready") {
+      const href = `/jobs/new?kind=finetune&base_model=${m.id}`;
+      cell.append(el("a", { className: "btn btn-small", href, textContent: "Fine-tune" }));
+    }
+    if (isAdmin && m.status === "ready") {
+      const box = el("input", { type: "checkbox", checked: m.trust_remote_code });
+      box.dataset.action = "trust";
+      cell.append(" ", el("label", { className: "small trust-toggle" }, box, " trust remote code"));
+    }
+    if (m.editable && m.source !== "job") {
+      const remove = el("button", { type: "button", className: "btn btn-small btn-danger", textContent: "Remove" });
+      remove.dataset.action = "delete";
+      remove.setAttribute("aria-label", `Remove ${m.name}`);
+      cell.append(" ", remove);
+    }
+    return cell;
+  }
+
+  function row(m) {
+    const tr = el("tr", { id: `model-${m.id}` });
+    tr.dataset.modelId = String(m.id);
+    tr.dataset.status = m.status;
+    const parameters = el("td", { className: "num", title: `${Number(m.parameters).toLocaleString()} parameters`, textContent: params(m.parameters) });
+    const cells = [
+      [titleCell(m), ""],
+      [sourceCell(m), "Source"],
+      [statusCell(m), "Status"],
+      [el("td", { textContent: m.architecture || "—" }), "Architecture"],
+      [parameters, "Parameters"],
+      [el("td", {}, Studio.timeElement(m.created_at)), "Created"],
+      [usedByCell(m), "Used by"],
+      [actionsCell(m), ""],
+    ];
+    cells.forEach(([cell, label]) => {
+      if (label) cell.dataset.label = label;
+      tr.append(cell);
+    });
+    return tr;
+  }
+
+  // Newest first, as the server lists them.
+  function place(tr) {
+    const id = Number(tr.dataset.modelId);
+    const old = tbody.querySelector(`tr[data-model-id="${id}"]`);
+    if (old) {
+      old.replaceWith(tr);
+    } else {
+      const next = [...tbody.rows].find((r) => Number(r.dataset.modelId) < id);
+      tbody.insertBefore(tr, next || null);
     }
   }
 
+  function showEmpty() {
+    const any = tbody.rows.length > 0;
+    table.closest(".table-wrap").hidden = !any;
+    $("models-empty").hidden = any;
+  }
+
+  function follow() {
+    const source = new EventSource("/api/models/stream");
+    // The snapshot (on connect and after every reconnect) is the whole truth: rows not in it are gone.
+    source.addEventListener("models", (e) => {
+      tbody.replaceChildren(...JSON.parse(e.data).items.map(row));
+      showEmpty();
+    });
+    source.addEventListener("model", (e) => {
+      place(row(JSON.parse(e.data)));
+      showEmpty();
+    });
+    source.addEventListener("removed", (e) => {
+      const gone = tbody.querySelector(`tr[data-model-id="${JSON.parse(e.data).id}"]`);
+      if (gone) gone.remove();
+      showEmpty();
+    });
+    table.dataset.live = "connecting";
+    source.addEventListener("open", () => (table.dataset.live = "open"));
+    source.addEventListener("error", () => (table.dataset.live = "reconnecting"));
+  }
+
+  // Deletes and trust changes need no refresh: the stream brings the new row (or its removal).
   async function rowAction(event) {
     const target = event.target;
     const action = target.dataset && target.dataset.action;
-    const row = target.closest("tr[data-model-id]");
-    if (!action || !row) return;
-    const id = row.dataset.modelId;
+    const tr = target.closest("tr[data-model-id]");
+    if (!action || !tr) return;
+    const id = tr.dataset.modelId;
     try {
       if (action === "delete") {
-        const name = row.querySelector(".cell-title").firstChild.textContent.trim();
+        const name = tr.querySelector(".cell-title").firstChild.textContent.trim();
         if (!window.confirm(`Remove the model "${name}"?`)) return;
         await Studio.fetchJSON(`/api/models/${id}`, { method: "DELETE" });
       } else if (action === "trust") {
         const body = { trust_remote_code: target.checked };
         await Studio.fetchJSON(`/api/models/${id}`, { method: "PATCH", body });
       }
-      await refresh();
     } catch (err) {
       if (action === "trust") target.checked = !target.checked;
       window.alert(err.message);
@@ -140,7 +280,6 @@
       form.reset();
       file = null;
       $("model-upload-filename").textContent = "";
-      await refresh();
     } catch (err) {
       if (!transfer.cancelled) Studio.showError(uploadError, err.message);
     } finally {
@@ -193,7 +332,6 @@
     try {
       await Studio.fetchJSON("/api/models/import", { method: "POST", body });
       hubForm.reset();
-      await refresh();
     } catch (err) {
       Studio.showError(hubError, err.message);
     } finally {
@@ -201,12 +339,12 @@
     }
   });
 
-  // Row buttons live in the list, which is replaced on refresh: listen above it.
+  // Row buttons live in rows the stream replaces: listen above them.
   document.querySelector("main").addEventListener("click", (e) => {
     if (e.target.dataset && e.target.dataset.action === "delete") rowAction(e);
   });
   document.querySelector("main").addEventListener("change", (e) => {
     if (e.target.dataset && e.target.dataset.action === "trust") rowAction(e);
   });
-  schedulePoll();
+  follow();
 })();

@@ -1,0 +1,128 @@
+"""Weight exports as the web app sees them: checked against the job's weights on disk, deduplicated, listed."""
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.db import Artifact, Export, Job, User, utcnow
+from backend.errors import Invalid, NotFound
+from backend.export.schemas import ACTIVE, FORMATS, ExportCreate, ExportRead
+from backend.job.checkpoints import named_checkpoint
+from backend.job.service import get_job
+from backend.playground.service import Target, job_target
+
+LIST_LIMIT = 50
+# The worker's sign of life inside `progress` (refreshed every few seconds, read by the reaper); not in the view.
+BEAT_KEY = "at"
+
+
+def artifact_name(checkpoint: str | None, fmt: str, dtype: str) -> str:
+    """The zip's name among the job's artifacts, e.g. checkpoint-40-merged-float16.zip, final-adapter-float32.zip."""
+    return f"{checkpoint or 'final'}-{fmt}-{dtype}.zip"
+
+
+def export_target(session: Session, job: Job, checkpoint: str | None) -> Target:
+    """The weights to export (the playground's resolution); a refusal names `checkpoint`, the body field that
+    picks them (the job itself is in the path)."""
+    try:
+        return job_target(session, job, checkpoint)
+    except Invalid as exc:
+        raise Invalid(exc.message, field="checkpoint") from None
+
+
+def check_format(job: Job, target: Target, fmt: str) -> None:
+    """Refuse a format the weights cannot take (merging a full model, or exporting an adapter's 'model')."""
+    allowed = FORMATS[target.kind]
+    if fmt not in allowed:
+        what = "a LoRA adapter" if target.kind == "adapter" else "a full model"
+        raise Invalid(
+            f"format {fmt!r} does not apply: job {job.id} trained {what}; export it as {' or '.join(allowed)}",
+            field="format",
+        )
+
+
+def artifact_exists(session: Session, job_id: int, name: str | None) -> bool:
+    if name is None:
+        return False
+    art = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    return art is not None and Path(art.path).is_file()
+
+
+def _still_current(session: Session, row: Export) -> bool:
+    """A done export is reused while its zip exists and its checkpoint was not written again since (a resume from
+    an older checkpoint discards the later ones, and training may save a new folder under the same name)."""
+    if not artifact_exists(session, row.job_id, row.artifact_name):
+        return False
+    if row.checkpoint is None:
+        return True
+    found = named_checkpoint(row.job_id, row.checkpoint)
+    return found is not None and found.created_at <= row.created_at
+
+
+def reusable_export(session: Session, job_id: int, data: ExportCreate) -> Export | None:
+    """The same export, queued, running or done with its zip still there; a failed one is tried again."""
+    same = (
+        Export.checkpoint.is_(None) if data.checkpoint is None else Export.checkpoint == data.checkpoint,
+        Export.format == data.format,
+        Export.dtype == data.dtype,
+    )
+    q = select(Export).where(Export.job_id == job_id, *same, Export.status.in_((*ACTIVE, "done")))
+    for row in session.scalars(q.order_by(Export.id.desc())):
+        if row.status in ACTIVE or _still_current(session, row):
+            return row
+    return None
+
+
+def create_export(session: Session, *, user: User, job_id: int, data: ExportCreate) -> tuple[Export, bool]:
+    """(export, created): a queued export (the caller commits, then enqueues it), or the identical one that is
+    already under way or done."""
+    job = get_job(session, user=user, job_id=job_id)
+    target = export_target(session, job, data.checkpoint)
+    check_format(job, target, data.format)
+    existing = reusable_export(session, job.id, data)
+    if existing is not None:
+        return existing, False
+    row = Export(
+        job_id=job.id,
+        owner_id=user.id,
+        checkpoint=data.checkpoint,
+        format=data.format,
+        dtype=data.dtype,
+        status="queued",
+    )
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def list_exports(session: Session, job_id: int, limit: int = LIST_LIMIT) -> list[Export]:
+    """The job's exports, newest first (whoever asked: they all land among the job's artifacts)."""
+    q = select(Export).where(Export.job_id == job_id).order_by(Export.id.desc()).limit(limit)
+    return list(session.scalars(q))
+
+
+def get_export(session: Session, *, user: User, export_id: int) -> Export:
+    """The export, if `user` may see its job."""
+    row = session.get(Export, export_id)
+    if row is None:
+        raise NotFound(f"export {export_id} not found")
+    try:
+        get_job(session, user=user, job_id=row.job_id)
+    except NotFound:
+        raise NotFound(f"export {export_id} not found") from None
+    return row
+
+
+def fail_unqueued(session: Session, *, row: Export, reason: str) -> None:
+    """Mark an export that never reached the queue as failed, so no page waits for it."""
+    row.status, row.error, row.finished_at = "failed", f"could not be queued: {reason}", utcnow()
+
+
+def to_read(row: Export) -> ExportRead:
+    view = ExportRead.model_validate(row)
+    if row.progress:
+        view.progress = {k: v for k, v in row.progress.items() if k != BEAT_KEY}
+    if row.status == "done" and row.artifact_name:
+        view.url = f"/api/jobs/{row.job_id}/artifacts/{row.artifact_name}"
+    return view

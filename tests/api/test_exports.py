@@ -1,0 +1,266 @@
+"""Weight exports over the API: refusals are 4xx naming the field, other people's jobs are 404s, the same export
+is not queued twice (unless it failed or its zip is gone), and the list is read, streamed and reaped."""
+
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.auth.service import create_user, issue_token
+from backend.db import Export, Job, session_scope, utcnow
+from backend.export.lifecycle import (
+    QUEUED_TIMEOUT,
+    claim_export,
+    exports_dir,
+    fail_export,
+    finish_export,
+    reap_stale_exports,
+    record_progress,
+)
+from tests.api.test_generations import ADAPTER_FILES, _write
+from tests.api.test_models import model_files, zipped
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class Setup:
+    lora_job: int  # succeeded: adapter/, checkpoints/checkpoint-5 (complete) and checkpoint-9 (cut short)
+    full_job: int  # succeeded: model/
+    queued_job: int  # nothing trained yet
+
+
+def _job(owner_id: int, model_id: int, dataset_id: int, status: str, method: str) -> int:
+    with session_scope() as s:
+        job = Job(
+            owner_id=owner_id,
+            name=f"{method}-{status}",
+            kind="finetune",
+            status=status,
+            method=method,
+            objective="sft",
+            dataset_id=dataset_id,
+            base_model_id=model_id,
+            hyperparameters={},
+        )
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+@pytest.fixture
+def setup(client: TestClient, app_env: dict[str, str]) -> Setup:
+    """A base model and three jobs on it, with the files their workers would have left."""
+    res = client.post("/api/models", files={"file": ("base.zip", io.BytesIO(zipped(model_files())))})
+    assert res.status_code == 201, res.text
+    model_id = res.json()["id"]
+    data = (FIXTURES / "alpaca_small.json").read_bytes()
+    dataset_id = client.post("/api/datasets", files={"file": ("alpaca.json", io.BytesIO(data))}).json()["id"]
+    owner = client.get("/api/me").json()["id"]
+    jobs = Path(app_env["STUDIO_DATA_DIR"]) / "jobs"
+    tokenizer = {k: v for k, v in model_files().items() if k.startswith("tokenizer")}
+    lora = _job(owner, model_id, dataset_id, "succeeded", "lora")
+    _write(jobs / str(lora) / "adapter", {**ADAPTER_FILES, **tokenizer})
+    _write(jobs / str(lora) / "checkpoints" / "checkpoint-5", {**ADAPTER_FILES, "trainer_state.json": b"{}"})
+    _write(jobs / str(lora) / "checkpoints" / "checkpoint-9", ADAPTER_FILES)  # no trainer_state.json: cut short
+    full = _job(owner, model_id, dataset_id, "succeeded", "full")
+    _write(jobs / str(full) / "model", model_files())
+    return Setup(lora_job=lora, full_job=full, queued_job=_job(owner, model_id, dataset_id, "queued", "lora"))
+
+
+def _post(client: TestClient, job_id: int, **body: Any) -> Any:
+    return client.post(f"/api/jobs/{job_id}/exports", json=body)
+
+
+def _refusals(s: Setup) -> list[tuple[int, dict[str, Any], int, str]]:
+    return [
+        (s.lora_job, {"checkpoint": "checkpoint-99", "format": "adapter"}, 422, "checkpoint-5"),  # lists what exists
+        (s.lora_job, {"checkpoint": "checkpoint-9", "format": "adapter"}, 422, "checkpoint"),
+        (s.lora_job, {"checkpoint": "../../etc", "format": "adapter"}, 422, "checkpoint"),
+        (s.lora_job, {"format": "model"}, 422, "adapter or merged"),
+        (s.full_job, {"format": "merged"}, 422, "format"),
+        (s.full_job, {"format": "adapter", "dtype": "float16"}, 422, "export it as model"),
+        (s.lora_job, {"format": "gguf"}, 422, "format"),
+        (s.lora_job, {}, 422, "format"),
+        (s.lora_job, {"format": "adapter", "dtype": "int8"}, 422, "dtype"),
+        (s.lora_job, {"format": "adapter", "sideways": 1}, 422, "sideways"),
+        (s.queued_job, {"format": "adapter"}, 422, "no trained adapter or model yet"),
+        (999, {"format": "adapter"}, 404, "job 999 not found"),
+    ]
+
+
+def test_refusals_name_the_field(client: TestClient, setup: Setup) -> None:
+    for job_id, body, status, named in _refusals(setup):
+        res = _post(client, job_id, **body)
+        assert res.status_code == status, (body, res.text)
+        assert named in res.text, (body, named, res.text)
+    for job_id in (setup.lora_job, setup.full_job, setup.queued_job):
+        assert client.get(f"/api/jobs/{job_id}/exports").json()["items"] == []
+    assert client.get("/api/jobs/999/exports").status_code == 404
+
+
+def _finish(job_id: int, export_id: int, name: str, *, claim: bool = True) -> Path:
+    """What the worker does at the end: the zip in the export's folder, registered, the row done."""
+    if claim:
+        assert claim_export(export_id)
+    path = exports_dir(job_id) / str(export_id) / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip
+    assert finish_export(export_id, path)
+    return path
+
+
+def test_create_dedupe_list_and_read(client: TestClient, setup: Setup) -> None:
+    job = setup.lora_job
+    res = _post(client, job, checkpoint="checkpoint-5", format="merged", dtype="float16")
+    assert res.status_code == 201, res.text
+    first = res.json()
+    assert (first["status"], first["checkpoint"], first["format"], first["dtype"]) == (
+        "queued",
+        "checkpoint-5",
+        "merged",
+        "float16",
+    )
+    assert first["url"] is None and first["artifact_name"] is None
+    again = _post(client, job, checkpoint="checkpoint-5", format="merged", dtype="float16")
+    assert again.status_code == 200 and again.json()["id"] == first["id"]  # queued: not done twice
+    final = _post(client, job, format="adapter").json()  # dtype defaults to float32
+    assert (final["checkpoint"], final["dtype"]) == (None, "float32")
+    ids = [e["id"] for e in client.get(f"/api/jobs/{job}/exports").json()["items"]]
+    assert ids == [final["id"], first["id"]]  # newest first
+    assert client.get(f"/api/exports/{first['id']}").json() == first
+    assert client.get("/api/exports/999").status_code == 404
+
+    # Running: still the same one. Failed: a new attempt.
+    assert claim_export(first["id"])
+    assert _post(client, job, checkpoint="checkpoint-5", format="merged", dtype="float16").status_code == 200
+    fail_export(first["id"], "RuntimeError: out of memory")
+    failed = client.get(f"/api/exports/{first['id']}").json()
+    assert (failed["status"], failed["error"]) == ("failed", "RuntimeError: out of memory")
+    retry = _post(client, job, checkpoint="checkpoint-5", format="merged", dtype="float16")
+    assert retry.status_code == 201 and retry.json()["id"] != first["id"]
+
+    # Done, its zip on disk: returned with its download address. The zip gone: exported again.
+    zip_path = _finish(job, final["id"], "final-adapter-float32.zip")
+    done = _post(client, job, format="adapter")
+    assert done.status_code == 200 and done.json()["id"] == final["id"]
+    assert done.json()["url"] == f"/api/jobs/{job}/artifacts/final-adapter-float32.zip"
+    assert done.json()["artifact_name"] == "final-adapter-float32.zip" and done.json()["size_bytes"] == 22
+    assert client.get(done.json()["url"]).content == zip_path.read_bytes()
+    zip_path.unlink()
+    assert _post(client, job, format="adapter").status_code == 201
+
+
+def test_other_users_see_nothing(client: TestClient, setup: Setup) -> None:
+    export = _post(client, setup.lora_job, format="adapter").json()
+    with session_scope() as s:
+        other = create_user(s, email="other@example.com", password="password123")
+        headers = {"Authorization": f"Bearer {issue_token(s, user=other, kind='api')}"}
+    job = setup.lora_job
+    assert client.post(f"/api/jobs/{job}/exports", json={"format": "adapter"}, headers=headers).status_code == 404
+    assert client.get(f"/api/jobs/{job}/exports", headers=headers).status_code == 404
+    assert client.get(f"/api/jobs/{job}/exports/stream", headers=headers).status_code == 404
+    assert client.get(f"/api/exports/{export['id']}", headers=headers).status_code == 404
+    assert client.get(f"/api/jobs/{job}/exports", headers={"Authorization": ""}).status_code == 401
+
+
+def _events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def test_stream_follows_the_export_to_its_end(client: TestClient, setup: Setup) -> None:
+    job = setup.lora_job
+    export_id = _post(client, job, format="adapter", dtype="float16").json()["id"]
+    assert claim_export(export_id)
+
+    def worker() -> None:  # what the worker writes while the page watches
+        time.sleep(0.8)
+        record_progress(export_id, {"phase": "zipping", "done": 50, "total": 100, "unit": "bytes"})
+        time.sleep(0.8)
+        _finish(job, export_id, "final-adapter-float16.zip", claim=False)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    events = _events(client.get(f"/api/jobs/{job}/exports/stream").text)
+    thread.join()
+    names = [e[0] for e in events]
+    assert names[0] == "exports" and names[-1] == "end" and names.count("end") == 1
+    states = [e[1]["items"][0] for e in events if e[0] == "exports"]
+    assert states[0]["status"] == "running" and states[-1]["status"] == "done"
+    assert {"phase": "zipping", "done": 50, "total": 100, "unit": "bytes"} in [s["progress"] for s in states]
+    assert all("at" not in (s["progress"] or {}) for s in states)  # the worker's heartbeat stays inside
+    # A reload replays the snapshot: the finished list, then the end.
+    replay = _events(client.get(f"/api/jobs/{job}/exports/stream").text)
+    assert [e[0] for e in replay] == ["exports", "end"] and replay[0][1]["items"][0]["url"]
+
+
+def test_exports_whose_worker_went_away_are_failed(client: TestClient, setup: Setup) -> None:
+    job = setup.lora_job
+    dead, alive, waiting = (_post(client, job, format="adapter", dtype=d).json()["id"] for d in DTYPES)
+    recent = _post(client, job, format="merged").json()["id"]
+    for export_id in (dead, alive):
+        assert claim_export(export_id)
+    silent = (utcnow() - timedelta(minutes=10)).isoformat()
+    with session_scope() as s:
+        row = s.get(Export, dead)
+        assert row is not None
+        row.progress = {"phase": "loading", "done": 0, "total": 2, "unit": "files", "at": silent}
+        stale = s.get(Export, waiting)
+        assert stale is not None
+        stale.created_at = utcnow() - QUEUED_TIMEOUT - timedelta(minutes=1)
+    assert sorted(reap_stale_exports()) == sorted([dead, waiting])
+    read = {i: client.get(f"/api/exports/{i}").json() for i in (dead, alive, waiting, recent)}
+    assert read[dead]["status"] == "failed" and "stopped responding" in read[dead]["error"]
+    assert read[waiting]["status"] == "failed" and "no worker picked this export up" in read[waiting]["error"]
+    assert (read[alive]["status"], read[recent]["status"]) == ("running", "queued")
+    # A failed export is tried again on request.
+    assert _post(client, job, format="adapter", dtype="float32").status_code == 201
+
+
+def test_a_reaped_export_that_finishes_late_leaves_the_retry_alone(client: TestClient, setup: Setup) -> None:
+    """The reaper fails a slow export, the retry finishes, then the slow worker finishes too: its zip is not
+    registered, and the retry's zip (same name) stays on offer."""
+    job = setup.lora_job
+    slow = _post(client, job, format="adapter").json()["id"]
+    assert claim_export(slow)
+    fail_export(slow, "the worker stopped responding")  # what the reaper writes
+    retry = _post(client, job, format="adapter").json()["id"]
+    assert retry != slow
+    kept = _finish(job, retry, "final-adapter-float32.zip")
+    late = exports_dir(job) / str(slow) / "final-adapter-float32.zip"
+    late.parent.mkdir(parents=True)
+    late.write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    assert not finish_export(slow, late)
+    assert kept.is_file()
+    (artifact,) = [a for a in client.get(f"/api/jobs/{job}/artifacts").json() if a["name"] == kept.name]
+    assert client.get(artifact["url"]).status_code == 200
+    assert client.get(f"/api/exports/{slow}").json()["status"] == "failed"
+    assert client.get(f"/api/exports/{retry}").json()["url"] == artifact["url"]
+
+
+def test_broker_down_fails_the_export_with_a_503(
+    client: TestClient, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.export import router
+
+    def down(export_id: int) -> None:
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(router, "enqueue_export", down)
+    res = _post(client, setup.lora_job, format="adapter")
+    assert res.status_code == 503 and "queue is unreachable" in res.text
+    (row,) = client.get(f"/api/jobs/{setup.lora_job}/exports").json()["items"]
+    assert row["status"] == "failed" and "could not be queued" in row["error"]
