@@ -292,7 +292,21 @@ def test_jobs_list_is_live_over_sse_without_polling(page, studio: StudioProcess)
     row = page.locator(f'tr[data-job-id="{job["id"]}"]')
     expect(row).to_have_count(1, timeout=15_000)
     expect(page.locator("#jobs-empty")).to_be_hidden()
+
+    # The compare page of a run in progress grows its curve without a reload, then stops following it.
+    compare = page.context.new_page()
+    compare.goto(f"/compare?ids={job['id']}")
+    compare.select_option("#compare-y", "loss")
+    expect(compare.locator("#compare-chart")).to_have_attribute("data-live", "open", timeout=30_000)
+    count = "() => Chart.getChart(document.querySelector('#compare-chart')).data.datasets[0].data.length"
+    compare.wait_for_function(f"() => ({count})() >= 2", timeout=60_000)
+    first = compare.evaluate(count)
+    compare.wait_for_function(f"() => ({count})() > {first}", timeout=60_000)
+    shot(compare, "compare-live")
+
     assert client.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
+    expect(compare.locator("#compare-chart")).to_have_attribute("data-live", "closed", timeout=60_000)
+    compare.close()
     expect(row.locator(".badge")).to_have_attribute("data-status", "cancelled", timeout=60_000)
     shot(page, "jobs-list-live")
     assert polled == []  # every update came over the stream

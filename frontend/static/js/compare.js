@@ -47,6 +47,7 @@
 
   function renderSummary() {
     const table = $("compare-summary");
+    table.replaceChildren(); // drawn again as live runs move on
     const head = table.createTHead().insertRow();
     head.append(cell("th", ""));
     runs.forEach((r, i) => {
@@ -149,22 +150,48 @@
     $("compare-chart").dataset.runs = String(runs.length);
   }
 
-  async function load() {
+  async function load(again = false) {
     const query = ids.map((id) => `ids=${encodeURIComponent(id)}`).join("&");
     try {
       const body = await Studio.fetchJSON(`/api/jobs/compare?${query}`);
       runs = body.runs;
       renderSummary();
       renderVerdict();
-      renderDiff(body.diff);
+      if (!again) renderDiff(body.diff); // settings are frozen at launch: the diff never changes
       draw();
     } catch (err) {
+      if (again) return; // a live refresh that failed keeps what is drawn; the next one tries again
       // Nothing to draw: say why in words, and leave no empty chart or table behind.
       Studio.showError($("compare-error"), `Could not compare these runs: ${err.message}`);
       ["compare-chart-card", "compare-diff-card"].forEach((id) => ($(id).hidden = true));
     }
   }
 
+  // Runs still training: follow the jobs list's stream and fetch the comparison again (at most every 2 s) when
+  // one of them moves, so their curves grow live; the stream is closed once every run has ended.
+  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const REFRESH_MS = 2000;
+  function follow() {
+    const chartEl = $("compare-chart");
+    if (!runs.length || runs.every((r) => FINAL.has(r.status))) return;
+    const wanted = new Set(ids.map(Number));
+    const source = new EventSource("/api/jobs/stream");
+    let timer = null;
+    chartEl.dataset.live = "open";
+    source.addEventListener("job", (e) => {
+      const job = JSON.parse(e.data);
+      if (!wanted.has(Number(job.id)) || timer) return;
+      timer = setTimeout(async () => {
+        await load(true);
+        timer = null;
+        if (runs.every((r) => FINAL.has(r.status))) {
+          source.close();
+          chartEl.dataset.live = "closed";
+        }
+      }, REFRESH_MS);
+    });
+  }
+
   ["compare-x", "compare-y", "compare-log"].forEach((id) => $(id).addEventListener("change", draw));
-  load();
+  load().then(follow);
 })();
