@@ -87,6 +87,24 @@ def hub_files(siblings: list[str]) -> list[str]:
     return sorted(f for f in siblings if "/" not in f and any(fnmatch.fnmatch(f, p) for p in HUB_PATTERNS))
 
 
+def check_room(what: str, size: int, dest: Path) -> None:
+    """Refuse, before downloading anything, a model over the base-model size limit or bigger than the disk's
+    free space (a half-downloaded model would fill the disk for every job)."""
+    limit = get_settings().max_model_upload_bytes
+    if size > limit:
+        raise ImportFailed(
+            f"{what} is {_mib(size)}, over the {_mib(limit)} limit for base models (STUDIO_MAX_MODEL_UPLOAD_BYTES)"
+        )
+    folder = next(p for p in (dest, *dest.parents) if p.exists())
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise ImportFailed(f"{what} needs {_mib(size)} but the worker's disk has {_mib(free)} free")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
 def download_hub(hub_id: str, revision: str, dest: Path, progress: Progress = _quiet) -> dict[str, Any]:
     """Download `hub_id` at `revision` into `dest`; return what was pinned. Fails within the Hub timeout
     when there is no network, instead of retrying for minutes."""
@@ -100,7 +118,7 @@ def download_hub(hub_id: str, revision: str, dest: Path, progress: Progress = _q
     try:
         # One small request first: it checks the network, the repository and the revision, resolves the
         # revision to a commit (what we then download, so the files all come from one commit), and lists files.
-        info = api.model_info(hub_id, revision=revision, timeout=settings.hub_timeout_seconds)
+        info = api.model_info(hub_id, revision=revision, timeout=settings.hub_timeout_seconds, files_metadata=True)
     except GatedRepoError:
         raise ImportFailed(f"{hub_id} is gated: accept its terms on the Hub and set HF_TOKEN on the workers") from None
     except RevisionNotFoundError:
@@ -117,6 +135,7 @@ def download_hub(hub_id: str, revision: str, dest: Path, progress: Progress = _q
             f"{hub_id}@{revision} has no *.safetensors weights at its top level; only safetensors are loaded "
             "(pickled .bin checkpoints are never downloaded)"
         )
+    check_room(f"{hub_id}@{revision}", sum(s.size or 0 for s in info.siblings or [] if s.rfilename in files), dest)
     progress("downloading", step=2, steps=2, done=0, total=len(files), unit="files")
     try:
         snapshot_download(

@@ -46,7 +46,8 @@ class FakeHub:
             if path.removeprefix(api + "revision/") not in self.revisions:
                 self._send(h, 404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"}, body)
                 return
-            siblings = [{"rfilename": name} for name in self.files]
+            # Sizes as the Hub gives them with ?blobs=true (files_metadata).
+            siblings = [{"rfilename": name, "size": len(data)} for name, data in self.files.items()]
             info = {"id": self.repo_id, "modelId": self.repo_id, "sha": self.sha, "siblings": siblings}
             self._send(h, 200, json.dumps(info).encode(), json_type, body)
         elif path.startswith(api + "tree/"):

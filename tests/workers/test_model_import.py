@@ -137,6 +137,25 @@ def test_hub_repo_without_safetensors_is_refused_before_downloading(
     assert error and "no *.safetensors weights" in error and ".bin" in error
 
 
+def test_hub_model_over_the_size_limit_is_refused_before_downloading(
+    seed: Seed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {"config.json": b"{}", "model.safetensors": b"\0" * 4096, "tokenizer.json": b"{}"}
+    hub = FakeHub("big/model", files)
+    monkeypatch.setenv("STUDIO_HUB_ENDPOINT", hub.url)
+    monkeypatch.setenv("STUDIO_MAX_MODEL_UPLOAD_BYTES", "2048")
+    get_settings.cache_clear()
+    with serve(hub):
+        model_id = _hub_import(seed, "big/model", "main")
+        assert import_model(model_id) == "failed"
+    get_settings.cache_clear()
+    assert hub.downloads() == []
+    error = _row(model_id).error
+    assert error == (
+        "big/model@main is 0.0 MiB, over the 0.0 MiB limit for base models (STUDIO_MAX_MODEL_UPLOAD_BYTES)"
+    )
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
