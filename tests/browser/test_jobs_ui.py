@@ -306,6 +306,7 @@ def test_jobs_list_is_live_over_sse_without_polling(page, studio: StudioProcess)
 
     assert client.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
     expect(compare.locator("#compare-chart")).to_have_attribute("data-live", "closed", timeout=60_000)
+    expect(compare.locator(f'.pick-status[data-job-id="{job["id"]}"]')).to_have_text("cancelled")
     compare.close()
     expect(row.locator(".badge")).to_have_attribute("data-status", "cancelled", timeout=60_000)
     shot(page, "jobs-list-live")

@@ -180,6 +180,8 @@
     chartEl.dataset.live = "open";
     source.addEventListener("job", (e) => {
       const job = JSON.parse(e.data);
+      const status = document.querySelector(`.pick-status[data-job-id="${Number(job.id)}"]`);
+      if (status) status.textContent = job.status;
       if (!wanted.has(Number(job.id)) || timer) return;
       timer = setTimeout(async () => {
         await load(true);
