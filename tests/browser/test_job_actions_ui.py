@@ -15,7 +15,8 @@ from tests.support import StudioProcess
 pytestmark = pytest.mark.browser
 __all__ = ["page"]  # fixture shared with the dashboard test
 
-MAX_STEPS = 30
+# Room to spare: each click must land while the run is still going, however loaded the machine is.
+MAX_STEPS = 80
 EVERY = 5  # a checkpoint every 5 steps: a cancelled run resumes from the last one
 
 # The training-loss points on the page's main chart, as (step, loss), read from Chart.js.
@@ -79,11 +80,9 @@ def test_cancel_resume_pause_resume_from_the_job_page(page, studio: StudioProces
     expect(events).to_contain_text(f"resume queued from checkpoint-{checkpoint}")
     expect(events).to_contain_text(f"resuming from checkpoint-{checkpoint}", timeout=60_000)
     expect(badge).to_have_attribute("data-status", "running", timeout=60_000)
-    points_beyond(page, stopped_at)  # the new run went further than the cancelled one
-    again = page.evaluate(POINTS)
-    assert again[:checkpoint] == before[:checkpoint]
 
-    # Pause while it runs, then Resume: it goes on from the checkpoint the pause saved.
+    # Pause while it runs (at once: a tiny model's steps are quick), then Resume: it goes on from the checkpoint
+    # the pause saved.
     expect(pause).to_be_visible()
     pause.click()
     expect(badge).to_have_attribute("data-status", "paused", timeout=60_000)
@@ -94,6 +93,7 @@ def test_cancel_resume_pause_resume_from_the_job_page(page, studio: StudioProces
     points_beyond(page, paused_at - 1)
     paused = page.evaluate(POINTS)
     assert paused[-1][0] == paused_at < MAX_STEPS
+    assert paused[:checkpoint] == before[:checkpoint]  # the points up to the resumed checkpoint, unchanged
     page.screenshot(path=str(SHOTS / "job-paused.png"), full_page=True)
     resume.click()
     expect(events).to_contain_text(f"resuming from checkpoint-{paused_at}", timeout=60_000)
