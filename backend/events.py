@@ -7,6 +7,7 @@ Redis subscription fanned out to its SSE clients; in embedded mode clients poll 
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -114,6 +115,13 @@ def _key(data: bytes | str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+async def pace(last: float, seconds: float) -> float:
+    """Wait until `seconds` after `last` (a time.monotonic() reading, -inf at first); return the new reading. A
+    stream that reads a whole list calls it before each read: one read per `seconds`, however many wake-ups."""
+    await asyncio.sleep(max(0.0, last + seconds - time.monotonic()))
+    return time.monotonic()
+
+
 class Broadcaster:
     """One Redis subscription per process; each SSE client waits on an asyncio.Event for its job."""
 
@@ -163,17 +171,20 @@ class Broadcaster:
                 event.set()
 
     @contextlib.contextmanager
-    def listen(self, job_id: int | str) -> Iterator[asyncio.Event]:
-        """Register for wake-ups about `job_id` for the life of an SSE stream (before its first read, so a
-        publish between a read and a wait is never lost)."""
+    def listen(self, *keys: int | str) -> Iterator[asyncio.Event]:
+        """Register for wake-ups about each of `keys` (a job id, a prefixed key, an `any_key`) for the life of an
+        SSE stream, before its first read, so a publish between a read and a wait is never lost. One event for
+        all of them: a publish of any wakes the stream."""
         event = asyncio.Event()
-        self._waiters[job_id].add(event)
+        for key in keys:
+            self._waiters[key].add(event)
         try:
             yield event
         finally:
-            self._waiters[job_id].discard(event)
-            if not self._waiters[job_id]:
-                del self._waiters[job_id]
+            for key in keys:
+                self._waiters[key].discard(event)
+                if not self._waiters[key]:
+                    del self._waiters[key]
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         """Return when `event` fires (Redis said "look again"), or after `timeout`; poll when Redis is absent."""

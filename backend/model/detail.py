@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from backend.db import User
 from backend.job.service import jobs_using
 from backend.model.schemas import ModelConfigSummary, ModelDetail, ModelFile, ModelJob
-from backend.model.service import visible_model
+from backend.model.service import has_chat_template, visible_model
 
 MAX_FILES = 500  # a model directory holds tens of files; a stray huge folder must not make the page huge
 
@@ -48,9 +48,6 @@ def config_summary(directory: Path) -> ModelConfigSummary | None:
     nested = config.get("text_config")
     text: dict[str, Any] = nested if isinstance(nested, dict) else config
     dtype = config.get("dtype") or config.get("torch_dtype")
-    template = bool(_json(directory / "tokenizer_config.json").get("chat_template")) or any(
-        (directory / name).is_file() for name in ("chat_template.jinja", "chat_template.json")
-    )
     return ModelConfigSummary(
         layers=_int(text, "num_hidden_layers", "n_layer"),
         hidden_size=_int(text, "hidden_size", "n_embd"),
@@ -59,7 +56,7 @@ def config_summary(directory: Path) -> ModelConfigSummary | None:
         vocab_size=_int(text, "vocab_size"),
         context_length=_int(text, "max_position_embeddings", "n_positions"),
         dtype=str(dtype) if dtype else None,
-        chat_template=template,
+        chat_template=has_chat_template(directory),
     )
 
 

@@ -27,6 +27,17 @@ def publish_on_commit(session: Session, model_id: int) -> None:
     event.listen(session, "after_commit", lambda _session: publish_model(model_id), once=True)
 
 
+def has_chat_template(path: Path) -> bool:
+    """Whether the tokenizer in `path` carries a chat template (read from its files: no tokenizer loaded)."""
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
+
+
 def models_dir() -> Path:
     """Where uploaded and imported models live: data_dir/models/<id>/."""
     return get_settings().path("models")

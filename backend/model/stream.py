@@ -6,10 +6,8 @@ event with every visible model on connect (the snapshot: a reconnect resyncs), t
 that appears or changes (status, import progress, name, the jobs that use it) and `removed` per model gone.
 """
 
-import asyncio
 import json
 import math
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.db import Job, Model, User, session_scope
-from backend.events import Broadcaster, any_key, model_key
+from backend.events import Broadcaster, any_key, model_key, pace
 from backend.model.schemas import ModelRead
 from backend.model.service import list_models
 
@@ -100,8 +98,7 @@ async def models_list_events(user_id: int, broadcaster: Broadcaster) -> AsyncIte
         read_at = -math.inf
         while True:
             # An import publishes a few times a second, and each look reads every model and job: one a second.
-            await asyncio.sleep(max(0.0, read_at + LIST_READ_SECONDS - time.monotonic()))
-            read_at = time.monotonic()
+            read_at = await pace(read_at, LIST_READ_SECONDS)
             views = await to_thread.run_sync(list_views, user_id)
             if seen is None:
                 yield {"event": "models", "data": json.dumps({"items": list(views.values())})}

@@ -1,7 +1,6 @@
 """Playground generations: what answers a prompt (a base model, a job's adapter or model, or one of its
 checkpoints), checked before the row is queued and resolved again by the worker that loads it."""
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from backend.db import Generation, Job, Model, User
 from backend.errors import Invalid, NotFound
 from backend.job.checkpoints import list_checkpoints
 from backend.job.service import get_job
-from backend.model.service import ready_model
+from backend.model.service import has_chat_template, ready_model
 from backend.playground.schemas import GenerationCreate, GenerationRead
 
 # Objectives whose training laid prompts out as chat turns: ask them the same way by default.
@@ -38,17 +37,6 @@ class Target:
 
 def has_tokenizer(path: Path) -> bool:
     return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
-
-
-def has_chat_template(path: Path) -> bool:
-    """Whether the tokenizer in `path` carries a chat template (read from its files: no tokenizer loaded)."""
-    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
-        return True
-    try:
-        config = json.loads((path / "tokenizer_config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
 def weights_kind(path: Path) -> str | None:

@@ -138,7 +138,15 @@
     el.textContent = status;
   }
 
+  // An element with properties (className, textContent, href, …) and children (nodes or strings).
+  function el(tag, props = {}, ...children) {
+    const node = Object.assign(document.createElement(tag), props);
+    node.append(...children);
+    return node;
+  }
+
   window.Studio = {
+    el,
     ApiError,
     fetchJSON,
     errorMessage,

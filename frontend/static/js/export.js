@@ -21,11 +21,7 @@
   let items = [];
   let doneIds = null; // ids of finished exports at the last render (null before the first)
 
-  function el(tag, props = {}, ...children) {
-    const node = Object.assign(document.createElement(tag), props);
-    node.append(...children);
-    return node;
-  }
+  const el = Studio.el;
 
   /* ---------- the source picker: final output + every checkpoint ---------- */
 

@@ -45,11 +45,7 @@
   const tbody = table.querySelector("tbody");
   const isAdmin = section.dataset.admin === "true";
 
-  function el(tag, props = {}, ...children) {
-    const node = Object.assign(document.createElement(tag), props);
-    node.append(...children);
-    return node;
-  }
+  const el = Studio.el;
 
   // As the server's `params` macro: 1.2B, 135.0M, 4.5K.
   function params(n) {

@@ -14,11 +14,7 @@
   // Browser clock minus server clock, from the last event (or the page's first paint).
   let skew = table.dataset.now ? Date.now() - Date.parse(table.dataset.now) : 0;
 
-  function el(tag, props = {}, ...children) {
-    const node = Object.assign(document.createElement(tag), props);
-    node.append(...children);
-    return node;
-  }
+  const el = Studio.el;
 
   function ago(iso) {
     const seconds = Math.max(0, Math.round((Date.now() - skew - Date.parse(iso)) / 1000));
