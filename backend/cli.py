@@ -88,6 +88,10 @@ def cmd_up(args: argparse.Namespace) -> None:
     """Embedded mode in one command: migrate, first admin, one worker process, the API."""
     settings = get_settings()
     host, port = args.host or settings.host, args.port or settings.port
+    # SIGTERM (systemd, docker stop, kill) and SIGINT end `up` through the `finally` below, which stops the
+    # workers it started: uvicorn re-raises the signal it caught once it has shut down, into this handler.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_on_signal)
     cmd_migrate(args)
     hint = ensure_admin()
     # Each worker in a session of its own, so `up` can stop its whole tree (Celery's pool children included).
@@ -108,11 +112,18 @@ def cmd_up(args: argparse.Namespace) -> None:
     try:
         _serve(host, port)
     finally:
-        stop_process_groups(workers, grace_seconds=20)
+        print("  stopping the workers (a running job checkpoints and goes back to the queue)...", flush=True)
+        # The workers' own grace to checkpoint, plus the time to save it and exit.
+        stop_process_groups(workers, grace_seconds=settings.shutdown_grace_seconds + 15)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stop_process_groups(procs: list[subprocess.Popen[bytes]], grace_seconds: float) -> None:
-    """SIGTERM each group (Celery finishes or abandons its task), then SIGKILL what is left after the grace."""
+    """SIGTERM each group (a worker checkpoints its job and gives it back to the queue), wait for them, then
+    SIGKILL what is left after the grace."""
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

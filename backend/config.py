@@ -21,8 +21,25 @@ class Settings(BaseSettings):
     admin_email: str = "admin@localhost"
     admin_password: str = Field("", description="Password of the first admin; empty means a random one.")
     session_days: int = Field(14, ge=1, le=365)
-    # A worker that has not beaten its heart for this long is presumed dead and its job is failed.
-    lease_seconds: int = Field(120, ge=10)
+    # A worker that has not beaten its heart for this long is presumed dead; its work is queued again.
+    lease_seconds: int = Field(
+        120, ge=2, description="How long a worker may stay silent before its work is taken back and queued again."
+    )
+    max_attempts: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="Workers that may die on one piece of work (a job, an export, ...) before it fails: each lost "
+        "lease queues it again until then.",
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long a training worker asked to stop (SIGTERM) has to checkpoint its job and give it back.",
+    )
+    redeliver_seconds: float = Field(
+        60.0, gt=0, description="Queued work no worker claimed for this long is sent to the broker again."
+    )
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its lease on a job.")
     reap_interval_seconds: float = Field(30.0, gt=0, description="How often the API looks for expired leases.")
     poll_seconds: float = Field(0.5, gt=0, le=1.0, description="Database polling interval for live updates.")

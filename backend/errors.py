@@ -34,7 +34,9 @@ class TooLarge(DomainError):
     status_code = 413
 
 
-class BrokerUnavailable(DomainError):
+class Unavailable(DomainError):
+    """A service the studio needs (the database) cannot be reached right now; retrying later will work."""
+
     status_code = 503
 
 

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.auth import pages as auth_pages
@@ -29,16 +30,15 @@ from backend.db import User, get_engine, session_scope
 from backend.errors import DomainError
 from backend.events import Broadcaster
 from backend.export import router as export_router
-from backend.export.lifecycle import reap_stale_exports
 from backend.job import pages as job_pages
 from backend.job import router as job_router
-from backend.job.lifecycle import reap_stale_jobs
 from backend.model import pages as model_pages
 from backend.model import router as model_router
 from backend.playground import pages as playground_pages
 from backend.playground import router as playground_router
-from backend.playground.lifecycle import reap_stale_generations
 from backend.web import LoginRequired, login_redirect, render
+from backend.work.reaper import sweep
+from backend.work.retry import transient
 from backend.worker import pages as worker_pages
 from backend.worker import router as worker_router
 
@@ -46,19 +46,17 @@ log = logging.getLogger(__name__)
 
 
 async def _reaper() -> None:
+    """Recover background work whose worker was lost, and re-send work whose message was (backend.work.reaper)."""
     while True:
         try:
-            stale = await to_thread.run_sync(reap_stale_jobs)
-            if stale:
-                log.warning("failed jobs whose worker stopped responding: %s", stale)
-            lost = await to_thread.run_sync(reap_stale_generations)
-            if lost:
-                log.warning("failed playground generations whose worker went away: %s", lost)
-            dead = await to_thread.run_sync(reap_stale_exports)
-            if dead:
-                log.warning("failed weight exports whose worker went away: %s", dead)
-        except Exception:
-            log.exception("lease reaper failed")
+            swept = await to_thread.run_sync(sweep)
+            if swept:
+                log.warning("recovered background work: %s", swept)
+        except Exception as exc:
+            if transient(exc):
+                log.warning("lease reaper: database unreachable (%s)", type(exc).__name__)
+            else:
+                log.exception("lease reaper failed")
         await asyncio.sleep(get_settings().reap_interval_seconds)
 
 
@@ -104,6 +102,18 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """The database is unreachable (restarting, failing over, network): a 503 that says so, never a 500. A
+    database error that is not about reaching it is a bug, and stays one."""
+    if not transient(exc):
+        raise exc
+    log.warning("database unreachable: %s", exc)
+    message = "the database is unreachable; try again in a moment"
+    if request.url.path.startswith("/api"):
+        return JSONResponse({"detail": message, "service": "database"}, status_code=503, headers={"Retry-After": "5"})
+    return render(request, "error.html", None, status_code=503, message=message)
+
+
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
@@ -130,13 +140,22 @@ def create_app() -> FastAPI:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
     @app.get("/api/health", tags=["health"])
-    def health() -> dict[str, str]:
-        with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return {"status": "ok", "mode": "embedded" if settings.embedded else "server"}
+    def health() -> JSONResponse:
+        """Liveness and the database: 200 when it answers, 503 naming it when it does not."""
+        mode = "embedded" if settings.embedded else "server"
+        try:
+            with get_engine().connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            body = {"status": "unavailable", "mode": mode, "database": f"unreachable ({type(exc).__name__})"}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"status": "ok", "mode": mode, "database": "ok"})
 
     routers = (
         auth_router,

@@ -53,28 +53,3 @@ def celery_app() -> Celery:
     if _app is None:
         _app = make_celery()
     return _app
-
-
-def enqueue_job(job_id: int) -> None:
-    """Send the run-job task. Call only after the job row is committed."""
-    celery_app().send_task(RUN_JOB, args=[job_id], queue=QUEUE)
-
-
-def enqueue_analysis(analysis_id: int) -> None:
-    """Send the analyze-dataset task. Call only after the DatasetAnalysis row is committed."""
-    celery_app().send_task(ANALYZE_DATASET, args=[analysis_id], queue=ANALYSIS_QUEUE)
-
-
-def enqueue_import(model_id: int) -> None:
-    """Send the import-model task. Call only after the Model row (status "importing") is committed."""
-    celery_app().send_task(IMPORT_MODEL, args=[model_id], queue=ANALYSIS_QUEUE)
-
-
-def enqueue_generation(generation_id: int) -> None:
-    """Send a playground generation to the analysis queue (seconds of work, never behind a training job)."""
-    celery_app().send_task(GENERATE, args=[generation_id], queue=ANALYSIS_QUEUE)
-
-
-def enqueue_export(export_id: int) -> None:
-    """Send a weights export to the analysis queue (minutes: load, merge, save, zip). Call after the commit."""
-    celery_app().send_task(EXPORT_WEIGHTS, args=[export_id], queue=ANALYSIS_QUEUE)

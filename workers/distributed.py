@@ -28,8 +28,11 @@ import torch.distributed as dist
 
 from backend.config import REPO_ROOT
 from backend.job.lifecycle import RANK_ENV, log_event
+from backend.work import lease
+from backend.work.kinds import JOB
+from backend.work.lease import Lease, LeaseLost
 from workers.context import JobContext, load_context
-from workers.metrics import Cancelled, Diverged, Paused
+from workers.metrics import Cancelled, Diverged, Paused, ShuttingDown
 from workers.ranks import per_device_batch_size
 from workers.recipes import recipe_for
 
@@ -54,11 +57,14 @@ def outcome_dir(ctx: JobContext) -> Path:
 
 
 def launch_command(job_id: int, processes: int) -> list[str]:
+    # Rank 0 writes under the worker's lease: its attempt fences those writes as it fences the worker's own.
+    held = lease.held(JOB, job_id)
+    fencing = [str(held.attempt), held.worker] if held is not None else []
     return [
         sys.executable, "-m", "torch.distributed.run",
         # --standalone: a rendezvous on a free local port, so two workers on one host never collide.
         "--standalone", "--nnodes", "1", "--nproc-per-node", str(processes),
-        "-m", "workers.distributed", str(job_id),
+        "-m", "workers.distributed", str(job_id), *fencing,
     ]  # fmt: skip
 
 
@@ -120,6 +126,10 @@ def raise_outcome(outcomes: dict[int, dict[str, Any]], code: int, log: Path) -> 
         raise Paused(message)
     if status == "diverged":
         raise Diverged(message)
+    if status == "shutdown":
+        raise ShuttingDown(message)
+    if status == "lost":
+        raise LeaseLost(message)
 
 
 # --- one rank's side ----------------------------------------------------------------------------------
@@ -135,6 +145,10 @@ def run_rank(ctx: JobContext) -> dict[str, Any]:
         return {"status": "paused", "message": str(exc)}
     except Diverged as exc:
         return {"status": "diverged", "message": str(exc)}
+    except ShuttingDown as exc:
+        return {"status": "shutdown", "message": str(exc)}
+    except LeaseLost as exc:
+        return {"status": "lost", "message": str(exc)}
     except Exception as exc:
         tail = "".join(traceback.format_exc().splitlines(keepends=True)[-TRACEBACK_LINES:])
         rank = os.environ.get("RANK", "?")
@@ -153,6 +167,8 @@ def main(argv: list[str]) -> None:
     """Entry point of one torchrun child: `python -m workers.distributed <job_id>`; never returns."""
     job_id = int(argv[0])
     os.environ[RANK_ENV] = os.environ["RANK"]  # read by backend.job.lifecycle's writers (rank 0 only)
+    if len(argv) == 3:
+        lease.hold(Lease(JOB, job_id, int(argv[1]), argv[2]))
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))

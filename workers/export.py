@@ -39,6 +39,11 @@ from backend.export.lifecycle import (
 )
 from backend.job.checkpoints import STATE_FILE
 from backend.queue import EXPORT_WEIGHTS
+from backend.work.heartbeat import heartbeat
+from backend.work.kinds import EXPORT
+from backend.work.lease import LeaseLost
+from backend.work.reaper import reclaim_own
+from workers import registry
 from workers.artifacts import load_base, ready_to_serve, write_model_card, zip_directory
 from workers.context import load_context
 from workers.examples import load_tokenizer
@@ -298,22 +303,27 @@ def _message(exc: Exception) -> str:
 @shared_task(name=EXPORT_WEIGHTS)
 def export_weights(export_id: int) -> str:
     """Run export `export_id`; return "done", "failed" or "skipped" (another delivery has it)."""
-    if not claim_export(export_id):
+    worker = registry.worker_name()
+    reclaim_own(EXPORT, export_id, worker)
+    won = claim_export(export_id, worker)
+    if won is None:
         log.info("export %s is not queued (already claimed or finished); skipping", export_id)
         return "skipped"
     spec: ExportSpec | None = None
     try:
-        spec = load_export(export_id)
-        with Reporter(export_id) as report:
-            publish(spec, build(spec, report))
+        with heartbeat(won):
+            spec = load_export(export_id)
+            with Reporter(export_id) as report:
+                publish(spec, build(spec, report))
     except Exception as exc:
         if spec is not None:
             shutil.rmtree(spec.work_dir, ignore_errors=True)
-        if isinstance(exc, Lost):
+        if isinstance(exc, Lost | LeaseLost):
             log.warning("%s", exc)
         else:
             log.exception("export %s failed", export_id)
-            fail_export(export_id, _message(exc))
+            with heartbeat(won):
+                fail_export(export_id, _message(exc))
         return "failed"
     finally:
         release_memory()

@@ -37,6 +37,11 @@ from backend.playground.lifecycle import (
 )
 from backend.playground.service import Target
 from backend.queue import GENERATE
+from backend.work.heartbeat import heartbeat
+from backend.work.kinds import GENERATION
+from backend.work.lease import LeaseLost
+from backend.work.reaper import reclaim_own
+from workers import registry
 from workers.examples import end_of_turn, format_prompt, load_tokenizer
 from workers.recipes.classification import classify
 from workers.training import use_bf16
@@ -234,15 +239,23 @@ def _message(exc: Exception) -> str:
 
 @shared_task(name=GENERATE)
 def generate(generation_id: int) -> str:
-    """Answer generation `generation_id`; return "done", "failed" or "skipped" (another delivery has it)."""
-    if not claim_generation(generation_id):
+    """Answer generation `generation_id`; return "done", "failed", "skipped" (another delivery has it) or "lost"
+    (the reaper took it from this worker)."""
+    worker = registry.worker_name()
+    reclaim_own(GENERATION, generation_id, worker)
+    won = claim_generation(generation_id, worker)
+    if won is None:
         log.info("generation %s is not queued (already claimed or finished); skipping", generation_id)
         return "skipped"
-    try:
-        answer(load_generation(generation_id))
-    except Exception as exc:
-        log.exception("generation %s failed", generation_id)
-        finish_generation(generation_id, error=_message(exc))
-        return "failed"
-    finish_generation(generation_id)
+    with heartbeat(won):
+        try:
+            answer(load_generation(generation_id))
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+            return "lost"
+        except Exception as exc:
+            log.exception("generation %s failed", generation_id)
+            finish_generation(generation_id, error=_message(exc))
+            return "failed"
+        finish_generation(generation_id)
     return "done"

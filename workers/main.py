@@ -3,11 +3,17 @@
 import logging
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from backend.db.base import reset_engine
 from backend.queue import celery_app
-from workers import registry
+from workers import registry, shutdown
 
 log = logging.getLogger(__name__)
 app = celery_app()
@@ -30,7 +36,20 @@ def _fresh_engine(sender: str | None = None, **_: object) -> None:
     """A forked pool child must not share the parent's database sockets; then it joins the worker registry
     under the Celery node name (`sender`), as the process that runs the tasks and owns the device."""
     reset_engine()
+    shutdown.install_in_child()
     registry.start(name=str(sender), queue=_queues())
+
+
+@worker_ready.connect
+def _remember_pool(sender: Any = None, **_: object) -> None:
+    shutdown.remember_pool(sender)
+
+
+@worker_shutting_down.connect
+def _shut_children_down(**_: object) -> None:
+    """A warm shutdown of the main process would wait for the running task (hours of training): pass the signal
+    on, so the children checkpoint, give their work back and exit within the grace."""
+    shutdown.forward_to_children()
 
 
 @worker_process_shutdown.connect

@@ -22,8 +22,12 @@ from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, Revi
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from backend.config import get_settings
-from backend.model.imports import ImportSpec, fail_import, finish_import, load_import, record_progress
+from backend.model.imports import ImportSpec, claim_import, fail_import, finish_import, load_import, record_progress
 from backend.queue import IMPORT_MODEL
+from backend.work.heartbeat import heartbeat
+from backend.work.kinds import IMPORT
+from backend.work.reaper import reclaim_own
+from workers import registry
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +179,21 @@ def run_import(spec: ImportSpec, staged: Path) -> dict[str, Any]:
 
 @shared_task(name=IMPORT_MODEL)
 def import_model(model_id: int) -> str:
-    """Import model `model_id`; return "ready", "failed" or "skipped" (deleted, or already finished)."""
+    """Import model `model_id`; return "ready", "failed" or "skipped" (deleted, finished, or another delivery has
+    it)."""
+    worker = registry.worker_name()
+    reclaim_own(IMPORT, model_id, worker)
+    won = claim_import(model_id, worker)
+    if won is None:
+        log.info("model %s has no import waiting (deleted, finished or claimed); skipping", model_id)
+        return "skipped"
+    with heartbeat(won):
+        return _import(model_id)
+
+
+def _import(model_id: int) -> str:
     spec = load_import(model_id)
     if spec is None:
-        log.info("model %s is not importing (deleted or finished); skipping", model_id)
         return "skipped"
     staged = get_settings().path("tmp") / f"import-{model_id}-{uuid.uuid4().hex[:8]}"
     try:

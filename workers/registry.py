@@ -40,6 +40,11 @@ def registered_name() -> str | None:
     return _State.name
 
 
+def worker_name() -> str:
+    """Who holds the leases this process takes: its Celery node name (unique per worker), or host:pid."""
+    return _State.name or get_settings().worker_name or f"{platform.node()}:{os.getpid()}"
+
+
 def ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 

@@ -1,23 +1,24 @@
 """Thin Celery tasks: claim the job in the database, run its recipe, record how it ended."""
 
 import logging
-import os
-import socket
 import threading
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from celery import shared_task
 
-from backend.config import get_settings
 from backend.job.checkpoints import latest_checkpoint
-from backend.job.lifecycle import claim_job, finish_job, log_event, renew_lease, update_job
+from backend.job.lifecycle import claim_job, finish_job, give_back_job, log_event, update_job
 from backend.queue import RUN_JOB
-from workers import registry
+from backend.work.heartbeat import heartbeat
+from backend.work.kinds import JOB
+from backend.work.lease import Lease, LeaseLost
+from backend.work.reaper import reclaim_own
+from backend.work.retry import outbox
+from backend.work.send import send
+from workers import registry, shutdown
 from workers.context import JobContext, load_context
 from workers.distributed import RankFailed, run_data_parallel
-from workers.metrics import Cancelled, Diverged, Paused
+from workers.metrics import Cancelled, Diverged, Paused, ShuttingDown
 from workers.ranks import data_parallel_processes
 from workers.recipes import recipe_for
 from workers.training import device_description, release_memory
@@ -25,32 +26,6 @@ from workers.training import device_description, release_memory
 log = logging.getLogger(__name__)
 
 TRACEBACK_LINES = 15
-
-
-def worker_name() -> str:
-    return get_settings().worker_name or registry.registered_name() or f"{socket.gethostname()}:{os.getpid()}"
-
-
-@contextmanager
-def keep_lease(job_id: int) -> Iterator[None]:
-    """Renew the job's lease from a thread, so a long silent stage (tokenizer training, loading a big model)
-    is not mistaken for a dead worker by the API's reaper."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(get_settings().heartbeat_seconds):
-            try:
-                renew_lease(job_id)
-            except Exception as exc:  # a missed beat is retried; the lease is minutes long
-                log.warning("lease renewal for job %s failed: %s", job_id, exc)
-
-    thread = threading.Thread(target=beat, name=f"lease-{job_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def run_recipe(ctx: JobContext) -> None:
@@ -71,22 +46,66 @@ def failure(exc: Exception) -> tuple[str, str]:
     return type(exc).__name__, "".join(traceback.format_exc().splitlines(keepends=True)[-TRACEBACK_LINES:])
 
 
+_training: list[int] = []  # the job this process trains now (at most one)
+
+
+def training_job() -> int | None:
+    """The job this process is training, if any (a shutdown gives it a chance to checkpoint first)."""
+    return _training[0] if _training else None
+
+
+def give_back(job_id: int, why: str) -> str:
+    """Put the job back in the queue from its newest checkpoint, for any worker to resume (this one is leaving)."""
+    checkpoint = latest_checkpoint(job_id)
+    where = f"{checkpoint.name} saved; " if checkpoint else "no checkpoint yet; "
+    message = f"{why}: {where}the job is back in the queue to resume on any worker"
+    if give_back_job(job_id, message, resume_checkpoint=str(checkpoint.path) if checkpoint else None):
+        send(JOB, job_id)
+        return "requeued"
+    return "lost"
+
+
+def lost(job_id: int, lease_gone: threading.Event, exc: BaseException) -> bool:
+    """Whether the run ended because this worker lost the job to another attempt (nothing left to record)."""
+    if isinstance(exc, LeaseLost) or lease_gone.is_set():
+        return True
+    return isinstance(exc, RankFailed) and exc.error_type == LeaseLost.__name__
+
+
 # A shared task binds to the app that loads this module (workers.main), so importing it reads no settings.
 @shared_task(name=RUN_JOB)
 def run_job(job_id: int) -> str:
-    """Run job `job_id` to its end; return its final status ("skipped" when another delivery owns it).
+    """Run job `job_id` to its end; return its final status ("skipped" when another delivery owns it, "requeued"
+    when this worker shut down and gave it back, "lost" when another attempt took it over).
 
     Never raises for a training error: the job is marked failed and the worker goes on to the next task.
     """
-    worker = worker_name()
-    if not claim_job(job_id, worker):
+    worker = registry.worker_name()
+    if shutdown.requested():
+        send(JOB, job_id)  # this worker is leaving: the next one takes it
+        return "skipped"
+    reclaim_own(JOB, job_id, worker)  # a previous process of this worker died holding it: resume it now
+    won = claim_job(job_id, worker)
+    if won is None:
         # Celery may deliver a task twice (acks_late, redelivery); the database claim decides who runs it.
         log.info("job %s is not queued (already claimed, finished or cancelled); skipping", job_id)
         return "skipped"
     registry.set_current_job(job_id)
+    _training.append(job_id)
     try:
-        with keep_lease(job_id):
-            run_recipe(load_context(job_id))
+        with heartbeat(won) as lease_gone:
+            return _run(won, lease_gone)
+    finally:
+        _training.clear()
+        outbox.clear()
+        release_memory()
+        registry.set_current_job(None)
+
+
+def _run(won: Lease, lease_gone: threading.Event) -> str:
+    job_id = won.id
+    try:
+        run_recipe(load_context(job_id))
     except Cancelled:
         finish_job(job_id, "cancelled")
         return "cancelled"
@@ -98,17 +117,21 @@ def run_job(job_id: int) -> str:
             job_id, "paused", message=f"{exc}{where}".replace(": saving a checkpoint", ""), resume_checkpoint=resume
         )
         return "paused"
+    except ShuttingDown as exc:
+        return give_back(job_id, str(exc))
     except Diverged as exc:
         finish_job(job_id, "failed", error=str(exc), message=f"failed: diverged: {exc}")
         return "failed"
     except Exception as exc:
+        if lost(job_id, lease_gone, exc):
+            log.warning("job %s: this worker lost the job to another attempt (%s); stopping", job_id, exc)
+            return "lost"
+        if shutdown.requested():  # the shutdown broke the run (a data-parallel process killed): not its fault
+            return give_back(job_id, f"worker {won.worker} shutting down")
         log.exception("job %s failed", job_id)
         error_type, tail = failure(exc)
         log_event(job_id, tail.rstrip(), "error")
         finish_job(job_id, "failed", error=str(exc), message=f"failed: {error_type}: {exc}")
         return "failed"
-    finally:
-        release_memory()
-        registry.set_current_job(None)
     finish_job(job_id, "succeeded")
     return "succeeded"

@@ -11,7 +11,6 @@ result and the records.
 import hashlib
 import json
 import uuid
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,17 @@ from backend.dataset.analysis_schemas import AnalysisRead, FixesRequest
 from backend.dataset.formats import read_records
 from backend.dataset.service import ingest_file
 from backend.db import Dataset, DatasetAnalysis, User, session_scope, utcnow
-from backend.errors import BrokerUnavailable, Conflict, Invalid, NotFound
+from backend.errors import Conflict, Invalid, NotFound
 from backend.events import publish_analysis
 from backend.job.service import OBJECTIVE_SHAPES
 from backend.model.service import visible_model
-from backend.queue import enqueue_analysis
+from backend.work import lease
+from backend.work.kinds import ANALYSIS
+from backend.work.lease import Expired, Lease
+from backend.work.send import send
 
 STATS, RENDER, HYGIENE = "stats", "render", "hygiene"
 FINISHED = ("done", "failed")
-# A queued or running analysis this old has lost its worker (or its message); `refresh` sends it again.
-STALE_AFTER = timedelta(minutes=15)
 POLL_SECONDS = 0.2
 DEFAULT_THRESHOLD = 0.8  # estimated Jaccard similarity of word 3-gram sets above which records are near-duplicates
 # What each shape keeps when written back as JSON Lines: the canonical keys, which the readers recognize.
@@ -141,18 +141,13 @@ def _get_or_create(
     return row, True
 
 
-def is_stale(status: str, created_at: datetime) -> bool:
-    """Queued or running for longer than any analysis takes: its worker (or its message) is gone."""
-    return status in ("queued", "running") and utcnow() - created_at > STALE_AFTER
-
-
-def _retry(analysis: DatasetAnalysis, refresh: bool) -> bool:
-    """Queue a stale analysis again, or with `refresh` a failed one; False when it is done or still fresh.
-    A failure is kept until asked (computing it again would fail again), a lost one is not."""
-    if not is_stale(analysis.status, analysis.created_at) and not (refresh and analysis.status == "failed"):
+def _retry(session: Session, analysis: DatasetAnalysis, refresh: bool) -> bool:
+    """With `refresh`, queue a failed analysis again; False otherwise. A failure is kept until asked (computing
+    it again would fail again); a lost worker's analysis is queued again by the reaper."""
+    if not (refresh and analysis.status == "failed"):
         return False
-    analysis.status, analysis.result, analysis.error, analysis.progress = "queued", None, None, None
-    analysis.created_at, analysis.finished_at = utcnow(), None
+    lease.requeue(session, ANALYSIS, analysis.id, result=None, error=None, progress=None, finished_at=None)
+    session.refresh(analysis)
     return True
 
 
@@ -162,17 +157,11 @@ def submit(
     """The analysis of `dataset` for `params`; a new or stale one (or, with `refresh`, a failed one) is sent
     to the analysis worker after the commit."""
     analysis, created = _get_or_create(session, dataset=dataset, kind=kind, params=params)
-    if not created and not _retry(analysis, refresh):
+    if not created and not _retry(session, analysis, refresh):
         return analysis
     session.commit()  # the worker must find the row when the task arrives
     publish_analysis(analysis.id)  # a page following a failed run sees it queued again
-    try:
-        enqueue_analysis(analysis.id)
-    except Exception as exc:  # broker down: say so, and don't leave a row queued that no one will compute
-        analysis.status, analysis.error, analysis.finished_at = "failed", f"could not enqueue: {exc}", utcnow()
-        session.commit()
-        publish_analysis(analysis.id)
-        raise BrokerUnavailable(f"the analysis queue is unreachable ({type(exc).__name__})") from exc
+    send(ANALYSIS, analysis.id)  # if the broker is down, the row waits queued and the sweep sends it later
     return analysis
 
 
@@ -204,44 +193,53 @@ async def wait_for(analysis_id: int, seconds: float) -> AnalysisRead:
         await anyio.sleep(POLL_SECONDS)
 
 
-def claim_analysis(analysis_id: int) -> bool:
-    """Atomically move a queued analysis to running. False means another delivery got it first."""
+def claim_analysis(analysis_id: int, worker: str = "worker") -> Lease | None:
+    """Atomically move a queued analysis to running for `worker`. None means another delivery got it first."""
     with session_scope() as s:
-        res = s.execute(
-            update(DatasetAnalysis)
-            .where(DatasetAnalysis.id == analysis_id, DatasetAnalysis.status == "queued")
-            .values(status="running", progress=None)
-            .execution_options(synchronize_session=False)
-        )
-        claimed = res.rowcount == 1  # type: ignore[attr-defined]
-    if claimed:
+        won = lease.claim(s, ANALYSIS, analysis_id, worker, progress=None)
+    if won is not None:
         publish_analysis(analysis_id)
-    return claimed
+    return won
+
+
+def _write(analysis_id: int, status: str | None = None, **values: Any) -> None:
+    """Set `values` (and end as `status`) on a running analysis: fenced by the lease this process holds on it."""
+    held = lease.held(ANALYSIS, analysis_id)
+    with session_scope() as s:
+        if held is not None and status is not None:
+            lease.finish(s, held, status, **values)
+        elif held is not None:
+            lease.renew(s, held, **values)
+        else:
+            end = {"status": status, "lease_worker": None} if status else {}
+            s.execute(
+                update(DatasetAnalysis)
+                .where(DatasetAnalysis.id == analysis_id, DatasetAnalysis.status == "running")
+                .values(**values, **end)
+                .execution_options(synchronize_session=False)
+            )
+    publish_analysis(analysis_id)
 
 
 def record_progress(analysis_id: int, *, phase: str, done: int, total: int | None) -> None:
-    """Store where a running analysis is and wake its live readers (the worker calls this a few times a
-    second at most)."""
-    with session_scope() as s:
-        s.execute(
-            update(DatasetAnalysis)
-            .where(DatasetAnalysis.id == analysis_id, DatasetAnalysis.status == "running")
-            .values(progress={"phase": phase, "done": done, "total": total})
-            .execution_options(synchronize_session=False)
-        )
-    publish_analysis(analysis_id)
+    """Store where a running analysis is (renewing the lease) and wake its live readers (the worker calls this a
+    few times a second at most); LeaseLost once another attempt owns it."""
+    _write(analysis_id, progress={"phase": phase, "done": done, "total": total})
 
 
 def finish_analysis(analysis_id: int, *, result: dict[str, Any] | None = None, error: str | None = None) -> None:
-    """Store the result (or the error) of a running analysis."""
-    with session_scope() as s:
-        s.execute(
-            update(DatasetAnalysis)
-            .where(DatasetAnalysis.id == analysis_id, DatasetAnalysis.status == "running")
-            .values(status="failed" if error else "done", result=result, error=error, finished_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-    publish_analysis(analysis_id)
+    """Store the result (or the error) of a running analysis; LeaseLost if this worker no longer owns it."""
+    _write(analysis_id, "failed" if error else "done", result=result, error=error, finished_at=utcnow())
+
+
+def recover_analysis(session: Session, row: Expired, max_attempts: int) -> bool:
+    """The worker of a running analysis was lost: compute it again on a live worker (True), or fail once the
+    attempts are spent."""
+    if row.spent(max_attempts):
+        error = f"the analysis worker ({row.lease_worker}) stopped answering, on {row.last_note(max_attempts)}"
+        lease.give_up(session, ANALYSIS, row, error=error, finished_at=utcnow())
+        return False
+    return lease.take_over(session, ANALYSIS, row, progress=None)
 
 
 def _hygiene_result(session: Session, *, dataset: Dataset, fixes: FixesRequest) -> DatasetAnalysis:

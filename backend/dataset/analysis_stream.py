@@ -1,5 +1,6 @@
 """Server-sent events for one dataset analysis: an `analysis` event now and whenever its state or progress
-changes, then `end` once it is done or failed (or stale: queued or running far longer than an analysis takes).
+changes, then `end` once it is done or failed. A lost worker's analysis is queued again by the reaper
+(`backend.work`), so the stream follows it to its end.
 
 The first event is the snapshot, so a reconnect resyncs. The worker publishes `analysis_key` after each
 write (claim, progress, finish); Redis wakes the stream, the safety poll covers a missed message, and in
@@ -12,7 +13,7 @@ from typing import Any
 
 from anyio import to_thread
 
-from backend.dataset.analysis import FINISHED, is_stale
+from backend.dataset.analysis import FINISHED
 from backend.dataset.analysis_schemas import AnalysisRead
 from backend.db import DatasetAnalysis, session_scope
 from backend.events import Broadcaster, analysis_key
@@ -20,13 +21,11 @@ from backend.events import Broadcaster, analysis_key
 SAFETY_POLL_SECONDS = 5.0  # a missed publish costs at most this long
 
 
-def _read(analysis_id: int) -> tuple[dict[str, Any] | None, bool]:
-    """The analysis as the API shows it (None once deleted), and whether it is stale (its worker is gone)."""
+def _read(analysis_id: int) -> dict[str, Any] | None:
+    """The analysis as the API shows it (None once deleted)."""
     with session_scope() as s:
         row = s.get(DatasetAnalysis, analysis_id)
-        if row is None:
-            return None, False
-        return AnalysisRead.model_validate(row).model_dump(mode="json"), is_stale(row.status, row.created_at)
+        return AnalysisRead.model_validate(row).model_dump(mode="json") if row is not None else None
 
 
 async def analysis_events(analysis_id: int, broadcaster: Broadcaster) -> AsyncIterator[dict[str, str]]:
@@ -35,7 +34,7 @@ async def analysis_events(analysis_id: int, broadcaster: Broadcaster) -> AsyncIt
     # Registered before the first read, so a write between a read and the wait is never lost.
     with broadcaster.listen(analysis_key(analysis_id)) as wake:
         while True:
-            view, stale = await to_thread.run_sync(_read, analysis_id)
+            view = await to_thread.run_sync(_read, analysis_id)
             if view is None:
                 yield {"event": "end", "data": json.dumps({"status": "deleted"})}
                 return
@@ -44,8 +43,5 @@ async def analysis_events(analysis_id: int, broadcaster: Broadcaster) -> AsyncIt
                 yield {"event": "analysis", "data": json.dumps(view)}
             if view["status"] in FINISHED:
                 yield {"event": "end", "data": json.dumps({"status": view["status"]})}
-                return
-            if stale:  # asking for it again (the page's Retry) sends it to a worker again
-                yield {"event": "end", "data": json.dumps({"status": "stale"})}
                 return
             await broadcaster.wait(wake, SAFETY_POLL_SECONDS)

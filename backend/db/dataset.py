@@ -5,6 +5,7 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text, UniqueConstra
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.db.base import Base, UTCDateTime, utcnow
+from backend.db.lease import Leased
 
 
 class Dataset(Base):
@@ -49,7 +50,7 @@ class Upload(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class DatasetAnalysis(Base):
+class DatasetAnalysis(Leased, Base):
     """A worker-computed view of a dataset (token statistics, a dry-run render, hygiene), cached per
     dataset version and parameters (`key` is a hash of `params`)."""
 

@@ -5,9 +5,10 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.db.base import Base, UTCDateTime, utcnow
+from backend.db.lease import Leased
 
 
-class Export(Base):
+class Export(Leased, Base):
     """A user's request to package a job's weights (its final output or one checkpoint) as a downloadable zip:
     the adapter as is, merged into the base, or the full model, in a chosen dtype. A worker claims the row,
     reports `progress` as it loads, merges, saves and zips, and registers the zip as one of the job's artifacts.

@@ -5,9 +5,10 @@ from sqlalchemy import JSON, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.db.base import Base, UTCDateTime, utcnow
+from backend.db.lease import Leased
 
 
-class Generation(Base):
+class Generation(Leased, Base):
     """One playground answer: a prompt run by a worker on a base model, or on a job's adapter or checkpoint.
 
     The worker appends to `output` as tokens arrive, so the page streams it and a reload shows it all."""

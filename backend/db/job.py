@@ -5,12 +5,13 @@ from sqlalchemy import JSON, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.db.base import Base, UTCDateTime, utcnow
+from backend.db.lease import Leased
 
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
-class Job(Base):
+class Job(Leased, Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -33,14 +34,12 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # The lease: the worker that claimed the job refreshes heartbeat_at while it trains.
+    # The worker that last ran it (kept after the end, for the page); the lease itself is in Leased's columns.
     worker: Mapped[str | None] = mapped_column(String(200))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     # Pause is a cancel that keeps a checkpoint to resume from; resume re-queues the job from it.
     pause_requested: Mapped[bool] = mapped_column(default=False)
     resume_checkpoint: Mapped[str | None] = mapped_column(String(1024))
-    attempts: Mapped[int] = mapped_column(default=0)
     # Prompts generated at every eval so the user sees answers change over the run.
     watch_prompts: Mapped[list[str]] = mapped_column(JSON, default=list)
     cloned_from_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))

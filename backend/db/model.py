@@ -5,9 +5,10 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.db.base import Base, UTCDateTime, utcnow
+from backend.db.lease import Leased
 
 
-class Model(Base):
+class Model(Leased, Base):
     """A base model a fine-tuning job can start from: a local HF directory or a pretrain job's output."""
 
     __tablename__ = "models"

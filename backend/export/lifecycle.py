@@ -1,29 +1,31 @@
 """The worker's side of an export: claim the row, read what to package, report progress, record the end.
 
-Each function opens and commits its own short session and publishes a wake-up after writing. While an export
-runs, the worker refreshes `progress["at"]` (the database's clock) every few seconds, even through a silent
-stage such as loading a large base; the API's reaper fails an export whose worker stopped doing so.
+The claim, the lease and its recovery are `backend.work`'s, as for every kind of background work. Each function
+opens and commits its own short session and publishes a wake-up after writing. While an export runs, the worker
+renews its lease with its progress every few seconds, even through a silent stage such as loading a large base; an
+export whose worker stopped doing so is queued again by the reaper (`recover_export`), and fails once its
+attempts are spent.
 """
 
 import contextlib
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
-from backend.config import get_settings
 from backend.db import Artifact, Export, Job, session_scope, utcnow
 from backend.events import publish, publish_export
-from backend.export.service import BEAT_KEY, artifact_name, export_target
-from backend.job.lifecycle import add_event, db_now, file_sha256
+from backend.export.service import artifact_name, export_target
+from backend.job.lifecycle import add_event, file_sha256
 from backend.playground.service import Target, job_output_dir
+from backend.work import lease
+from backend.work.kinds import EXPORT
+from backend.work.lease import Expired, Lease, LeaseLost
 
 ERROR_CHARS = 4000
-# Queued this long and never claimed: no analysis worker is consuming (exports run on the analysis queue).
-QUEUED_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -51,19 +53,12 @@ def exports_dir(job_id: int) -> Path:
     return job_output_dir(job_id) / "exports"
 
 
-def claim_export(export_id: int) -> bool:
-    """queued → running, atomically: a second delivery of the task finds nothing to claim."""
+def claim_export(export_id: int, worker: str = "worker") -> Lease | None:
+    """queued → running for `worker`, atomically: a second delivery of the task finds nothing to claim."""
     with session_scope() as s:
-        now = db_now(s)
-        progress = {"phase": "loading", "done": 0, "total": 0, "unit": "files", BEAT_KEY: now.isoformat()}
-        claimed = s.execute(
-            update(Export)
-            .where(Export.id == export_id, Export.status == "queued")
-            .values(status="running", started_at=now, progress=progress)
-            .execution_options(synchronize_session=False)
-        )
-        won = claimed.rowcount == 1  # type: ignore[attr-defined]
-    if won:
+        progress = {"phase": "loading", "done": 0, "total": 0, "unit": "files"}
+        won = lease.claim(s, EXPORT, export_id, worker, started_at=lease.db_now(s), progress=progress, error=None)
+    if won is not None:
         publish_export(export_id)
     return won
 
@@ -93,36 +88,55 @@ def load_export(export_id: int) -> ExportSpec:
 
 
 def record_progress(export_id: int, progress: dict[str, Any]) -> bool:
-    """Store where the export is (and that its worker lives); False when it is no longer running (the reaper
-    failed it), so the worker stops."""
+    """Store where the export is (which renews the worker's lease); False when this worker no longer owns it
+    (the reaper took it back), so the worker stops."""
+    held = lease.held(EXPORT, export_id)
     with session_scope() as s:
-        values = {**progress, BEAT_KEY: db_now(s).isoformat()}
-        res = s.execute(
-            update(Export)
-            .where(Export.id == export_id, Export.status == "running")
-            .values(progress=values)
-            .execution_options(synchronize_session=False)
-        )
-        running = res.rowcount == 1  # type: ignore[attr-defined]
+        if held is not None:
+            try:
+                lease.renew(s, held, progress=progress)
+                running = True
+            except LeaseLost:
+                running = False
+        else:
+            res = s.execute(
+                update(Export)
+                .where(Export.id == export_id, Export.status == "running")
+                .values(progress=progress, heartbeat_at=lease.db_now(s))
+                .execution_options(synchronize_session=False)
+            )
+            running = res.rowcount == 1  # type: ignore[attr-defined]
     publish_export(export_id)
     return running
+
+
+def _end(s: Session, export_id: int, status: str, **values: Any) -> bool:
+    """running → `status`, by the attempt this process holds (any running one for a caller holding none)."""
+    held = lease.held(EXPORT, export_id)
+    if held is not None:
+        try:
+            lease.finish(s, held, status, **values)
+            return True
+        except LeaseLost:
+            return False
+    res = s.execute(
+        update(Export)
+        .where(Export.id == export_id, Export.status == "running")
+        .values(status=status, lease_worker=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
 
 
 def finish_export(export_id: int, archive: Path) -> bool:
     """running → done and the zip `archive` among the job's artifacts, in one transaction (replacing an earlier
     export's zip of the same name: the same checkpoint, format and dtype); False, with nothing registered, when
-    the export is no longer running (the reaper failed it meanwhile, and a retry may own that name by now)."""
+    this worker no longer owns the export (the reaper took it back meanwhile, and a retry may own that name by now)."""
     sha256, size = file_sha256(archive), archive.stat().st_size
     with session_scope() as s:
         row = s.get(Export, export_id)
-        finished = row is not None and (
-            s.execute(
-                update(Export)
-                .where(Export.id == export_id, Export.status == "running")
-                .values(status="done", artifact_name=archive.name, size_bytes=size, finished_at=utcnow())
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            == 1
+        finished = row is not None and _end(
+            s, export_id, "done", artifact_name=archive.name, size_bytes=size, finished_at=utcnow()
         )
         if not finished or row is None:
             return False
@@ -149,57 +163,21 @@ def finish_export(export_id: int, archive: Path) -> bool:
 def fail_export(export_id: int, error: str) -> None:
     """running → failed with `error` (the worker already removed what it wrote)."""
     with session_scope() as s:
-        s.execute(
-            update(Export)
-            .where(Export.id == export_id, Export.status == "running")
-            .values(status="failed", error=error[:ERROR_CHARS], finished_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
+        _end(s, export_id, "failed", error=error[:ERROR_CHARS], finished_at=utcnow())
     publish_export(export_id)
 
 
-def _last_beat(progress: dict[str, Any] | None, started_at: datetime | None) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str((progress or {})[BEAT_KEY]))
-    except (KeyError, ValueError):
-        return started_at
-
-
-def _stale_reason(row: Any, now: datetime, lease: timedelta) -> str | None:
-    if row.status == "running":
-        beat = _last_beat(row.progress, row.started_at)
-        if beat is None or beat < now - lease:
-            return (
-                f"the worker stopped responding while exporting (no sign of life for {int(lease.total_seconds())} s); "
-                "export again"
-            )
-    elif row.created_at < now - QUEUED_TIMEOUT:
-        hours = int(QUEUED_TIMEOUT.total_seconds() // 3600)
-        return f"no worker picked this export up within {hours} hours; is the analysis worker running?"
-    return None
-
-
-def reap_stale_exports() -> list[int]:
-    """Fail exports whose worker died mid-way (no beat within the lease) or that no worker ever took; their ids."""
-    lease = timedelta(seconds=get_settings().lease_seconds)
-    with session_scope() as s:
-        now = db_now(s)
-        cols = (Export.id, Export.job_id, Export.status, Export.progress, Export.started_at, Export.created_at)
-        rows = s.execute(select(*cols).where(Export.status.in_(("queued", "running")))).all()
-        reaped: dict[int, int] = {}  # export id → job id
-        for row in rows:
-            reason = _stale_reason(row, now, lease)
-            if reason is None:
-                continue
-            res = s.execute(
-                update(Export)
-                .where(Export.id == row.id, Export.status == row.status)
-                .values(status="failed", error=reason, finished_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-            if res.rowcount == 1:  # type: ignore[attr-defined]
-                reaped[row.id] = row.job_id
-    for export_id, job_id in reaped.items():
-        shutil.rmtree(exports_dir(job_id) / str(export_id), ignore_errors=True)  # what the dead worker left
-        publish_export(export_id)
-    return list(reaped)
+def recover_export(session: Session, row: Expired, max_attempts: int) -> bool:
+    """The worker of a running export was lost: export again on a live worker (True), or fail once the attempts
+    are spent. What the dead worker half-wrote goes either way."""
+    export = session.get(Export, row.id)
+    assert export is not None
+    shutil.rmtree(exports_dir(export.job_id) / str(row.id), ignore_errors=True)
+    if row.spent(max_attempts):
+        error = (
+            f"the worker ({row.lease_worker}) stopped responding while exporting, on {row.last_note(max_attempts)}; "
+            "export again"
+        )
+        lease.give_up(session, EXPORT, row, error=error, finished_at=utcnow())
+        return False
+    return lease.take_over(session, EXPORT, row, progress=None, started_at=None)

@@ -2,14 +2,14 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from backend.deps import CurrentUser, SessionDep
-from backend.errors import BrokerUnavailable
 from backend.events import publish_export
 from backend.export import service
 from backend.export.schemas import ExportCreate, ExportList, ExportRead
 from backend.export.stream import export_list_events
 from backend.job.service import get_job
-from backend.queue import enqueue_export
 from backend.schemas import IdPath
+from backend.work.kinds import EXPORT
+from backend.work.send import send
 
 router = APIRouter(prefix="/api", tags=["exports"])
 
@@ -25,13 +25,7 @@ def create_export(
         response.status_code = 200
         return service.to_read(row)
     session.commit()  # the worker must find the row when the task arrives
-    try:
-        enqueue_export(row.id)
-    except Exception as exc:  # broker down: say so, and leave no export waiting forever
-        service.fail_unqueued(session, row=row, reason=str(exc))
-        session.commit()
-        publish_export(row.id)
-        raise BrokerUnavailable(f"the queue is unreachable ({type(exc).__name__}); export {row.id} failed") from exc
+    send(EXPORT, row.id)  # if the broker is down, the row waits queued and the sweep sends it later
     publish_export(row.id)  # open lists show it queued without waiting for the worker
     return service.to_read(row)
 

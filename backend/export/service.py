@@ -5,7 +5,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db import Artifact, Export, Job, User, utcnow
+from backend.db import Artifact, Export, Job, User
 from backend.errors import Invalid, NotFound
 from backend.export.schemas import ACTIVE, FORMATS, ExportCreate, ExportRead
 from backend.job.checkpoints import named_checkpoint
@@ -14,7 +14,6 @@ from backend.playground.service import Target, job_target
 
 LIST_LIMIT = 50
 # The worker's sign of life inside `progress` (refreshed every few seconds, read by the reaper); not in the view.
-BEAT_KEY = "at"
 
 
 def artifact_name(checkpoint: str | None, fmt: str, dtype: str) -> str:
@@ -114,15 +113,8 @@ def get_export(session: Session, *, user: User, export_id: int) -> Export:
     return row
 
 
-def fail_unqueued(session: Session, *, row: Export, reason: str) -> None:
-    """Mark an export that never reached the queue as failed, so no page waits for it."""
-    row.status, row.error, row.finished_at = "failed", f"could not be queued: {reason}", utcnow()
-
-
 def to_read(row: Export) -> ExportRead:
     view = ExportRead.model_validate(row)
-    if row.progress:
-        view.progress = {k: v for k, v in row.progress.items() if k != BEAT_KEY}
     if row.status == "done" and row.artifact_name:
         view.url = f"/api/jobs/{row.job_id}/artifacts/{row.artifact_name}"
     return view

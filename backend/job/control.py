@@ -22,6 +22,8 @@ from backend.job.checkpoints import (
 from backend.job.lifecycle import add_event
 from backend.job.schemas import JobClone, JobCreate
 from backend.job.service import create_job, get_job
+from backend.work import lease
+from backend.work.kinds import JOB
 
 RESUMABLE = ("paused", "failed", "cancelled")
 
@@ -58,7 +60,7 @@ def _checkpoint(job: Job, name: str | None) -> Checkpoint:
     return checkpoint
 
 
-def _drop_after(session: Session, job: Job, step: int) -> str | None:
+def drop_after(session: Session, job: Job, step: int) -> str | None:
     """Forget what the run did after `step`: the resumed run logs those steps again, and a curve must hold one
     value per step (the worker plots only steps after the last stored one). Says what was dropped."""
     metrics = session.execute(delete(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step > step))
@@ -84,23 +86,22 @@ def resume_job(session: Session, *, user: User, job_id: int, checkpoint: str | N
     if job.status not in RESUMABLE:
         raise Conflict(f"job {job.id} is {job.status}; only a paused, failed or cancelled job can be resumed")
     chosen = _checkpoint(job, checkpoint)
-    requeued = _changed(
+    requeued = lease.requeue(
         session,
+        JOB,
         job.id,
-        Job.status == job.status,
-        status="queued",
+        where=Job.status == job.status,
         cancel_requested=False,
         pause_requested=False,
         resume_checkpoint=str(chosen.path),
         current_step=chosen.step,
-        attempts=Job.attempts + 1,
         finished_at=None,
         error=None,
     )
     if not requeued:  # someone else resumed (or the reaper moved) it between our read and our write
         raise Conflict(f"job {job.id} changed state; reload and try again")
     session.refresh(job)
-    dropped = _drop_after(session, job, chosen.step)
+    dropped = drop_after(session, job, chosen.step)
     add_event(session, job.id, f"resume queued from {chosen.name}")
     if dropped:
         add_event(session, job.id, dropped)

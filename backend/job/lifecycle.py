@@ -1,27 +1,36 @@
 """A job's life as the worker drives it: claim, heartbeat, metrics, events, artifacts, end.
 
 The database is the source of truth for state, leases and claims (the broker may deliver a task twice, or
-lose it). Functions without a `session` argument commit on their own and then publish a live update.
+lose it): the lease, its attempt number and the recovery of expired ones are `backend.work`'s, as for every other
+kind of background work. Functions without a `session` argument commit on their own and then publish a live
+update. Each write is fenced by the lease this process holds on the job (if it holds one: an API process or a test
+driving a recipe writes unfenced), so a worker whose lease was taken over is refused (`LeaseLost`) and stops.
+Writes the run can go on without (metrics, events, answers) wait in memory through a database outage.
 """
 
+import contextlib
 import functools
 import hashlib
 import os
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from backend.config import get_settings
 from backend.db import Artifact, Job, JobEvent, JobMetric, JobSample, session_scope, utcnow
 from backend.events import publish
+from backend.work import lease
+from backend.work.kinds import JOB
+from backend.work.lease import Lease, LeaseLost, db_now
+from backend.work.retry import OutboxExpired, outbox, retrying, transient
 
 P = ParamSpec("P")
 # Set by workers.distributed in each process of a data-parallel run (torchrun's RANK; this module stays torch-free).
 RANK_ENV = "STUDIO_DATA_PARALLEL_RANK"
+
+__all__ = ["RANK_ENV", "Lease", "LeaseLost", "db_now"]
 
 
 def main_rank_only(writer: Callable[P, None]) -> Callable[P, None]:
@@ -42,40 +51,43 @@ def add_event(session: Session, job_id: int, message: str, level: str = "info") 
     session.add(JobEvent(job_id=job_id, level=level, message=message))
 
 
-def db_now(session: Session) -> datetime:
-    """The database's clock on PostgreSQL (leases compare times written by different machines)."""
-    if session.get_bind().dialect.name == "postgresql":
-        now = session.scalar(select(func.now()))
-        assert now is not None
-        return now
-    return utcnow()
+def _written(job_id: int, write: Callable[[Session], None]) -> Callable[[], None]:
+    """`write` in a short transaction of its own, fenced by this process's lease on the job, then published."""
+
+    def run() -> None:
+        with session_scope() as s:
+            lease.fence_held(s, JOB, job_id)
+            write(s)
+        publish(job_id)
+
+    return run
 
 
 @main_rank_only
 def log_event(job_id: int, message: str, level: str = "info") -> None:
     """Append a line to the job's events log (committed and published)."""
-    with session_scope() as s:
-        add_event(s, job_id, message, level)
-    publish(job_id)
+    outbox.put(_written(job_id, lambda s: add_event(s, job_id, message, level)))
 
 
-def claim_job(job_id: int, worker: str) -> bool:
-    """Atomically move a queued job to running for `worker`. False means another delivery got it first."""
-    with session_scope() as s:
-        now = db_now(s)
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+def claim_job(job_id: int, worker: str) -> Lease | None:
+    """Atomically move a queued job to running for `worker`, taking the next attempt; None means another
+    delivery got it first (or it was cancelled or has ended)."""
+
+    def claim() -> Lease | None:
+        with session_scope() as s:
             # start_step: a resumed job continues its step count; the ETA measures this attempt's pace from here.
-            .values(status="running", worker=worker, started_at=now, heartbeat_at=now, start_step=Job.current_step)
-            .execution_options(synchronize_session=False)
-        )
-        claimed = res.rowcount == 1  # type: ignore[attr-defined]
-        if claimed:
-            add_event(s, job_id, f"started on {worker}")
-    if claimed:
+            won = lease.claim(
+                s, JOB, job_id, worker, where=Job.cancel_requested.is_(False),
+                worker=worker, started_at=db_now(s), start_step=Job.current_step, finished_at=None,
+            )  # fmt: skip
+            if won is not None:
+                add_event(s, job_id, f"started on {worker} (attempt {won.attempt})")
+            return won
+
+    won = retrying(claim)
+    if won is not None:
         publish(job_id)
-    return claimed
+    return won
 
 
 def heartbeat(job_id: int, *, step: int, total_steps: int | None) -> bool:
@@ -85,15 +97,28 @@ def heartbeat(job_id: int, *, step: int, total_steps: int | None) -> bool:
 
 
 def beat(job_id: int, *, step: int, total_steps: int | None) -> str:
-    """Renew the lease and record progress; say what the worker should do: "run", "pause" or "stop"."""
-    with session_scope() as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .values(heartbeat_at=db_now(s), current_step=step, total_steps=total_steps)
-            .execution_options(synchronize_session=False)
-        )
-        row = s.execute(select(Job.status, Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)).one()
+    """Renew the lease and record progress; say what the worker should do: "run", "pause" or "stop".
+
+    Raises LeaseLost when another attempt owns the job now. While the database is unreachable the run goes on
+    ("run"): the lease is minutes long, and the writes it makes meanwhile wait in the outbox."""
+    held = lease.held(JOB, job_id)
+    try:
+        with session_scope() as s:
+            progress = {"current_step": step, "total_steps": total_steps}
+            if held is not None:
+                lease.renew(s, held, **progress)
+            else:
+                s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == "running")
+                    .values(heartbeat_at=db_now(s), **progress)
+                    .execution_options(synchronize_session=False)
+                )
+            row = s.execute(select(Job.status, Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)).one()
+    except Exception as exc:
+        if transient(exc):
+            return "run"
+        raise
     publish(job_id)
     if row.status != "running" or row.cancel_requested:
         return "stop"  # a cancel wins over a pause asked for at the same time
@@ -102,42 +127,51 @@ def beat(job_id: int, *, step: int, total_steps: int | None) -> str:
 
 def renew_lease(job_id: int) -> None:
     """Extend the worker's lease on a running job (the background heartbeat; progress is not touched)."""
+    held = lease.held(JOB, job_id)
     with session_scope() as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .values(heartbeat_at=db_now(s))
-            .execution_options(synchronize_session=False)
-        )
+        if held is not None:
+            lease.renew(s, held)
+        else:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running")
+                .values(heartbeat_at=db_now(s))
+                .execution_options(synchronize_session=False)
+            )
 
 
 @main_rank_only
 def update_job(job_id: int, **values: Any) -> None:
-    with session_scope() as s:
+    def write(s: Session) -> None:
         s.execute(update(Job).where(Job.id == job_id).values(**values).execution_options(synchronize_session=False))
-    publish(job_id)
+
+    outbox.put(_written(job_id, write))
 
 
 @main_rank_only
 def record_metrics(job_id: int, step: int, values: dict[str, float]) -> None:
     """Store one logged point (durable first), then publish it."""
-    with session_scope() as s:
-        s.add(JobMetric(job_id=job_id, step=step, values=values))
-    publish(job_id)
+    outbox.put(_written(job_id, lambda s: s.add(JobMetric(job_id=job_id, step=step, values=values))))
 
 
 def last_metric_step(job_id: int) -> int:
     """The highest step with a stored metric (0 if none): a resumed run logs only the steps after it."""
-    with session_scope() as s:
-        return s.scalar(select(func.max(JobMetric.step)).where(JobMetric.job_id == job_id)) or 0
+
+    def read() -> int:
+        with session_scope() as s:
+            return s.scalar(select(func.max(JobMetric.step)).where(JobMetric.job_id == job_id)) or 0
+
+    return retrying(read)
 
 
 @main_rank_only
 def record_samples(job_id: int, step: int, answers: list[tuple[str, str]]) -> None:
     """Store the watch prompts' (prompt, output) answers at one eval step, then publish."""
-    with session_scope() as s:
+
+    def write(s: Session) -> None:
         s.add_all(JobSample(job_id=job_id, step=step, prompt=p, output=o) for p, o in answers)
-    publish(job_id)
+
+    outbox.put(_written(job_id, write))
 
 
 def file_sha256(path: Path) -> str:
@@ -151,22 +185,20 @@ def file_sha256(path: Path) -> str:
 @main_rank_only
 def add_artifact(job_id: int, path: Path) -> None:
     """Register a finished file under the job; its name is the file name (e.g. adapter.zip)."""
-    sha256 = file_sha256(path)
-    with session_scope() as s:
+    sha256, size = file_sha256(path), path.stat().st_size
+
+    def write(s: Session) -> None:
         job = s.get(Job, job_id)
         assert job is not None
         s.add(
             Artifact(
-                job_id=job_id,
-                owner_id=job.owner_id,
-                name=path.name,
-                path=str(path),
-                size_bytes=path.stat().st_size,
-                sha256=sha256,
+                job_id=job_id, owner_id=job.owner_id, name=path.name, path=str(path), size_bytes=size, sha256=sha256
             )
         )
-        add_event(s, job_id, f"artifact {path.name} ready ({path.stat().st_size / 1e6:.1f} MB)")
-    publish(job_id)
+        add_event(s, job_id, f"artifact {path.name} ready ({size / 1e6:.1f} MB)")
+
+    outbox.drain()  # the run's points and events first, in order
+    retrying(_written(job_id, write))
 
 
 def finish_job(
@@ -175,34 +207,54 @@ def finish_job(
     """Record the end of a running job (or its pause); `message` goes to the events log (at error level when it
     failed); `values` are further columns (resume_checkpoint).
 
-    Only a job still `running` changes: one the reaper already failed keeps its status."""
-    with session_scope() as s:
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .values(status=status, finished_at=utcnow(), error=error, pause_requested=False, **values)
-            .execution_options(synchronize_session=False)
-        )
-        if res.rowcount == 1:  # type: ignore[attr-defined]
-            add_event(s, job_id, message or f"job {status}", "error" if status == "failed" else "info")
-        else:
-            add_event(s, job_id, f"worker ended as {status} after losing the job; status left unchanged", "warning")
+    Only the attempt that owns the job changes it: one the reaper took back keeps its status (and the worker's
+    late word goes to the events log only)."""
+    held = lease.held(JOB, job_id)
+    end = {"finished_at": utcnow(), "error": error, "pause_requested": False, **values}
+
+    def write() -> None:
+        with session_scope() as s:
+            try:
+                if held is not None:
+                    lease.finish(s, held, status, **end)
+                    ended = True
+                else:
+                    res = s.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.status == "running")
+                        .values(status=status, lease_worker=None, **end)
+                        .execution_options(synchronize_session=False)
+                    )
+                    ended = res.rowcount == 1  # type: ignore[attr-defined]
+            except LeaseLost:
+                ended = False
+            if ended:
+                add_event(s, job_id, message or f"job {status}", "error" if status == "failed" else "info")
+            else:
+                add_event(s, job_id, f"worker ended as {status} after losing the job; status left unchanged", "warning")
+
+    with contextlib.suppress(LeaseLost, OutboxExpired):
+        outbox.drain()  # the run's points first; if they cannot be stored, the end still must be
+    retrying(write)
     publish(job_id)
 
 
-def reap_stale_jobs() -> list[int]:
-    """Fail running jobs whose worker stopped beating (killed, lost power): the broker may never redeliver."""
-    with session_scope() as s:
-        cutoff = db_now(s) - timedelta(seconds=get_settings().lease_seconds)
-        stale = list(s.scalars(select(Job.id).where(Job.status == "running", Job.heartbeat_at < cutoff)))
-        for job_id in stale:
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == "running")
-                .values(status="failed", finished_at=utcnow(), error="worker lost (no heartbeat)")
-                .execution_options(synchronize_session=False)
-            )
-            add_event(s, job_id, "worker stopped responding; job marked failed", "error")
-    for job_id in stale:
-        publish(job_id)
-    return stale
+def give_back_job(job_id: int, message: str, *, resume_checkpoint: str | None) -> bool:
+    """This worker is shutting down: the job goes back to the queue to resume from `resume_checkpoint` on any
+    worker. False if the lease was no longer ours. The caller sends the task again."""
+    held = lease.held(JOB, job_id)
+    assert held is not None, "only a worker holding the job can give it back"
+
+    def write() -> bool:
+        with session_scope() as s:
+            try:
+                lease.give_back(s, held, resume_checkpoint=resume_checkpoint, pause_requested=False)
+            except LeaseLost:
+                return False
+            add_event(s, job_id, message, "warning")
+            return True
+
+    outbox.drain()
+    given = retrying(write)
+    publish(job_id)
+    return given

@@ -6,7 +6,6 @@ from sse_starlette import EventSourceResponse
 
 from backend.db import Job
 from backend.deps import CurrentUser, SessionDep
-from backend.errors import BrokerUnavailable
 from backend.events import publish
 from backend.job import compare, control, estimate, service
 from backend.job.checkpoints import list_checkpoints
@@ -25,20 +24,18 @@ from backend.job.schemas import (
     SampleRead,
 )
 from backend.job.stream import job_events, jobs_list_events, metric_dict, parse_cursor
-from backend.queue import enqueue_job
 from backend.schemas import DbId, IdPath, Text
+from backend.work.kinds import JOB
+from backend.work.send import send
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 
 def _enqueue(session: SessionDep, job: Job) -> JobRead:
     session.commit()  # the worker must find the row when the task arrives
-    try:
-        enqueue_job(job.id)
-    except Exception as exc:  # broker down: say so, and don't leave a job queued that no one will run
-        service.fail_unqueued(session, job=job, reason=str(exc))
+    if not send(JOB, job.id):
+        service.note_unsent(session, job=job)
         session.commit()
-        raise BrokerUnavailable(f"the job queue is unreachable ({type(exc).__name__}); job {job.id} failed") from exc
     publish(job.id)  # the live jobs lists show the new (or re-queued) job without waiting for the worker
     return service.to_read(session, job)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from backend.config import get_settings
 from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, JobSample, Model, User, utcnow
 from backend.errors import Invalid, NotFound
 from backend.job.lifecycle import add_event
@@ -175,10 +176,11 @@ def cancel_job(session: Session, *, user: User, job_id: int) -> Job:
     return job
 
 
-def fail_unqueued(session: Session, *, job: Job, reason: str) -> None:
-    """Mark a job that could not be sent to the broker as failed (nothing would ever run it)."""
-    job.status, job.finished_at, job.error = "failed", utcnow(), f"could not enqueue: {reason}"
-    add_event(session, job.id, job.error, "error")
+def note_unsent(session: Session, *, job: Job) -> None:
+    """Say why a queued job waits: the broker was unreachable (the reaper's sweep sends it once it is back)."""
+    add_event(
+        session, job.id, "the task queue is unreachable; the job stays queued and is sent when it is back", "warning"
+    )
 
 
 def to_read(session: Session, job: Job) -> JobRead:
@@ -187,6 +189,7 @@ def to_read(session: Session, job: Job) -> JobRead:
     out.output_model_id = session.scalar(select(Model.id).where(Model.job_id == job.id))
     now = utcnow()
     out.eta_seconds = eta_seconds(job, now)
+    out.attempt_limit = job.attempt_base + get_settings().max_attempts
     # session.get reads the identity map first: a list of jobs on a few datasets costs a few queries.
     dataset = session.get(Dataset, job.dataset_id)
     out.dataset_name = dataset.name if dataset else None

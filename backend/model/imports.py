@@ -1,10 +1,9 @@
 """Imports a worker finishes: a Hub download or a GGUF de-quantization. The web app creates the row
-("importing") and sends `studio.import_model` after the commit; the worker reads an `ImportSpec`, builds the
-directory in a staging folder and calls `finish_import` or `fail_import`, each in a short session of its own.
-
-An import is not claimed when it starts: a worker killed halfway leaves the row "importing", and the
-redelivered task must be able to redo it. Two deliveries at once only duplicate work, because the staged
-directory is moved into place only while the row is still "importing".
+("importing") and sends `studio.import_model` after the commit; the worker claims it (`backend.work`'s lease: the
+row stays "importing" and gains a lease holder), reads an `ImportSpec`, builds the directory in a staging folder
+and calls `finish_import` or `fail_import`, each in a short session of its own. A worker lost halfway leaves the
+row "importing" with an expired lease: the reaper queues it again (`recover_import`), and the next attempt
+starts over; the staged directory is moved into place only by the attempt that owns the row.
 """
 
 import shutil
@@ -12,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from backend.db import Model, User, session_scope, utcnow
 from backend.errors import DomainError
 from backend.events import publish_model
 from backend.model.service import create_import, imports_dir, inspect_model_dir
+from backend.work import lease
+from backend.work.kinds import IMPORT
+from backend.work.lease import Expired, Lease, LeaseLost
 
 ERROR_CHARS = 4000
 
@@ -40,11 +41,29 @@ def create_hub_import(session: Session, *, user: User, hub_id: str, revision: st
     )
 
 
+def claim_import(model_id: int, worker: str = "worker") -> Lease | None:
+    """Take the queued import of model `model_id` for `worker`; None when another delivery has it, or there is
+    nothing left to do (deleted, or finished)."""
+    with session_scope() as s:
+        return lease.claim(s, IMPORT, model_id, worker)
+
+
+def _owned(s: Session, model_id: int) -> Model | None:
+    """The model while its import is this worker's (fenced by the lease this process holds), else None."""
+    held = lease.held(IMPORT, model_id)
+    model = s.get(Model, model_id, with_for_update=True)
+    if model is None or model.status != "importing":
+        return None
+    if held is not None and (model.attempt != held.attempt or model.lease_worker != held.worker):
+        return None
+    return model
+
+
 def load_import(model_id: int) -> ImportSpec | None:
     """What to import for model `model_id`; None when there is nothing left to do (deleted, or finished)."""
     with session_scope() as s:
-        model = s.get(Model, model_id)
-        if model is None or model.status != "importing":
+        model = _owned(s, model_id)
+        if model is None:
             return None
         details = model.details or {}
         gguf = details.get("gguf_file")
@@ -68,12 +87,14 @@ def record_progress(
     total: int | None = None,
     unit: str | None = None,
 ) -> None:
-    """Store where a running import is in Model.details["progress"] and tell the model's page. A new `stage`
-    is added to the history (the page shows how long each took); a repeated one only moves `done`."""
+    """Store where a running import is in Model.details["progress"] (renewing the lease) and tell the model's
+    page. A new `stage` is added to the history (the page shows how long each took); a repeated one only moves
+    `done`. LeaseLost once this worker no longer owns the import."""
     with session_scope() as s:
-        model = s.get(Model, model_id)
-        if model is None or model.status != "importing":
-            return
+        model = _owned(s, model_id)
+        if model is None:
+            raise LeaseLost(f"the import of model {model_id} is no longer this worker's")
+        model.heartbeat_at = lease.db_now(s)
         details = dict(model.details or {})
         history = list((details.get("progress") or {}).get("history") or [])
         if not history or history[-1]["stage"] != stage:
@@ -94,14 +115,14 @@ def finish_import(model_id: int, staged: Path, details: dict[str, Any] | None = 
         fail_import(model_id, exc.message.replace(str(staged), "the converted model"))
         return False
     with session_scope() as s:
-        model = s.get(Model, model_id)
-        if model is None or model.status != "importing":
+        model = _owned(s, model_id)
+        if model is None:
             shutil.rmtree(staged, ignore_errors=True)
             return False
         target = Path(model.path)
         shutil.rmtree(target, ignore_errors=True)  # what a killed earlier attempt left
         staged.replace(target)
-        model.status, model.error = "ready", None
+        model.status, model.error, model.lease_worker = "ready", None, None
         model.architecture, model.parameters = architecture, parameters
         model.details = {**(model.details or {}), **(details or {})}
     shutil.rmtree(imports_dir(model_id), ignore_errors=True)
@@ -110,12 +131,26 @@ def finish_import(model_id: int, staged: Path, details: dict[str, Any] | None = 
 
 
 def fail_import(model_id: int, error: str) -> None:
-    """Mark a running import failed with `error` (kept short: it is shown in the models list)."""
+    """Mark a running import failed with `error` (kept short: it is shown in the models list); nothing changes
+    when this worker no longer owns it."""
     with session_scope() as s:
-        s.execute(
-            update(Model)
-            .where(Model.id == model_id, Model.status == "importing")
-            .values(status="failed", error=error[:ERROR_CHARS])
-        )
+        model = _owned(s, model_id)
+        if model is None:
+            return
+        model.status, model.error, model.lease_worker = "failed", error[:ERROR_CHARS], None
     shutil.rmtree(imports_dir(model_id), ignore_errors=True)
     publish_model(model_id)
+
+
+def recover_import(session: Session, row: Expired, max_attempts: int) -> bool:
+    """The worker of a running import was lost: import again on a live worker (True: the uploaded GGUF is kept
+    for it), or fail once the attempts are spent."""
+    model = session.get(Model, row.id)
+    assert model is not None
+    details = {k: v for k, v in (model.details or {}).items() if k != "progress"}
+    if row.spent(max_attempts):
+        error = f"the worker ({row.lease_worker}) stopped answering while importing, on {row.last_note(max_attempts)}"
+        if lease.give_up(session, IMPORT, row, error=error, details=details):
+            shutil.rmtree(imports_dir(row.id), ignore_errors=True)
+        return False
+    return lease.take_over(session, IMPORT, row, details=details)

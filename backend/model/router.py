@@ -6,7 +6,7 @@ from sse_starlette import EventSourceResponse
 from backend.dataset.upload import CHUNK_SIZE
 from backend.db import Model
 from backend.deps import CurrentUser, SessionDep
-from backend.errors import BrokerUnavailable, Invalid
+from backend.errors import Invalid
 from backend.model import detail, imports, service, upload
 from backend.model.presets import PRESETS, parameter_count
 from backend.model.schemas import (
@@ -20,8 +20,9 @@ from backend.model.schemas import (
     PresetRead,
 )
 from backend.model.stream import model_events, models_list_events
-from backend.queue import enqueue_import
 from backend.schemas import IdPath, Text
+from backend.work.kinds import IMPORT
+from backend.work.send import send
 
 router = APIRouter(prefix="/api", tags=["models"])
 
@@ -35,11 +36,7 @@ def _read(session: SessionDep, model: Model) -> ModelRead:
     """Commit, then (for an import) send the worker task: the worker must find the row when it arrives."""
     session.commit()
     if model.status == "importing":
-        try:
-            enqueue_import(model.id)
-        except Exception as exc:  # broker down: say so, and don't leave an import no one will run
-            imports.fail_import(model.id, f"could not enqueue the import: {exc}")
-            raise BrokerUnavailable(f"the task queue is unreachable ({type(exc).__name__}); import failed") from exc
+        send(IMPORT, model.id)  # if the broker is down, the import waits and the sweep sends it later
     return ModelRead.model_validate(model)
 
 

@@ -1,19 +1,22 @@
 """The worker's side of a generation: claim the row, read what to load, append output, record the end.
 
-Each function opens and commits its own short session, and publishes a wake-up after writing, so SSE
-clients read the new output from the database at once (or at their next poll in embedded mode).
+The claim and the lease are `backend.work`'s. Each function opens and commits its own short session, fenced by
+the lease this process holds, and publishes a wake-up after writing, so SSE clients read the new output from the
+database at once (or at their next poll in embedded mode).
 """
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from backend.db import Generation, Job, Model, session_scope, utcnow
 from backend.events import publish_generation
-from backend.job.lifecycle import db_now
 from backend.playground.service import Target, job_target, model_target
+from backend.work import lease
+from backend.work.kinds import GENERATION
+from backend.work.lease import Expired, Lease, LeaseLost
 
 
 @dataclass(frozen=True)
@@ -26,17 +29,11 @@ class GenerationSpec:
     target: Target
 
 
-def claim_generation(generation_id: int) -> bool:
-    """queued → running, atomically: a second delivery of the task finds nothing to claim."""
+def claim_generation(generation_id: int, worker: str = "worker") -> Lease | None:
+    """queued → running for `worker`, atomically: a second delivery of the task finds nothing to claim."""
     with session_scope() as s:
-        claimed = s.execute(
-            update(Generation)
-            .where(Generation.id == generation_id, Generation.status == "queued")
-            .values(status="running")
-            .execution_options(synchronize_session=False)
-        )
-        won = claimed.rowcount == 1  # type: ignore[attr-defined]
-    if won:
+        won = lease.claim(s, GENERATION, generation_id, worker)
+    if won is not None:
         publish_generation(generation_id)
     return won
 
@@ -60,50 +57,44 @@ def load_generation(generation_id: int) -> GenerationSpec:
         return GenerationSpec(generation_id=row.id, prompt=row.prompt, params=dict(row.params), target=target)
 
 
+def _running(s: Session, generation_id: int) -> Any:
+    """The WHERE clause of a worker's write: the attempt this process holds (any row for a caller holding none)."""
+    held = lease.held(GENERATION, generation_id)
+    return held.owns() if held is not None else Generation.id == generation_id
+
+
 def append_output(generation_id: int, text: str) -> None:
-    """Append `text` to the stored answer (in SQL, so no read-modify-write) and wake the streams."""
+    """Append `text` to the stored answer (in SQL, so no read-modify-write) and wake the streams; LeaseLost when
+    this worker no longer owns the generation."""
     if not text:
         return
     with session_scope() as s:
-        s.execute(
+        res = s.execute(
             update(Generation)
-            .where(Generation.id == generation_id)
-            .values(output=Generation.output + text)
+            .where(_running(s, generation_id))
+            .values(output=Generation.output + text, heartbeat_at=lease.db_now(s))
             .execution_options(synchronize_session=False)
         )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLost(f"generation {generation_id} is no longer this worker's")
     publish_generation(generation_id)
 
 
 def finish_generation(generation_id: int, *, error: str | None = None) -> None:
-    """running → done, or failed with `error`."""
+    """running → done, or failed with `error` (nothing changes if this worker no longer owns it)."""
     with session_scope() as s:
         s.execute(
             update(Generation)
-            .where(Generation.id == generation_id)
-            .values(status="failed" if error else "done", error=error, finished_at=utcnow())
+            .where(_running(s, generation_id))
+            .values(status="failed" if error else "done", error=error, finished_at=utcnow(), lease_worker=None)
             .execution_options(synchronize_session=False)
         )
     publish_generation(generation_id)
 
 
-# A generation is at most 1024 tokens: one still "running" after this long lost its worker (killed, restarted).
-STALE_AFTER = timedelta(minutes=30)
-
-
-def reap_stale_generations() -> list[int]:
-    """Fail generations whose worker went away mid-answer, so their columns stop waiting; return their ids."""
-    with session_scope() as s:
-        cutoff = db_now(s) - STALE_AFTER
-        ids = list(
-            s.scalars(select(Generation.id).where(Generation.status == "running", Generation.created_at < cutoff))
-        )
-        if ids:
-            s.execute(
-                update(Generation)
-                .where(Generation.id.in_(ids), Generation.status == "running")
-                .values(status="failed", error="the worker stopped before finishing this answer", finished_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-    for generation_id in ids:
-        publish_generation(generation_id)
-    return ids
+def recover_generation(session: Session, row: Expired, max_attempts: int) -> bool:
+    """The worker of a running generation was lost: it fails, since its half-streamed answer cannot be taken
+    back from the readers who saw it (asking again is one click)."""
+    error = f"the worker ({row.lease_worker}) stopped before finishing this answer"
+    lease.give_up(session, GENERATION, row, error=error, finished_at=utcnow())
+    return False

@@ -4,12 +4,12 @@ from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse
 
 from backend.deps import CurrentUser, SessionDep
-from backend.errors import BrokerUnavailable
 from backend.playground import service
 from backend.playground.schemas import GenerationCreate, GenerationList, GenerationRead
 from backend.playground.stream import generation_events, parse_offset
-from backend.queue import enqueue_generation
 from backend.schemas import DbId, IdPath
+from backend.work.kinds import GENERATION
+from backend.work.send import send
 
 router = APIRouter(prefix="/api/generations", tags=["playground"])
 
@@ -19,12 +19,7 @@ def create_generation(body: GenerationCreate, session: SessionDep, user: Current
     """Queue a prompt for a worker: a base model (model_id) or a job's output or checkpoint (job_id)."""
     row = service.create_generation(session, user=user, data=body)
     session.commit()  # the worker must find the row when the task arrives
-    try:
-        enqueue_generation(row.id)
-    except Exception as exc:  # broker down: say so, and leave no generation waiting forever
-        service.fail_unqueued(session, row=row, reason=str(exc))
-        session.commit()
-        raise BrokerUnavailable(f"the queue is unreachable ({type(exc).__name__}); generation {row.id} failed") from exc
+    send(GENERATION, row.id)  # if the broker is down, the row waits queued and the sweep sends it later
     return service.to_read(session, row)
 
 

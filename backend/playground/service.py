@@ -169,12 +169,6 @@ def list_generations(
     return list(session.scalars(q))
 
 
-def fail_unqueued(session: Session, *, row: Generation, reason: str) -> None:
-    """Mark a generation that never reached the queue as failed, so no page waits for it."""
-    row.status = "failed"
-    row.error = f"could not be queued: {reason}"
-
-
 def target_label(session: Session, row: Generation) -> str:
     """What answered, in words."""
     if row.model_id is not None:

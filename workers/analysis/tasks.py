@@ -5,6 +5,7 @@ training job holds the training worker for hours. Progress (phase, records done 
 few times a second, and every write publishes, so the dataset page follows it live.
 """
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -17,6 +18,11 @@ from transformers import PreTrainedTokenizerBase
 from backend.dataset.analysis import HYGIENE, RENDER, STATS, claim_analysis, finish_analysis
 from backend.db import Dataset, DatasetAnalysis, Model, session_scope
 from backend.queue import ANALYZE_DATASET
+from backend.work.heartbeat import heartbeat
+from backend.work.kinds import ANALYSIS
+from backend.work.lease import LeaseLost
+from backend.work.reaper import reclaim_own
+from workers import registry
 from workers.analysis.hygiene import add_previews, find_issues
 from workers.analysis.progress import ProgressFn, Reporter, no_progress
 from workers.analysis.tokens import render_one, token_stats
@@ -103,16 +109,25 @@ def compute(ctx: AnalysisContext, progress: ProgressFn = no_progress) -> dict[st
 
 @shared_task(name=ANALYZE_DATASET)
 def analyze_dataset(analysis_id: int) -> str:
-    """Compute analysis `analysis_id`; return "done", "failed" or "skipped" (another delivery owns it)."""
-    if not claim_analysis(analysis_id):
+    """Compute analysis `analysis_id`; return "done", "failed", "skipped" (another delivery owns it) or "lost"
+    (another attempt took it over)."""
+    worker = registry.worker_name()
+    reclaim_own(ANALYSIS, analysis_id, worker)
+    won = claim_analysis(analysis_id, worker)
+    if won is None:
         log.info("analysis %s is not queued (already claimed or finished); skipping", analysis_id)
         return "skipped"
-    try:
-        ctx = load_analysis(analysis_id)
-        result = compute(ctx, Reporter(analysis_id, ctx.totals()))
-    except Exception as exc:
-        log.exception("analysis %s failed", analysis_id)
-        finish_analysis(analysis_id, error=f"{type(exc).__name__}: {exc}")
-        return "failed"
-    finish_analysis(analysis_id, result=result)
+    with heartbeat(won):
+        try:
+            ctx = load_analysis(analysis_id)
+            result = compute(ctx, Reporter(analysis_id, ctx.totals()))
+            finish_analysis(analysis_id, result=result)
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+            return "lost"
+        except Exception as exc:
+            log.exception("analysis %s failed", analysis_id)
+            with contextlib.suppress(LeaseLost):
+                finish_analysis(analysis_id, error=f"{type(exc).__name__}: {exc}")
+            return "failed"
     return "done"

@@ -90,7 +90,6 @@
     current.resolve(null);
   }
 
-  const STALE = "The analysis worker stopped answering (is it running?). Retry sends the work again.";
 
   // Follow /api/datasets/analyses/{id}/stream until its `end`: resolves with the final state, or null when a
   // newer request took the panel over. EventSource reconnects by itself; the state it gets first resyncs.
@@ -111,7 +110,6 @@
       source.addEventListener("end", (e) => {
         const end = JSON.parse(e.data);
         if (end.status === "deleted") finish({ status: "failed", error: "The dataset was deleted." });
-        else if (end.status === "stale") finish({ status: "failed", error: STALE });
         else finish(last);
       });
       source.addEventListener("error", () => {

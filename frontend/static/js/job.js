@@ -54,6 +54,8 @@
     $("job-final-eval-loss").textContent = Studio.formatLoss(job.final_eval_loss);
     $("job-device").textContent = job.device || "—";
     $("job-worker").textContent = job.worker || "—";
+    // Each worker start is an attempt; a lost worker's job comes back queued until attempt_limit.
+    $("job-attempt").textContent = job.attempt ? `${job.attempt} (up to ${job.attempt_limit})` : "—";
     setTime($("job-started"), job.started_at);
     setTime($("job-finished"), job.finished_at);
     if (job.output_model_id) {

@@ -468,8 +468,7 @@
       });
       source.addEventListener("end", (e) => {
         const end = JSON.parse(e.data);
-        if (end.status === "stale") finish({ status: "failed", error: "the analysis worker stopped answering" });
-        else if (end.status === "deleted") finish({ status: "failed", error: "the dataset was deleted" });
+        if (end.status === "deleted") finish({ status: "failed", error: "the dataset was deleted" });
         else finish(last);
       });
       source.addEventListener("error", () => {

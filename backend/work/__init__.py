@@ -1,0 +1,1 @@
+"""Background work: one lifecycle (claim, lease, heartbeat, finish, reap, re-send) for every kind of it."""
