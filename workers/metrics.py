@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from backend.job.checkpoints import complete_checkpoints
 from backend.job.lifecycle import beat, heartbeat, log_event, record_metrics, record_samples, update_job
 from workers.ranks import agree, is_main
 from workers.watch import answer
@@ -301,13 +301,8 @@ class JobCallback(TrainerCallback):
 
 def checkpoint_before(output_dir: Path, step: int) -> Path | None:
     """The newest complete checkpoint in `output_dir` saved before `step` (None if there is none)."""
-    saved = [
-        (int(path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")), path)
-        for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-        if path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit() and (path / "trainer_state.json").is_file()
-    ]
-    earlier = [(n, path) for n, path in saved if n < step]
-    return max(earlier)[1] if earlier else None
+    earlier = [path for n, path in complete_checkpoints(output_dir) if n < step]
+    return earlier[-1] if earlier else None
 
 
 def _inner_scheduler(scheduler: Any) -> Any:

@@ -7,6 +7,8 @@ its answer is broadcast, so every rank stops at the same step. Were one rank to 
 wait forever in the next all-reduce. In a single process every function here is a plain pass-through.
 """
 
+from typing import TypeVar
+
 import torch
 import torch.distributed as dist
 
@@ -14,6 +16,8 @@ from backend.config import get_settings
 
 # Every answer a beat can give (backend.job.lifecycle.beat), coded as its index for the broadcast.
 DECISIONS = ("run", "pause", "stop")
+
+T = TypeVar("T")
 
 
 def _distributed() -> bool:
@@ -40,11 +44,34 @@ def agree(decision: str) -> str:
     A collective: all ranks must call it at the same point of the loop (each step's end, each check-in)."""
     if not _distributed():
         return decision
-    # NCCL moves only GPU tensors; gloo only CPU ones. One int64 is all it takes.
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    code = torch.tensor([DECISIONS.index(decision)], dtype=torch.int64, device=device)
+    code = torch.tensor([DECISIONS.index(decision)], dtype=torch.int64, device=_device())  # one int64 is enough
     dist.broadcast(code, src=0)
     return DECISIONS[int(code.item())]
+
+
+def share(value: T) -> T:
+    """Rank 0's `value` (anything picklable), on every rank. A collective, like `agree`."""
+    if not _distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one. A collective: it is also a barrier."""
+    if not _distributed():
+        return flag
+    seen = torch.tensor([int(flag)], dtype=torch.int64, device=_device())
+    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    return bool(seen.item())
+
+
+def _device() -> torch.device:
+    # NCCL moves only GPU tensors; gloo only CPU ones.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def per_device_batch_size(batch_size: int, processes: int | None = None) -> int:

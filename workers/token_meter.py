@@ -92,15 +92,12 @@ class TokenMeter(TrainerCallback):
             self._seconds += time.perf_counter() - self._step_began
             self._step_began = None
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if not args.should_save:
-            return  # data parallel: one process writes the checkpoint
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if folder.is_dir():
-            # Normally nothing is pending here (the step was logged just before); counted if it is (logging_steps > 1).
-            pending = [0, 0] if self._pending is None else [int(n) for n in self._pending.tolist()]
-            counts = {
-                "tokens_seen": self.tokens_seen + pending[0],
-                "supervised_tokens": self.supervised_tokens + pending[1],
-            }
-            (folder / TOKENS_FILE).write_text(json.dumps(counts))
+    def save(self, folder: Path) -> None:
+        """Write the counts into checkpoint `folder`, while it is being saved (before its COMPLETE marker)."""
+        # Normally nothing is pending here (the step was logged just before); counted if it is (logging_steps > 1).
+        pending = [0, 0] if self._pending is None else [int(n) for n in self._pending.tolist()]
+        counts = {
+            "tokens_seen": self.tokens_seen + pending[0],
+            "supervised_tokens": self.supervised_tokens + pending[1],
+        }
+        (folder / TOKENS_FILE).write_text(json.dumps(counts))

@@ -9,15 +9,17 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from backend.job.estimate import flops_per_token, model_shape
 from backend.job.lifecycle import last_metric_step, log_event, update_job
+from workers.checkpointing import remove_leftovers, save_whole
 from workers.context import JobContext
 from workers.data import PadCollator
 from workers.eval_metrics import argmax_logits, bits_per_byte, perplexity, token_accuracy, tokens_per_byte
 from workers.examples import Example
 from workers.metrics import Cancelled, Diverged, Guards, JobCallback, Paused, Watch
-from workers.ranks import per_device_batch_size, world_size
+from workers.ranks import is_main, per_device_batch_size, world_size
 from workers.token_meter import TokenMeter
 
 
@@ -119,8 +121,11 @@ def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> Trai
 
 class MeteredTrainer(Trainer):
     """A Trainer whose logged training points also carry token counts, tokens per second and memory
-    (`workers.token_meter.TokenMeter`), and whose eval points carry perplexity and bits per byte when the loss is
-    a language model's."""
+    (`workers.token_meter.TokenMeter`), whose eval points carry perplexity and bits per byte when the loss is
+    a language model's, and whose checkpoints are written whole or not at all (`workers.checkpointing`)."""
+
+    # While a checkpoint is being saved: the staging folder the Trainer's own save writes into.
+    _staging: Path | None = None
 
     def __init__(
         self,
@@ -153,6 +158,35 @@ class MeteredTrainer(Trainer):
             if bpb is not None:
                 logs["eval_bits_per_byte"] = bpb
         super().log(logs, start_time)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # The Trainer's save puts checkpoint-<step> under this folder: the staging one while a save is under way.
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        trainer_save = super()._save_checkpoint  # the Trainer's (or trl's) save, files and layout unchanged
+        root = Path(super()._get_output_dir(trial))
+
+        def write(staging: Path) -> None:
+            self._staging = staging
+            try:
+                trainer_save(model, trial)
+            finally:
+                self._staging = None
+            if self.args.should_save:  # data parallel: the counts are rank 0's to write, like the weights
+                self.meter.save(staging / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+
+        def rotate() -> None:
+            # The Trainer rotated inside the staging folder (alone there, nothing to delete): rotate among the
+            # real checkpoints now that the new one is one of them.
+            rotate_checkpoints(
+                str(root),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+        save_whole(root, self.state.global_step, write, model=self.model, writer=self.args.should_save, rotate=rotate)
 
 
 def metered(trainer_class: type[Trainer]) -> type[MeteredTrainer]:
@@ -225,6 +259,11 @@ def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = No
     half the learning rate (see JobCallback.begin_rollback)."""
     if resume_from is not None:
         log_event(callback.job_id, f"resuming from {resume_from.name}")
+    if is_main():
+        # A save cut short by a crash left a staging folder (or, before staging, a partial checkpoint).
+        removed = remove_leftovers(Path(trainer.args.output_dir))
+        if removed:
+            log_event(callback.job_id, f"removed what an interrupted save left: {', '.join(removed)}")
     checkpoint = resume_from
     while True:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -1,5 +1,11 @@
-"""A job's checkpoints on disk, as the Trainer writes them: data_dir/jobs/<id>/checkpoints/checkpoint-<step>/."""
+"""A job's checkpoints on disk, as the Trainer writes them: data_dir/jobs/<id>/checkpoints/checkpoint-<step>/.
 
+One rule says which folders are checkpoints (`is_complete`); the API, the resume and the worker's rollback all
+use it. The worker writes each checkpoint into a staging folder and renames it into place once every file is on
+disk and the marker is written (`workers.checkpointing`).
+"""
+
+import json
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -8,7 +14,11 @@ from pathlib import Path
 from backend.config import get_settings
 
 PREFIX = "checkpoint-"
-# The Trainer writes this file last in a checkpoint: a folder without it was cut short (a crash mid-save).
+# Written last into a checkpoint, after every other file was flushed to disk: the folder is whole.
+MARKER = "COMPLETE"
+# A checkpoint being written lives under this prefix until it is renamed into place; a crash leaves one behind.
+STAGING_PREFIX = ".tmp-"
+# The Trainer writes this file last in a checkpoint (it names the step); see is_complete for older checkpoints.
 STATE_FILE = "trainer_state.json"
 
 
@@ -26,25 +36,50 @@ def checkpoint_dir(job_id: int) -> Path:
     return get_settings().data_dir / "jobs" / str(job_id) / "checkpoints"
 
 
-def _step(path: Path) -> int | None:
+def step_of(path: Path) -> int | None:
+    """The step in a checkpoint folder's name (checkpoint-40 → 40); None for any other name."""
     suffix = path.name.removeprefix(PREFIX)
     return int(suffix) if path.name.startswith(PREFIX) and suffix.isdigit() else None
 
 
-def list_checkpoints(job_id: int) -> list[Checkpoint]:
-    """Complete checkpoints of the job, oldest step first."""
-    root = checkpoint_dir(job_id)
+def is_complete(path: Path) -> bool:
+    """Whether `path` is a whole checkpoint: a checkpoint-<step> folder that carries the marker.
+
+    Checkpoints written before the marker existed have none. They still count when their trainer state, which
+    the Trainer writes last, is a readable JSON object, so that older jobs keep resuming; a save cut short before
+    that file was whole does not count."""
+    if step_of(path) is None or not path.is_dir():
+        return False
+    if (path / MARKER).is_file():
+        return True
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict)
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of the whole checkpoints in `root`, oldest step first; staging folders never count."""
     if not root.is_dir():
         return []
+    found = [(step, path) for path in root.iterdir() if (step := step_of(path)) is not None and is_complete(path)]
+    return sorted(found)
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes in the files under `path`."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def list_checkpoints(job_id: int) -> list[Checkpoint]:
+    """Complete checkpoints of the job, oldest step first."""
     found = []
-    for path in root.iterdir():
-        step = _step(path)
-        if step is None or not (path / STATE_FILE).is_file():
-            continue
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        mtime = datetime.fromtimestamp((path / STATE_FILE).stat().st_mtime, UTC)
-        found.append(Checkpoint(name=path.name, step=step, path=path, size_bytes=size, created_at=mtime))
-    return sorted(found, key=lambda c: c.step)
+    for step, path in complete_checkpoints(checkpoint_dir(job_id)):
+        written = path / MARKER if (path / MARKER).is_file() else path / STATE_FILE
+        mtime = datetime.fromtimestamp(written.stat().st_mtime, UTC)
+        found.append(Checkpoint(name=path.name, step=step, path=path, size_bytes=folder_bytes(path), created_at=mtime))
+    return found
 
 
 def latest_checkpoint(job_id: int) -> Checkpoint | None:
@@ -66,7 +101,7 @@ def remove_checkpoints_after(job_id: int, step: int) -> list[str]:
     removed = []
     # Also the incomplete folders past `step`: the Trainer would save into them again and mix old files in.
     for path in sorted(root.iterdir()):
-        found = _step(path)
+        found = step_of(path)
         if found is not None and found > step and path.is_dir():
             shutil.rmtree(path)
             removed.append(path.name)
