@@ -11,7 +11,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from backend.job.checkpoints import complete_checkpoints
 from backend.job.lifecycle import beat, heartbeat, log_event, record_metrics, record_samples, update_job
-from workers.ranks import agree, is_main
+from workers.ranks import agree, any_rank, is_main
 from workers.watch import answer
 
 # Keys of the one summary dict the Trainer logs when `train()` returns; they describe the run, not a step.
@@ -97,8 +97,12 @@ class JobCallback(TrainerCallback):
         heartbeat_interval: float | None = None,
         guards: Guards | None = None,
         watch: Watch | None = None,
+        checkpoint_minutes: float | None = None,
     ) -> None:
         self.job_id = job_id
+        # Also save when this long has passed since the last save, whatever checkpoint_steps says (None: never).
+        self.checkpoint_seconds = checkpoint_minutes * 60 if checkpoint_minutes else None
+        self._last_save = time.monotonic()
         self.heartbeat_interval = HEARTBEAT_SECONDS if heartbeat_interval is None else heartbeat_interval
         self.guards = guards or Guards()
         self.watch = watch or Watch()
@@ -160,6 +164,7 @@ class JobCallback(TrainerCallback):
         if not self._started:
             self._started = True
             update_job(self.job_id, start_step=state.global_step)
+        self._last_save = time.monotonic()  # the interval counts from here: loading is not training time
         if self._target_peak is not None and optimizer is not None:
             # The checkpoint restored its own learning rate; a second rollback to the same checkpoint must go
             # on halving from the rate that diverged, not from the checkpoint's.
@@ -170,7 +175,22 @@ class JobCallback(TrainerCallback):
         self._beat(state, control, force=True)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._save_if_due(control)
         self._beat(state, control, step_end=True)
+
+    def _save_if_due(self, control: TrainerControl) -> None:
+        """Ask for a checkpoint when checkpoint_minutes have passed since the last one (or since the start): a
+        restart then loses at most that much work, however long a step takes."""
+        if self.checkpoint_seconds is None:
+            return
+        due = is_main() and time.monotonic() - self._last_save >= self.checkpoint_seconds
+        # Data parallel: all ranks must save at the same step (the save holds collectives), so rank 0's clock
+        # alone decides and the others learn its answer (one int reduced per step).
+        if any_rank(due):
+            control.should_save = True
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._last_save = time.monotonic()
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

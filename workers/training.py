@@ -222,7 +222,7 @@ def build_trainer(
         rollbacks=ctx.hp.divergence_rollbacks,
     )
     watch = Watch(prompts=ctx.watch_prompts, sft=ctx.objective == "sft")
-    callback = JobCallback(ctx.job_id, guards=guards, watch=watch)
+    callback = JobCallback(ctx.job_id, guards=guards, watch=watch, checkpoint_minutes=ctx.hp.checkpoint_minutes)
     meter = TokenMeter()
     pad_id = tokenizer.pad_token_id
     assert pad_id is not None, "the recipe must give the tokenizer a pad token"

@@ -73,6 +73,13 @@ class Hyperparameters(BaseModel):
     checkpoint_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="Save a checkpoint every N steps (empty: only at the end)."
     )
+    checkpoint_minutes: float | None = Field(
+        15.0,
+        ge=0,
+        le=10_080,
+        description="Also save a checkpoint whenever this many minutes have passed since the last one, so a "
+        "restart loses at most about that much training (0: off).",
+    )
     eval_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="Evaluate every N steps (empty: about ten times per run)."
     )
