@@ -4,6 +4,7 @@ import logging
 from typing import Any
 
 from celery.signals import (
+    task_prerun,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -36,8 +37,12 @@ def _fresh_engine(sender: str | None = None, **_: object) -> None:
     """A forked pool child must not share the parent's database sockets; then it joins the worker registry
     under the Celery node name (`sender`), as the process that runs the tasks and owns the device."""
     reset_engine()
-    shutdown.install_in_child()
     registry.start(name=str(sender), queue=_queues())
+
+
+@task_prerun.connect
+def _graceful_shutdown(**_: object) -> None:
+    shutdown.install_in_child()
 
 
 @worker_ready.connect

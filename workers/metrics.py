@@ -11,6 +11,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from backend.job.checkpoints import complete_checkpoints
 from backend.job.lifecycle import beat, heartbeat, log_event, record_metrics, record_samples, update_job
+from workers import shutdown
 from workers.ranks import agree, any_rank, is_main
 from workers.watch import answer
 
@@ -30,6 +31,11 @@ class Paused(Exception):
 
 class Diverged(Exception):
     """The loss became NaN/inf or spiked far above its best: the job stops rather than train on garbage."""
+
+
+class ShuttingDown(Exception):
+    """The worker was asked to stop (SIGTERM): training stopped at a checkpoint, and the job goes back to the
+    queue for any worker to resume."""
 
 
 # Weight of the newest loss in the smoothed loss the divergence guard compares against: a single noisy
@@ -139,16 +145,24 @@ class JobCallback(TrainerCallback):
         # One short DB transaction per beat; throttled so fast steps (tiny models) don't hammer the database.
         now = time.monotonic()
         signal = "run"
-        if is_main() and (force or now - self._last_beat >= self.heartbeat_interval):
+        # Before a checkpoint is written the lease is checked too: a worker whose job was taken over by another
+        # attempt must not write into its checkpoints (beat raises LeaseLost, which ends this run).
+        if is_main() and (force or control.should_save or now - self._last_beat >= self.heartbeat_interval):
             self._last_beat = now
             signal = beat(self.job_id, step=state.global_step, total_steps=state.max_steps or None)
+        if is_main() and signal == "run" and shutdown.requested():
+            signal = "shutdown"
         # Data parallel: only rank 0 reads the flags (on its own clock); all ranks must stop at the same step.
         signal = agree(signal)
         if signal == "stop":
             self._stop(control, "cancelled", f"stopping at step {state.global_step} (cancel requested)")
-        elif signal == "pause" and step_end and self.outcome is None:
+        elif signal in ("pause", "shutdown") and step_end and self.outcome is None:
             # Only at a step's end, where the Trainer saves next: the checkpoint holds a whole step's state.
-            self._stop(control, "paused", f"pausing at step {state.global_step}: saving a checkpoint", save=True)
+            if signal == "pause":
+                self._stop(control, "paused", f"pausing at step {state.global_step}: saving a checkpoint", save=True)
+            else:
+                reason = f"worker shutting down at step {state.global_step}: saving a checkpoint"
+                self._stop(control, "shutdown", reason, save=True)
 
     def on_train_begin(
         self,

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from backend.config import get_settings
 
 # Every answer a beat can give (backend.job.lifecycle.beat), coded as its index for the broadcast.
-DECISIONS = ("run", "pause", "stop")
+DECISIONS = ("run", "pause", "stop", "shutdown")
 
 T = TypeVar("T")
 

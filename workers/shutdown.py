@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _requested = threading.Event()
 # How often the leaving thread looks whether the work has been handed back.
 POLL_SECONDS = 0.1
+AFTER_TASK_SECONDS = 0.5
 
 
 def requested() -> bool:
@@ -50,11 +51,15 @@ def give_back_held() -> None:
 
 
 def _leave(grace: float) -> None:
-    """Wait for a training run to hand its job back (checkpoint first), at most `grace` seconds; give back what
-    is left; exit."""
+    """Wait for a training run to hand its job back (checkpoint first) and its task to return, at most `grace`
+    seconds; give back what is left; exit."""
+    from workers import tasks
+
     deadline = time.monotonic() + grace
-    while lease.all_held() and time.monotonic() < deadline:
+    while (lease.all_held() or tasks.training_job() is not None) and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
+    if not lease.all_held():
+        time.sleep(AFTER_TASK_SECONDS)  # the task's return reaches Celery's main process: its message is acked
     give_back_held()
     logging.shutdown()
     os._exit(0)
@@ -64,7 +69,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     if _requested.is_set():
         return
     _requested.set()
-    from workers import tasks  # the module that runs training jobs (imported late: it imports this one)
+    from workers import tasks  # the module that runs training jobs (imported here: it imports this one)
 
     training = tasks.training_job() is not None
     grace = get_settings().shutdown_grace_seconds if training else 0.0
@@ -75,10 +80,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def install_in_child() -> None:
-    """In a pool child: SIGTERM starts a graceful shutdown instead of killing the process at once (Celery resets
-    it to the default action in its children)."""
-    _requested.clear()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    """In a pool child, as each task starts: SIGTERM starts a graceful shutdown instead of ending the process at
+    once. (Celery and billiard set their own handler in a child after its initializer has run, so this cannot
+    be done once at the child's start.)"""
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 _pool: Any = None

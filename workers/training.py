@@ -18,7 +18,7 @@ from workers.context import JobContext
 from workers.data import PadCollator
 from workers.eval_metrics import argmax_logits, bits_per_byte, perplexity, token_accuracy, tokens_per_byte
 from workers.examples import Example
-from workers.metrics import Cancelled, Diverged, Guards, JobCallback, Paused, Watch
+from workers.metrics import Cancelled, Diverged, Guards, JobCallback, Paused, ShuttingDown, Watch
 from workers.ranks import is_main, per_device_batch_size, world_size
 from workers.token_meter import TokenMeter
 
@@ -277,6 +277,8 @@ def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = No
         raise Cancelled()
     if callback.outcome == "paused":
         raise Paused(f"paused at step {trainer.state.global_step}")
+    if callback.outcome == "shutdown":
+        raise ShuttingDown(f"worker shutting down at step {trainer.state.global_step}")
     if callback.outcome == "diverged":
         raise Diverged(callback.reason)
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]

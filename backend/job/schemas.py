@@ -252,7 +252,14 @@ class JobRead(BaseModel):
     cancel_requested: bool
     pause_requested: bool
     resume_checkpoint: str | None
-    attempts: int
+    attempt: int = Field(
+        description="How many times a worker has started this job; each start is a new attempt (its fencing token)."
+    )
+    attempt_limit: int | None = Field(
+        None,
+        description="The attempt after which a lost worker fails the job instead of queueing it again "
+        "(STUDIO_MAX_ATTEMPTS counted from the last time a person started or resumed it).",
+    )
     watch_prompts: list[str]
     cloned_from_id: int | None
     current_step: int

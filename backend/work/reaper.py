@@ -26,6 +26,7 @@ from backend.work import lease
 from backend.work.kinds import ANALYSIS, EXPORT, GENERATION, IMPORT, JOB
 from backend.work.lease import Expired, Kind
 from backend.work.send import send
+from backend.worker.service import live_training_workers
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,16 @@ def resend(recovery: Recovery, swept: Swept) -> None:
     restart, a worker killed before it acknowledged). A duplicate costs one refused claim."""
     after = timedelta(seconds=get_settings().redeliver_seconds)
     with session_scope() as s:
+        if recovery.kind is JOB and all_busy(s):
+            return  # jobs queued behind hours of training: their messages wait in line, not lost
         ids = lease.unclaimed(s, recovery.kind, after)
     swept.resent[recovery.kind.name] = [row_id for row_id in ids if send(recovery.kind, row_id)]
+
+
+def all_busy(session: Session) -> bool:
+    """Whether training workers are live and every one is running a job (none could take a re-sent one now)."""
+    live = live_training_workers(session)
+    return bool(live) and all(w.current_job_id is not None for w in live)
 
 
 def sweep() -> Swept:
