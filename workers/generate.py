@@ -40,8 +40,7 @@ from backend.queue import GENERATE
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import GENERATION
 from backend.work.lease import LeaseLost
-from backend.work.reaper import reclaim_own
-from workers import registry
+from workers.claims import take
 from workers.examples import end_of_turn, format_prompt, load_tokenizer
 from workers.recipes.classification import classify
 from workers.training import use_bf16
@@ -241,11 +240,8 @@ def _message(exc: Exception) -> str:
 def generate(generation_id: int) -> str:
     """Answer generation `generation_id`; return "done", "failed", "skipped" (another delivery has it) or "lost"
     (the reaper took it from this worker)."""
-    worker = registry.worker_name()
-    reclaim_own(GENERATION, generation_id, worker)
-    won = claim_generation(generation_id, worker)
+    won = take(GENERATION, generation_id, claim_generation)
     if won is None:
-        log.info("generation %s is not queued (already claimed or finished); skipping", generation_id)
         return "skipped"
     with heartbeat(won):
         try:

@@ -26,8 +26,7 @@ from backend.model.imports import ImportSpec, claim_import, fail_import, finish_
 from backend.queue import IMPORT_MODEL
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import IMPORT
-from backend.work.reaper import reclaim_own
-from workers import registry
+from workers.claims import take
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +180,8 @@ def run_import(spec: ImportSpec, staged: Path) -> dict[str, Any]:
 def import_model(model_id: int) -> str:
     """Import model `model_id`; return "ready", "failed" or "skipped" (deleted, finished, or another delivery has
     it)."""
-    worker = registry.worker_name()
-    reclaim_own(IMPORT, model_id, worker)
-    won = claim_import(model_id, worker)
+    won = take(IMPORT, model_id, claim_import)
     if won is None:
-        log.info("model %s has no import waiting (deleted, finished or claimed); skipping", model_id)
         return "skipped"
     with heartbeat(won):
         return _import(model_id)

@@ -12,10 +12,10 @@ from backend.queue import RUN_JOB
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import JOB
 from backend.work.lease import Lease, LeaseLost
-from backend.work.reaper import reclaim_own
 from backend.work.retry import outbox
 from backend.work.send import send
 from workers import registry, shutdown
+from workers.claims import take
 from workers.context import JobContext, load_context
 from workers.distributed import RankFailed, run_data_parallel
 from workers.metrics import Cancelled, Diverged, Paused, ShuttingDown
@@ -80,15 +80,8 @@ def run_job(job_id: int) -> str:
 
     Never raises for a training error: the job is marked failed and the worker goes on to the next task.
     """
-    worker = registry.worker_name()
-    if shutdown.requested():
-        send(JOB, job_id)  # this worker is leaving: the next one takes it
-        return "skipped"
-    reclaim_own(JOB, job_id, worker)  # a previous process of this worker died holding it: resume it now
-    won = claim_job(job_id, worker)
+    won = take(JOB, job_id, claim_job)
     if won is None:
-        # Celery may deliver a task twice (acks_late, redelivery); the database claim decides who runs it.
-        log.info("job %s is not queued (already claimed, finished or cancelled); skipping", job_id)
         return "skipped"
     registry.set_current_job(job_id)
     _training.append(job_id)

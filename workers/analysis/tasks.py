@@ -21,11 +21,10 @@ from backend.queue import ANALYZE_DATASET
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import ANALYSIS
 from backend.work.lease import LeaseLost
-from backend.work.reaper import reclaim_own
-from workers import registry
 from workers.analysis.hygiene import add_previews, find_issues
 from workers.analysis.progress import ProgressFn, Reporter, no_progress
 from workers.analysis.tokens import render_one, token_stats
+from workers.claims import take
 from workers.context import DatasetRef
 from workers.examples import load_tokenizer
 
@@ -111,11 +110,8 @@ def compute(ctx: AnalysisContext, progress: ProgressFn = no_progress) -> dict[st
 def analyze_dataset(analysis_id: int) -> str:
     """Compute analysis `analysis_id`; return "done", "failed", "skipped" (another delivery owns it) or "lost"
     (another attempt took it over)."""
-    worker = registry.worker_name()
-    reclaim_own(ANALYSIS, analysis_id, worker)
-    won = claim_analysis(analysis_id, worker)
+    won = take(ANALYSIS, analysis_id, claim_analysis)
     if won is None:
-        log.info("analysis %s is not queued (already claimed or finished); skipping", analysis_id)
         return "skipped"
     with heartbeat(won):
         try:
