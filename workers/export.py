@@ -32,10 +32,12 @@ from backend.errors import DomainError
 from backend.export.lifecycle import (
     ExportSpec,
     claim_export,
+    exports_dir,
     fail_export,
     finish_export,
     load_export,
     record_progress,
+    remove_empty,
 )
 from backend.job.checkpoints import STATE_FILE
 from backend.queue import EXPORT_WEIGHTS
@@ -316,8 +318,9 @@ def export_weights(export_id: int) -> str:
             with Reporter(export_id) as report:
                 publish(spec, build(spec, report))
     except Exception as exc:
-        if spec is not None:
+        if spec is not None:  # this attempt's folder only: a later attempt may own the export by now
             shutil.rmtree(spec.work_dir, ignore_errors=True)
+            remove_empty(spec.work_dir.parent, exports_dir(spec.job_id))
         if isinstance(exc, Lost | LeaseLost):
             log.warning("%s", exc)
         else:

@@ -7,7 +7,6 @@ export whose worker stopped doing so is queued again by the reaper (`recover_exp
 attempts are spent.
 """
 
-import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ class ExportSpec:
     dtype: str  # float32 | float16 | bfloat16
     target: Target
     artifact_name: str
-    work_dir: Path  # data_dir/jobs/<job>/exports/<export id>: the staging folder, then the zip
+    work_dir: Path  # data_dir/jobs/<job>/exports/<export id>/attempt-<n>: the staging folder, then the zip
     objective: str
     final_loss: float | None
     final_eval_loss: float | None
@@ -51,6 +50,16 @@ class ExportSpec:
 
 def exports_dir(job_id: int) -> Path:
     return job_output_dir(job_id) / "exports"
+
+
+def remove_empty(folder: Path, root: Path) -> None:
+    """Remove `folder`, then each folder above it, while they are empty, up to `root` (kept)."""
+    while folder != root and folder.is_relative_to(root):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone)
+            return
+        folder = folder.parent
 
 
 def claim_export(export_id: int, worker: str = "worker") -> Lease | None:
@@ -65,6 +74,7 @@ def claim_export(export_id: int, worker: str = "worker") -> Lease | None:
 
 def load_export(export_id: int) -> ExportSpec:
     """Snapshot the export and resolve its weights again (a checkpoint may have gone since the request)."""
+    held = lease.held(EXPORT, export_id)
     with session_scope() as s:
         row = s.get(Export, export_id)
         if row is None:
@@ -72,6 +82,9 @@ def load_export(export_id: int) -> ExportSpec:
         job = s.get(Job, row.job_id)
         if job is None:
             raise LookupError(f"job {row.job_id} was deleted")
+        # A folder per attempt: a worker that lost the export to a later attempt (it stalled past its lease) may
+        # still write and then clean up its own folder, never the zip of the attempt that owns the export now.
+        attempt = held.attempt if held is not None else row.attempt
         return ExportSpec(
             export_id=row.id,
             job_id=job.id,
@@ -80,7 +93,7 @@ def load_export(export_id: int) -> ExportSpec:
             dtype=row.dtype,
             target=export_target(s, job, row.checkpoint),
             artifact_name=artifact_name(row.checkpoint, row.format, row.dtype),
-            work_dir=exports_dir(job.id) / str(row.id),
+            work_dir=exports_dir(job.id) / str(row.id) / f"attempt-{attempt}",
             objective=job.objective,
             final_loss=job.final_loss,
             final_eval_loss=job.final_eval_loss,
@@ -153,8 +166,7 @@ def finish_export(export_id: int, archive: Path) -> bool:
     for path in replaced:
         if path != archive and path.is_relative_to(exports_dir(job_id)):  # never a file the training run wrote
             path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()  # the earlier export's folder, now empty
+            remove_empty(path.parent, exports_dir(job_id))  # the earlier export's folders, now empty
     publish(job_id)
     publish_export(export_id)
     return True

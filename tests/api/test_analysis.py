@@ -5,6 +5,7 @@ import io
 import json
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from backend.db import DatasetAnalysis, Model, User, session_scope
+from backend.db import DatasetAnalysis, Model, User, session_scope, utcnow
+from backend.queue import ANALYZE_DATASET
 from tests.workers.tokenizers import plain_tokenizer
 from workers.analysis.tasks import analyze_dataset
 
@@ -200,22 +202,117 @@ def test_analyses_of_another_users_dataset_are_not_found(client: TestClient, pai
     assert client.post(f"/api/datasets/{pairs['id']}/fixes", headers=headers, json={}).status_code == 404
 
 
-def test_broker_down_fails_the_row_and_refresh_sends_it_again(
+class Broker:
+    """A stand-in for the broker: refuses every message while `up` is False, else records the analyses sent."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.sent: list[int] = []
+
+    def send_task(self, name: str, args: list[int], queue: str) -> None:
+        if not self.up:
+            raise ConnectionError("broker unreachable")
+        if name == ANALYZE_DATASET:
+            self.sent.append(args[0])
+
+
+def test_broker_down_leaves_the_row_queued_for_the_sweep(
     client: TestClient, pairs: dict, base_model: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backend.dataset import analysis
+    from backend.work import send
+    from backend.work.reaper import sweep
 
-    def down(analysis_id: int) -> None:
-        raise ConnectionError("broker unreachable")
+    broker = Broker()
+    monkeypatch.setattr(send, "celery_app", lambda: broker)
+    url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}"
+    res = client.get(url)
+    assert res.status_code == 200, res.text
+    queued = res.json()
+    assert (queued["status"], queued["error"]) == ("queued", None)  # waiting, not failed
+    broker.up = True
+    assert sweep().resent["analysis"] == [] and broker.sent == []  # tried just now: not yet
+    with session_scope() as s:  # STUDIO_REDELIVER_SECONDS later
+        row = s.get(DatasetAnalysis, queued["id"])
+        assert row is not None
+        row.sent_at = utcnow() - timedelta(minutes=5)
+    assert sweep().resent["analysis"] == [queued["id"]] and broker.sent == [queued["id"]]
+    compute_queued("stats")
+    assert client.get(url).json()["status"] == "done"
+
+
+def test_an_analysis_whose_worker_went_away_is_computed_again_then_failed(
+    client: TestClient, pairs: dict, base_model: int
+) -> None:
+    from backend.dataset.analysis import claim_analysis, finish_analysis, record_progress
+    from backend.work.lease import LeaseLost, holding
+    from backend.work.reaper import sweep
+
+    def silence(analysis_id: int) -> None:  # its worker went silent: the last heartbeat is older than the lease
+        with session_scope() as s:
+            row = s.get(DatasetAnalysis, analysis_id)
+            assert row is not None
+            row.heartbeat_at = utcnow() - timedelta(minutes=10)
 
     url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}"
-    monkeypatch.setattr(analysis, "enqueue_analysis", down)
-    assert client.get(url).status_code == 503
-    monkeypatch.undo()
+    analysis_id = client.get(url).json()["id"]
+    lost = claim_analysis(analysis_id, "w1")
+    assert lost is not None and claim_analysis(analysis_id, "w2") is None
+    with holding(lost):
+        record_progress(analysis_id, phase="tokenizing", done=2, total=5)
+    silence(analysis_id)
+    swept = sweep()
+    assert (swept.requeued["analysis"], swept.ended["analysis"]) == ([analysis_id], [])
+    assert client.get(url).json() == {
+        "id": analysis_id,
+        "status": "queued",
+        "result": None,
+        "error": None,
+        "progress": None,
+    }
+    # The lost worker comes back: what it writes is refused.
+    with holding(lost), pytest.raises(LeaseLost):
+        finish_analysis(analysis_id, result={"records": 0})
+    assert client.get(url).json()["status"] == "queued"
+
+    # Each worker lost on it costs an attempt: the fourth (STUDIO_MAX_ATTEMPTS) is the last.
+    for attempt in (2, 3, 4):
+        won = claim_analysis(analysis_id, f"w{attempt}")
+        assert won is not None and won.attempt == attempt
+        silence(analysis_id)
+        swept = sweep()
+        expected = ([analysis_id], []) if attempt < 4 else ([], [analysis_id])
+        assert (swept.requeued["analysis"], swept.ended["analysis"]) == expected
     failed = client.get(url).json()
-    assert failed["status"] == "failed" and "could not enqueue" in failed["error"]
+    assert failed["status"] == "failed"
+    assert failed["error"] == "the analysis worker (w4) stopped answering, on attempt 4 of 4"
+    # Asked for again, it is computed on a live worker.
+    assert client.get(url + "&refresh=true").json()["status"] == "queued"
+    compute_queued("stats")
+    assert client.get(url).json()["status"] == "done"
+
+
+def test_refresh_sends_a_failed_analysis_again(
+    client: TestClient, pairs: dict, base_model: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.dataset.analysis import claim_analysis, finish_analysis
+    from backend.work import send
+
+    broker = Broker()
+    broker.up = True
+    monkeypatch.setattr(send, "celery_app", lambda: broker)
+    url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}"
+    analysis_id = client.get(url).json()["id"]
+    assert claim_analysis(analysis_id) is not None
+    finish_analysis(analysis_id, error="RuntimeError: out of memory")
+    failed = client.get(url).json()  # a failure is kept: computing it again would fail again
+    assert (failed["id"], failed["status"], failed["error"]) == (analysis_id, "failed", "RuntimeError: out of memory")
     again = client.get(url + "&refresh=true").json()
-    assert (again["id"], again["status"], again["error"]) == (failed["id"], "queued", None)
+    assert (again["id"], again["status"], again["error"]) == (analysis_id, "queued", None)
+    assert broker.sent == [analysis_id, analysis_id]
+    with session_scope() as s:  # queued by a person: the automatic retries count afresh from here
+        row = s.get(DatasetAnalysis, analysis_id)
+        assert row is not None
+        assert (row.attempt, row.attempt_base, row.lease_worker) == (1, 1, None)
 
 
 def test_a_concurrent_insert_of_the_same_analysis_is_reused(

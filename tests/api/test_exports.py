@@ -3,6 +3,7 @@ is not queued twice (unless it failed or its zip is gone), and the list is read,
 
 import io
 import json
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -16,19 +17,23 @@ from fastapi.testclient import TestClient
 from backend.auth.service import create_user, issue_token
 from backend.db import Export, Job, session_scope, utcnow
 from backend.export.lifecycle import (
-    QUEUED_TIMEOUT,
     claim_export,
     exports_dir,
     fail_export,
     finish_export,
-    reap_stale_exports,
+    load_export,
     record_progress,
 )
+from backend.queue import EXPORT_WEIGHTS
+from backend.work import send
+from backend.work.lease import holding
+from backend.work.reaper import sweep
 from tests.api.test_generations import ADAPTER_FILES, _write
 from tests.api.test_models import model_files, zipped
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 DTYPES = ("float32", "float16", "bfloat16")
+EMPTY_ZIP = b"PK\x05\x06" + b"\x00" * 18
 
 
 @dataclass
@@ -201,42 +206,116 @@ def test_stream_follows_the_export_to_its_end(client: TestClient, setup: Setup) 
     states = [e[1]["items"][0] for e in events if e[0] == "exports"]
     assert states[0]["status"] == "running" and states[-1]["status"] == "done"
     assert {"phase": "zipping", "done": 50, "total": 100, "unit": "bytes"} in [s["progress"] for s in states]
-    assert all("at" not in (s["progress"] or {}) for s in states)  # the worker's heartbeat stays inside
+    assert all("at" not in (s["progress"] or {}) for s in states)  # the lease's heartbeat is not progress
     # A reload replays the snapshot: the finished list, then the end.
     replay = _events(client.get(f"/api/jobs/{job}/exports/stream").text)
     assert [e[0] for e in replay] == ["exports", "end"] and replay[0][1]["items"][0]["url"]
 
 
-def test_exports_whose_worker_went_away_are_failed(client: TestClient, setup: Setup) -> None:
+def _age(export_id: int, **columns: timedelta) -> None:
+    """Move the export's `heartbeat_at` or `sent_at` that far into the past (a silent worker, a lost message)."""
+    with session_scope() as s:
+        row = s.get(Export, export_id)
+        assert row is not None
+        for column, ago in columns.items():
+            setattr(row, column, utcnow() - ago)
+
+
+class Broker:
+    """A stand-in for the broker: refuses every message while `up` is False, else records the exports sent."""
+
+    def __init__(self, *, up: bool) -> None:
+        self.up = up
+        self.sent: list[int] = []
+
+    def send_task(self, name: str, args: list[int], queue: str) -> None:
+        if not self.up:
+            raise ConnectionError("broker unreachable")
+        if name == EXPORT_WEIGHTS:
+            self.sent.append(args[0])
+
+
+def test_exports_whose_worker_went_away_are_queued_again_then_failed(
+    client: TestClient, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = Broker(up=True)
+    monkeypatch.setattr(send, "celery_app", lambda: broker)
     job = setup.lora_job
     dead, alive, waiting = (_post(client, job, format="adapter", dtype=d).json()["id"] for d in DTYPES)
     recent = _post(client, job, format="merged").json()["id"]
     for export_id in (dead, alive):
-        assert claim_export(export_id)
-    silent = (utcnow() - timedelta(minutes=10)).isoformat()
-    with session_scope() as s:
-        row = s.get(Export, dead)
-        assert row is not None
-        row.progress = {"phase": "loading", "done": 0, "total": 2, "unit": "files", "at": silent}
-        stale = s.get(Export, waiting)
-        assert stale is not None
-        stale.created_at = utcnow() - QUEUED_TIMEOUT - timedelta(minutes=1)
-    assert sorted(reap_stale_exports()) == sorted([dead, waiting])
+        assert claim_export(export_id, "w1")
+    left = exports_dir(job) / str(dead) / "staging"
+    left.mkdir(parents=True)  # what the dead worker half-wrote
+    _age(dead, heartbeat_at=timedelta(minutes=10))
+    _age(waiting, sent_at=timedelta(minutes=10))  # its message was lost: no worker claimed it
+    broker.sent.clear()
+    swept = sweep()
+    assert (swept.requeued["export"], swept.ended["export"], swept.resent["export"]) == ([dead], [], [waiting])
+    assert sorted(broker.sent) == sorted([dead, waiting])
     read = {i: client.get(f"/api/exports/{i}").json() for i in (dead, alive, waiting, recent)}
-    assert read[dead]["status"] == "failed" and "stopped responding" in read[dead]["error"]
-    assert read[waiting]["status"] == "failed" and "no worker picked this export up" in read[waiting]["error"]
-    assert (read[alive]["status"], read[recent]["status"]) == ("running", "queued")
+    assert (read[dead]["status"], read[dead]["progress"], read[dead]["error"]) == ("queued", None, None)
+    assert not left.exists()
+    assert (read[alive]["status"], read[waiting]["status"], read[recent]["status"]) == ("running", "queued", "queued")
+
+    # Each worker lost on it costs an attempt: the fourth (STUDIO_MAX_ATTEMPTS) is the last.
+    for attempt in (2, 3, 4):
+        won = claim_export(dead, f"w{attempt}")
+        assert won is not None and won.attempt == attempt
+        _age(dead, heartbeat_at=timedelta(minutes=10))
+        swept = sweep()
+        expected = ([dead], []) if attempt < 4 else ([], [dead])
+        assert (swept.requeued["export"], swept.ended["export"]) == expected
+    failed = client.get(f"/api/exports/{dead}").json()
+    assert failed["status"] == "failed" and failed["finished_at"] is not None
+    assert failed["error"] == "the worker (w4) stopped responding while exporting, on attempt 4 of 4; export again"
+    assert client.get(f"/api/exports/{alive}").json()["status"] == "running"
     # A failed export is tried again on request.
     assert _post(client, job, format="adapter", dtype="float32").status_code == 201
 
 
+def test_a_taken_over_export_that_finishes_late_leaves_the_next_attempt_alone(client: TestClient, setup: Setup) -> None:
+    """The reaper takes a slow export back, the next attempt of the same export finishes, then the slow worker
+    wakes up: its writes are refused, it wrote (and cleans up) only its own files, and the next attempt's zip
+    (same export, same name) stays on offer."""
+    job = setup.lora_job
+    export_id = _post(client, job, format="adapter").json()["id"]
+    slow = claim_export(export_id, "slow")
+    assert slow is not None
+    with holding(slow):
+        slow_spec = load_export(export_id)
+    _age(export_id, heartbeat_at=timedelta(minutes=10))
+    assert sweep().requeued["export"] == [export_id]
+    fast = claim_export(export_id, "fast")
+    assert fast is not None and fast.attempt == 2
+    with holding(fast):
+        fast_spec = load_export(export_id)
+        kept = fast_spec.work_dir / fast_spec.artifact_name
+        kept.parent.mkdir(parents=True)
+        kept.write_bytes(EMPTY_ZIP)
+        assert finish_export(export_id, kept)
+    assert fast_spec.work_dir != slow_spec.work_dir and kept.is_relative_to(exports_dir(job) / str(export_id))
+    with holding(slow):
+        assert not record_progress(export_id, {"phase": "zipping", "done": 1, "total": 2, "unit": "bytes"})
+        late = slow_spec.work_dir / slow_spec.artifact_name
+        late.parent.mkdir(parents=True)
+        late.write_bytes(b"PK\x05\x06" + b"\x01" * 18)
+        assert not finish_export(export_id, late)
+        fail_export(export_id, "too late")
+    shutil.rmtree(slow_spec.work_dir)  # what the worker does once it learns it lost the export
+    assert kept.read_bytes() == EMPTY_ZIP
+    done = client.get(f"/api/exports/{export_id}").json()
+    assert (done["status"], done["error"], done["size_bytes"]) == ("done", None, len(EMPTY_ZIP))
+    assert client.get(done["url"]).content == EMPTY_ZIP
+
+
 def test_a_reaped_export_that_finishes_late_leaves_the_retry_alone(client: TestClient, setup: Setup) -> None:
-    """The reaper fails a slow export, the retry finishes, then the slow worker finishes too: its zip is not
-    registered, and the retry's zip (same name) stays on offer."""
+    """The reaper fails a slow export (its attempts spent), the retry finishes, then the slow worker finishes too:
+    its zip is not registered, and the retry's zip (same name) stays on offer."""
     job = setup.lora_job
     slow = _post(client, job, format="adapter").json()["id"]
     assert claim_export(slow)
-    fail_export(slow, "the worker stopped responding")  # what the reaper writes
+    fail_export(slow, "the worker stopped responding")  # what the reaper writes once the attempts are spent
     retry = _post(client, job, format="adapter").json()["id"]
     assert retry != slow
     kept = _finish(job, retry, "final-adapter-float32.zip")
@@ -251,16 +330,19 @@ def test_a_reaped_export_that_finishes_late_leaves_the_retry_alone(client: TestC
     assert client.get(f"/api/exports/{retry}").json()["url"] == artifact["url"]
 
 
-def test_broker_down_fails_the_export_with_a_503(
+def test_broker_down_keeps_the_export_queued_until_the_sweep_sends_it(
     client: TestClient, setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backend.export import router
-
-    def down(export_id: int) -> None:
-        raise ConnectionError("broker unreachable")
-
-    monkeypatch.setattr(router, "enqueue_export", down)
+    broker = Broker(up=False)
+    monkeypatch.setattr(send, "celery_app", lambda: broker)
     res = _post(client, setup.lora_job, format="adapter")
-    assert res.status_code == 503 and "queue is unreachable" in res.text
+    assert res.status_code == 201, res.text
+    export = res.json()
+    assert (export["status"], export["error"]) == ("queued", None)  # waiting for the broker, not failed
     (row,) = client.get(f"/api/jobs/{setup.lora_job}/exports").json()["items"]
-    assert row["status"] == "failed" and "could not be queued" in row["error"]
+    assert row == export
+    broker.up = True
+    assert sweep().resent["export"] == [] and broker.sent == []  # tried just now: not yet
+    _age(export["id"], sent_at=timedelta(minutes=5))  # STUDIO_REDELIVER_SECONDS later
+    assert sweep().resent["export"] == [export["id"]] and broker.sent == [export["id"]]
+    assert claim_export(export["id"]) is not None  # the worker finds it waiting

@@ -171,20 +171,33 @@ def test_an_answer_whose_worker_went_away_is_failed(client: TestClient, setup: S
     from datetime import timedelta
 
     from backend.db import Generation, utcnow
-    from backend.playground.lifecycle import STALE_AFTER, reap_stale_generations
+    from backend.work.lease import LeaseLost, holding
+    from backend.work.reaper import sweep
 
     old, fresh = (
         client.post("/api/generations", json={"prompt": "hi", "job_id": setup.job_id}).json()["id"] for _ in "ab"
     )
-    for gid in (old, fresh):
-        claim_generation(gid)
-    with session_scope() as s:
+    leases = [claim_generation(gid, "w1") for gid in (old, fresh)]
+    assert None not in leases
+    append_output(old, "Half an ")
+    with session_scope() as s:  # its worker went silent: the last heartbeat is older than the lease
         row = s.get(Generation, old)
         assert row is not None
-        row.created_at = utcnow() - STALE_AFTER - timedelta(minutes=1)
-    assert reap_stale_generations() == [old]
-    assert client.get(f"/api/generations/{old}").json()["status"] == "failed"
+        row.heartbeat_at = utcnow() - timedelta(minutes=10)
+    swept = sweep()
+    assert (swept.requeued["generation"], swept.ended["generation"]) == ([], [old])  # never asked twice
+    failed = client.get(f"/api/generations/{old}").json()
+    assert (failed["status"], failed["output"]) == ("failed", "Half an ")
+    assert failed["error"] == "the worker (w1) stopped before finishing this answer"
     assert client.get(f"/api/generations/{fresh}").json()["status"] == "running"
+    # The worker comes back: what it writes now is refused, and the failure stays.
+    lost = leases[0]
+    assert lost is not None
+    with holding(lost):
+        with pytest.raises(LeaseLost):
+            append_output(old, "answer")
+        finish_generation(old)
+    assert client.get(f"/api/generations/{old}").json() == failed
 
 
 def test_other_users_see_nothing(client: TestClient, setup: Setup) -> None:

@@ -42,7 +42,8 @@ def fake_checkpoint(job_id: int, step: int) -> Path:
 
 
 def test_watch_prompts_are_stored_and_validated(client: TestClient, text_dataset: int, job: dict) -> None:
-    assert job["watch_prompts"] == ["Once upon a time"] and job["attempts"] == 0
+    assert job["watch_prompts"] == ["Once upon a time"]
+    assert (job["attempt"], job["attempt_limit"]) == (0, 4)  # no worker has started it; STUDIO_MAX_ATTEMPTS=4
     base = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}
     for prompts in (["a"] * 6, ["x" * 2001], [""], ["nul\x00"]):
         res = client.post("/api/jobs", json={**base, "watch_prompts": prompts})
@@ -85,10 +86,12 @@ def test_resume_requeues_from_the_latest_checkpoint(client: TestClient, job: dic
     assert all(c["size_bytes"] > 100 and "path" not in c for c in listed)
 
     resumed = client.post(f"/api/jobs/{job['id']}/resume").json()
-    assert (resumed["status"], resumed["attempts"], resumed["error"]) == ("queued", 1, None)
+    assert (resumed["status"], resumed["attempt"], resumed["error"]) == ("queued", 1, None)
+    assert resumed["attempt_limit"] == 1 + 4  # a person resuming it counts the automatic retries afresh
     assert resumed["resume_checkpoint"] == "checkpoint-20"
     assert client.post(f"/api/jobs/{job['id']}/resume").status_code == 409  # already queued
-    assert claim_job(job["id"], "w2")  # the worker takes it again
+    again = claim_job(job["id"], "w2")  # the worker takes it again, as the next attempt
+    assert again is not None and again.attempt == 2
 
 
 def test_cancelled_and_paused_jobs_resume_but_succeeded_ones_do_not(client: TestClient, job: dict) -> None:

@@ -256,6 +256,61 @@ def test_hub_import_is_queued_pinned(client: TestClient) -> None:
     assert (model["hub_id"], model["revision"], model["commit"]) == ("HuggingFaceTB/SmolLM2-135M", sha, None)
 
 
+def test_an_import_whose_worker_went_away_is_queued_again_then_failed(
+    client: TestClient, app_env: dict[str, str]
+) -> None:
+    from datetime import timedelta
+
+    from backend.db import Model, session_scope, utcnow
+    from backend.model.imports import claim_import, fail_import, load_import, record_progress
+    from backend.work.lease import LeaseLost, holding
+    from backend.work.reaper import sweep
+
+    def silence(model_id: int) -> None:  # its worker went silent: the last heartbeat is older than the lease
+        with session_scope() as s:
+            row = s.get(Model, model_id)
+            assert row is not None
+            row.heartbeat_at = utcnow() - timedelta(minutes=10)
+
+    model_id = _upload(client, "smol.gguf", GGUF_HEAD + bytes(100)).json()["id"]
+    stored = Path(app_env["STUDIO_DATA_DIR"]) / "imports" / str(model_id) / "smol.gguf"
+    lost = claim_import(model_id, "w1")
+    assert lost is not None and lost.attempt == 1
+    assert claim_import(model_id, "w2") is None  # a second delivery finds it claimed
+    with holding(lost):
+        assert load_import(model_id) is not None
+        record_progress(model_id, "converting", step=1, steps=2)
+    silence(model_id)
+    swept = sweep()
+    assert (swept.requeued["import"], swept.ended["import"]) == ([model_id], [])
+    with session_scope() as s:
+        row = s.get(Model, model_id)
+        assert row is not None
+        assert (row.status, row.lease_worker, row.error) == ("importing", None, None)
+        assert "progress" not in (row.details or {})  # the next attempt starts over
+    assert stored.is_file()  # the uploaded GGUF waits for the next attempt
+    # The lost worker comes back: it no longer owns the import, and cannot end it.
+    with holding(lost):
+        assert load_import(model_id) is None
+        with pytest.raises(LeaseLost):
+            record_progress(model_id, "converting", step=2, steps=2)
+        fail_import(model_id, "too late")
+    assert client.get(f"/api/models/{model_id}").json()["status"] == "importing"
+
+    # Each worker lost on it costs an attempt: the fourth (STUDIO_MAX_ATTEMPTS) is the last.
+    for attempt in (2, 3, 4):
+        won = claim_import(model_id, f"w{attempt}")
+        assert won is not None and won.attempt == attempt
+        silence(model_id)
+        swept = sweep()
+        expected = ([model_id], []) if attempt < 4 else ([], [model_id])
+        assert (swept.requeued["import"], swept.ended["import"]) == expected
+    failed = client.get(f"/api/models/{model_id}").json()
+    assert failed["status"] == "failed"
+    assert failed["error"] == "the worker (w4) stopped answering while importing, on attempt 4 of 4"
+    assert not stored.exists()
+
+
 def test_only_admins_may_trust_remote_code(client: TestClient) -> None:
     model = _upload(client, "m.zip", zipped(model_files())).json()
     res = client.patch(f"/api/models/{model['id']}", json={"trust_remote_code": True})

@@ -75,11 +75,11 @@ def test_cancel_and_claim_are_decided_in_the_database(client: TestClient, text_d
     body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}
     queued = client.post("/api/jobs", json=body).json()
     client.post(f"/api/jobs/{queued['id']}/cancel")
-    assert claim_job(queued["id"], "w1") is False  # cancelled before a worker got it: never runs
+    assert claim_job(queued["id"], "w1") is None  # cancelled before a worker got it: never runs
 
     running = client.post("/api/jobs", json=body).json()
-    assert claim_job(running["id"], "w1") is True
-    assert claim_job(running["id"], "w2") is False  # a second delivery is a no-op
+    assert claim_job(running["id"], "w1") is not None
+    assert claim_job(running["id"], "w2") is None  # a second delivery is a no-op
     assert heartbeat(running["id"], step=1, total_steps=10) is False
     job = client.post(f"/api/jobs/{running['id']}/cancel").json()
     assert (job["status"], job["cancel_requested"]) == ("running", True)
@@ -89,28 +89,97 @@ def test_cancel_and_claim_are_decided_in_the_database(client: TestClient, text_d
     assert client.get(f"/api/jobs/{running['id']}").json()["status"] == "cancelled"
 
 
-def test_reaped_job_stays_failed(client: TestClient, text_dataset: int) -> None:
+def _lose(job_id: int) -> None:
+    """What a worker that died (or stalled) leaves: a lease whose last heartbeat is older than the lease."""
     from datetime import timedelta
 
     from sqlalchemy import update
 
     from backend.db import Job, session_scope, utcnow
-    from backend.job.lifecycle import claim_job, finish_job, heartbeat, reap_stale_jobs
+
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+
+
+def _messages(client: TestClient, job_id: int) -> list[str]:
+    return [e["message"] for e in client.get(f"/api/jobs/{job_id}/events").json()]
+
+
+def test_a_lost_job_is_queued_again_until_its_attempts_are_spent(client: TestClient, text_dataset: int) -> None:
+    from backend.job.lifecycle import claim_job, finish_job, heartbeat, record_metrics
+    from backend.work.lease import LeaseLost, holding
+    from backend.work.reaper import sweep
 
     job = client.post("/api/jobs", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}).json()
-    claim_job(job["id"], "w1")
-    with session_scope() as s:
-        s.execute(update(Job).where(Job.id == job["id"]).values(heartbeat_at=utcnow() - timedelta(hours=1)))
-    assert reap_stale_jobs() == [job["id"]]
-    assert heartbeat(job["id"], step=5, total_steps=10) is True  # the stalled worker learns it lost the job
-    finish_job(job["id"], "succeeded")
-    after = client.get(f"/api/jobs/{job['id']}").json()
-    assert (after["status"], after["error"]) == ("failed", "worker lost (no heartbeat)")
+    job_id = job["id"]
+    stalled = claim_job(job_id, "w1")
+    assert stalled is not None and stalled.attempt == 1
+    with holding(stalled):
+        assert heartbeat(job_id, step=3, total_steps=10) is False
+    _lose(job_id)
+    swept = sweep()
+    assert (swept.requeued["job"], swept.ended["job"]) == ([job_id], [])
+    after = client.get(f"/api/jobs/{job_id}").json()
+    assert (after["status"], after["error"], after["current_step"]) == ("queued", None, 0)
+    assert (after["attempt"], after["attempt_limit"]) == (1, 4)
+    assert "worker w1 lost at step 3: no checkpoint yet, starting over from step 0 (attempt 2 of 4)" in _messages(
+        client, job_id
+    )
+
+    # The stalled worker wakes up: its lease is gone, so its writes are refused and it cannot end the job.
+    with holding(stalled):
+        with pytest.raises(LeaseLost):
+            heartbeat(job_id, step=5, total_steps=10)
+        with pytest.raises(LeaseLost):
+            record_metrics(job_id, 5, {"loss": 1.0})
+        finish_job(job_id, "succeeded")
+    assert client.get(f"/api/jobs/{job_id}").json()["status"] == "queued"
+    assert client.get(f"/api/jobs/{job_id}/metrics").json() == []
+    # A caller holding no lease (not a worker) still learns the job is no longer running.
+    assert heartbeat(job_id, step=5, total_steps=10) is True
+
+    # Each lost worker costs an attempt: the fourth (STUDIO_MAX_ATTEMPTS) is the last.
+    for attempt in (2, 3, 4):
+        won = claim_job(job_id, f"w{attempt}")
+        assert won is not None and won.attempt == attempt
+        _lose(job_id)
+        swept = sweep()
+        expected = ([job_id], []) if attempt < 4 else ([], [job_id])
+        assert (swept.requeued["job"], swept.ended["job"]) == expected
+    failed = client.get(f"/api/jobs/{job_id}").json()
+    error = "worker w4 lost at step 0 on attempt 4 of 4: no attempts left (STUDIO_MAX_ATTEMPTS=4)"
+    assert (failed["status"], failed["error"], failed["attempt"]) == ("failed", error, 4)
+    assert error in _messages(client, job_id)
 
 
-def test_broker_down_fails_the_job_with_a_503(client: TestClient, text_dataset: int) -> None:
+def test_a_lost_job_that_was_being_cancelled_or_paused_ends_so(client: TestClient, text_dataset: int) -> None:
+    from backend.job.lifecycle import claim_job
+    from backend.work.reaper import sweep
+
+    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}
+    cancelling, pausing = (client.post("/api/jobs", json=body).json()["id"] for _ in range(2))
+    for job_id in (cancelling, pausing):
+        assert claim_job(job_id, "w1") is not None
+        _lose(job_id)
+    assert client.post(f"/api/jobs/{cancelling}/cancel").json()["cancel_requested"]
+    assert client.post(f"/api/jobs/{pausing}/pause").json()["pause_requested"]
+    swept = sweep()
+    assert (swept.requeued["job"], sorted(swept.ended["job"])) == ([], [cancelling, pausing])
+    assert client.get(f"/api/jobs/{cancelling}").json()["status"] == "cancelled"
+    paused = client.get(f"/api/jobs/{pausing}").json()
+    assert (paused["status"], paused["resume_checkpoint"]) == ("paused", None)
+    assert any("while pausing; paused (no checkpoint to resume from)" in m for m in _messages(client, pausing))
+
+
+def test_broker_down_keeps_the_job_queued_until_the_sweep_sends_it(client: TestClient, text_dataset: int) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
     import backend.queue
     from backend.config import get_settings
+    from backend.db import Job, session_scope, utcnow
+    from backend.work.reaper import sweep
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STUDIO_BROKER_URL", "redis://127.0.0.1:9/0")  # nothing listens on port 9
@@ -119,9 +188,17 @@ def test_broker_down_fails_the_job_with_a_503(client: TestClient, text_dataset: 
         res = client.post("/api/jobs", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset})
     get_settings.cache_clear()
     backend.queue._app = None
-    assert res.status_code == 503 and "queue is unreachable" in res.text
-    (job,) = client.get("/api/jobs").json()["items"]
-    assert job["status"] == "failed" and "could not enqueue" in job["error"]
+    assert res.status_code == 201, res.text
+    job = res.json()
+    assert (job["status"], job["error"]) == ("queued", None)
+    assert "the task queue is unreachable; the job stays queued and is sent when it is back" in _messages(
+        client, job["id"]
+    )
+    assert sweep().resent["job"] == []  # sent (or tried) just now: not yet
+    with session_scope() as s:  # STUDIO_REDELIVER_SECONDS later, the broker back
+        s.execute(update(Job).where(Job.id == job["id"]).values(sent_at=utcnow() - timedelta(minutes=5)))
+    assert sweep().resent["job"] == [job["id"]]
+    assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "queued"
 
 
 def test_api_logout_revokes_the_session(client: TestClient) -> None:

@@ -128,7 +128,8 @@ def test_checkpoint_merged_as_float16(
     assert "checkpoint-5" in (out / "README.md").read_text()
     merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
     assert {p.dtype for p in merged.parameters()} == {torch.float16}
-    assert not list(exports_dir(lora_job).glob("*/staging"))  # the work folder holds only the zip
+    work_dir = exports_dir(lora_job) / str(export_id) / "attempt-1"
+    assert [p.name for p in work_dir.iterdir()] == [done.artifact_name]  # the work folder holds only the zip
 
     # The reference: base + adapter, in fp32. The fp16 copy (computed in fp32) matches it within fp16 rounding,
     # and the adapter moved the logits by far more than that, so a merge that did nothing would fail here.
@@ -217,25 +218,46 @@ def test_a_classifier_adapter_merges_with_its_head(seed: Seed, pretrained: Pretr
     assert torch.allclose(logits(merged, out), logits(reference, out), atol=1e-4)
 
 
-def test_an_export_failed_by_the_reaper_stops_and_leaves_nothing(
+def test_an_export_taken_back_by_the_reaper_stops_and_the_next_attempt_does_it(
     seed: Seed, lora_job: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from datetime import timedelta
+
     from sqlalchemy import update
 
+    from backend.db import utcnow
     from backend.export import lifecycle
+    from backend.work import reaper
 
     export_id = queue_export(seed, lora_job, checkpoint="checkpoint-10", format="adapter", dtype="float16")
+    sent: list[int] = []
+    monkeypatch.setattr(reaper, "send", lambda kind, row_id: sent.append(row_id) is None)
+    swept = reaper.Swept()
 
     def reaped_while_saving(eid: int, values: dict[str, Any]) -> bool:
-        if values["phase"] == "saving":  # what reap_stale_exports does to a worker it took for dead
+        if values["phase"] == "saving" and not swept.requeued:  # its worker looks dead: silent past the lease
             with session_scope() as s:
-                s.execute(update(Export).where(Export.id == eid).values(status="failed", error="worker lost"))
+                s.execute(update(Export).where(Export.id == eid).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+            reaper.reap(reaper.RECOVERIES["export"], swept)
         return lifecycle.record_progress(eid, values)
 
     monkeypatch.setattr(worker, "record_progress", reaped_while_saving)
-    assert worker.export_weights(export_id) == "failed"
-    assert (row(export_id).status, row(export_id).error) == ("failed", "worker lost")
+    assert worker.export_weights(export_id) == "failed"  # this attempt stops, and records nothing
+    assert swept.requeued["export"] == [export_id] and sent == [export_id]
+    queued = row(export_id)
+    assert (queued.status, queued.error, queued.attempt, queued.lease_worker) == ("queued", None, 1, None)
     with session_scope() as s:
         names = s.scalars(select(Artifact.name).where(Artifact.job_id == lora_job)).all()
     assert "checkpoint-10-adapter-float16.zip" not in names
     assert not (exports_dir(lora_job) / str(export_id)).exists()
+
+    # The task sent again: the next attempt exports it from the start.
+    monkeypatch.setattr(worker, "record_progress", lifecycle.record_progress)
+    assert worker.export_weights(export_id) == "done"
+    done = row(export_id)
+    assert (done.status, done.error, done.attempt, done.artifact_name) == (
+        "done",
+        None,
+        2,
+        "checkpoint-10-adapter-float16.zip",
+    )

@@ -193,7 +193,7 @@ def test_lora_dpo_pauses_and_resumes_from_its_checkpoint(
     assert sorted(n.name for n in Path(job.resume_checkpoint).iterdir() if n.is_dir()) == []  # one adapter, no "ref/"
 
     monkeypatch.setattr(metrics, "beat", real_beat)
-    lifecycle.update_job(job_id, status="queued", attempts=1)
+    lifecycle.update_job(job_id, status="queued", attempt_base=1)  # as POST /resume: lease.requeue
     assert run_job(job_id) == "succeeded", events(job_id)
     with session_scope() as s:
         losses = [m.step for m in s.scalars(select(JobMetric).where(JobMetric.job_id == job_id)) if "loss" in m.values]

@@ -116,7 +116,7 @@ def test_pause_then_resume_continues_from_the_checkpoint(
         return trainer, callback
 
     monkeypatch.setattr(pretrain, "build_trainer", probed)
-    lifecycle.update_job(job_id, status="queued", attempts=1)
+    lifecycle.update_job(job_id, status="queued", attempt_base=1)  # as POST /resume: lease.requeue
     assert run_job(job_id) == "succeeded"
     assert OptimizerProbe.start_step == PAUSE_AT
     assert OptimizerProbe.loaded == pytest.approx(first_state(saved))
@@ -207,7 +207,7 @@ def test_lora_finetune_pauses_and_resumes_its_adapter(
 
     monkeypatch.setattr(metrics, "beat", lifecycle.beat)
     probe_trainers(monkeypatch, finetune)
-    lifecycle.update_job(job_id, status="queued", attempts=1)
+    lifecycle.update_job(job_id, status="queued", attempt_base=1)  # as POST /resume: lease.requeue
     assert run_job(job_id) == "succeeded"
     assert OptimizerProbe.start_step == 6
     assert OptimizerProbe.full is not None
