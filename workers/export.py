@@ -44,9 +44,8 @@ from backend.queue import EXPORT_WEIGHTS
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import EXPORT
 from backend.work.lease import LeaseLost
-from backend.work.reaper import reclaim_own
-from workers import registry
 from workers.artifacts import load_base, ready_to_serve, write_model_card, zip_directory
+from workers.claims import take
 from workers.context import load_context
 from workers.examples import load_tokenizer
 from workers.recipes.classification import ADAPTER_LOADING, LOADING
@@ -269,7 +268,7 @@ def write_card(spec: ExportSpec, directory: Path) -> None:
 
 def build(spec: ExportSpec, report: Reporter) -> Path:
     """Write the export's directory in its work folder and zip it; the zip's path."""
-    shutil.rmtree(spec.work_dir, ignore_errors=True)  # what an earlier, killed delivery left
+    shutil.rmtree(spec.work_dir, ignore_errors=True)  # this attempt starts from an empty folder
     staging = spec.work_dir / "staging"
     staging.mkdir(parents=True)
     tokenizer = load_tokenizer(spec.target.tokenizer_path)
@@ -305,11 +304,8 @@ def _message(exc: Exception) -> str:
 @shared_task(name=EXPORT_WEIGHTS)
 def export_weights(export_id: int) -> str:
     """Run export `export_id`; return "done", "failed" or "skipped" (another delivery has it)."""
-    worker = registry.worker_name()
-    reclaim_own(EXPORT, export_id, worker)
-    won = claim_export(export_id, worker)
+    won = take(EXPORT, export_id, claim_export)
     if won is None:
-        log.info("export %s is not queued (already claimed or finished); skipping", export_id)
         return "skipped"
     spec: ExportSpec | None = None
     try:

@@ -92,7 +92,7 @@ def claim_job(job_id: int, worker: str) -> Lease | None:
 
 def heartbeat(job_id: int, *, step: int, total_steps: int | None) -> bool:
     """Renew the lease and record progress. True means stop: a cancel was requested, or the job is no
-    longer running (e.g. the reaper failed it after a long stall), so this worker no longer owns it."""
+    longer running (cancelled, or taken back by the reaper: this worker no longer owns it)."""
     return beat(job_id, step=step, total_steps=total_steps) == "stop"
 
 
