@@ -2,6 +2,7 @@
 positions."""
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -58,7 +59,9 @@ def tokens_per_byte(examples: list[dict[str, list[int]]], tokenizer: PreTrainedT
                 continue
             if run:
                 tokens += len(run)
-                n_bytes += len(tokenizer.decode(run, skip_special_tokens=True).encode())
+                # decode is typed `str | list[str]` for every input; one flat sequence of ids decodes to a str.
+                text = cast(str, tokenizer.decode(run, skip_special_tokens=True))
+                n_bytes += len(text.encode())
                 run = []
     return tokens / n_bytes if tokens and n_bytes else None
 

@@ -25,6 +25,7 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
 
 from backend.config import get_settings
@@ -200,7 +201,10 @@ def watch_bytes(directory: Path, total: int, report: Reporter) -> Iterator[None]
 
 
 def save_model(model: PreTrainedModel, dtype: torch.dtype, directory: Path, report: Reporter) -> None:
-    model.to(dtype)
+    # PreTrainedModel.to is decorated @wraps(nn.Module.to), which mypy types as unbound (`self` expected as the first
+    # argument); called through the nn.Module type it is still the model's own .to.
+    module: nn.Module = model
+    module.to(dtype)
     # Tied tensors (embeddings and head) are stored once.
     unique = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
     total = max(1, sum(unique.values()))

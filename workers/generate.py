@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from celery import shared_task
@@ -23,6 +23,7 @@ from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    PreTrainedConfig,
     PreTrainedTokenizerBase,
     TextIteratorStreamer,
 )
@@ -136,9 +137,13 @@ def load(target: Target) -> Loaded:
     labels: list[str] = []
     if target.task == "classify":
         config = model.config  # a PeftModel forwards to its base's config
+        assert isinstance(config, PreTrainedConfig)  # typed as nn.Module's attribute: Tensor | Module
         # The head reads the last token that is not padding: the model must know which id pads.
         config.pad_token_id = tokenizer.pad_token_id
-        labels = target.labels or [str(config.id2label[i]) for i in range(config.num_labels)]
+        # PreTrainedConfig types id2label `dict[int, str] | dict[str, str] | None` (and num_labels, its length,
+        # `int | None`), but __post_init__ always sets it, keyed by int (two labels unless the config says otherwise).
+        id2label = cast(dict[int, str], config.id2label)
+        labels = target.labels or [str(id2label[i]) for i in range(len(id2label))]
     _cache = Loaded(key=key, model=model, tokenizer=tokenizer, labels=labels)
     return _cache
 

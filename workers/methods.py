@@ -121,6 +121,7 @@ def apply_method(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -
         # checkpointing is left to the Trainer, like every other method.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     head = ("score", "classifier") if task_type == TaskType.SEQ_CLS else ("lm_head",)
+    tuned: PreTrainedModel | PeftModel = model  # wrapped by PEFT for an adapter method, else `model` itself
     if ctx.method in ADAPTER_METHODS:
         if hp.lora_target_modules:
             check_target_modules(model, hp.lora_target_modules)
@@ -135,13 +136,13 @@ def apply_method(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -
             target_modules=hp.lora_target_modules or "all-linear",  # all-linear skips the output head
             task_type=task_type,  # SEQ_CLS also trains (and saves) the new classification head in full
         )
-        model = get_peft_model(model, lora)
+        tuned = get_peft_model(model, lora)
     elif ctx.method == "freeze":
         n = freeze_bottom(model, hp.freeze_trainable_layers, head)
         log_event(ctx.job_id, f"freeze: training the top {n} of {len(transformer_layers(model))} layers")
-    trainable, total = parameter_counts(model)
+    trainable, total = parameter_counts(tuned)
     log_event(
         ctx.job_id,
         f"{ctx.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",
     )
-    return model
+    return tuned

@@ -269,6 +269,7 @@ class JobCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, what: str, scheduler: Any
     ) -> None:
         """Roll back to the newest checkpoint at half the learning rate while rollbacks are left, else stop."""
+        assert args.output_dir is not None  # declared optional; TrainingArguments.__post_init__ fills in a default
         checkpoint = checkpoint_before(Path(args.output_dir), state.global_step)
         if self.rollbacks_used < self.guards.rollbacks and checkpoint is not None and self.outcome is None:
             self.rollbacks_used += 1

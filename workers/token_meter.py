@@ -77,6 +77,7 @@ class TokenMeter(TrainerCallback):
     ) -> None:
         # A run from a checkpoint (resume or rollback) continues the counts saved with it.
         self._pending, self._seconds, self._step_began = None, 0.0, None
+        assert args.output_dir is not None  # declared optional; TrainingArguments.__post_init__ fills in a default
         saved = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / TOKENS_FILE
         counts = json.loads(saved.read_text()) if state.global_step and saved.is_file() else {}
         self.tokens_seen = int(counts.get("tokens_seen", 0))

@@ -186,6 +186,7 @@ class MeteredTrainer(Trainer):
                 use_mtime=True,
             )
 
+        assert self.model is not None  # declared optional (model_init); a checkpoint is saved while training it
         save_whole(root, self.state.global_step, write, model=self.model, writer=self.args.should_save, rotate=rotate)
 
 
@@ -261,6 +262,7 @@ def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = No
         log_event(callback.job_id, f"resuming from {resume_from.name}")
     if is_main():
         # A save cut short by a crash left a staging folder (or, before staging, a partial checkpoint).
+        assert trainer.args.output_dir is not None  # declared optional; TrainingArguments.__post_init__ fills it
         removed = remove_leftovers(Path(trainer.args.output_dir))
         if removed:
             log_event(callback.job_id, f"removed what an interrupted save left: {', '.join(removed)}")

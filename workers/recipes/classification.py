@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from peft import PeftModel, TaskType
+from peft import TaskType
 from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
     EvalPrediction,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
     TrainerCallback,
     TrainerControl,
@@ -206,16 +205,16 @@ def run(ctx: JobContext) -> None:
     held_out = list(ctx.validation_dataset.records()) if ctx.validation_dataset else None
     names = label_names(records, held_out or [])
     id2label = dict(enumerate(names))
-    head = {
+    head: dict[str, Any] = {  # from_pretrained keywords
         "num_labels": len(names),
         "id2label": id2label,
         "label2id": {name: i for i, name in id2label.items()},
         "problem_type": "single_label_classification",  # softmax + cross-entropy over exclusive classes
     }
     tokenizer = load_tokenizer(ctx.base_model_path)
-    model: PreTrainedModel | PeftModel = load_base(ctx, AutoModelForSequenceClassification, **head)
+    base = load_base(ctx, AutoModelForSequenceClassification, **head)
     # The head reads the last token that is not padding: the model must know which id pads.
-    model.config.pad_token_id = tokenizer.pad_token_id
+    base.config.pad_token_id = tokenizer.pad_token_id
     log_event(ctx.job_id, f"{len(names)} labels: {', '.join(names)}")
     check_in(ctx.job_id)
 
@@ -225,7 +224,7 @@ def run(ctx: JobContext) -> None:
     check_in(ctx.job_id)
 
     # --- method: SEQ_CLS makes PEFT train and save the head in full beside the low-rank update ------------
-    model = apply_method(ctx, model, TaskType.SEQ_CLS)
+    model = apply_method(ctx, base, TaskType.SEQ_CLS)
 
     # --- train -----------------------------------------------------------------------------------------
     record_resolved_config(ctx, model, train_examples=len(train_set), eval_examples=len(eval_set), labels=names)
@@ -253,7 +252,12 @@ def run(ctx: JobContext) -> None:
     # --- outputs: a classifier, not a causal LM, so it does not become a base model ----------------------
     loss, eval_loss = final_losses(trainer)
     metrics = {k: v for k in FINAL_METRICS if (v := last_logged(trainer.state.log_history, k)) is not None}
-    card = {"final_loss": loss, "final_eval_loss": eval_loss, "details": {"labels": id2label}, "metrics": metrics}
+    card: dict[str, Any] = {
+        "final_loss": loss,
+        "final_eval_loss": eval_loss,
+        "details": {"labels": id2label},
+        "metrics": metrics,
+    }
     if ctx.method not in ADAPTER_METHODS:
         export(ctx, model, tokenizer, what="model", loading=LOADING, **card)
         return

@@ -166,10 +166,10 @@ def run(ctx: JobContext) -> None:
 
     # --- base model ------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(ctx.base_model_path)
-    model: PreTrainedModel | PeftModel = load_base(ctx, AutoModelForCausalLM)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    base = load_base(ctx, AutoModelForCausalLM)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    if base.generation_config is not None:
+        base.generation_config.pad_token_id = tokenizer.pad_token_id
     check_in(ctx.job_id)
 
     # --- data: pairs laid out as conversations ---------------------------------------------------------
@@ -184,7 +184,7 @@ def run(ctx: JobContext) -> None:
     check_in(ctx.job_id)
 
     # --- method and reference --------------------------------------------------------------------------
-    model = apply_method(ctx, model, TaskType.CAUSAL_LM)
+    model = apply_method(ctx, base, TaskType.CAUSAL_LM)
     reference = reference_model(ctx, model)
     log_event(
         ctx.job_id,

@@ -9,8 +9,8 @@ which also becomes a new base model.
 
 from typing import Any
 
-from peft import PeftModel, TaskType
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from peft import TaskType
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, set_seed
 
 from backend.job.lifecycle import log_event
 from workers.artifacts import export, export_merged, register_base_model
@@ -70,10 +70,10 @@ def run(ctx: JobContext) -> None:
 
     # --- base model ------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(ctx.base_model_path)
-    model: PreTrainedModel | PeftModel = load_base(ctx, AutoModelForCausalLM)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    base = load_base(ctx, AutoModelForCausalLM)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    if base.generation_config is not None:
+        base.generation_config.pad_token_id = tokenizer.pad_token_id
 
     check_in(ctx.job_id)
 
@@ -90,7 +90,7 @@ def run(ctx: JobContext) -> None:
     check_in(ctx.job_id)
 
     # --- method: a low-rank update beside frozen weights, the top layers, or every weight ---------------
-    model = apply_method(ctx, model, TaskType.CAUSAL_LM)
+    model = apply_method(ctx, base, TaskType.CAUSAL_LM)
 
     # --- train -----------------------------------------------------------------------------------------
     record_resolved_config(ctx, model, train_examples=len(train_set), eval_examples=len(eval_set))

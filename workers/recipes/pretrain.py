@@ -6,7 +6,7 @@ prediction with `transformers.Trainer` → model.zip, and the model joins the ow
 fine-tuned next.
 """
 
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, set_seed
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, set_seed
 
 from backend.job.lifecycle import log_event
 from backend.model.presets import PRESETS
@@ -35,6 +35,7 @@ def run(ctx: JobContext) -> None:
     else:
         # Hold out eval text before anything learns from it, the tokenizer included.
         train_texts, eval_texts = split_text_holdout(texts, hp.validation_fraction, hp.seed)
+    tokenizer: PreTrainedTokenizerBase
     if ctx.resume_checkpoint is not None:
         # A resumed run must cut the corpus into the very same token ids its checkpointed weights learned.
         tokenizer = AutoTokenizer.from_pretrained(ctx.resume_checkpoint, local_files_only=True)
