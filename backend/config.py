@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     cookie_secure: bool = False
 
     @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> "Settings":
+        # A lease shorter than a few heartbeats would let the reaper take work from a live worker between beats.
+        if self.lease_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                f"STUDIO_LEASE_SECONDS ({self.lease_seconds}) must be at least 3 x STUDIO_HEARTBEAT_SECONDS "
+                f"({self.heartbeat_seconds})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
         self.data_dir = self.data_dir.expanduser().resolve()
         if not self.database_url:

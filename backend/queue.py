@@ -42,7 +42,8 @@ def _transport_options(broker_url: str) -> dict[str, object]:
         # kombu hands these to create_engine: wait out SQLite write locks instead of failing.
         return {"connect_args": {"timeout": 30}}
     # Jobs train for hours; Redis redelivers only after a long silence (the DB claim makes a rerun a no-op).
-    return {"visibility_timeout": 12 * 3600}
+    # A Redis that accepts connections but never answers must fail a send in seconds, not hang the API or the sweep.
+    return {"visibility_timeout": 12 * 3600, "socket_timeout": 5, "socket_connect_timeout": 5}
 
 
 _app: Celery | None = None

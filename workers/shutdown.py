@@ -20,9 +20,8 @@ from types import FrameType
 from typing import Any
 
 from backend.config import get_settings
-from backend.db import session_scope
 from backend.work import lease
-from backend.work.send import send
+from backend.work.reaper import hand_back
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +37,11 @@ def requested() -> bool:
 
 
 def give_back_held() -> None:
-    """Put every piece of work this process still holds back in the queue (and send it again)."""
+    """Recover every piece of work this process still holds, as the reaper would (a job from its newest
+    checkpoint; see backend.work.reaper.hand_back), and send it to the next worker."""
     for held in lease.all_held():
         try:
-            with session_scope() as s:
-                lease.give_back(s, held)
-            send(held.kind, held.id)
+            hand_back(held)
             log.warning("gave %s back to the queue on shutdown", held)
         except Exception as exc:  # lost meanwhile, or the database is away: the reaper recovers it after the lease
             log.warning("could not give %s back on shutdown: %s", held, exc)

@@ -52,11 +52,14 @@ def add_event(session: Session, job_id: int, message: str, level: str = "info") 
 
 
 def _written(job_id: int, write: Callable[[Session], None]) -> Callable[[], None]:
-    """`write` in a short transaction of its own, fenced by this process's lease on the job, then published."""
+    """`write` in a short transaction of its own, fenced by the lease this process holds on the job now (not when
+    the outbox gets to it: the lease may be released by then), then published."""
+    held = lease.held(JOB, job_id)
 
     def run() -> None:
         with session_scope() as s:
-            lease.fence_held(s, JOB, job_id)
+            if held is not None:
+                lease.fence(s, held)
             write(s)
         publish(job_id)
 
@@ -116,9 +119,12 @@ def beat(job_id: int, *, step: int, total_steps: int | None) -> str:
                 )
             row = s.execute(select(Job.status, Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)).one()
     except Exception as exc:
-        if transient(exc):
-            return "run"
-        raise
+        if not transient(exc):
+            raise
+        if held is not None and lease.overdue(held):
+            # The reaper may give the job to another worker any moment now: stop before two train it.
+            raise LeaseLost(f"{held} could not renew its lease for {lease.unrenewed_for(held):.0f} s") from exc
+        return "run"
     publish(job_id)
     if row.status != "running" or row.cancel_requested:
         return "stop"  # a cancel wins over a pause asked for at the same time

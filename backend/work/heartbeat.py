@@ -34,6 +34,10 @@ def heartbeat(held: Lease) -> Iterator[threading.Event]:
             except Exception as exc:  # a database blip: the lease is minutes long, the next beat may land
                 level = logging.INFO if transient(exc) else logging.WARNING
                 log.log(level, "lease renewal of %s failed: %s", held, exc)
+                if lease.overdue(held):
+                    log.warning("%s could not renew its lease for most of it; stopping", held)
+                    lost.set()
+                    return
 
     thread = threading.Thread(target=beat, name=f"lease-{held.kind.name}-{held.id}", daemon=True)
     with lease.holding(held):

@@ -13,6 +13,7 @@ Worker code holds its leases in this process (`hold`), so the writers of a domai
 fence themselves without every call site passing the attempt along.
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from backend.config import get_settings
 from backend.db import utcnow
 
 
@@ -87,16 +89,22 @@ def _rowcount(result: Any) -> int:
 # --- the worker's side ------------------------------------------------------------------------------------------
 
 _held: dict[tuple[str, int], Lease] = {}
+# When each held lease was last renewed (monotonic clock): a worker cut off from the database for most of a lease
+# must stop, since the reaper will soon give its work to another.
+_renewed: dict[tuple[str, int], float] = {}
+UNRENEWED_LIMIT = 0.75  # the share of the lease
 
 
 def hold(lease: Lease) -> None:
     """Remember that this process works on `lease`: the domain's writers fence their writes with it."""
     _held[(lease.kind.name, lease.id)] = lease
+    _renewed[(lease.kind.name, lease.id)] = time.monotonic()
 
 
 def release(lease: Lease) -> None:
     if _held.get((lease.kind.name, lease.id)) == lease:
         del _held[(lease.kind.name, lease.id)]
+        _renewed.pop((lease.kind.name, lease.id), None)
 
 
 def all_held() -> list[Lease]:
@@ -166,6 +174,18 @@ def renew(session: Session, lease: Lease, **values: Any) -> None:
     )
     if _rowcount(res) != 1:
         raise LeaseLost(f"{lease} lost its lease")
+    _renewed[(lease.kind.name, lease.id)] = time.monotonic()
+
+
+def unrenewed_for(lease: Lease) -> float:
+    """Seconds since this process last renewed `lease` (since it was held, before the first renewal)."""
+    return time.monotonic() - _renewed.get((lease.kind.name, lease.id), time.monotonic())
+
+
+def overdue(lease: Lease) -> bool:
+    """Whether this process went most of a lease without renewing it (the database unreachable): the reaper is
+    about to give the work to another worker, so this one must stop before two do it."""
+    return unrenewed_for(lease) > UNRENEWED_LIMIT * get_settings().lease_seconds
 
 
 def finish(session: Session, lease: Lease, status: str, **values: Any) -> None:
@@ -182,8 +202,10 @@ def finish(session: Session, lease: Lease, status: str, **values: Any) -> None:
 
 
 def give_back(session: Session, lease: Lease, **values: Any) -> None:
-    """Put the work back in the queue (this worker is shutting down); the caller re-sends the task after commit."""
-    finish(session, lease, lease.kind.queued, sent_at=db_now(session), **values)
+    """Put the work back in the queue (this worker is shutting down); the caller re-sends the task after commit.
+    A shutdown is no failure: the attempt does not count against STUDIO_MAX_ATTEMPTS."""
+    t = lease.kind.table
+    finish(session, lease, lease.kind.queued, sent_at=db_now(session), attempt_base=t.attempt_base + 1, **values)
 
 
 # --- the API's side: re-queue, reap, re-send ---------------------------------------------------------------------
@@ -213,6 +235,7 @@ class Expired:
     attempt: int
     attempt_base: int
     lease_worker: str
+    heartbeat_at: datetime | None = None  # as seen: a renewal since then makes the take-over fail
 
     def spent(self, max_attempts: int) -> bool:
         """Whether the attempts since a person last queued it are used up."""
@@ -231,9 +254,19 @@ def expired(session: Session, kind: Kind, lease: timedelta) -> list[Expired]:
     cutoff = db_now(session) - lease
     stale = or_(t.heartbeat_at.is_(None), t.heartbeat_at < cutoff)
     rows = session.execute(
-        select(t.id, t.attempt, t.attempt_base, t.lease_worker).where(kind.is_running(), stale).with_for_update()
+        select(t.id, t.attempt, t.attempt_base, t.lease_worker, t.heartbeat_at)
+        .where(kind.is_running(), stale)
+        .with_for_update()
     ).all()
-    return [Expired(r.id, r.attempt, r.attempt_base, r.lease_worker) for r in rows]
+    return [Expired(r.id, r.attempt, r.attempt_base, r.lease_worker, r.heartbeat_at) for r in rows]
+
+
+def _unchanged(kind: Kind, row: Expired) -> ColumnElement[bool]:
+    """The row as the reaper saw it: same attempt, still running, and not renewed since. (SQLite takes no row
+    lock on SELECT ... FOR UPDATE, so a renewal between the look and the write must make the write miss.)"""
+    t = kind.table
+    beat = t.heartbeat_at.is_(None) if row.heartbeat_at is None else t.heartbeat_at == row.heartbeat_at
+    return and_(t.id == row.id, t.attempt == row.attempt, kind.is_running(), beat)
 
 
 def take_over(session: Session, kind: Kind, row: Expired, **values: Any) -> bool:
@@ -241,7 +274,7 @@ def take_over(session: Session, kind: Kind, row: Expired, **values: Any) -> bool
     t = kind.table
     res = session.execute(
         update(t)
-        .where(t.id == row.id, t.attempt == row.attempt, kind.is_running())
+        .where(_unchanged(kind, row))
         .values(status=kind.queued, lease_worker=None, sent_at=db_now(session), **values)
         .execution_options(synchronize_session=False)
     )
@@ -253,7 +286,7 @@ def give_up(session: Session, kind: Kind, row: Expired, *, status: str | None = 
     t = kind.table
     res = session.execute(
         update(t)
-        .where(t.id == row.id, t.attempt == row.attempt, kind.is_running())
+        .where(_unchanged(kind, row))
         .values(status=status or kind.failed, lease_worker=None, **values)
         .execution_options(synchronize_session=False)
     )
@@ -290,4 +323,13 @@ def orphaned(session: Session, kind: Kind, row_id: int, worker: str, quiet: time
         return None
     if row.heartbeat_at is not None and row.heartbeat_at > db_now(session) - quiet:
         return True
-    return Expired(row.id, row.attempt, row.attempt_base, row.lease_worker)
+    return Expired(row.id, row.attempt, row.attempt_base, row.lease_worker, row.heartbeat_at)
+
+
+def as_expired(session: Session, lease: Lease) -> Expired | None:
+    """This worker's own running work, as the reaper would see it once the lease ran out (None if not ours)."""
+    t = lease.kind.table
+    row = session.execute(
+        select(t.id, t.attempt, t.attempt_base, t.lease_worker, t.heartbeat_at).where(lease.owns()).with_for_update()
+    ).one_or_none()
+    return Expired(row.id, row.attempt, row.attempt_base, row.lease_worker, row.heartbeat_at) if row else None

@@ -9,9 +9,10 @@ work when a task starts (its previous process died) recovers it at once with the
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
@@ -24,9 +25,10 @@ from backend.model.imports import recover_import
 from backend.playground.lifecycle import recover_generation
 from backend.work import lease
 from backend.work.kinds import ANALYSIS, EXPORT, GENERATION, IMPORT, JOB
-from backend.work.lease import Expired, Kind
+from backend.work.lease import Expired, Kind, Lease
+from backend.work.retry import transient
 from backend.work.send import send
-from backend.worker.service import live_training_workers
+from backend.worker.service import live_workers
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +86,53 @@ def resend(recovery: Recovery, swept: Swept) -> None:
     """Send again the kind's queued work that no worker claimed in time: its message may be lost (a broker
     restart, a worker killed before it acknowledged). A duplicate costs one refused claim."""
     after = timedelta(seconds=get_settings().redeliver_seconds)
+    swept.resent[recovery.kind.name] = []
     with session_scope() as s:
-        if recovery.kind is JOB and all_busy(s):
-            return  # jobs queued behind hours of training: their messages wait in line, not lost
+        if not can_take(s, recovery.kind):
+            return  # re-sending would only pile copies up in the broker
         ids = lease.unclaimed(s, recovery.kind, after)
     swept.resent[recovery.kind.name] = [row_id for row_id in ids if send(recovery.kind, row_id)]
 
 
-def all_busy(session: Session) -> bool:
-    """Whether training workers are live and every one is running a job (none could take a re-sent one now)."""
-    live = live_training_workers(session)
-    return bool(live) and all(w.current_job_id is not None for w in live)
+def can_take(session: Session, kind: Kind) -> bool:
+    """Whether a live worker consumes the kind's queue and, for jobs, one is idle: re-sent work could be taken now.
+    (Jobs queued behind hours of training wait in line in the broker; they are not lost.)"""
+    live = live_workers(session, kind.queue)
+    if kind is JOB:
+        return any(w.current_job_id is None for w in live)
+    return bool(live)
 
 
 def sweep() -> Swept:
     """One pass over every kind: reap expired leases, then re-send unclaimed work."""
     swept = Swept()
     for recovery in RECOVERIES.values():
-        reap(recovery, swept)
-        resend(recovery, swept)
+        try:
+            reap(recovery, swept)
+            resend(recovery, swept)
+        except Exception as exc:  # one kind's trouble must not hold up the others' recovery
+            if not transient(exc):
+                log.exception("recovering %s work failed", recovery.kind.name)
+            else:
+                raise
     return swept
+
+
+def hand_back(held: Lease) -> None:
+    """This worker is leaving with work it could not finish or checkpoint within its grace: recover it now as the
+    reaper would once the lease ran out (a job from its newest checkpoint, an export from scratch, an answer
+    failed), without counting the attempt against STUDIO_MAX_ATTEMPTS: a shutdown is no failure."""
+    recovery = RECOVERIES[held.kind.name]
+    t = held.kind.table
+    with session_scope() as s:
+        row = lease.as_expired(s, held)
+        if row is None:
+            return  # no longer ours
+        s.execute(update(t).where(t.id == row.id).values(attempt_base=t.attempt_base + 1))
+        requeued = recovery.recover(s, replace(row, attempt_base=row.attempt_base + 1), get_settings().max_attempts)
+    if requeued:
+        send(held.kind, held.id)
+    recovery.publish(held.id)
 
 
 def reclaim_own(kind: Kind, row_id: int, worker: str) -> None:

@@ -8,6 +8,7 @@ reaper may have handed the work to another worker, and this one must stop anyway
 """
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -25,12 +26,20 @@ FIRST_DELAY = 0.2
 MAX_DELAY = 5.0
 
 
+# SQLite reports a bad query (no such column, a syntax error) as OperationalError too: only these are about the file.
+SQLITE_TRANSIENT = ("database is locked", "unable to open", "disk i/o error", "database is busy")
+
+
 def transient(exc: BaseException) -> bool:
     """A failure that says the database could not be reached (or dropped the connection), not that the write
-    was wrong: worth trying again."""
-    if isinstance(exc, OperationalError | InterfaceError):
+    was wrong: worth trying again. A programming error (a missing column, bad SQL) never is."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    if isinstance(exc.orig, sqlite3.Error):
+        return any(text in str(exc.orig).lower() for text in SQLITE_TRANSIENT)
+    return True  # psycopg raises OperationalError for connections refused, dropped or timed out
 
 
 def patience() -> float:

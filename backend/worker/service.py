@@ -35,12 +35,17 @@ def live_state(session: Session) -> WorkersLive:
     return WorkersLive(items=list_workers(session), queued=queue_depth(session), now=db_now(session))
 
 
-def live_training_workers(session: Session) -> list[Worker]:
-    """Training workers (queue studio) seen within the liveness window."""
+def live_workers(session: Session, queue: str) -> list[Worker]:
+    """Workers consuming `queue` seen within the liveness window."""
     since = live_since(session)
     return list(
-        session.scalars(select(Worker).where(Worker.queue == QUEUE, Worker.last_seen_at >= since).order_by(Worker.name))
+        session.scalars(select(Worker).where(Worker.queue == queue, Worker.last_seen_at >= since).order_by(Worker.name))
     )
+
+
+def live_training_workers(session: Session) -> list[Worker]:
+    """Training workers (queue studio) seen within the liveness window."""
+    return live_workers(session, QUEUE)
 
 
 def can_run_qlora(worker: Worker) -> bool:

@@ -37,6 +37,8 @@ def upgrade() -> None:
     for table in LEASED:
         with op.batch_alter_table(table, schema=None) as batch_op:
             _lease_columns(batch_op, heartbeat=True)
+    # `attempts` counted a person's resumes: the automatic retries count from there.
+    op.execute("UPDATE jobs SET attempt_base = attempt")
     # Work running at the upgrade gets a holder, so the reaper recovers it once its (old) heartbeat is stale.
     op.execute("UPDATE jobs SET lease_worker = coalesce(worker, 'unknown') WHERE status = 'running'")
     for table in ("exports", "generations", "dataset_analyses"):

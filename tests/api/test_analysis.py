@@ -219,8 +219,10 @@ class Broker:
 def test_broker_down_leaves_the_row_queued_for_the_sweep(
     client: TestClient, pairs: dict, base_model: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from backend.queue import ANALYSIS_QUEUE
     from backend.work import send
     from backend.work.reaper import sweep
+    from tests.api.live_workers import register_worker
 
     broker = Broker()
     monkeypatch.setattr(send, "celery_app", lambda: broker)
@@ -230,6 +232,7 @@ def test_broker_down_leaves_the_row_queued_for_the_sweep(
     queued = res.json()
     assert (queued["status"], queued["error"]) == ("queued", None)  # waiting, not failed
     broker.up = True
+    register_worker(ANALYSIS_QUEUE)
     assert sweep().resent["analysis"] == [] and broker.sent == []  # tried just now: not yet
     with session_scope() as s:  # STUDIO_REDELIVER_SECONDS later
         row = s.get(DatasetAnalysis, queued["id"])

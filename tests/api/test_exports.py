@@ -24,10 +24,11 @@ from backend.export.lifecycle import (
     load_export,
     record_progress,
 )
-from backend.queue import EXPORT_WEIGHTS
+from backend.queue import ANALYSIS_QUEUE, EXPORT_WEIGHTS
 from backend.work import send
 from backend.work.lease import holding
 from backend.work.reaper import sweep
+from tests.api.live_workers import register_worker
 from tests.api.test_generations import ADAPTER_FILES, _write
 from tests.api.test_models import model_files, zipped
 
@@ -250,6 +251,7 @@ def test_exports_whose_worker_went_away_are_queued_again_then_failed(
     _age(dead, heartbeat_at=timedelta(minutes=10))
     _age(waiting, sent_at=timedelta(minutes=10))  # its message was lost: no worker claimed it
     broker.sent.clear()
+    register_worker(ANALYSIS_QUEUE)  # exports are re-sent only while a worker consumes their queue
     swept = sweep()
     assert (swept.requeued["export"], swept.ended["export"], swept.resent["export"]) == ([dead], [], [waiting])
     assert sorted(broker.sent) == sorted([dead, waiting])
@@ -344,5 +346,7 @@ def test_broker_down_keeps_the_export_queued_until_the_sweep_sends_it(
     broker.up = True
     assert sweep().resent["export"] == [] and broker.sent == []  # tried just now: not yet
     _age(export["id"], sent_at=timedelta(minutes=5))  # STUDIO_REDELIVER_SECONDS later
+    assert sweep().resent["export"] == [] and broker.sent == []  # no analysis worker is live to take it
+    register_worker(ANALYSIS_QUEUE)
     assert sweep().resent["export"] == [export["id"]] and broker.sent == [export["id"]]
     assert claim_export(export["id"]) is not None  # the worker finds it waiting

@@ -179,7 +179,9 @@ def test_broker_down_keeps_the_job_queued_until_the_sweep_sends_it(client: TestC
     import backend.queue
     from backend.config import get_settings
     from backend.db import Job, session_scope, utcnow
+    from backend.queue import QUEUE
     from backend.work.reaper import sweep
+    from tests.api.live_workers import register_worker
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STUDIO_BROKER_URL", "redis://127.0.0.1:9/0")  # nothing listens on port 9
@@ -194,9 +196,12 @@ def test_broker_down_keeps_the_job_queued_until_the_sweep_sends_it(client: TestC
     assert "the task queue is unreachable; the job stays queued and is sent when it is back" in _messages(
         client, job["id"]
     )
+    register_worker(QUEUE, job_id=job["id"] + 1000)  # the only training worker is busy
     assert sweep().resent["job"] == []  # sent (or tried) just now: not yet
     with session_scope() as s:  # STUDIO_REDELIVER_SECONDS later, the broker back
         s.execute(update(Job).where(Job.id == job["id"]).values(sent_at=utcnow() - timedelta(minutes=5)))
+    assert sweep().resent["job"] == []  # no worker could take it now: its copy would only wait in the broker
+    register_worker(QUEUE)  # idle now
     assert sweep().resent["job"] == [job["id"]]
     assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "queued"
 
