@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install run api worker migrate test test-all test-fast lint format typecheck bench browser-deps clean
+.PHONY: install run api worker migrate test test-slow test-all test-fast lint format typecheck bench browser-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ browser-deps:
 
 test: install browser-deps  ## the default suite (excludes `slow`)
 	$(BIN)/pytest -m "not slow and not gpu and not bench"
+
+test-slow: install  ## the slow tests: faults injected for real (tests/reliability), SmolLM2, data parallel
+	$(BIN)/pytest -m "slow and not gpu and not bench"
 
 test-all: install browser-deps
 	$(BIN)/pytest -m "not bench"
