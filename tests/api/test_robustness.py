@@ -239,3 +239,36 @@ def test_deep_json_inside_a_string_field_is_a_422_naming_line_and_field(
     assert res.status_code == 200, res.text
     (error,) = res.json()["errors"]
     assert error["line"] == 2 and error["field"].endswith(field) and "nested too deeply" in error["message"]
+
+
+def test_a_job_its_worker_could_not_checkpoint_in_the_grace_resumes_from_its_newest_checkpoint(
+    client: TestClient, text_dataset: int
+) -> None:
+    """A shutdown whose grace ran out mid-step hands the job back as the reaper would: from the newest complete
+    checkpoint, the points after it dropped, and the attempt not counted against STUDIO_MAX_ATTEMPTS."""
+    from backend.job.checkpoints import MARKER, checkpoint_dir
+    from backend.job.lifecycle import claim_job, heartbeat, record_metrics
+    from backend.work.lease import holding
+    from backend.work.reaper import hand_back
+
+    job_id = client.post(
+        "/api/jobs", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset}
+    ).json()["id"]
+    leaving = claim_job(job_id, "w1")
+    assert leaving is not None
+    with holding(leaving):
+        for step in range(1, 28):
+            record_metrics(job_id, step, {"loss": 1.0})
+        heartbeat(job_id, step=27, total_steps=60)
+        newest = checkpoint_dir(job_id) / "checkpoint-20"
+        newest.mkdir(parents=True)
+        (newest / MARKER).write_text("{}")
+        (checkpoint_dir(job_id) / "checkpoint-25").mkdir()  # cut short by the exit: no marker
+        hand_back(leaving)
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert (job["status"], job["resume_checkpoint"], job["current_step"]) == ("queued", "checkpoint-20", 20)
+    assert (job["attempt"], job["attempt_limit"]) == (1, 5)  # the shutdown did not use up an attempt
+    steps = [m["step"] for m in client.get(f"/api/jobs/{job_id}/metrics").json()]
+    assert steps == list(range(1, 21))
+    # Counted from the shutdown on: the next attempt is the first that counts.
+    assert "worker w1 lost at step 27: resuming from checkpoint-20 (attempt 1 of 4)" in _messages(client, job_id)
