@@ -1,12 +1,21 @@
-"""Shared fixtures: a fresh database per test run on each backend, in-process apps and live studio processes.
+"""Shared fixtures: databases on each backend, in-process apps and live studio processes.
 
 Backends: `sqlite` (the embedded default: SQLite + kombu's SQLAlchemy broker) and `postgres` (PostgreSQL +
-Redis, each test run with its own database and Redis db number). Schemas are built by Alembic only.
+Redis, a database and a Redis db number of this test run's own). Schemas are built by Alembic only, once per
+backend per session: each test gets a copy of a migrated SQLite file, or the PostgreSQL tables emptied
+(tests/test_migrations.py migrates empty databases for real).
+
+Studios: `shared_studio` is a warm studio per backend for the whole session (`studio up` on SQLite; `studio api` +
+`studio worker` + `studio worker --analysis` on PostgreSQL + Redis), seen by a fresh user per test. Tests that stop
+or restart processes, or need settings of their own, start their own with `studio` (or `StudioProcess`).
 """
 
+import functools
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -19,6 +28,8 @@ PG_ADMIN_URL = os.environ.get("STUDIO_TEST_PG", "postgresql://postgres@127.0.0.1
 REDIS_URL = os.environ.get("STUDIO_TEST_REDIS", "redis://127.0.0.1:6379")
 FIXTURES = Path(__file__).parent / "fixtures"
 IN_CI = os.environ.get("CI") == "true"
+# The warm studios never reach the Hugging Face Hub: nothing listens on port 9, so a Hub import fails at once.
+OFFLINE = {"STUDIO_HUB_ENDPOINT": "http://127.0.0.1:9"}
 
 
 def _services_up() -> str | None:
@@ -30,62 +41,105 @@ def _services_up() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def server_services() -> Iterator[dict[str, str]]:
-    """A PostgreSQL database and a Redis db number of this test run's own, dropped at the end."""
+def _require_services() -> None:
     problem = _services_up()
     if problem:
         if IN_CI:
             pytest.fail(f"PostgreSQL/Redis are required in CI: {problem}")
         pytest.skip(f"PostgreSQL/Redis not reachable: {problem}")
+
+
+@contextmanager
+def server_resources() -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database and a Redis db number, as studio settings; both dropped on the way out."""
     name = f"studio_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    # Allocate a Redis db number (1..15) per run so concurrent runs and other tenants don't collide.
+    # A Redis db number (1..15) per use so concurrent runs and other tenants don't collide.
     admin = redis.Redis.from_url(f"{REDIS_URL}/0")
     db = 1 + int(admin.incr("studio:test:db-counter")) % 15
     r = redis.Redis.from_url(f"{REDIS_URL}/{db}")
     r.flushdb()
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    yield {
-        "STUDIO_DATABASE_URL": f"{base}/{name}",
-        "STUDIO_BROKER_URL": f"{REDIS_URL}/{db}",
-        "STUDIO_REDIS_URL": f"{REDIS_URL}/{db}",
-    }
-    r.flushdb()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield {
+            "STUDIO_DATABASE_URL": f"{base}/{name}",
+            "STUDIO_BROKER_URL": f"{REDIS_URL}/{db}",
+            "STUDIO_REDIS_URL": f"{REDIS_URL}/{db}",
+        }
+    finally:
+        r.flushdb()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def server_services() -> Iterator[dict[str, str]]:
+    """This test run's PostgreSQL database (at head, emptied per test) and Redis db number (flushed per test)."""
+    _require_services()
+    from backend.migrate import upgrade
+
+    with server_resources() as services:
+        upgrade(services["STUDIO_DATABASE_URL"])
+        yield services
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database at head, built once by Alembic; each test gets a copy."""
+    from backend.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("schema") / "studio.db"
+    upgrade(f"sqlite:///{path}")  # closes its connections, so the write-ahead log is folded into the file
+    return path
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    """Environment for one studio on the given backend; the PostgreSQL one is emptied per test."""
-    env = {"STUDIO_DATA_DIR": str(tmp_path / "data")}
+    """Environment for one studio on the given backend, its database at head and empty."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = {"STUDIO_DATA_DIR": str(data_dir)}
     if request.param == "postgres":
         services = request.getfixturevalue("server_services")
         env.update(services)
-        _empty_postgres(services["STUDIO_DATABASE_URL"])
+        empty_postgres(services["STUDIO_DATABASE_URL"])
         redis.Redis.from_url(services["STUDIO_BROKER_URL"]).flushdb()
+    else:
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), data_dir / "studio.db")
     return env
 
 
-def _empty_postgres(url: str) -> None:
+def empty_postgres(url: str) -> None:
+    """Every table emptied and its ids restarted at 1; the schema (and Alembic's version row) stays."""
     plain = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        conn.execute("SET lock_timeout = '30s'")  # a leaked open transaction fails the test instead of hanging it
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        ).fetchall()
+        tables = ", ".join(f'"{name}"' for (name,) in rows)
+        if tables:
+            conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture
 def app_env(backend_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """This process configured for `backend_env`, schema at head (via Alembic)."""
+    """This process configured for `backend_env` (schema at head, no rows)."""
     for key, value in backend_env.items():
         monkeypatch.setenv(key, value)
     reset_process_state()
-    from backend.migrate import upgrade
-
-    upgrade()
     yield backend_env
     reset_process_state()
+
+
+@functools.cache
+def _owner_password_hash() -> str:
+    """The argon2 hash of "password123", made once: hashing takes a third of a second, and nearly every API test
+    starts with this user (create_user itself is tested by the CLI and the tests that add other users)."""
+    from argon2 import PasswordHasher
+
+    return PasswordHasher().hash("password123")
 
 
 @pytest.fixture
@@ -93,12 +147,14 @@ def client(app_env: dict[str, str]) -> Iterator["object"]:
     """An in-process TestClient logged in as a fresh admin (bearer token)."""
     from fastapi.testclient import TestClient
 
-    from backend.auth.service import create_user, issue_token
-    from backend.db import session_scope
+    from backend.auth.service import issue_token
+    from backend.db import User, session_scope
     from backend.main import create_app
 
     with session_scope() as s:
-        user = create_user(s, email="owner@example.com", password="password123", is_admin=False)
+        user = User(email="owner@example.com", password_hash=_owner_password_hash(), is_admin=False)
+        s.add(user)
+        s.flush()
         token = issue_token(s, user=user, kind="api")
     with TestClient(create_app()) as c:
         c.headers["Authorization"] = f"Bearer {token}"
@@ -107,6 +163,42 @@ def client(app_env: dict[str, str]) -> Iterator["object"]:
 
 @pytest.fixture
 def studio(backend_env: dict[str, str], tmp_path: Path) -> Iterator[StudioProcess]:
-    """A running studio: `studio up` in embedded mode, `studio api` + a separate `studio worker` in server mode."""
+    """A studio of the test's own, for tests that stop or restart its processes: `studio up` in embedded mode,
+    `studio api` + a separate `studio worker` in server mode. Others use `shared_studio`."""
     with StudioProcess(backend_env, log_dir=tmp_path / "logs") as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def embedded_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioProcess]:
+    """`studio up` on SQLite, warm for the whole session (use it through `shared_studio` or `as_new_user`)."""
+    tmp = tmp_path_factory.mktemp("embedded-studio")
+    with StudioProcess({"STUDIO_DATA_DIR": str(tmp / "data"), **OFFLINE}, log_dir=tmp / "logs") as proc:
+        yield proc
+        proc.kill()  # the session is over: no job to checkpoint, no need to wait out a graceful shutdown
+
+
+@pytest.fixture(scope="session")
+def server_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioProcess]:
+    """`studio api` + `studio worker` + `studio worker --analysis` on PostgreSQL and Redis of their own (not the
+    database the in-process tests empty), warm for the whole session."""
+    _require_services()
+    tmp = tmp_path_factory.mktemp("server-studio")
+    with (
+        server_resources() as services,
+        StudioProcess({"STUDIO_DATA_DIR": str(tmp / "data"), **services, **OFFLINE}, log_dir=tmp / "logs") as proc,
+    ):
+        yield proc
+        proc.kill()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_studio(request: pytest.FixtureRequest) -> Iterator[StudioProcess]:
+    """The session's warm studio on each backend, seen by a fresh user: the test sees only what it made. Its
+    unfinished jobs are cancelled afterwards, so the next test finds the worker idle. One backend only:
+    `@pytest.mark.parametrize("shared_studio", ["postgres"], indirect=True)`."""
+    warm = request.getfixturevalue("embedded_studio" if request.param == "sqlite" else "server_studio")
+    warm.wait_healthy(timeout=10)  # a process that died under an earlier test fails here, with its logs
+    studio = warm.as_new_user()
+    yield studio
+    studio.settle()

@@ -1,6 +1,7 @@
 """Helpers to run the studio as real processes (API + Celery worker) and talk to it."""
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -8,15 +9,21 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
+import pytest
 
 ADMIN_EMAIL = "admin@localhost"
 ADMIN_PASSWORD = "admin-password-123"
+USER_PASSWORD = "user-password-123"
 STUDIO = [sys.executable, "-m", "backend"]
+LIVE_STATUSES = ("queued", "running")
+ENDED_STATUSES = ("succeeded", "failed", "cancelled", "paused")
 
 
 def reset_process_state() -> None:
@@ -56,10 +63,13 @@ class StudioProcess:
             "STUDIO_REAP_INTERVAL_SECONDS": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        self.backend_env = dict(env)
         self.data_dir = Path(env["STUDIO_DATA_DIR"])
+        self.database_url = env.get("STUDIO_DATABASE_URL") or f"sqlite:///{self.data_dir.resolve() / 'studio.db'}"
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.token = ""
+        # Who `client()` and the browser tests log in as: the admin, or a user of the test's own (`as_new_user`).
+        self.email, self.password, self.token = ADMIN_EMAIL, ADMIN_PASSWORD, ""
 
     def __enter__(self) -> "StudioProcess":
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +88,11 @@ class StudioProcess:
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
         for name in list(self.procs):
             self.stop(name)
+
+    def kill(self) -> None:
+        """Stop every process at once (SIGKILL), when nothing is left to save: the end of a session's warm studio."""
+        for name in list(self.procs):
+            self.stop(name, signal.SIGKILL)
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
         res = subprocess.run(
@@ -126,6 +141,48 @@ class StudioProcess:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"studio did not become healthy:\n{self.logs()}")
+
+    def as_new_user(self) -> "StudioProcess":
+        """This studio seen by a fresh user (not an admin, an API token of its own): a test on a shared studio
+        sees only its own datasets, jobs and models, so it need not know what ran before it. Only the token
+        differs; the processes are the same (stop and start are not for a shared studio)."""
+        from sqlalchemy.orm import Session
+
+        from backend.auth.service import create_user, issue_token
+        from backend.db.base import make_engine
+
+        view = copy.copy(self)
+        view.email, view.password = f"user-{uuid.uuid4().hex[:10]}@example.com", USER_PASSWORD
+        engine = make_engine(self.database_url)
+        try:
+            with Session(engine) as s:
+                user = create_user(s, email=view.email, password=view.password)
+                view.token = issue_token(s, user=user, kind="api", name="tests")
+                s.commit()
+        finally:
+            engine.dispose()
+        return view
+
+    def settle(self, timeout: float = 120) -> None:
+        """Cancel this user's unfinished jobs and wait until none runs, so the next test finds the worker idle."""
+        with self.client() as client:
+            unfinished = [j["id"] for j in client.get("/api/jobs").json()["items"] if j["status"] in LIVE_STATUSES]
+            for job_id in unfinished:
+                client.post(f"/api/jobs/{job_id}/cancel")
+            for job_id in unfinished:
+                self.wait_job(client, job_id, ENDED_STATUSES, timeout=timeout)
+
+    @contextlib.contextmanager
+    def configured(self) -> Iterator[None]:
+        """This test process pointed at the studio's database and broker (for direct reads and enqueues)."""
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in self.backend_env.items():
+                mp.setenv(key, value)
+            reset_process_state()
+            try:
+                yield
+            finally:
+                reset_process_state()
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)

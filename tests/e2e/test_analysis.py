@@ -40,7 +40,8 @@ def follow(client: httpx.Client, url: str) -> dict[str, Any]:
     raise AssertionError(f"the stream of {url} ended without an end event: {statuses}")
 
 
-def test_stats_render_hygiene_and_fixes(studio: StudioProcess) -> None:
+def test_stats_render_hygiene_and_fixes(shared_studio: StudioProcess) -> None:
+    studio = shared_studio
     client = studio.client()
     job = pretrain(client, upload(client, "tiny.txt")["id"], max_steps=3)
     job = studio.wait_job(client, job["id"], ("succeeded", "failed"))

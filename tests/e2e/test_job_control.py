@@ -1,13 +1,21 @@
-"""Pause and resume with real processes: the worker saves a checkpoint, stops, and later continues from it."""
+"""Pause and resume with real processes: the worker saves a checkpoint, stops, and later continues from it.
+
+Server mode only (the warm PostgreSQL + Redis studio): a pause is a flag in the database and a resume a new task on
+the broker, the same paths test_loop.py's cancel and duplicate delivery take on both backends. The embedded studio
+pauses and resumes through the job page in tests/browser/test_job_actions_ui.py, and
+tests/workers/test_training_control.py checks the recipe's side (optimizer state, LoRA, DPO) in depth.
+"""
 
 import time
 
 import httpx
+import pytest
 
 from tests.e2e.test_loop import pretrain, upload
 from tests.support import StudioProcess
 
 MAX_STEPS = 120
+pytestmark = pytest.mark.parametrize("shared_studio", ["postgres"], indirect=True)
 
 
 def wait_for_step(client: httpx.Client, job_id: int, step: int, timeout: float = 120) -> None:
@@ -19,7 +27,8 @@ def wait_for_step(client: httpx.Client, job_id: int, step: int, timeout: float =
     raise TimeoutError(f"job {job_id} never reached step {step}")
 
 
-def test_pause_then_resume_continues_from_the_checkpoint(studio: StudioProcess) -> None:
+def test_pause_then_resume_continues_from_the_checkpoint(shared_studio: StudioProcess) -> None:
+    studio = shared_studio
     client = studio.client()
     job = pretrain(client, upload(client, "tiny.txt")["id"], max_steps=MAX_STEPS, eval_steps=40, checkpoint_steps=40)
     wait_for_step(client, job["id"], 5)
@@ -47,7 +56,8 @@ def test_pause_then_resume_continues_from_the_checkpoint(studio: StudioProcess) 
     assert f"resuming from checkpoint-{paused_at}" in messages
 
 
-def test_resume_from_an_older_checkpoint_plots_each_step_once(studio: StudioProcess) -> None:
+def test_resume_from_an_older_checkpoint_plots_each_step_once(shared_studio: StudioProcess) -> None:
+    studio = shared_studio
     client = studio.client()
     job = pretrain(
         client,

@@ -1,7 +1,8 @@
 """The whole loop with real processes: upload → pretrain → watch live → fine-tune with LoRA → download → load.
 
 Runs on both deployments: embedded (`studio up`: SQLite + SQLAlchemy broker, DB polling) and server
-(`studio api` + a separate `studio worker`: PostgreSQL + Redis broker + Redis pub/sub).
+(`studio api` + a separate `studio worker`: PostgreSQL + Redis broker + Redis pub/sub), each the session's warm
+studio (`shared_studio`) seen by a user of the test's own.
 """
 
 import io
@@ -46,7 +47,8 @@ def unzip(content: bytes, dest: Path) -> Path:
     return dest
 
 
-def test_upload_pretrain_watch_finetune_download(studio: StudioProcess, tmp_path: Path) -> None:
+def test_upload_pretrain_watch_finetune_download(shared_studio: StudioProcess, tmp_path: Path) -> None:
+    studio = shared_studio
     client = studio.client()
     text = upload(client, "tiny.txt")
     job = pretrain(client, text["id"])
@@ -123,7 +125,8 @@ def test_upload_pretrain_watch_finetune_download(studio: StudioProcess, tmp_path
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
-def test_cancel_failure_and_duplicate_delivery(studio: StudioProcess, app_env: dict[str, str]) -> None:
+def test_cancel_failure_and_duplicate_delivery(shared_studio: StudioProcess) -> None:
+    studio = shared_studio
     client = studio.client()
     text = upload(client, "tiny.txt")
     job = pretrain(client, text["id"], max_steps=100_000)
@@ -140,7 +143,7 @@ def test_cancel_failure_and_duplicate_delivery(studio: StudioProcess, app_env: d
     model = next(m for m in client.get("/api/models").json()["items"] if m["job_id"] == pt["id"])
     from backend.db import Model, session_scope
 
-    with session_scope() as s:
+    with studio.configured(), session_scope() as s:
         row = s.get(Model, model["id"])
         assert row is not None
         shutil.rmtree(row.path)
@@ -162,9 +165,11 @@ def test_cancel_failure_and_duplicate_delivery(studio: StudioProcess, app_env: d
     again = pretrain(client, text["id"], max_steps=3)
     from backend.queue import enqueue_job
 
-    enqueue_job(again["id"])  # the API already sent one; Celery may deliver twice
+    with studio.configured():
+        enqueue_job(again["id"])  # the API already sent one; Celery may deliver twice
     studio.wait_job(client, again["id"], ("succeeded",))
-    enqueue_job(again["id"])  # late duplicate after the end
+    with studio.configured():
+        enqueue_job(again["id"])  # late duplicate after the end
     pt2 = pretrain(client, text["id"], max_steps=2)
     studio.wait_job(client, pt2["id"], ("succeeded",))  # queued behind the duplicates, so they were consumed
     started = [e for e in client.get(f"/api/jobs/{again['id']}/events").json() if e["message"].startswith("started on")]

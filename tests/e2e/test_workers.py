@@ -1,5 +1,6 @@
-"""The worker registry with real processes: each worker registers itself at start, keeps its row fresh, says
-which job it runs, and removes its row when it stops."""
+"""The worker registry with real processes: each worker registers itself at start, keeps its row fresh and says
+which job it runs (on the warm studios). That a stopped worker removes its row is checked where a test stops one:
+tests/e2e/test_server_mode.py."""
 
 import time
 from collections.abc import Callable
@@ -26,7 +27,8 @@ def workers(client: httpx.Client) -> dict[str, dict[str, Any]]:
     return {w["queue"]: w for w in client.get("/api/workers").json()["items"] if w["live"]}
 
 
-def test_workers_register_report_their_job_and_leave(studio: StudioProcess) -> None:
+def test_workers_register_and_report_their_job(shared_studio: StudioProcess) -> None:
+    studio = shared_studio
     client = studio.client()
     both = wait_for(lambda: (w := workers(client)) and len(w) == 2 and w, "a training and an analysis worker")
     training = both["studio"]
@@ -45,8 +47,3 @@ def test_workers_register_report_their_job_and_leave(studio: StudioProcess) -> N
     client.post(f"/api/jobs/{job['id']}/cancel")
     studio.wait_job(client, job["id"], ("cancelled",), timeout=60)
     wait_for(lambda: workers(client)["studio"]["current_job_id"] is None, "the worker idle again")
-
-    if studio.server_mode:  # in embedded mode the API stops with the worker, so nobody is left to ask
-        studio.stop("worker")
-        remaining = client.get("/api/workers").json()["items"]
-        assert [w["queue"] for w in remaining] == ["studio.analysis"]
