@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, StudioProcess
+from tests.support import StudioProcess
 
 pytestmark = pytest.mark.browser
 
@@ -27,12 +27,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-@pytest.fixture(params=["sqlite"])
-def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    """The browser test runs on the embedded default (the API/worker loop is covered on both elsewhere)."""
-    return {"STUDIO_DATA_DIR": str(tmp_path / "data")}
 
 
 @pytest.fixture
@@ -64,13 +58,13 @@ def test_login_upload_launch_watch_and_download(page, studio: StudioProcess, tmp
 
     page.goto("/jobs")
     expect(page).to_have_url(re.compile(r"/login"))
-    page.fill("#login-email", ADMIN_EMAIL)
+    page.fill("#login-email", studio.email)
     page.fill("#login-password", "wrong-password")
     page.click("#login-submit")
     expect(page.locator("#login-error")).to_be_visible()
     shot(page, "login")
-    page.fill("#login-email", ADMIN_EMAIL)
-    page.fill("#login-password", ADMIN_PASSWORD)
+    page.fill("#login-email", studio.email)
+    page.fill("#login-password", studio.password)
     page.click("#login-submit")
     expect(page).to_have_url(re.compile(r"/jobs$"))
     shot(page, "jobs-empty")

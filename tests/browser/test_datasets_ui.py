@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from tests.browser.test_dashboard import FIXTURES, SHOTS, backend_env, page, shot
+from tests.browser.test_dashboard import FIXTURES, SHOTS, page, shot
 from tests.e2e.test_loop import pretrain
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, StudioProcess
+from tests.support import StudioProcess
 
 pytestmark = pytest.mark.browser
-__all__ = ["backend_env", "page"]  # fixtures shared with the dashboard test
+__all__ = ["page"]  # fixture shared with the dashboard test
 
 BIG_RECORDS = 170_000  # ≈ 12 MB: two chunks of 8 MiB at most, so the progress bar has a middle
 QA_CSV = "frage,antwort,quelle\n" + "".join(
@@ -52,10 +52,10 @@ def _big_jsonl() -> bytes:
     ).encode()
 
 
-def _login(page: Any) -> None:
+def _login(page: Any, studio: StudioProcess) -> None:
     page.goto("/login")
-    page.fill("#login-email", ADMIN_EMAIL)
-    page.fill("#login-password", ADMIN_PASSWORD)
+    page.fill("#login-email", studio.email)
+    page.fill("#login-password", studio.password)
     page.click("#login-submit")
     page.wait_for_url(re.compile(r"/jobs$"))
 
@@ -72,7 +72,7 @@ def test_upload_map_columns_dry_run_and_fix(page, studio: StudioProcess, tmp_pat
     api = studio.client()
     text = api.post("/api/datasets", files={"file": ("tiny.txt", (FIXTURES / "tiny.txt").read_bytes())}).json()
     job = pretrain(api, text["id"], max_steps=3)
-    _login(page)
+    _login(page, studio)
 
     # 1. Drag and drop a 12 MB file: inspected, then sent in chunks. The second chunk's connection drops
     #    once; the page asks the server where to resume and finishes the upload.

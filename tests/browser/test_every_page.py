@@ -1,6 +1,7 @@
 """Every page at a laptop's and a phone's width, in a German browser in Tokyo.
 
-One `studio up` holds real content (two datasets, a tiny pretrain run and a LoRA fine-tune of it); each page is
+A user of the warm embedded studio (`studio up`) holds real content (two datasets, a tiny pretrain run and a LoRA
+fine-tune of it); each page is
 loaded, photographed and checked for what a person needs: a visible heading, no sideways scrolling on a phone,
 times in the browser's locale and zone (not the server's UTC fallback), a keyboard path from the skip link to the
 page's main action with the focus visible, 404 pages in words with a way back, and API refusals in words. A second
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS, FIXTURES, SHOTS
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, StudioProcess
+from tests.support import StudioProcess
 
 pytestmark = pytest.mark.browser
 
@@ -70,10 +71,10 @@ def empty_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioProce
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, empty_site: StudioProcess) -> Iterator[Site]:
-    tmp = tmp_path_factory.mktemp("every-page")
-    with StudioProcess({"STUDIO_DATA_DIR": str(tmp / "data")}, log_dir=tmp / "logs") as studio:
-        client = studio.client()
+def site(embedded_studio: StudioProcess, empty_site: StudioProcess) -> Site:
+    """The module's content, made by a user of its own on the warm embedded studio."""
+    studio = embedded_studio.as_new_user()
+    with studio.client() as client:
         text_id, alpaca_id = upload(client, "tiny.txt"), upload(client, "alpaca_small.json")
         pretrain = {"kind": "pretrain", "architecture": "tiny", "dataset_id": text_id, "name": "scratch"}
         pretrain_id = run_job(studio, client, {**pretrain, "hyperparameters": {**HP, "max_steps": 8}})
@@ -81,7 +82,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, empty_site: StudioProcess) ->
         finetune = {"kind": "finetune", "base_model": model_id, "dataset_id": alpaca_id, "name": "tuned"}
         lora = {"method": "lora", "objective": "sft", "hyperparameters": {**HP, "max_steps": 6}}
         finetune_id = run_job(studio, client, {**finetune, **lora})
-        yield Site(studio, text_id, alpaca_id, pretrain_id, finetune_id, model_id)
+    return Site(studio, text_id, alpaca_id, pretrain_id, finetune_id, model_id)
 
 
 @pytest.fixture(scope="module")
@@ -102,21 +103,22 @@ def browser() -> Iterator[Any]:
 _sessions: dict[str, Any] = {}
 
 
-def open_page(browser: Any, url: str, viewport: str, *, logged_in: bool = True) -> Any:
-    """A fresh tab in a German browser in Tokyo; logged in (through the form, once per studio) unless told not."""
-    options = {"base_url": url, "locale": LOCALE, "timezone_id": ZONE, "accept_downloads": True}
-    if logged_in and url not in _sessions:
+def open_page(browser: Any, studio: StudioProcess, viewport: str, *, logged_in: bool = True) -> Any:
+    """A fresh tab in a German browser in Tokyo; logged in as the studio's user (through the form, once per user)
+    unless told not."""
+    options = {"base_url": studio.url, "locale": LOCALE, "timezone_id": ZONE, "accept_downloads": True}
+    if logged_in and studio.email not in _sessions:
         context = browser.new_context(**options)
         page = context.new_page()
         page.goto("/login")
-        page.fill("#login-email", ADMIN_EMAIL)
-        page.fill("#login-password", ADMIN_PASSWORD)
+        page.fill("#login-email", studio.email)
+        page.fill("#login-password", studio.password)
         page.click("#login-submit")
         page.wait_for_url(re.compile(r"/jobs$"))
-        _sessions[url] = context.storage_state()
+        _sessions[studio.email] = context.storage_state()
         context.close()
     context = browser.new_context(
-        **options, viewport=VIEWPORTS[viewport], storage_state=_sessions[url] if logged_in else None
+        **options, viewport=VIEWPORTS[viewport], storage_state=_sessions[studio.email] if logged_in else None
     )
     context.set_default_timeout(30_000)
     return context.new_page()
@@ -234,7 +236,7 @@ TOUR += ["account", "not-found", "error"]
 @pytest.mark.parametrize("name", TOUR)
 def test_page_at_laptop_and_phone_width(site: Site, browser: Any, viewport: str, name: str) -> None:
     path, ready, times = tour(site)[name]
-    page = open_page(browser, site.studio.url, viewport)
+    page = open_page(browser, site.studio, viewport)
     page.goto(path)
     ready(page)
     check_page(page, name, viewport, times=times)
@@ -244,7 +246,7 @@ def test_page_at_laptop_and_phone_width(site: Site, browser: Any, viewport: str,
 def test_login_page(site: Site, browser: Any, viewport: str) -> None:
     from playwright.sync_api import expect
 
-    page = open_page(browser, site.studio.url, viewport, logged_in=False)
+    page = open_page(browser, site.studio, viewport, logged_in=False)
     page.goto("/jobs")
     expect(page).to_have_url(re.compile(r"/login\?next=/jobs$"))
     check_page(page, "login", viewport)
@@ -279,7 +281,7 @@ def tab_to(page: Any, selector: str, limit: int = 15) -> list[str]:
 )
 def test_keyboard_skip_link_then_main_action(site: Site, browser: Any, name: str, main_action: str) -> None:
     path, ready, _ = tour(site)[name]
-    page = open_page(browser, site.studio.url, "laptop")
+    page = open_page(browser, site.studio, "laptop")
     page.goto(path)
     ready(page)
     # The first Tab from the top lands on the skip link, which shows itself with a visible focus ring.
@@ -296,7 +298,7 @@ def test_keyboard_skip_link_then_main_action(site: Site, browser: Any, name: str
 def test_unknown_ids_are_friendly_404_pages(site: Site, browser: Any) -> None:
     from playwright.sync_api import expect
 
-    page = open_page(browser, site.studio.url, "phone")
+    page = open_page(browser, site.studio, "phone")
     for path, status, back, label in (
         ("/jobs/999999", 404, "/jobs", "job 999999 not found"),
         ("/datasets/999999", 404, "/datasets", "dataset 999999 not found"),
@@ -325,7 +327,7 @@ def test_wizard_shows_the_api_refusal_in_words(site: Site, browser: Any) -> None
 
     client = site.studio.client()
     doomed = upload(client, "tiny.txt")
-    page = open_page(browser, site.studio.url, "phone")
+    page = open_page(browser, site.studio, "phone")
     page.goto(f"/jobs/new?kind=pretrain&dataset_id={doomed}")
     page.check("#job-kind-pretrain")
     for _ in range(4):  # kind → data → model → settings → review
@@ -357,7 +359,7 @@ def test_empty_states_say_what_to_do_next(empty_site: StudioProcess, browser: An
     empty_site.wait_healthy()
     path, selector, words = EMPTY[name]
     viewport = "phone"  # the narrow case; the laptop layout of these boxes is the same centred text
-    page = open_page(browser, empty_site.url, viewport)
+    page = open_page(browser, empty_site, viewport)
     page.goto(path)
     box = page.locator(selector)
     expect(box).to_be_visible()
@@ -371,7 +373,7 @@ def test_empty_states_say_what_to_do_next(empty_site: StudioProcess, browser: An
 def test_compare_with_no_runs_picked(site: Site, browser: Any) -> None:
     from playwright.sync_api import expect
 
-    page = open_page(browser, site.studio.url, "phone")
+    page = open_page(browser, site.studio, "phone")
     page.goto("/compare")
     expect(page.locator("#compare-empty")).to_contain_text("Tick two or more runs")
     expect(page.locator("#compare-chart")).to_have_count(0)

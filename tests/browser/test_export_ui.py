@@ -12,7 +12,7 @@ import pytest
 
 from tests.browser.test_dashboard import SHOTS, page, shot
 from tests.browser.test_new_job_wizard import setup_data
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, StudioProcess
+from tests.support import StudioProcess
 
 pytestmark = pytest.mark.browser
 __all__ = ["page"]  # fixture shared with the dashboard test
@@ -25,12 +25,6 @@ WATCH_PROGRESS = """() => {
     .forEach((el) => window.exportProgress.push(el.textContent)))
     .observe(document.getElementById('export-list'), {childList: true, subtree: true});
 }"""
-
-
-@pytest.fixture
-def backend_env(tmp_path: Path) -> dict[str, str]:
-    """Embedded mode: `studio up` runs the API, the training worker and the analysis worker that exports."""
-    return {"STUDIO_DATA_DIR": str(tmp_path / "data")}
 
 
 def _run(studio: StudioProcess, client: httpx.Client, body: dict[str, Any]) -> int:
@@ -57,8 +51,8 @@ def test_export_a_checkpoint_merged_as_float16(page, studio: StudioProcess, tmp_
 
     job_id = _lora_job(studio, tmp_path)
     page.goto("/login")
-    page.fill("#login-email", ADMIN_EMAIL)
-    page.fill("#login-password", ADMIN_PASSWORD)
+    page.fill("#login-email", studio.email)
+    page.fill("#login-password", studio.password)
     page.click("#login-submit")
     expect(page).to_have_url(re.compile(r"/jobs$"))
 

@@ -2,7 +2,6 @@
 without a reload, resume it from its last checkpoint with the earlier points still on the chart, pause it, resume it
 again, and see it succeed with one point per step. Screenshots land in test-output/screenshots/."""
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,11 +26,6 @@ POINTS = """() => {
 }"""
 
 
-@pytest.fixture
-def backend_env(tmp_path: Path) -> dict[str, str]:
-    return {"STUDIO_DATA_DIR": str(tmp_path / "data")}
-
-
 def points_beyond(page: Any, n: int, timeout: float = 120_000) -> None:
     page.wait_for_function(f"() => Number(document.querySelector('#loss-chart').dataset.points) > {n}", timeout=timeout)
 
@@ -42,7 +36,7 @@ def test_cancel_resume_pause_resume_from_the_job_page(page, studio: StudioProces
     client = studio.client()
     job = submit(client, upload(client), "click-me", max_steps=MAX_STEPS, checkpoint_steps=EVERY, keep_checkpoints=20)
     page.on("dialog", lambda dialog: dialog.accept())  # should a button ever ask "are you sure?"
-    login(page)
+    login(page, studio)
     page.goto(f"/jobs/{job['id']}")
     badge, events = page.locator("#job-status"), page.locator("#job-events")
     cancel, pause, resume = page.locator("#job-cancel"), page.locator("#job-pause"), page.locator("#job-resume")

@@ -3,7 +3,6 @@ smoothing and zoom on the charts (read back from Chart.js); resume from a chosen
 settings presets. Screenshots land in test-output/screenshots/."""
 
 import re
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 
 from tests.browser.test_dashboard import FIXTURES, SHOTS, page, shot
 from tests.e2e.test_job_control import wait_for_step
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, StudioProcess
+from tests.support import StudioProcess
 
 pytestmark = pytest.mark.browser
 __all__ = ["page"]  # fixture shared with the dashboard test
@@ -19,15 +18,10 @@ __all__ = ["page"]  # fixture shared with the dashboard test
 HP = {"max_length": 64, "batch_size": 8, "warmup_steps": 2, "logging_steps": 1}
 
 
-@pytest.fixture
-def backend_env(tmp_path: Path) -> dict[str, str]:
-    return {"STUDIO_DATA_DIR": str(tmp_path / "data")}
-
-
-def login(page: Any) -> None:
+def login(page: Any, studio: StudioProcess) -> None:
     page.goto("/login")
-    page.fill("#login-email", ADMIN_EMAIL)
-    page.fill("#login-password", ADMIN_PASSWORD)
+    page.fill("#login-email", studio.email)
+    page.fill("#login-password", studio.password)
     page.click("#login-submit")
     page.wait_for_url(re.compile(r"/jobs"))
 
@@ -57,7 +51,7 @@ def test_jobs_list_filters_sorts_and_updates_live(page, studio: StudioProcess) -
     # Two runs whose final losses differ a lot: a learning rate 20x higher ends far lower after the same steps.
     fast = submit(client, dataset_id, "alpha-fast", max_steps=30, learning_rate=2e-3)
     slow = submit(client, dataset_id, "beta-slow", max_steps=30, learning_rate=1e-4)
-    login(page)
+    login(page, studio)
     expect(page.locator("#job-table tbody tr")).to_have_count(2)
     assert page.locator(f'tr[data-job-id="{slow["id"]}"] .badge').get_attribute("data-status") in ("queued", "running")
     # Live: both finish while the page stays open (no reload), their losses and durations filled in.
@@ -156,7 +150,7 @@ def test_job_page_chart_controls_resume_from_checkpoint_clone_and_presets(page, 
     assert paused["status"] == "paused", paused
     at = paused["current_step"]
 
-    login(page)
+    login(page, studio)
     page.goto(f"/jobs/{job['id']}")
     page.wait_for_function(f"() => Number(document.querySelector('#loss-chart').dataset.points) >= {at}")
     expect(page.locator('#metric-panels figure[data-metric="grad_norm"]')).to_be_visible()
@@ -284,7 +278,7 @@ def test_jobs_list_is_live_over_sse_without_polling(page, studio: StudioProcess)
     dataset_id = upload(client)
     polled: list[str] = []
     page.on("request", lambda r: polled.append(r.url) if r.url.split("?")[0].endswith("/api/jobs") else None)
-    login(page)
+    login(page, studio)
     expect(page.locator("#jobs-empty")).to_be_visible()
     expect(page.locator("#job-table")).to_have_attribute("data-live", "open")
     # A job started elsewhere appears without a reload, then its status follows it to the end.

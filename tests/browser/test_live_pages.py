@@ -11,7 +11,6 @@ import json
 import random
 import re
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,6 @@ pytestmark = pytest.mark.browser
 __all__ = ["page"]  # fixture shared with the dashboard test
 
 RECORDS = 6000  # a few seconds of tokenizing for the analysis worker: long enough to watch the bar move
-
-
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioProcess]:
-    """One embedded studio for the module: the pages share its workers and models."""
-    tmp = tmp_path_factory.mktemp("live")
-    with StudioProcess({"STUDIO_DATA_DIR": str(tmp / "data")}, log_dir=tmp / "logs") as proc:
-        yield proc
 
 
 def _model_zip(directory: Path) -> bytes:
@@ -70,7 +61,7 @@ def test_models_list_follows_the_api_without_asking(page, studio: StudioProcess,
 
     api = studio.client()
     asked = _requests_to(page, r"/api/models(/\d+)?$|/models$")
-    login(page)
+    login(page, studio)
     asked.clear()  # the login lands on /jobs; from here on, only the models page
     page.goto("/models")
     expect(page.locator("#model-table")).to_have_attribute("data-live", "open")
@@ -130,7 +121,7 @@ def test_dataset_statistics_show_progress_then_charts(page, studio: StudioProces
         file.rename(hidden / file.name)
 
     stats_gets = _requests_to(page, r"/api/datasets/\d+/stats$")
-    login(page)
+    login(page, studio)
     page.goto(f"/datasets/{dataset['id']}")
     page.evaluate(WATCH_ANALYSIS)
     page.select_option("#analysis-base-model", str(model["id"]))
@@ -179,7 +170,7 @@ def test_workers_page_shows_live_workers_and_the_queue(page, studio: StudioProce
     api = studio.client()
     dataset_id = upload(api)
     asked = _requests_to(page, r"/api/workers$|/workers$")
-    login(page)
+    login(page, studio)
     page.goto("/workers")
     asked.clear()
     table = page.locator("#worker-table")

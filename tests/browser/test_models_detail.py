@@ -4,7 +4,6 @@ test-output/screenshots/."""
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -21,11 +20,6 @@ CONFIG = json.dumps(
 ).encode()
 
 
-@pytest.fixture
-def backend_env(tmp_path: Path) -> dict[str, str]:
-    return {"STUDIO_DATA_DIR": str(tmp_path / "data")}
-
-
 def test_model_page_shows_files_config_jobs_and_starts_a_finetune(page, studio: StudioProcess) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
@@ -38,7 +32,7 @@ def test_model_page_shows_files_config_jobs_and_starts_a_finetune(page, studio: 
     body = {"kind": "finetune", "dataset_id": dataset["id"], "base_model": model["id"], "name": "from-page-model"}
     job = client.post("/api/jobs", json={**body, "objective": "causal_lm"}).json()
 
-    login(page)
+    login(page, studio)
     page.goto("/models")
     page.click(f"#model-{model['id']} .cell-title a")
     page.wait_for_url(re.compile(rf"/models/{model['id']}$"))

@@ -4,7 +4,6 @@ Hub import that fails at once without network, its error shown. Screenshots land
 
 import json
 import re
-import socket
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.browser.test_dashboard import FIXTURES, page, shot
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, StudioProcess
+from tests.support import StudioProcess
 from tests.workers.gguf_writer import write_gguf
 
 pytestmark = pytest.mark.browser
@@ -25,18 +24,6 @@ WATCH_PROGRESS = """() => {
   new MutationObserver(() => window.progressSeen.push(Number(bar.value)))
     .observe(bar, {attributes: true, attributeFilter: ["value"]});
 }"""
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def backend_env(tmp_path: Path) -> dict[str, str]:
-    """Embedded mode; the Hub endpoint is a port nothing listens on, so a hub import meets no network."""
-    return {"STUDIO_DATA_DIR": str(tmp_path / "data"), "STUDIO_HUB_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
 
 
 def _tiny_model(directory: Path) -> Path:
@@ -81,8 +68,8 @@ def test_upload_zip_gguf_and_hub_import(page, studio: StudioProcess, tmp_path: P
     gguf = write_gguf(model_dir, tmp_path / "tiny-llama.Q8_0.gguf")
 
     page.goto("/login")
-    page.fill("#login-email", ADMIN_EMAIL)
-    page.fill("#login-password", ADMIN_PASSWORD)
+    page.fill("#login-email", studio.email)
+    page.fill("#login-password", studio.password)
     page.click("#login-submit")
     page.wait_for_url(re.compile(r"/jobs$"))
     page.goto("/models")

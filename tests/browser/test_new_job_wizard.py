@@ -19,12 +19,6 @@ pytestmark = pytest.mark.browser
 __all__ = ["page"]  # fixture shared with the dashboard test
 
 
-@pytest.fixture
-def backend_env(tmp_path: Path) -> dict[str, str]:
-    """Embedded mode: the API, the training worker and the analysis worker that counts tokens."""
-    return {"STUDIO_DATA_DIR": str(tmp_path / "data")}
-
-
 def view(page: Any, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"wizard-{name}.png"))
 
@@ -52,7 +46,7 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
 
     stats_gets: list[str] = []
     page.on("request", lambda r: stats_gets.append(r.url) if "/stats?" in r.url else None)
-    login(page)
+    login(page, studio)
     # No dataset yet: Next on the data step refuses, with the same message the form always gave.
     page.goto("/jobs/new")
     on_step(page, "kind")
@@ -174,7 +168,7 @@ def test_wizard_at_phone_width_and_deep_links(page, studio: StudioProcess, tmp_p
 
     client = studio.client()
     dataset_id, model_id = setup_data(client, tmp_path)
-    login(page)
+    login(page, studio)
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"/jobs/new?kind=pretrain&dataset_id={dataset_id}&base_model={model_id}")
     on_step(page, "kind")

@@ -2,23 +2,16 @@
 both streamed by the worker; a reload replays them. Screenshots land in test-output/screenshots/."""
 
 import re
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.browser.test_dashboard import FIXTURES, SHOTS, page, shot
-from tests.support import ADMIN_EMAIL, ADMIN_PASSWORD, StudioProcess
+from tests.support import StudioProcess
 
 pytestmark = pytest.mark.browser
 __all__ = ["page"]  # fixture shared with the dashboard test
-
-
-@pytest.fixture
-def backend_env(tmp_path: Path) -> dict[str, str]:
-    """Embedded mode (`studio up`: API, training worker and the analysis worker that generates)."""
-    return {"STUDIO_DATA_DIR": str(tmp_path / "data")}
 
 
 def _upload(client: httpx.Client, name: str) -> int:
@@ -62,8 +55,8 @@ def test_playground_answer(page, studio: StudioProcess) -> None:  # type: ignore
 
     base_id, job_id = _train(studio)
     page.goto("/login")
-    page.fill("#login-email", ADMIN_EMAIL)
-    page.fill("#login-password", ADMIN_PASSWORD)
+    page.fill("#login-email", studio.email)
+    page.fill("#login-password", studio.password)
     page.click("#login-submit")
     expect(page).to_have_url(re.compile(r"/jobs$"))
 
