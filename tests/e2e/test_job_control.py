@@ -46,7 +46,7 @@ def test_pause_then_resume_continues_from_the_checkpoint(shared_studio: StudioPr
     assert resumed.status_code == 200, resumed.text
     done = studio.wait_job(client, job["id"], ("succeeded", "failed", "cancelled"), timeout=240)
     assert done["status"] == "succeeded", done
-    assert (done["current_step"], done["attempts"]) == (MAX_STEPS, 1)
+    assert (done["current_step"], done["attempt"]) == (MAX_STEPS, 2)  # the first run, then the resumed one
 
     metrics = client.get(f"/api/jobs/{job['id']}/metrics").json()
     steps = [m["step"] for m in metrics if "loss" in m["values"]]
