@@ -163,13 +163,14 @@ def test_cancel_failure_and_duplicate_delivery(shared_studio: StudioProcess) -> 
 
     # ... and the worker goes on serving. A second delivery of the same task is a no-op.
     again = pretrain(client, text["id"], max_steps=3)
-    from backend.queue import enqueue_job
+    from backend.work.kinds import JOB
+    from backend.work.send import send
 
     with studio.configured():
-        enqueue_job(again["id"])  # the API already sent one; Celery may deliver twice
+        assert send(JOB, again["id"])  # the API already sent one; Celery may deliver twice
     studio.wait_job(client, again["id"], ("succeeded",))
     with studio.configured():
-        enqueue_job(again["id"])  # late duplicate after the end
+        assert send(JOB, again["id"])  # late duplicate after the end
     pt2 = pretrain(client, text["id"], max_steps=2)
     studio.wait_job(client, pt2["id"], ("succeeded",))  # queued behind the duplicates, so they were consumed
     started = [e for e in client.get(f"/api/jobs/{again['id']}/events").json() if e["message"].startswith("started on")]
