@@ -112,7 +112,9 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     # analysis's stream), then the estimate is exact.
     dry_run = page.locator("#est-dry-run")
     expect(dry_run).to_have_attribute("data-state", "done", timeout=90_000)
-    assert len(stats_gets) == 1, stats_gets
+    # Once for these settings. (On a busy machine the step's first estimate can go out before the fills above
+    # land, and count the default max_length too: that is a different dry run, not a second ask.)
+    assert len([url for url in stats_gets if "max_length=64&" in url]) == 1, stats_gets
     expect(dry_run).to_contain_text(re.compile(r"Dry run: [\d,]+ trained of [\d,]+ tokens \([\d,]+ masked\)"))
     expect(dry_run).to_contain_text("records truncated")
     expect(dry_run).to_contain_text("supervised tokens lost to truncation")
