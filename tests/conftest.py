@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.support import StudioProcess, reset_process_state
+from tests.support import StudioProcess, password_hash, reset_process_state
 
 PG_ADMIN_URL = os.environ.get("STUDIO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("STUDIO_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -111,16 +111,30 @@ def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str
 
 
 def empty_postgres(url: str) -> None:
-    """Every table emptied and its ids restarted at 1; the schema (and Alembic's version row) stays."""
+    """Every row deleted and every id sequence restarted at 1; the schema (and Alembic's version row) stays.
+    DELETE with the foreign-key triggers off is a few times faster than TRUNCATE on tables this small."""
     plain = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute("SET lock_timeout = '30s'")  # a leaked open transaction fails the test instead of hanging it
-        rows = conn.execute(
+        conn.execute(_emptying_statement(plain))
+
+
+@functools.cache
+def _emptying_statement(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        tables = conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
         ).fetchall()
-        tables = ", ".join(f'"{name}"' for (name,) in rows)
-        if tables:
-            conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        sequences = conn.execute("SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'").fetchall()
+    return "; ".join(
+        [
+            "BEGIN",
+            "SET LOCAL lock_timeout = '30s'",  # a leaked open transaction fails the test instead of hanging it
+            "SET LOCAL session_replication_role = replica",  # no foreign-key checks: every row goes
+            *(f'DELETE FROM "{name}"' for (name,) in tables),
+            *(f'ALTER SEQUENCE "{name}" RESTART' for (name,) in sequences),
+            "COMMIT",
+        ]
+    )
 
 
 @pytest.fixture
@@ -133,18 +147,10 @@ def app_env(backend_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Ite
     reset_process_state()
 
 
-@functools.cache
-def _owner_password_hash() -> str:
-    """The argon2 hash of "password123", made once: hashing takes a third of a second, and nearly every API test
-    starts with this user (create_user itself is tested by the CLI and the tests that add other users)."""
-    from argon2 import PasswordHasher
-
-    return PasswordHasher().hash("password123")
-
-
 @pytest.fixture
 def client(app_env: dict[str, str]) -> Iterator["object"]:
-    """An in-process TestClient logged in as a fresh admin (bearer token)."""
+    """An in-process TestClient logged in as owner@example.com (password "password123", not an admin) with a
+    bearer token."""
     from fastapi.testclient import TestClient
 
     from backend.auth.service import issue_token
@@ -152,7 +158,7 @@ def client(app_env: dict[str, str]) -> Iterator["object"]:
     from backend.main import create_app
 
     with session_scope() as s:
-        user = User(email="owner@example.com", password_hash=_owner_password_hash(), is_admin=False)
+        user = User(email="owner@example.com", password_hash=password_hash("password123"), is_admin=False)
         s.add(user)
         s.flush()
         token = issue_token(s, user=user, kind="api")
