@@ -1,6 +1,7 @@
 """Declarative base, engine and sessions. One engine per process (re-made after a fork)."""
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -47,6 +48,16 @@ class Base(DeclarativeBase):
 
 
 _engine: tuple[int, str, Engine] | None = None
+_engine_lock = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    # A fork while another thread held the lock would leave the child's copy locked forever.
+    global _engine_lock
+    _engine_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -74,21 +85,26 @@ def get_engine() -> Engine:
     """The process's engine; a forked worker child gets a fresh one instead of sharing sockets."""
     global _engine
     url = get_settings().database_url
-    if _engine is not None and _engine[0] != os.getpid():
-        # Inherited across a fork: drop the pool without closing the parent's sockets.
-        _engine[2].dispose(close=False)
-        _engine = None
-    if _engine is None or _engine[1] != url:
-        _engine = (os.getpid(), url, make_engine(url))
-    return _engine[2]
+    with _engine_lock:
+        current = _engine
+        if current is not None and current[0] != os.getpid():
+            # Inherited across a fork: drop the pool without closing the parent's sockets.
+            current[2].dispose(close=False)
+            current = None
+        if current is None or current[1] != url:
+            # The engine for *this* settings' URL, never whatever another thread put in the global meanwhile.
+            current = (os.getpid(), url, make_engine(url))
+        _engine = current
+        return current[2]
 
 
 def reset_engine() -> None:
     """Forget the engine (settings changed, or this is a forked child that must not reuse sockets)."""
     global _engine
-    if _engine is not None:
-        _engine[2].dispose(close=_engine[0] == os.getpid())
-    _engine = None
+    with _engine_lock:
+        current, _engine = _engine, None
+    if current is not None:
+        current[2].dispose(close=current[0] == os.getpid())
 
 
 def session_factory() -> sessionmaker[Session]:
