@@ -2,6 +2,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from backend.dataset import service
+from backend.dataset.table import table_of
 from backend.dataset.versions import lineage
 from backend.db import Dataset
 from backend.deps import OptionalUser, SessionDep
@@ -29,7 +30,7 @@ def dataset_page(dataset_id: str, request: Request, session: SessionDep, user: O
         "dataset/detail.html",
         user,
         dataset=ds,
-        rows=service.preview(ds, PREVIEW_ROWS),
+        table=table_of(service.preview(ds, PREVIEW_ROWS)),
         versions=lineage(session, dataset=ds),
         parent=session.get(Dataset, ds.parent_id) if ds.parent_id else None,
         models=list_models(session, user=user),
