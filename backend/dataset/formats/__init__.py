@@ -17,7 +17,7 @@ from backend.dataset.formats.plan import ACCEPTED, READERS, canonical, make_plan
 from backend.dataset.formats.source import Source
 from backend.dataset.formats.summary import Summary, summarize
 
-SHAPES = ("text", "prompt_completion", "messages", "preference", "classification")
+SHAPES = ("text", "prompt_completion", "messages", "preference", "unpaired_preference", "classification")
 
 __all__ = [
     "ACCEPTED",

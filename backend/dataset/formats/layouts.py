@@ -6,6 +6,8 @@ a shape, raising `FormatError` naming the field. Canonical shapes (records are d
   prompt_completion  {"prompt", "completion", optional "system"}
   messages           {"messages": [{"role", "content", optional "weight"/"tool_calls"/"name"}], optional "tools"}
   preference         {"prompt", "chosen", "rejected"}: strings, or all message lists
+  unpaired_preference  {"prompt", "completion", "label": bool}: strings, or both message lists (TRL's unpaired
+                     preference format, for KTO: one answer per record, desirable or not)
   classification     {"text", "label": str | int}
 """
 
@@ -27,6 +29,11 @@ class Layout:
     keys: tuple[str, ...]  # the fields that identify it
     shapes: tuple[str, ...]  # the shapes it can be read as, the usual one first
     convert: Callable[[dict[str, Any], str], Record]
+    optional: tuple[str, ...] = ()  # other fields it reads when present; every other field is left unread
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return self.keys + self.optional
 
 
 def _nonempty(value: Any, field: str) -> str:
@@ -152,6 +159,64 @@ def label(value: Any) -> str | int:
     return int(value) if INTEGER.fullmatch(value) else value
 
 
+# A desirable/undesirable flag as people write it: JSON booleans, 0/1, or the words (CSV cells are strings).
+FLAGS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def desirable(value: Any) -> bool:
+    """An unpaired preference label: true (a desirable answer) or false (an undesirable one)."""
+    if isinstance(value, bool):
+        return value
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in FLAGS:
+        return FLAGS[value.strip().lower()]
+    shown = repr(value)[:40] if value is not None else "missing"
+    raise FormatError(
+        f"expected true or false (or 1/0) marking the answer desirable or not, got {shown}; text with class "
+        "labels is a classification dataset (fields 'text' and 'label')",
+        field="label",
+    )
+
+
+def _split_final_answer(conversation: list[chat.Message], field: str) -> tuple[list[chat.Message], list[chat.Message]]:
+    """(prompt, completion) of a conversation: everything before its final assistant turn, and that turn."""
+    if conversation[-1]["role"] != "assistant":
+        raise FormatError(
+            "the conversation must end with the assistant turn that the label rates",
+            field=f"{field}[{len(conversation) - 1}].role",
+        )
+    if len(conversation) < 2:
+        raise FormatError("needs a prompt before the rated assistant turn", field=field)
+    return conversation[:-1], conversation[-1:]
+
+
+def openai_unpaired(obj: dict[str, Any], shape: str) -> Record:
+    prompt, completion = _split_final_answer(chat.messages(obj.get("messages"), "messages"), "messages")
+    record = {"prompt": prompt, "completion": completion, "label": desirable(obj.get("label"))}
+    return _with_tools(record, obj)
+
+
+def sharegpt_unpaired(obj: dict[str, Any], shape: str) -> Record:
+    turns = chat.sharegpt(obj.get("conversations"), "conversations", obj.get("system"))
+    prompt, completion = _split_final_answer(turns, "conversations")
+    record = {"prompt": prompt, "completion": completion, "label": desirable(obj.get("label"))}
+    return _with_tools(record, obj)
+
+
+def unpaired_preference(obj: dict[str, Any], shape: str) -> Record:
+    raw = obj.get("prompt")
+    prompt = chat.messages(raw, "prompt") if isinstance(raw, list) else chat.text_of(raw, "prompt")
+    completion = _side(obj.get("completion"), "completion", chat.message)
+    flag = desirable(obj.get("label"))
+    system = chat.text_of(obj.get("system"), "system", required=False)
+    if system.strip():  # the format has no system field: a system prompt makes the prompt a conversation
+        head = [{"role": "system", "content": system}]
+        prompt = head + (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}])
+    both = _consistent(prompt, {"completion": completion})  # strings stay strings, else both become messages
+    return _with_tools({"prompt": both["prompt"], "completion": both["completion"], "label": flag}, obj)
+
+
 def text_label(obj: dict[str, Any], shape: str) -> Record:
     return {"text": _nonempty(obj.get("text"), "text"), "label": label(obj.get("label"))}
 
@@ -164,27 +229,60 @@ def sentence_label(obj: dict[str, Any], shape: str) -> Record:
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
-        Layout("sharegpt_preference", ("conversations", "chosen", "rejected"), ("preference",), sharegpt_preference),
+        Layout(
+            "sharegpt_preference",
+            ("conversations", "chosen", "rejected"),
+            ("preference",),
+            sharegpt_preference,
+            ("system",),
+        ),
         Layout("preference", ("prompt", "chosen", "rejected"), ("preference",), preference),
-        Layout("sharegpt", ("conversations",), ("messages",), sharegpt),
-        Layout("openai", ("messages",), ("messages",), openai),
-        Layout("alpaca", ("instruction", "output"), ("prompt_completion", "messages"), alpaca),
-        Layout("prompt_completion", ("prompt", "completion"), ("prompt_completion", "messages"), prompt_completion),
+        Layout(
+            "sharegpt_unpaired",
+            ("conversations", "label"),
+            ("unpaired_preference",),
+            sharegpt_unpaired,
+            ("system", "tools"),
+        ),
+        Layout("openai_unpaired", ("messages", "label"), ("unpaired_preference",), openai_unpaired, ("tools",)),
+        Layout(
+            "unpaired_preference",
+            ("prompt", "completion", "label"),
+            ("unpaired_preference",),
+            unpaired_preference,
+            ("system", "tools"),
+        ),
+        Layout("sharegpt", ("conversations",), ("messages",), sharegpt, ("system", "tools")),
+        Layout("openai", ("messages",), ("messages",), openai, ("tools",)),
+        Layout(
+            "alpaca",
+            ("instruction", "output"),
+            ("prompt_completion", "messages"),
+            alpaca,
+            ("input", "system", "history"),
+        ),
+        Layout(
+            "prompt_completion",
+            ("prompt", "completion"),
+            ("prompt_completion", "messages"),
+            prompt_completion,
+            ("system",),
+        ),
         Layout("text_label", ("text", "label"), ("classification",), text_label),
         Layout("sentence_label", ("sentence", "label"), ("classification",), sentence_label),
         Layout("jsonl_text", ("text",), ("text",), text_records),
     )
 }
 # Raw text files have a layout of their own: their reader already yields {"text": ...}.
-RAW_TEXT = Layout("text", (), ("text",), text_records)
+RAW_TEXT = Layout("text", (), ("text",), text_records, ("text",))
 
 
-def identify(obj: Any) -> str | None:
-    """The layout a record looks like, or None."""
+def identify(obj: Any, shape: str | None = None) -> str | None:
+    """The layout a record looks like (among those that read as `shape`, when given), or None."""
     if not isinstance(obj, dict):
         return None
     for layout in LAYOUTS.values():
-        if all(key in obj for key in layout.keys):
+        if all(key in obj for key in layout.keys) and (shape is None or shape in layout.shapes):
             return layout.name
     return None
 

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backend.dataset.formats.errors import FormatError
 
-Shape = Literal["text", "prompt_completion", "messages", "preference", "classification"]
+Shape = Literal["text", "prompt_completion", "messages", "preference", "unpaired_preference", "classification"]
 LayoutName = Literal[
     "text",
     "jsonl_text",
@@ -16,6 +16,9 @@ LayoutName = Literal[
     "prompt_completion",
     "preference",
     "sharegpt_preference",
+    "openai_unpaired",
+    "sharegpt_unpaired",
+    "unpaired_preference",
     "text_label",
     "sentence_label",
 ]

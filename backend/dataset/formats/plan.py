@@ -1,12 +1,14 @@
 """How a file will be read: its reader (by file type), its layout and shape (detected or given), and the
 canonical records that come out of it."""
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from backend.dataset.formats import csv_table, json_array, jsonl, parquet, text
+from backend.dataset.formats.columns import count_unread, mapping_hint
 from backend.dataset.formats.errors import FormatError, UnsupportedFile
 from backend.dataset.formats.layouts import LAYOUTS, RAW_TEXT, Layout, Record, describe, identify, remap, usual_shape
 from backend.dataset.formats.options import ReadOptions
@@ -146,7 +148,7 @@ def _detect_from(plan: Plan, objects: list[dict[str, Any]], first_line: int) -> 
         )
     plan.layout, plan.shape = layout, shape
     plan.options = options.model_copy(update={"layout": layout.name, "shape": shape})
-    plan.confidence = _confidence(mapped, layout, shape, given=options.layout is not None)
+    plan.confidence = _confidence(mapped, layout, shape, given=options.layout is not None, asked=options.shape)
     return plan
 
 
@@ -182,27 +184,32 @@ def _choose_layout(objects: list[dict[str, Any]], options: ReadOptions, first_li
         return None
     votes: dict[str, int] = {}
     for obj in objects:
-        name = identify(obj)
-        if name and (options.shape is None or options.shape in LAYOUTS[name].shapes):
+        # With a shape asked for, a record counts for the most specific layout that reads as it: messages with a
+        # `label` asked as 'messages' are openai records (the label then named as unread).
+        name = identify(obj, options.shape)
+        if name:
             votes[name] = votes.get(name, 0) + 1
     if votes:
         return LAYOUTS[max(LAYOUTS, key=lambda name: (votes.get(name, 0), -list(LAYOUTS).index(name)))]
     wanted = f" as shape '{options.shape}'" if options.shape else ""
     found = ", ".join(list(dict.fromkeys(k for obj in objects for k in obj))[:20]) or "none"
+    hint = mapping_hint(list(dict.fromkeys(k for obj in objects for k in obj)))
     raise FormatError(
         f"records need a 'text' field, or the fields of another layout{wanted} ({describe()}); "
-        f"these have: {clean_name(found, 300)}. Map your columns with options.columns",
+        f"these have: {clean_name(found, 300)}. Map your columns with options.columns{hint}",
         line=first_line,
     )
 
 
-def _confidence(objects: list[dict[str, Any]], layout: Layout, shape: str, *, given: bool) -> float:
-    """The share of the first records that look like `layout` and read without error."""
+def _confidence(
+    objects: list[dict[str, Any]], layout: Layout, shape: str, *, given: bool, asked: str | None = None
+) -> float:
+    """The share of the first records that look like `layout` (as shape `asked`) and read without error."""
     if not objects:
         return 1.0
     good = 0
     for obj in objects:
-        if not given and identify(obj) != layout.name:
+        if not given and identify(obj, asked) != layout.name:
             continue
         try:
             layout.convert(obj, shape)
@@ -212,8 +219,10 @@ def _confidence(objects: list[dict[str, Any]], layout: Layout, shape: str, *, gi
     return round(good / len(objects), 2)
 
 
-def canonical(plan: Plan) -> Iterator[Item]:
-    """Every record of the file as its canonical record, or the error found in it."""
+def canonical(plan: Plan, unread: Counter[str] | None = None) -> Iterator[Item]:
+    """Every record of the file as its canonical record, or the error found in it.
+
+    `unread`, when given, counts the fields (after the column mapping) that the layout leaves unread."""
     unit, columns, shape = plan.unit, plan.options.columns, plan.shape
     layout = plan.layout
     for line, value, size in READERS[plan.reader].read(plan.source, plan.options):
@@ -227,6 +236,8 @@ def canonical(plan: Plan) -> Iterator[Item]:
             if layout is None:
                 raise FormatError(f"records need the fields of a known layout ({describe()})")
             record = layout.convert(obj, shape)
+            if unread is not None:
+                count_unread(unread, obj, layout)
         except FormatError as exc:
             yield line, exc.at(line, unit), size
             continue

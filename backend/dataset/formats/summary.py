@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.dataset.formats.columns import column_warnings
 from backend.dataset.formats.errors import FormatError, LimitExceeded, ProblemLog, UnsupportedFile
 from backend.dataset.formats.layouts import Record
 from backend.dataset.formats.limits import Limits
@@ -21,6 +22,7 @@ from backend.dataset.formats.source import Source
 from backend.dataset.formats.values import display
 
 MAX_LABELS = 10_000
+LABELLED = ("classification", "unpaired_preference")  # shapes whose labels are counted
 Warning_ = tuple[str | None, str, str]  # (field, code, message)
 
 
@@ -83,13 +85,13 @@ def summarize(
 
 def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Summary:
     errors, warnings = ProblemLog(limits.max_errors), ProblemLog(limits.max_errors)
-    duplicates, labels = _Duplicates(), Counter[str | int]()
+    duplicates, labels, unread = _Duplicates(), Counter[str | int](), Counter[str]()
     preview: list[Record] = []
     check = CHECKS.get(plan.shape)
     fingerprint = FINGERPRINTS.get(plan.shape, _json_hash)
     unit, long_bytes, count, complete = plan.unit, limits.long_record_bytes, 0, True
     try:
-        for line, record, size in canonical(plan):
+        for line, record, size in canonical(plan, unread):
             if isinstance(record, FormatError):
                 errors.add(record.as_dict())
                 continue
@@ -106,7 +108,7 @@ def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Su
             if check is not None:
                 for where, code, message in check(record):
                     warnings.add(_warning(line, where, code, message))
-            if plan.shape == "classification" and (record["label"] in labels or len(labels) < MAX_LABELS):
+            if plan.shape in LABELLED and (record["label"] in labels or len(labels) < MAX_LABELS):
                 labels[record["label"]] += 1
             if max_records and count >= max_records:
                 complete = False
@@ -118,8 +120,12 @@ def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Su
     warnings.count += duplicates.total() - duplicates.reported
     if duplicates.approximate:
         warnings.add(_approximate_duplicates(duplicates.approximate), front=True)
-    for warning in _label_warnings(labels, limits.label_imbalance_ratio):
+    label_warnings = _label_warnings if plan.shape == "classification" else _desirable_warnings
+    for warning in label_warnings(labels, limits.label_imbalance_ratio):
         warnings.add(warning, front=True)
+    if plan.layout is not None:  # no column dropped without a word: these come first
+        for warning in reversed(column_warnings(unread, plan.layout, plan.options.columns, count)):
+            warnings.add(warning, front=True)
     if count == 0 and errors.count == 0:
         errors.add({"line": None, "field": None, "message": "the file holds no records"})
     return Summary(
@@ -319,3 +325,24 @@ def _label_warnings(labels: Counter[str | int], ratio: float) -> list[dict[str, 
                 )
             )
     return out
+
+
+def desirable_counts(labels: Counter[Any]) -> str:
+    """'18 desirable, 7 undesirable' for the labels of unpaired preference records."""
+    return f"{labels[True]:,} desirable, {labels[False]:,} undesirable"
+
+
+def _desirable_warnings(labels: Counter[Any], ratio: float) -> list[dict[str, Any]]:
+    """Unpaired preference: KTO learns from both kinds; say when one is missing or rare (with the counts)."""
+    if not labels:
+        return []
+    counts = desirable_counts(labels)
+    if not labels[True] or not labels[False]:
+        missing = "desirable" if not labels[True] else "undesirable"
+        message = f"{counts}: no {missing} answers, so KTO only has one side to learn from"
+        return [_warning(None, "label", "label_imbalance", message)]
+    few, many = sorted((labels[True], labels[False]))
+    if many > ratio * few:
+        message = f"{counts}: unbalanced; KTO's desirable_weight / undesirable_weight can make up for it"
+        return [_warning(None, "label", "label_imbalance", message)]
+    return []
