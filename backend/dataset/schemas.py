@@ -72,6 +72,10 @@ class DatasetInspect(BaseModel):
     error_count: int
     warnings: list[Problem]
     warning_count: int
+    notes: list[str] = Field(
+        default_factory=list,
+        description="How detection decided (e.g. why a text file is split per line) and why confidence is below 1.",
+    )
     layouts: dict[str, list[str]] = Field(
         default_factory=lambda: {name: list(layout.shapes) for name, layout in LAYOUTS.items()},
         description="Every layout, and the shapes it can be read as.",
@@ -97,4 +101,5 @@ class DatasetInspect(BaseModel):
             error_count=summary.error_count,
             warnings=[Problem(**w) for w in summary.warnings],
             warning_count=summary.warning_count,
+            notes=summary.notes,
         )

@@ -22,6 +22,7 @@ LayoutName = Literal[
     "text_label",
     "sentence_label",
 ]
+TextSplit = Literal["file", "paragraph", "line"]
 # Fields a source column can be mapped onto (`columns`): the canonical ones and those of the known layouts.
 MAPPABLE = (
     "text",
@@ -53,8 +54,10 @@ class ReadOptions(BaseModel):
         default_factory=dict,
         description='Canonical field → source column or key, e.g. {"prompt": "question", "completion": "answer"}.',
     )
-    text_split: Literal["file", "paragraph", "line"] | None = Field(
-        None, description="Text files: one document per file, per blank-line block (default) or per line."
+    text_split: TextSplit | None = Field(
+        None,
+        description="Text files: one document per file, per blank-line block or per line; when left out, chosen "
+        "from the head of the file (blocks if blank lines separate its lines, else one per line).",
     )
     quoting: Literal["minimal", "none"] | None = Field(
         None,

@@ -43,6 +43,7 @@ class Plan:
     columns: list[str] = field(default_factory=list)
     sample: list[dict[str, Any]] = field(default_factory=list)
     problem: FormatError | None = None  # why the records cannot be read (no layout fits, bad options)
+    notes: list[str] = field(default_factory=list)  # how detection decided what it did, for the inspect step
 
     @property
     def unit(self) -> str:
@@ -103,9 +104,9 @@ def _text_plan(source: Source, options: ReadOptions) -> Plan:
         raise FormatError("a text file is read as shape 'text' (layout 'text'), without columns", field="options")
     if options.quoting or options.delimiter:
         raise FormatError("applies to .csv and .tsv files only", field="options")
-    split = options.text_split or "paragraph"
+    split, why = (options.text_split, "") if options.text_split else text.choose_split(source)
     effective = options.model_copy(update={"layout": "text", "shape": "text", "text_split": split})
-    return Plan(source, "text", RAW_TEXT, "text", effective)
+    return Plan(source, "text", RAW_TEXT, "text", effective, notes=[why] if why else [])
 
 
 def _detect(plan: Plan) -> Plan:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.dataset.formats import text
 from backend.dataset.formats.columns import column_warnings
 from backend.dataset.formats.errors import FormatError, LimitExceeded, ProblemLog, UnsupportedFile
 from backend.dataset.formats.layouts import Record
@@ -43,6 +44,7 @@ class Summary:
     warnings: list[dict[str, Any]] = field(default_factory=list)  # first 50: {line, field, message, code}
     warning_count: int = 0
     complete: bool = True  # False when the walk stopped at max_records
+    notes: list[str] = field(default_factory=list)  # how the file was read, and why confidence is below 1
 
     @property
     def layout(self) -> str:
@@ -90,6 +92,7 @@ def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Su
     check = CHECKS.get(plan.shape)
     fingerprint = FINGERPRINTS.get(plan.shape, _json_hash)
     unit, long_bytes, count, complete = plan.unit, limits.long_record_bytes, 0, True
+    long_records, longest = 0, 0
     try:
         for line, record, size in canonical(plan, unread):
             if isinstance(record, FormatError):
@@ -104,6 +107,7 @@ def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Su
             if size < 0:
                 size = len(json.dumps(record, ensure_ascii=False).encode())
             if size > long_bytes:
+                long_records, longest = long_records + 1, max(longest, size)
                 warnings.add(_warning(line, None, "long_record", f"{size} bytes, over long_record_bytes={long_bytes}"))
             if check is not None:
                 for where, code, message in check(record):
@@ -128,15 +132,22 @@ def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Su
             warnings.add(warning, front=True)
     if count == 0 and errors.count == 0:
         errors.add({"line": None, "field": None, "message": "the file holds no records"})
+    confidence, notes = plan.confidence, list(plan.notes)
+    if long_records and plan.reader == "text":  # only a text file's record boundaries are a guess
+        cap, why = text.long_record_doubt(plan.options.text_split or "", count, long_records, longest, long_bytes)
+        confidence = min(confidence, cap)
+        notes.append(why)
+        warnings.add(_warning(None, "options.text_split", "split_doubt", why), front=True)
     return Summary(
         reader=plan.reader,
         format=plan.layout.name if plan.layout else "",
         shape=plan.shape,
         record_count=count,
-        confidence=plan.confidence,
+        confidence=confidence,
         columns=plan.columns,
         options=plan.options.effective(),
         compressed=plan.source.compressed,
+        notes=notes,
         preview=[display(r, 100_000) for r in preview],
         sample=plan.sample,
         errors=errors.first,

@@ -1,20 +1,69 @@
-"""Raw text (.txt, .md): one document per file, per blank-line-separated block (default) or per line."""
+"""Raw text (.txt, .md): one document per file, per blank-line-separated block or per line.
+
+Unless the options say, the split is chosen from the file's head: blank lines between its lines make
+blank-line blocks the records; a head of many lines and no blank line is one document per line (a corpus of
+sentences, one prompt a line), which read as blocks would become one giant record."""
 
 from collections.abc import Iterator
+from itertools import islice
 
 from backend.dataset.formats.errors import FormatError, LimitExceeded
-from backend.dataset.formats.options import ReadOptions
+from backend.dataset.formats.options import ReadOptions, TextSplit
 from backend.dataset.formats.source import Source, lines
 
 SUFFIXES = (".txt", ".md", ".text", ".markdown")
 UNIT = "line"
 PREVIEW_CHARS = 64 * 1024
+SNIFF_LINES = 2000  # lines of the head looked at to choose the split
 
 Item = tuple[int, object, int]
 
 
 def sniff(head: bytes, filename: str) -> bool:
     return filename.lower().endswith(SUFFIXES)
+
+
+def choose_split(source: Source) -> tuple[TextSplit, str]:
+    """The split the head of the file suggests, and a sentence saying why (for the inspect step)."""
+    filled, gaps, pending_gap, seen = 0, 0, False, 0
+    try:
+        with source.open() as f:
+            for _lineno, text, _size in islice(lines(f, source.limits), SNIFF_LINES):
+                seen += 1
+                if not isinstance(text, str):
+                    continue
+                if not text.strip():
+                    pending_gap = filled > 0
+                    continue
+                gaps += pending_gap
+                pending_gap = False
+                filled += 1
+    except FormatError:  # a line past a limit, bad gzip: the main pass reports it where it is
+        pass
+    where = f"the first {seen:,} lines" if seen >= SNIFF_LINES else f"its {seen:,} lines"
+    if filled <= 1:
+        return "paragraph", "one line of text: one record (text_split 'paragraph')"
+    if gaps == 0:
+        return "line", (
+            f"no blank line between {where}: one record per line (text_split 'line'); "
+            "choose 'file' if the whole file is one document"
+        )
+    return "paragraph", (
+        f"blank lines cut {where} into {gaps + 1:,} blocks: one record per block (text_split 'paragraph')"
+    )
+
+
+def long_record_doubt(split: str, records: int, long: int, longest: int, limit: int) -> tuple[float, str]:
+    """(the most confidence left, why) when `long` of `records` text records are over long_record_bytes.
+
+    Over-long records usually mean the split does not match the file (a corpus of lines read as one block):
+    the confidence falls with the share of them, and never stays at 1."""
+    cap = round(max(0.1, 0.9 * (records - long) / max(records, 1)), 2)
+    why = (
+        f"{long:,} of {records:,} records are over long_record_bytes={limit:,} (the longest {longest:,} bytes): "
+        f"is text_split '{split}' right for this file? 'line' makes one record per line"
+    )
+    return cap, why
 
 
 def read(source: Source, options: ReadOptions) -> Iterator[Item]:
