@@ -215,6 +215,7 @@
     quotingField.hidden = !TABLE_FILE.test(file.name);
     const effective = answer.options || {};
     if (!splitTouched && effective.text_split) splitSelect.value = effective.text_split;
+    renderNotes(Array.isArray(answer.notes) ? answer.notes : []);
     renderColumnMap(shapeSelect.value || shape, columns, effective.columns);
     renderWarnings(answer.warnings || [], answer.warning_count || 0);
     renderRows(answer.rows || answer.preview || []);
@@ -226,7 +227,9 @@
       setStatus("Fix the file or change how it is read.");
     } else {
       clearErrors();
-      setStatus(confidence < 0.6 ? "Low confidence: check the shape and columns." : "Ready to upload.");
+      const doubt = confidence < 1 && Array.isArray(answer.notes) && answer.notes.length ? ` ${answer.notes.at(-1)}` : "";
+      if (confidence < 0.6) setStatus(`Low confidence: check how it is read.${doubt}`);
+      else setStatus(doubt ? `Ready to upload, but:${doubt}` : "Ready to upload.");
     }
     submit.disabled = total > 0;
   }
@@ -257,6 +260,12 @@
       div.append(label, select);
       holder.append(div);
     });
+  }
+
+  // How detection decided (a text file's split, say) and why the confidence is below 100%.
+  function renderNotes(notes) {
+    $("inspect-notes").replaceChildren(...notes.map((n) => Object.assign(document.createElement("li"), { textContent: n })));
+    $("inspect-notes-row").hidden = notes.length === 0;
   }
 
   function renderWarnings(warnings, total) {
