@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from backend.db import session_scope
+from backend.db import Job, Model, session_scope
 from backend.job.lifecycle import add_artifact, log_event
 from backend.model.service import register_model
 from workers.context import JobContext
@@ -145,6 +145,27 @@ def register_base_model(ctx: JobContext, directory: Path) -> int | None:
     return model_id
 
 
+def base_reference(job_id: int) -> str | None:
+    """How an adapter of job `job_id` names its base model off this server: the Hub id it was imported from,
+    else its name in the studio (None for a job without a base)."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        base = s.get(Model, job.base_model_id) if job is not None and job.base_model_id is not None else None
+        if base is None:
+            return None
+        return str((base.details or {}).get("hub_id") or base.name)
+
+
+def name_the_base(directory: Path, base: str | None) -> None:
+    """Make adapter_config.json's base_model_name_or_path `base`. PEFT writes the folder the base was loaded
+    from: a path on this server, which means nothing where the zip is unpacked and says where our data lives.
+    Loading is unaffected: the adapter is always loaded onto a base model object passed in explicitly."""
+    path = directory / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def export(
     ctx: JobContext,
     model: PreTrainedModel | PeftModel,
@@ -168,6 +189,8 @@ def export(
     # The Trainer turns the KV cache off for training; whoever loads the weights next wants it for generation.
     model.config.use_cache = True
     model.save_pretrained(str(directory))
+    if what == "adapter":
+        name_the_base(directory, base_reference(ctx.job_id))
     tokenizer.save_pretrained(directory)
     # Written last: PEFT's save_pretrained writes a README.md template of its own.
     write_model_card(

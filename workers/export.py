@@ -45,7 +45,14 @@ from backend.queue import EXPORT_WEIGHTS
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import EXPORT
 from backend.work.lease import LeaseLost
-from workers.artifacts import load_base, ready_to_serve, write_model_card, zip_directory
+from workers.artifacts import (
+    base_reference,
+    load_base,
+    name_the_base,
+    ready_to_serve,
+    write_model_card,
+    zip_directory,
+)
 from workers.claims import take
 from workers.context import load_context
 from workers.examples import load_tokenizer
@@ -232,6 +239,8 @@ def save_adapter(spec: ExportSpec, directory: Path, report: Reporter) -> None:
         done += sum(t.numel() * t.element_size() for t in cast.values())
         report("saving", min(done, total), total, "bytes")
     shutil.copy2(spec.target.path / "adapter_config.json", directory / "adapter_config.json")
+    # A checkpoint's config still names the server folder the base was loaded from.
+    name_the_base(directory, base_reference(spec.job_id))
 
 
 def _losses(spec: ExportSpec) -> tuple[float | None, float | None]:

@@ -2,7 +2,8 @@
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,59 @@ class Guards:
     log_after: int = 0  # a resumed run already stored the points up to this step
     rollbacks: int = 0  # on divergence, go back to the last checkpoint at half the learning rate this many times
 
+    def is_new(self, step: int) -> bool:
+        """Whether a point at `step` is not stored yet. A fresh run stores every step, the step-0 evaluation of
+        the base model included; a resumed (or rolled back) one only the steps after the last stored one."""
+        return self.log_after == 0 or step > self.log_after
+
+
+@dataclass
+class OverfitWatch:
+    """Notices overfitting: the eval loss rising `evals` evaluations in a row while the training loss falls.
+
+    Either alone is no alarm: eval loss wobbles from one evaluation to the next, and a training loss that
+    rises with it is a bad learning rate (the divergence guard's business). Both at once means the model is
+    fitting its training examples at the expense of text it has not seen. The training loss compared is the
+    mean of the points logged between two evaluations, which is far less noisy than any single batch."""
+
+    evals: int | None = 3  # None: off
+    _points: list[tuple[int, float, float | None]] = field(default_factory=list)  # (step, eval loss, train mean)
+    _window: list[float] = field(default_factory=list)  # training losses since the last evaluation
+    _warned: bool = False  # once per streak: the streak must break before the next warning
+
+    def train_loss(self, loss: float) -> None:
+        if math.isfinite(loss):
+            self._window.append(loss)
+
+    def eval_loss(self, step: int, loss: float) -> str | None:
+        """Take an evaluation; the warning to log when this one completes a streak (else None)."""
+        mean = sum(self._window) / len(self._window) if self._window else None
+        self._window = []
+        if not math.isfinite(loss) or (self._points and self._points[-1][0] == step):
+            return None  # a repeated evaluation of the same weights (the closing eval) says nothing new
+        self._points.append((step, loss, mean))
+        if self.evals is None:
+            return None
+        streak = self._points[-self.evals - 1 :]
+        rising = len(streak) == self.evals + 1 and all(a[1] < b[1] for a, b in pairwise(streak))
+        if not rising:
+            self._warned = False
+            return None
+        # The step-0 evaluation (the base model) has no training loss before it: compare the windows known.
+        trained = [(s, t) for s, _, t in streak if t is not None]
+        if self._warned or len(trained) < 2 or not trained[-1][1] < trained[0][1]:
+            return None
+        self._warned = True
+        (first, first_eval, _), (last, last_eval, _) = streak[0], streak[-1]
+        best = min(self._points, key=lambda p: p[1])
+        return (
+            f"Overfitting: eval loss rose {self.evals} evaluations in a row ({first_eval:.4f} at step {first} → "
+            f"{last_eval:.4f} at step {last}) while the training loss fell ({trained[0][1]:.4f} → "
+            f"{trained[-1][1]:.4f}): the model is memorizing its training examples. The lowest eval loss was "
+            f"{best[1]:.4f} at step {best[0]}; fewer steps, a lower learning rate or more data would help "
+            "(early_stopping_patience stops such a run by itself)."
+        )
+
 
 @dataclass
 class Watch:
@@ -104,8 +158,10 @@ class JobCallback(TrainerCallback):
         guards: Guards | None = None,
         watch: Watch | None = None,
         checkpoint_minutes: float | None = None,
+        overfit: OverfitWatch | None = None,
     ) -> None:
         self.job_id = job_id
+        self.overfit = overfit or OverfitWatch(evals=None)
         # Also save when this long has passed since the last save, whatever checkpoint_steps says (None: never).
         self.checkpoint_seconds = checkpoint_minutes * 60 if checkpoint_minutes else None
         self._last_save = time.monotonic()
@@ -221,6 +277,10 @@ class JobCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         eval_loss = (metrics or {}).get("eval_loss")
+        if eval_loss is not None:
+            warning = self.overfit.eval_loss(state.global_step, float(eval_loss))
+            if warning and is_main():
+                log_event(self.job_id, warning, "warning")
         if self.guards.patience is not None and eval_loss is not None and state.global_step > 0:
             if eval_loss < self._best_eval * (1 - MIN_IMPROVEMENT):
                 self._best_eval, self._evals_without_gain = eval_loss, 0
@@ -237,7 +297,7 @@ class JobCallback(TrainerCallback):
             self.watch.prompts
             and model is not None
             and tokenizer is not None
-            and state.global_step > self.guards.log_after
+            and self.guards.is_new(state.global_step)  # at step 0 too: what the base model answers
             and is_main()  # generation needs no other rank, and only rank 0 stores the answers
         ):
             answers = [(p, answer(model, tokenizer, p, sft=self.watch.sft)) for p in self.watch.prompts]
@@ -315,6 +375,7 @@ class JobCallback(TrainerCallback):
             loss = logs["loss"]
             loss = float(loss.item() if hasattr(loss, "item") else loss)
             self._check_divergence(args, state, control, loss, kwargs.get("lr_scheduler"))
+            self.overfit.train_loss(loss)
         values = numeric_values(logs)
         if SUMMARY_KEYS & values.keys():
             # The end-of-run summary: its train_loss averages the whole run, which would be a misleading
@@ -322,7 +383,7 @@ class JobCallback(TrainerCallback):
             runtime = values.get("train_runtime", 0.0)
             log_event(self.job_id, f"trained {state.global_step} steps in {runtime:.1f} s")
             return
-        if not values or state.global_step <= self.guards.log_after:
+        if not values or not self.guards.is_new(state.global_step):
             return  # nothing to plot, or a step the interrupted run already plotted
         record_metrics(self.job_id, state.global_step, values)
         final = {"final_loss": values.get("loss"), "final_eval_loss": values.get("eval_loss")}

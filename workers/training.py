@@ -18,7 +18,7 @@ from workers.context import JobContext
 from workers.data import PadCollator
 from workers.eval_metrics import argmax_logits, bits_per_byte, perplexity, token_accuracy, tokens_per_byte
 from workers.examples import Example
-from workers.metrics import Cancelled, Diverged, Guards, JobCallback, Paused, ShuttingDown, Watch
+from workers.metrics import Cancelled, Diverged, Guards, JobCallback, OverfitWatch, Paused, ShuttingDown, Watch
 from workers.ranks import is_main, per_device_batch_size, world_size
 from workers.token_meter import TokenMeter
 
@@ -90,6 +90,9 @@ def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> Trai
         logging_steps=hp.logging_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_steps if has_eval else None,
+        # A fine-tune evaluates its base model before the first step (logged at step 0), so its curve answers
+        # "would the base model, prompted, have done as well?". Not on a resume: that point is stored already.
+        eval_on_start=has_eval and ctx.kind == "finetune" and ctx.resume_checkpoint is None,
         # Eval needs only the loss, except SFT's token accuracy, which keeps each position's argmax (never the
         # batch x length x vocab logits: see preprocess_logits_for_metrics in build_trainer).
         prediction_loss_only=ctx.objective != "sft",
@@ -223,7 +226,13 @@ def build_trainer(
         rollbacks=ctx.hp.divergence_rollbacks,
     )
     watch = Watch(prompts=ctx.watch_prompts, sft=ctx.objective == "sft")
-    callback = JobCallback(ctx.job_id, guards=guards, watch=watch, checkpoint_minutes=ctx.hp.checkpoint_minutes)
+    callback = JobCallback(
+        ctx.job_id,
+        guards=guards,
+        watch=watch,
+        checkpoint_minutes=ctx.hp.checkpoint_minutes,
+        overfit=OverfitWatch(evals=ctx.hp.overfit_warning_evals),
+    )
     meter = TokenMeter()
     pad_id = tokenizer.pad_token_id
     assert pad_id is not None, "the recipe must give the tokenizer a pad token"
@@ -272,6 +281,7 @@ def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = No
         if callback.outcome != "rollback":
             break
         checkpoint = callback.begin_rollback(trainer.state)
+        trainer.args.eval_on_start = False  # the base model was evaluated once, before the first run
         # A fresh optimizer and scheduler, which the Trainer fills from the checkpoint (moments, step, schedule)
         # before the callback halves the learning rate; the old ones would be wrapped by accelerate twice.
         trainer.optimizer, trainer.lr_scheduler = None, None

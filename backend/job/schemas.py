@@ -90,6 +90,13 @@ class Hyperparameters(BaseModel):
     early_stopping_patience: int | None = Field(
         None, ge=1, le=1000, description="Stop after this many evaluations without a lower eval loss (empty: off)."
     )
+    overfit_warning_evals: int | None = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Warn of overfitting when the eval loss has risen this many evaluations in a row while the "
+        "training loss fell (empty: off).",
+    )
     divergence_factor: float = Field(
         4.0,
         gt=1.0,

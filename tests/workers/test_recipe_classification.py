@@ -99,7 +99,8 @@ def test_lora_classification_logs_accuracy_and_f1(lora_job: int) -> None:
     rows = metric_rows(lora_job)
     assert [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval_loss" in r]
-    assert len(evals) == CLASSIFY_HP["max_steps"] // CLASSIFY_HP["eval_steps"]
+    # Plus the base model's evaluation at step 0 (a fine-tune's baseline).
+    assert len(evals) == CLASSIFY_HP["max_steps"] // CLASSIFY_HP["eval_steps"] + 1
     assert all({"eval_accuracy", "eval_f1"} <= r.keys() for r in evals)
     assert evals[-1]["eval_accuracy"] > 0.5, evals
     with session_scope() as s:

@@ -220,7 +220,7 @@ def test_lora_finetune_pauses_and_resumes_its_adapter(
             m.step for m in s.scalars(select(JobMetric).where(JobMetric.job_id == job_id)) if "eval_loss" in m.values
         ]
         artifacts = {a.name for a in s.scalars(select(Artifact).where(Artifact.job_id == job_id))}
-    assert evals == [6, 12]
+    assert evals == [0, 6, 12]  # the base model before the first step, then every eval_steps
     assert {"adapter.zip", "merged.zip"} <= artifacts
 
 

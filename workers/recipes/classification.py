@@ -162,7 +162,7 @@ class ClassifyWatch(TrainerCallback):
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         model, tokenizer = kwargs.get("model"), kwargs.get("processing_class")
         # Rank 0 alone under data parallel: it stores the rows, and the others hold the same weights.
-        asked = self.prompts and is_main() and state.global_step > self.guards.log_after
+        asked = self.prompts and is_main() and self.guards.is_new(state.global_step)
         if asked and model is not None and tokenizer is not None:
             answers = [(p, classify(model, tokenizer, p, self.names)) for p in self.prompts]
             record_samples(self.job_id, state.global_step, answers)
