@@ -16,6 +16,7 @@ from backend.db import Job, Model, session_scope
 from backend.job.lifecycle import add_artifact, log_event
 from backend.model.service import register_model
 from workers.context import JobContext
+from workers.examples import training_template
 from workers.ranks import is_main
 
 LOAD_SNIPPETS = {
@@ -166,6 +167,15 @@ def name_the_base(directory: Path, base: str | None) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """Save `tokenizer` with the chat template training rendered conversations with: a base template that
+    ignores tools goes out behind the tool fallback (`workers.examples.training_template`), so tools and tool
+    calls are laid out at inference as they were in training. A tokenizer without a template stays without."""
+    if tokenizer.chat_template:
+        tokenizer.chat_template = training_template(tokenizer)
+    tokenizer.save_pretrained(directory)
+
+
 def export(
     ctx: JobContext,
     model: PreTrainedModel | PeftModel,
@@ -191,7 +201,7 @@ def export(
     model.save_pretrained(str(directory))
     if what == "adapter":
         name_the_base(directory, base_reference(ctx.job_id))
-    tokenizer.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory)
     # Written last: PEFT's save_pretrained writes a README.md template of its own.
     write_model_card(
         directory,
@@ -269,7 +279,7 @@ def _export_merged(
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     ready_to_serve(merged, tokenizer)
     merged.save_pretrained(str(directory))
-    tokenizer.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory)
     write_model_card(
         directory,
         ctx,

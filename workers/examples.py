@@ -13,10 +13,24 @@ dry run shows exactly what training uses. Per shape, for objective `sft`:
 So both shapes end an answer the same way, marker then EOS: when a template's marker is not EOS
 (`<|im_end|>` vs `<|endoftext|>`), generation stops whichever of the two the inference stack stops on.
 
+Tool calling. A conversation may carry tool definitions (`tools`), assistant turns with `tool_calls` (OpenAI's
+form, see backend/dataset/formats/chat.py) and `tool` turns with their results. A base template that renders
+both (a probe conversation with a tool and a call shows both names, e.g. Qwen's or Llama 3.1's) gets them as
+they are, arguments as objects. Any other template is wrapped in `TOOL_FALLBACK`, a Jinja prologue that first
+rewrites the conversation into plain turns: the definitions become a `<tools>` block in the system turn (a
+system turn of its own when there is none), each call becomes `<tool_call>{"name": ..., "arguments": ...}
+</tool_call>` in its assistant turn's text, results stay `tool` turns; then the base template renders those
+turns as it renders any others. The rewrite happens only when the conversation has tools or calls, so every
+other conversation renders exactly as before. The wrapped template (`training_template`) is what the trained
+artifact's tokenizer is saved with (workers/artifacts.py), so inference lays tools out as training did.
+Loss: a call is the text of an assistant turn and is trained with it; tool results, like every non-assistant
+turn, never are.
+
 For objective `causal_lm` every record becomes one text (`causal_text`) whose every token, EOS included,
 carries loss; the recipes pack those texts into blocks.
 """
 
+import json
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,15 +42,52 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 IGNORE_INDEX = -100
 # Used when the base tokenizer has no chat template: the prompt format most instruction datasets were made for.
 ALPACA_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+# The system text that lists the tools when the base template has no place for them (Hermes' and Qwen's wording
+# and tags, which many instruction-tuned models have already seen).
+TOOLS_INTRO = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query. For each call, write "
+    '<tool_call>{"name": <function-name>, "arguments": <args-json-object>}</tool_call>. '
+    "These are the functions you can call:\n<tools>"
+)
+# The prologue put in front of a template that ignores tools (see the module docstring). Written for Jinja as
+# transformers runs it (immutable sandbox: new lists by concatenation, state carried out of loops in a
+# namespace); `tojson` is transformers' json.dumps, non-ASCII kept. Arguments given as a string are written as
+# they are (they are JSON already).
+TOOL_FALLBACK = (
+    "{%- set tool_ns = namespace(calls=false, messages=[], text='', skip=0) %}"
+    "{%- for message in messages %}{%- if message['tool_calls'] %}{%- set tool_ns.calls = true %}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if tools or tool_ns.calls %}"
+    "{%- if tools %}"
+    "{%- set tool_ns.text = '" + TOOLS_INTRO.replace("\n", "\\n") + "' %}"
+    "{%- for tool in tools %}{%- set tool_ns.text = tool_ns.text ~ '\\n' ~ (tool | tojson) %}{%- endfor %}"
+    "{%- set tool_ns.text = tool_ns.text ~ '\\n</tools>' %}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{%- set tool_ns.text = messages[0]['content'] ~ '\\n\\n' ~ tool_ns.text %}{%- set tool_ns.skip = 1 %}"
+    "{%- endif %}"
+    "{%- set tool_ns.messages = [{'role': 'system', 'content': tool_ns.text}] %}"
+    "{%- endif %}"
+    "{%- for message in messages[tool_ns.skip:] %}"
+    "{%- set tool_ns.text = message['content'] if message['content'] is string else '' %}"
+    "{%- for call in message['tool_calls'] or [] %}"
+    "{%- set function = call['function'] if call['function'] is mapping else call %}"
+    "{%- set arguments = function['arguments'] if function['arguments'] is string "
+    "else (function['arguments'] | tojson) %}"
+    "{%- set tool_ns.text = tool_ns.text ~ ('\\n' if tool_ns.text else '') ~ '<tool_call>\\n{\"name\": ' "
+    "~ (function['name'] | tojson) ~ ', \"arguments\": ' ~ arguments ~ '}\\n</tool_call>' %}"
+    "{%- endfor %}"
+    "{%- set tool_ns.messages = tool_ns.messages + [{'role': message['role'], 'content': tool_ns.text}] %}"
+    "{%- endfor %}"
+    "{%- set messages = tool_ns.messages %}{%- set tools = none %}"
+    "{%- endif %}"
+)
 # For conversations on a base without a chat template: ChatML's layout, but every turn ends with the base's
 # own EOS instead of <|im_end|>. The base's vocabulary has no <|im_end|> token (adding one would mean training
 # new embedding rows, which LoRA does not do), and ending the assistant's turn with EOS is what makes
-# generation stop there.
-CHATML_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\n{{ tools | tojson }}{{ eos_token }}\n{% endif %}"
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-    "{% if message['tool_calls'] %}{{ message['tool_calls'] | tojson }}{% endif %}{{ eos_token }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+# generation stop there. Tools and calls go through the fallback prologue.
+CHATML_TEMPLATE = TOOL_FALLBACK + (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 Example = dict[str, list[int]]
@@ -99,14 +150,16 @@ def shape_of(record: dict[str, Any]) -> str:
 
 
 def conversation(record: dict[str, Any]) -> tuple[list[Message], list[Any] | None]:
-    """(messages, tools) of a messages record; a preference record becomes its prompt and chosen answer."""
+    """(messages, tools) of a messages record; a preference record becomes its prompt and chosen answer, an
+    unpaired preference record its prompt and its one answer (desirable or not: the label is KTO's business)."""
     if "messages" in record:
         return list(record["messages"]), record.get("tools") or None
 
     def turns(value: str | list[Message], role: str) -> list[Message]:
         return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
 
-    return turns(record["prompt"], "user") + turns(record["chosen"], "assistant"), None
+    answer = record["chosen"] if "chosen" in record else record["completion"]
+    return turns(record["prompt"], "user") + turns(answer, "assistant"), record.get("tools") or None
 
 
 def _has_template(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -120,12 +173,65 @@ def _chat(
     *,
     generation_prompt: bool = False,
 ) -> str:
+# Names no template writes by itself: seeing them in a probe's render means the template renders tools and calls.
+_TOOL_PROBE = "toolprobe7f3c"
+_CALL_PROBE = "callprobe7f3c"
+_handles_tools: dict[str, bool] = {}
+
+
+def handles_tools(tokenizer: PreTrainedTokenizerBase, template: str) -> bool:
+    """Whether `template` writes tool definitions and an assistant's tool calls (cached per template)."""
+    if template not in _handles_tools:
+        call = {"type": "function", "function": {"name": _CALL_PROBE, "arguments": {"x": 1}}}
+        probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+        tool = {"type": "function", "function": {"name": _TOOL_PROBE, "description": "d", "parameters": {}}}
+        try:
+            text = tokenizer.apply_chat_template(probe, tools=[tool], chat_template=template, tokenize=False)
+        except Exception:  # a template that refuses the probe cannot be trusted with tools either
+            text = ""
+        _handles_tools[template] = isinstance(text, str) and _TOOL_PROBE in text and _CALL_PROBE in text
+    return _handles_tools[template]
+
+
+def training_template(tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The chat template conversations are rendered with, and the trained tokenizer is saved with: the base's
+    own when it handles tools, else the base's behind `TOOL_FALLBACK`; ChatML (with the fallback) without one.
+    A dict of named templates is left to transformers to choose from."""
+    template = tokenizer.chat_template
+    if not template:
+        return CHATML_TEMPLATE
+    if not isinstance(template, str) or handles_tools(tokenizer, template):
+        return template
+    return TOOL_FALLBACK + template
+
+
+def _template_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A canonical tool call as templates take it: arguments as an object (Qwen's and Llama's templates write
+    `arguments | tojson`, which would quote a JSON string a second time)."""
+    function = dict(call.get("function") or {})
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            function["arguments"] = parsed
+    return {**call, "function": function}
+
+
+def _template_message(message: Message) -> Message:
     # Templates index messages by key and some reject unknown ones: pass only what they expect.
-    clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    out = {k: v for k, v in message.items() if k != "weight"}
+    if out.get("tool_calls"):
+        out["tool_calls"] = [_template_call(c) for c in out["tool_calls"]]
+    return out
+
+
     text = tokenizer.apply_chat_template(
-        clean,
-        tools=tools,
-        chat_template=None if _has_template(tokenizer) else CHATML_TEMPLATE,
+        [_template_message(m) for m in messages],
+        tools=tools or None,
+        chat_template=training_template(tokenizer),
         tokenize=False,
         add_generation_prompt=generation_prompt,
     )
@@ -133,11 +239,15 @@ def _chat(
     return text
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, system: str = "") -> str:
-    """The prompt as the model will see it at inference: its chat template if it has one, else Alpaca."""
-    if _has_template(tokenizer):
+def format_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, system: str = "", tools: list[Any] | None = None
+) -> str:
+    """The prompt as the model will see it at inference: its chat template if it has one, else Alpaca. With
+    tools, always a chat turn (ChatML and the tool fallback on a base without a template), as conversations with
+    tools are trained."""
+    if _has_template(tokenizer) or tools:
         turns = [{"role": "system", "content": system}] if system else []
-        return _chat(tokenizer, [*turns, {"role": "user", "content": prompt}], generation_prompt=True)
+        return _chat(tokenizer, [*turns, {"role": "user", "content": prompt}], tools, generation_prompt=True)
     return (f"{system}\n\n" if system else "") + ALPACA_TEMPLATE.format(prompt=prompt)
 
 

@@ -50,6 +50,7 @@ from workers.artifacts import (
     load_base,
     name_the_base,
     ready_to_serve,
+    save_tokenizer,
     write_model_card,
     zip_directory,
 )
@@ -293,7 +294,7 @@ def build(spec: ExportSpec, report: Reporter) -> Path:
         save_model(model, DTYPES[spec.dtype], staging, report)
         del model
         release_memory()
-    tokenizer.save_pretrained(staging)
+    save_tokenizer(tokenizer, staging)  # with the chat template training used (tool fallback)
     write_card(spec, staging)  # last: PEFT's and transformers' saves may write a README of their own
     archive = zip_directory(
         staging,

@@ -159,11 +159,18 @@ def stop_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def prompt_inputs(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool, max_new_tokens: int
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    *,
+    chat: bool,
+    max_new_tokens: int,
+    tools: list[Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """(input tensors, max_new_tokens), cut to fit the model's context."""
+    """(input tensors, max_new_tokens), cut to fit the model's context. `tools` go to the chat template (or the
+    tool fallback training used, see workers/examples.py)."""
     # A chat layout is the one SFT trained on, and its template already carries any BOS (see workers/watch.py).
-    text = format_prompt(tokenizer, prompt) if chat else prompt
+    text = format_prompt(tokenizer, prompt, tools=tools) if chat else prompt
     inputs = dict(tokenizer(text, return_tensors="pt", add_special_tokens=not chat))
     context = getattr(model.config, "max_position_embeddings", None)
     if context:
@@ -180,7 +187,12 @@ def stream_text(loaded: Loaded, prompt: str, params: dict[str, Any]) -> Iterator
     partial word until it is complete)."""
     model, tokenizer = loaded.model, loaded.tokenizer
     inputs, max_new_tokens = prompt_inputs(
-        model, tokenizer, prompt, chat=bool(params.get("chat")), max_new_tokens=int(params["max_new_tokens"])
+        model,
+        tokenizer,
+        prompt,
+        chat=bool(params.get("chat")),
+        max_new_tokens=int(params["max_new_tokens"]),
+        tools=params.get("tools") or None,
     )
     temperature = float(params.get("temperature", 0.0))
     sampling: dict[str, Any] = {"do_sample": False}

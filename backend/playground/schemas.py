@@ -3,8 +3,10 @@
 from datetime import datetime
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend.dataset.formats import chat
+from backend.dataset.formats.errors import FormatError
 from backend.schemas import DbId, Text
 
 MAX_NEW_TOKENS = 1024
@@ -28,8 +30,27 @@ class GenerationCreate(BaseModel):
     chat: bool | None = Field(
         None,
         description="Lay the prompt out as a chat turn (the model's chat template, else Alpaca), as SFT trained on. "
-        "Default: on for a model with a chat template and for sft/dpo jobs, off otherwise.",
+        "Default: on for a model with a chat template and for sft/dpo/kto jobs, off otherwise.",
     )
+
+    tools: list[dict[str, Any]] | str | None = Field(
+        None,
+        description="Tool definitions the model may call: a list of function schemas (OpenAI's "
+        '{"type": "function", "function": {"name", "description", "parameters"}}, or bare {"name", ...}), or a '
+        "JSON string of one. They go to the chat template as training laid them out; a call in the answer is "
+        "returned as tool_calls.",
+    )
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> list[dict[str, Any]] | None:
+        if isinstance(value, str) and len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(f"at most {MAX_PROMPT_CHARS} characters of tool definitions")
+        try:
+            return chat.tools(value)
+        except FormatError as exc:
+            where = exc.field.removeprefix("tools") if exc.field else ""
+            raise ValueError(f"{where + ': ' if where else ''}{exc.message}") from None
 
     @model_validator(mode="after")
     def _one_target(self) -> Self:
@@ -37,6 +58,8 @@ class GenerationCreate(BaseModel):
             raise ValueError("give exactly one of model_id (a base model) or job_id (a trained job)")
         if self.checkpoint is not None and self.job_id is None:
             raise ValueError("checkpoint needs job_id: it names one of that job's checkpoints")
+        if self.tools and self.chat is False:
+            raise ValueError("tools need the chat layout (chat: true or left out): raw text has no place for them")
         return self
 
 
@@ -55,6 +78,11 @@ class GenerationRead(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     target: str = ""  # what answered, in words: "model tiny (#1)", "job ft (#2), checkpoint-10"
+    tool_calls: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='Tool calls found in the output, OpenAI style: {"type": "function", "function": {"name", '
+        '"arguments" (a JSON string)}}.',
+    )
 
 
 class GenerationList(BaseModel):

@@ -15,9 +15,10 @@ from backend.job.checkpoints import list_checkpoints
 from backend.job.service import get_job
 from backend.model.service import has_chat_template, ready_model
 from backend.playground.schemas import GenerationCreate, GenerationRead
+from backend.playground.tool_calls import parse_tool_calls
 
 # Objectives whose training laid prompts out as chat turns: ask them the same way by default.
-CHAT_OBJECTIVES = ("sft", "dpo")
+CHAT_OBJECTIVES = ("sft", "dpo", "kto")
 HISTORY_LIMIT = 20
 
 
@@ -133,9 +134,11 @@ def create_generation(session: Session, *, user: User, data: GenerationCreate) -
         "max_new_tokens": data.max_new_tokens,
         "temperature": data.temperature,
         "top_p": data.top_p,
-        "chat": chat,
+        "chat": chat or bool(data.tools),
         "task": target.task,
     }
+    if data.tools:
+        params["tools"] = data.tools
     row = Generation(
         owner_id=user.id,
         model_id=data.model_id,
@@ -180,4 +183,7 @@ def target_label(session: Session, row: Generation) -> str:
 
 
 def to_read(session: Session, row: Generation) -> GenerationRead:
-    return GenerationRead.model_validate(row).model_copy(update={"target": target_label(session, row)})
+    calls = parse_tool_calls(row.output or "", bare=bool((row.params or {}).get("tools")))
+    return GenerationRead.model_validate(row).model_copy(
+        update={"target": target_label(session, row), "tool_calls": calls}
+    )

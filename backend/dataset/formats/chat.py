@@ -64,6 +64,10 @@ def message(obj: Any, field: str) -> Message:
     tool_calls = obj.get("tool_calls")
     if tool_calls is not None and not (isinstance(tool_calls, list) and all(isinstance(c, dict) for c in tool_calls)):
         raise FormatError("expected a list of tool call objects", field=f"{field}.tool_calls")
+    if tool_calls and role != "assistant":
+        raise FormatError(f"only assistant messages call tools, not {role!r} ones", field=f"{field}.tool_calls")
+    if tool_calls:
+        tool_calls = [_call(c, f"{field}.tool_calls[{i}]") for i, c in enumerate(tool_calls)]
     out: Message = {"role": role, "content": _content(obj.get("content"), f"{field}.content", bool(tool_calls))}
     if "weight" in obj and obj["weight"] is not None:
         weight = obj["weight"]
@@ -103,9 +107,9 @@ def sharegpt_turn(obj: Any, field: str) -> Message:
         known = ", ".join(k for k in SHAREGPT_ROLES if k not in ("user", "assistant", "tool"))
         raise FormatError(f"unknown role {_show(source)} (expected {known})", field=f"{field}.from")
     value = text_of(obj.get("value"), f"{field}.value")
-    if source == "function_call":
-        return {"role": "assistant", "content": "", "tool_calls": _tool_calls(value, f"{field}.value")}
     out: Message = {"role": role, "content": value}
+    if source == "function_call":
+        out = {"role": "assistant", "content": "", "tool_calls": _tool_calls(value, f"{field}.value")}
     if "weight" in obj and obj["weight"] is not None:
         out["weight"] = message({"role": role, "content": value, "weight": obj["weight"]}, field)["weight"]
     return out
@@ -128,26 +132,43 @@ def _tool_calls(value: str, field: str) -> list[dict[str, Any]]:
     """A function_call turn's JSON ({name, arguments}, or a list of them) as OpenAI tool calls."""
     calls = _json_in_string(value, field, 'a function_call value must be JSON: {"name": ..., "arguments": ...}')
     calls = calls if isinstance(calls, list) else [calls]
-    out = []
-    for call in calls:
-        if not (isinstance(call, dict) and isinstance(call.get("name"), str)):
-            raise FormatError("a function call needs a 'name'", field=field)
-        arguments = call.get("arguments", {})
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments, ensure_ascii=False)
-        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return [_call(call, field) for call in calls]
+
+
+def _call(call: Any, field: str) -> dict[str, Any]:
+    """One tool call in OpenAI's form, {"type": "function", "function": {"name", "arguments"}} (and its "id"),
+    from that form or from a bare {"name", "arguments"} (ShareGPT's). Arguments are kept as a JSON string, as
+    OpenAI writes them; an object is serialized (the renderer parses it back for chat templates)."""
+    function = call.get("function", call) if isinstance(call, dict) else None
+    if not (isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"].strip()):
+        raise FormatError("a function call needs a 'name'", field=field)
+    arguments = function.get("arguments", function.get("parameters", {}))
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    out: dict[str, Any] = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    if isinstance(call, dict) and call.get("id") is not None:
+        out["id"] = text_of(call["id"], f"{field}.id")
     return out
 
 
 def tools(value: Any, field: str = "tools") -> list[Any] | None:
-    """Tool definitions: a list of objects, or a JSON string of one (as ShareGPT files store them)."""
+    """Tool definitions: a list of objects, or a JSON string of one (as ShareGPT files store them), each put in
+    OpenAI's form {"type": "function", "function": {"name", "description", "parameters"}}, which chat templates
+    expect; a bare {"name", ...} definition is wrapped."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         value = _json_in_string(value, field, "expected a list of tool definitions (or a JSON string of one)")
     if not (isinstance(value, list) and all(isinstance(t, dict) for t in value)):
         raise FormatError("expected a list of tool definitions", field=field)
-    return value or None
+    return [_definition(t, f"{field}[{i}]") for i, t in enumerate(value)] or None
+
+
+def _definition(tool: dict[str, Any], field: str) -> dict[str, Any]:
+    function = tool.get("function") if "function" in tool else tool
+    if not (isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"].strip()):
+        raise FormatError("a tool definition needs a 'name' (or 'function': {'name': ...})", field=field)
+    return tool if "function" in tool else {"type": "function", "function": tool}
 
 
 def _json_in_string(value: str, field: str, invalid: str) -> Any:

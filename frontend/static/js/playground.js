@@ -48,7 +48,40 @@
       error: $(`pg-${side}-error`),
       output: $(`pg-${side}-output`),
       empty: $(`pg-${side}-empty`),
+      calls: $(`pg-${side}-calls`),
     };
+  }
+
+  // The tool calls the server found in an answer, each as a card of its own: the function's name, then its
+  // arguments (pretty-printed when they are JSON).
+  function showCalls(side, calls) {
+    const box = column(side).calls;
+    box.replaceChildren(
+      ...(calls || []).map((call) => {
+        const fn = call.function || {};
+        let args = fn.arguments || "";
+        try {
+          args = JSON.stringify(JSON.parse(args), null, 2);
+        } catch (err) {
+          /* not JSON: shown as written */
+        }
+        const card = Object.assign(document.createElement("div"), { className: "playground-tool-call" });
+        const head = Object.assign(document.createElement("p"), { className: "small", textContent: "Tool call: " });
+        head.append(Object.assign(document.createElement("code"), { textContent: fn.name || "?" }));
+        card.append(head, Object.assign(document.createElement("pre"), { textContent: args }));
+        return card;
+      })
+    );
+    box.hidden = !box.childElementCount;
+  }
+
+  async function loadCalls(side, id) {
+    try {
+      const g = await Studio.fetchJSON(`/api/generations/${id}`);
+      if (column(side).root.dataset.generationId === String(id)) showCalls(side, g.tool_calls);
+    } catch (err) {
+      /* the answer itself is shown; the calls are a convenience */
+    }
   }
 
   function setStatus(side, status) {
@@ -70,6 +103,7 @@
     if (sources[side]) sources[side].close();
     sources[side] = null;
     col.output.textContent = "";
+    showCalls(side, []);
     col.empty.hidden = false;
     col.empty.textContent = text || "The answer appears here.";
     col.target.textContent = "—";
@@ -81,6 +115,7 @@
     const col = column(side);
     if (sources[side]) sources[side].close();
     col.output.textContent = "";
+    showCalls(side, []);
     col.empty.hidden = true;
     col.target.textContent = `${generation.target} · ${describe(generation.params)}`;
     col.root.dataset.generationId = generation.id;
@@ -110,6 +145,7 @@
       const d = parse(e) || {};
       setStatus(side, d.status || "done");
       if (d.error) Studio.showError(col.error, d.error);
+      if (d.status === "done") loadCalls(side, generation.id);
       if (d.status === "done" && !col.output.textContent) {
         col.empty.hidden = false;
         col.empty.textContent = "The model answered with nothing (it ended its turn at once).";
@@ -127,7 +163,8 @@
     if (!params) return "";
     if (params.task === "classify") return "classifier: label and probability";
     const how = Number(params.temperature) > 0 ? `temperature ${params.temperature}, top p ${params.top_p}` : "greedy";
-    return `${how}, ≤${params.max_new_tokens} tokens, ${params.chat ? "chat layout" : "raw text"}`;
+    const tools = params.tools && params.tools.length ? `, ${params.tools.length} tool${params.tools.length > 1 ? "s" : ""}` : "";
+    return `${how}, ≤${params.max_new_tokens} tokens, ${params.chat ? "chat layout" : "raw text"}${tools}`;
   }
 
   /* ---------- generate ---------- */
@@ -141,6 +178,9 @@
     };
     const layout = $("pg-layout").value;
     if (layout) body.chat = layout === "chat";
+    // Sent as written: the server parses it and names what is wrong (422 on field "tools").
+    const tools = $("pg-tools").value.trim();
+    if (tools) body.tools = tools;
     return body;
   }
 
@@ -264,6 +304,10 @@
     if (p.max_new_tokens) $("pg-max-new-tokens").value = p.max_new_tokens;
     if (p.temperature != null) $("pg-temperature").value = p.temperature;
     if (p.top_p != null) $("pg-top-p").value = p.top_p;
+    if (p.tools && p.tools.length) {
+      $("pg-tools").value = JSON.stringify(p.tools, null, 2);
+      $("pg-tools-field").open = true;
+    }
   }
 
   async function restore() {
