@@ -74,6 +74,28 @@ def _curve(session: Session, job: Job) -> tuple[list[CompareCurvePoint], float |
     return curve, tokens_seen
 
 
+# How deep a chain of models trained from models is followed to find whose tokenizer a run uses.
+MAX_LINEAGE = 8
+
+
+def _model_tokenizer(session: Session, model: Model, depth: int) -> tuple[str, str]:
+    """(key, label) of the tokenizer a model carries: a job's output carries that job's tokenizer."""
+    source = session.get(Job, model.job_id) if model.job_id is not None and depth < MAX_LINEAGE else None
+    if source is not None:
+        return _job_tokenizer(session, source, depth + 1)
+    hub_id = (model.details or {}).get("hub_id")
+    return (f"hub:{hub_id}", str(hub_id)) if hub_id else (f"model:{model.id}", model.name)
+
+
+def _job_tokenizer(session: Session, job: Job, depth: int = 0) -> tuple[str, str]:
+    """(key, label) of the tokenizer a run uses: its base model's, a borrowed one, or one it trained itself."""
+    model_id = job.base_model_id if job.kind == "finetune" else job.tokenizer_model_id
+    model = session.get(Model, model_id) if model_id is not None else None
+    if model is not None:
+        return _model_tokenizer(session, model, depth)
+    return f"job:{job.id}", f"trained by {job.name}"
+
+
 def _run(session: Session, job: Job) -> CompareRun:
     dataset = session.get(Dataset, job.dataset_id)
     base = session.get(Model, job.base_model_id) if job.base_model_id else None
@@ -105,28 +127,44 @@ def _run(session: Session, job: Job) -> CompareRun:
         best_eval_loss=min(evals) if evals else None,
         final_eval_bits_per_byte=bits[-1] if bits else None,
         curve=curve,
+        tokenizer=_job_tokenizer(session, job)[1],
     )
 
 
-def _flatten(job: Job) -> dict[str, Any]:
-    """The comparable settings of a job as one flat dict."""
+def _name(session: Session, table: type[Dataset] | type[Model], row_id: int | None) -> str | None:
+    row = session.get(table, row_id) if row_id is not None else None
+    return row.name if row is not None else (None if row_id is None else f"#{row_id} (deleted)")
+
+
+def _flatten(session: Session, job: Job) -> dict[str, Any]:
+    """The comparable settings of a job as one flat dict; datasets and models by name, as a person knows them."""
     return {
         "kind": job.kind,
         "method": job.method,
         "objective": job.objective,
         "architecture": job.architecture,
-        "base_model_id": job.base_model_id,
-        "dataset_id": job.dataset_id,
-        "validation_dataset_id": job.validation_dataset_id,
+        "base_model": _name(session, Model, job.base_model_id),
+        "tokenizer_model": _name(session, Model, job.tokenizer_model_id),
+        "dataset": _name(session, Dataset, job.dataset_id),
+        "validation_dataset": _name(session, Dataset, job.validation_dataset_id),
         **{f"hyperparameters.{k}": v for k, v in sorted((job.hyperparameters or {}).items())},
     }
 
 
-def config_diff(jobs: list[Job]) -> dict[str, list[Any]]:
+def config_diff(session: Session, jobs: list[Job]) -> dict[str, list[Any]]:
     """Settings whose values differ between the jobs: name → one value per job (None where unset)."""
-    flat = [_flatten(j) for j in jobs]
+    flat = [_flatten(session, j) for j in jobs]
     keys = sorted({k for f in flat for k in f})
     return {k: [f.get(k) for f in flat] for k in keys if len({repr(f.get(k)) for f in flat}) > 1}
+
+
+def first_curve(session: Session, jobs: list[Job], runs: list[CompareRun]) -> str:
+    """The curve to show first: validation loss, unless the runs tokenize differently. A loss per token then
+    compares different units (a 2k-word tokenizer's token is less text than a 49k-word one's), and bits per
+    byte of the validation text, which every language-model run with a validation set logs, is like for like."""
+    differ = len({_job_tokenizer(session, j)[0] for j in jobs}) > 1
+    logged = all(r.final_eval_bits_per_byte is not None for r in runs)
+    return "eval_bits_per_byte" if differ and logged else "eval_loss"
 
 
 def compare_jobs(session: Session, *, user: User, job_ids: list[int]) -> CompareRead:
@@ -135,4 +173,5 @@ def compare_jobs(session: Session, *, user: User, job_ids: list[int]) -> Compare
     if not 1 <= len(ids) <= MAX_RUNS:
         raise Invalid(f"pick between 1 and {MAX_RUNS} runs to compare (got {len(ids)})", field="ids")
     jobs = [get_job(session, user=user, job_id=i) for i in ids]
-    return CompareRead(runs=[_run(session, j) for j in jobs], diff=config_diff(jobs))
+    runs = [_run(session, j) for j in jobs]
+    return CompareRead(runs=runs, diff=config_diff(session, jobs), first_curve=first_curve(session, jobs, runs))

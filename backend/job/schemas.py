@@ -394,11 +394,21 @@ class CompareRun(BaseModel):
         "between runs whose tokenizers differ (a model trained from scratch vs a fine-tuned base).",
     )
     curve: list[CompareCurvePoint]
+    tokenizer: str | None = Field(
+        None, description="Whose tokenizer the run uses: its base model's (by name or Hub id), or its own."
+    )
 
 
 class CompareRead(BaseModel):
     runs: list[CompareRun]
-    diff: dict[str, list[Any]] = Field(description="Settings that differ: name → one value per run.")
+    diff: dict[str, list[Any]] = Field(
+        description="Settings that differ: name → one value per run (datasets and models by name)."
+    )
+    first_curve: str = Field(
+        "eval_loss",
+        description="The curve to show first: eval_bits_per_byte when the runs use different tokenizers (and all "
+        "logged it), since a loss per token is then not like for like; else eval_loss.",
+    )
 
 
 class EstimateRead(BaseModel):

@@ -24,6 +24,7 @@
     ["Method", (r) => fmt.text(r.method)],
     ["Objective", (r) => fmt.text(r.objective)],
     ["Starts from", (r) => (r.kind === "pretrain" ? `random weights (${r.architecture})` : fmt.text(r.base_model))],
+    ["Tokenizer", (r) => fmt.text(r.tokenizer)],
     ["Dataset", (r) => fmt.text(r.dataset)],
     ["Records", (r) => fmt.int(r.dataset_records)],
     ["Dataset size", (r) => fmt.bytes(r.dataset_bytes)],
@@ -109,8 +110,10 @@
     const body = table.createTBody();
     keys.forEach((key) => {
       const row = body.insertRow();
-      row.append(cell("th", key.replace(/^hyperparameters\./, ""), { scope: "row" }));
-      diff[key].forEach((v) => row.append(cell("td", v == null ? "—" : JSON.stringify(v))));
+      const label = key.startsWith("hyperparameters.") ? key.slice("hyperparameters.".length) : key.replaceAll("_", " ");
+      row.append(cell("th", label, { scope: "row" }));
+      // Names (datasets, models) read as they are; numbers and lists as JSON.
+      diff[key].forEach((v) => row.append(cell("td", v == null ? "—" : typeof v === "string" ? v : JSON.stringify(v))));
     });
   }
 
@@ -157,7 +160,12 @@
       runs = body.runs;
       renderSummary();
       renderVerdict();
-      if (!again) renderDiff(body.diff); // settings are frozen at launch: the diff never changes
+      if (!again) {
+        renderDiff(body.diff); // settings are frozen at launch: the diff never changes
+        // Runs with different tokenizers open on bits per byte: their losses per token are not like for like.
+        $("compare-y").value = body.first_curve;
+        $("compare-y").dataset.first = body.first_curve;
+      }
       draw();
     } catch (err) {
       if (again) return; // a live refresh that failed keeps what is drawn; the next one tries again
