@@ -150,29 +150,20 @@ def shape_of(record: dict[str, Any]) -> str:
 
 
 def conversation(record: dict[str, Any]) -> tuple[list[Message], list[Any] | None]:
-    """(messages, tools) of a messages record; a preference record becomes its prompt and chosen answer, an
-    unpaired preference record its prompt and its one answer (desirable or not: the label is KTO's business)."""
+    """(messages, tools) of a messages record; a preference record becomes its prompt and chosen answer."""
     if "messages" in record:
         return list(record["messages"]), record.get("tools") or None
 
     def turns(value: str | list[Message], role: str) -> list[Message]:
         return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
 
-    answer = record["chosen"] if "chosen" in record else record["completion"]
-    return turns(record["prompt"], "user") + turns(answer, "assistant"), record.get("tools") or None
+    return turns(record["prompt"], "user") + turns(record["chosen"], "assistant"), None
 
 
 def _has_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(tokenizer.chat_template)
 
 
-def _chat(
-    tokenizer: PreTrainedTokenizerBase,
-    messages: list[Message],
-    tools: list[Any] | None = None,
-    *,
-    generation_prompt: bool = False,
-) -> str:
 # Names no template writes by itself: seeing them in a probe's render means the template renders tools and calls.
 _TOOL_PROBE = "toolprobe7f3c"
 _CALL_PROBE = "callprobe7f3c"
@@ -228,6 +219,13 @@ def _template_message(message: Message) -> Message:
     return out
 
 
+def _chat(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    tools: list[Any] | None = None,
+    *,
+    generation_prompt: bool = False,
+) -> str:
     text = tokenizer.apply_chat_template(
         [_template_message(m) for m in messages],
         tools=tools or None,
