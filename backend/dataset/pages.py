@@ -25,6 +25,8 @@ def datasets_page(request: Request, session: SessionDep, user: OptionalUser) -> 
 def dataset_page(dataset_id: str, request: Request, session: SessionDep, user: OptionalUser) -> Response:
     user = require(user)
     ds = service.get_dataset(session, user=user, dataset_id=page_id(dataset_id, "dataset"))
+    models = list_models(session, user=user)
+    chat = service.chat_models(models)
     return render(
         request,
         "dataset/detail.html",
@@ -33,7 +35,9 @@ def dataset_page(dataset_id: str, request: Request, session: SessionDep, user: O
         table=table_of(service.preview(ds, PREVIEW_ROWS)),
         versions=lineage(session, dataset=ds),
         parent=session.get(Dataset, ds.parent_id) if ds.parent_id else None,
-        models=list_models(session, user=user),
+        models=models,
+        chat_models=chat,
+        default_model=service.dry_run_model(models, shape=ds.shape, chat=chat),
         others=[d for d in service.list_datasets(session, user=user) if d.id != ds.id],
         used_by=jobs_using(session, user=user, dataset_id=ds.id),
     )

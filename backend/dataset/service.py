@@ -24,11 +24,13 @@ from backend.dataset.formats import (
 )
 from backend.dataset.formats.plan import check_options_for
 from backend.dataset.formats.values import display
-from backend.db import Dataset, Job, User
+from backend.db import Dataset, Job, Model, User
 from backend.errors import Conflict, Invalid, NotFound, TooLarge, Unsupported
+from backend.model.service import has_chat_template
 
 CHUNK = 1 << 20
 PREVIEW_CHARS = 100_000
+INSTRUCT_NAME = re.compile(r"instruct|chat|-it\b", re.IGNORECASE)
 
 
 def safe_filename(name: str) -> str:
@@ -262,6 +264,27 @@ def preview(dataset: Dataset, rows: int = 20) -> list[dict[str, Any]]:
     """The first records as the trainer will read them (very long strings cut for display)."""
     records = read_records(Path(dataset.path), dataset.filename, dataset.options or None, head_only=True)
     return [display(r, PREVIEW_CHARS) for r in itertools.islice(records, rows)]
+
+
+def chat_models(models: list[Model]) -> set[int]:
+    """Ids of the ready models whose tokenizer carries a chat template (read from their files)."""
+    return {m.id for m in models if m.status == "ready" and has_chat_template(Path(m.path))}
+
+
+def dry_run_model(models: list[Model], *, shape: str, chat: set[int]) -> int | None:
+    """The model the dataset page's statistics and dry run start with (`models` newest first).
+
+    Every shape but raw text is trained through the model's chat template, so a chat model shows the tokens
+    training will see; the newest model is often a tiny pretrain with no template. For chat data: the newest
+    ready model with a template, else one named like an instruct model; otherwise the newest ready one."""
+    ready = [m for m in models if m.status == "ready"] or models
+    if shape != "text":
+        chosen = next((m for m in ready if m.id in chat), None) or next(
+            (m for m in ready if INSTRUCT_NAME.search(m.name)), None
+        )
+        if chosen is not None:
+            return chosen.id
+    return ready[0].id if ready else None
 
 
 def delete_dataset(session: Session, *, user: User, dataset_id: int) -> None:

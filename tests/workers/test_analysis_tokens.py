@@ -30,6 +30,10 @@ def test_causal_lm_stats_pack_documents_into_blocks(tok: PreTrainedTokenizerFast
     assert stats["supervised_tokens"] == 21 and stats["masked_tokens"] == 0
     assert stats["packing_efficiency"] == round(21 / 24, 4)
     assert stats["truncated_records"] == 0
+    assert (stats["cut_tokens"], stats["cut_summary"]) == (
+        0,
+        "nothing is cut: records are packed whole into blocks of max_length=8 tokens",
+    )
     assert stats["length"] == {"min": 4, "max": 11, "mean": 7.0, "p50": 6, "p95": 10}
     # 20 buckets of width 1 (the longest record is 11 tokens): counts at 4, 6 and 11.
     assert stats["histogram"]["edges"] == list(range(21))
@@ -51,6 +55,11 @@ def test_sft_stats_count_supervision_truncation_and_padding(tok: PreTrainedToken
     assert stats["masked_tokens"] == 2 * (OVERHEAD + 2)
     assert stats["lost_supervised_tokens"] == 6 + 2
     assert stats["truncated_records"] == 2
+    # Past max_length: 6 answer tokens of the second record, the third's last 35 (2 of them its answer).
+    assert stats["cut_tokens"] == 6 + 35
+    share = f"{41 / sum(lengths):.1%}"
+    cut = f"41 tokens ({share}) beyond max_length={max_length} would be cut, 8 of them supervised"
+    assert stats["cut_summary"] == cut
     assert (stats["records_losing_some_supervised"], stats["records_losing_all_supervised"]) == (1, 1)
     assert stats["dropped_records"] == 1
     assert (stats["examples"], stats["steps_per_epoch"]) == (2, 1)

@@ -32,6 +32,7 @@ class Totals:
     supervised: int = 0  # tokens that carry loss in what the trainer sees (after the cut at max_length)
     masked: int = 0  # tokens the trainer sees without loss
     lost: int = 0  # supervised tokens removed by the cut
+    cut: int = 0  # tokens past max_length, supervised or not
     truncated: int = 0
     losing_some: int = 0
     losing_all: int = 0
@@ -42,6 +43,7 @@ class Totals:
     def add_sft(self, rendered: Rendered, max_length: int) -> None:
         n = len(rendered.ids)
         self.truncated += n > max_length
+        self.cut += max(0, n - max_length)
         seen = min(n, max_length)
         supervised = sum(rendered.trained[:max_length])
         lost = rendered.lost_supervised(max_length)
@@ -83,6 +85,17 @@ def packed_blocks(stream_tokens: int, max_length: int) -> tuple[int, int]:
     return full, full * max_length
 
 
+def cut_summary(objective: str, cut: int, tokens: int, lost: int, max_length: int) -> str:
+    """The tokens max_length cuts off, named in a sentence: how many, their share, how many carried loss."""
+    if objective != "sft":
+        return f"nothing is cut: records are packed whole into blocks of max_length={max_length} tokens"
+    if not cut:
+        return f"nothing is cut: every record fits in max_length={max_length} tokens"
+    return (
+        f"{cut:,} tokens ({cut / tokens:.1%}) beyond max_length={max_length} would be cut, {lost:,} of them supervised"
+    )
+
+
 def token_stats(
     tokenizer: PreTrainedTokenizerBase,
     records: Iterable[dict[str, Any]],
@@ -114,6 +127,7 @@ def token_stats(
         # Packed: each record's tokens and its EOS go into one stream cut into blocks; every token is a target.
         examples, in_blocks = packed_blocks(int(lengths.sum()), max_length)
         totals.supervised = in_blocks
+        totals.cut = int(lengths.sum()) - in_blocks  # at most the stream's lone last token
         efficiency = in_blocks / (examples * max_length) if examples else 0.0
     return {
         "records": totals.records,
@@ -126,6 +140,8 @@ def token_stats(
         "masked_tokens": totals.masked,
         "lost_supervised_tokens": totals.lost,
         "truncated_records": totals.truncated,
+        "cut_tokens": totals.cut,
+        "cut_summary": cut_summary(objective, totals.cut, int(lengths.sum()), totals.lost, max_length),
         "records_losing_some_supervised": totals.losing_some,
         "records_losing_all_supervised": totals.losing_all,
         "dropped_records": totals.dropped,

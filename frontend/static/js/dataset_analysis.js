@@ -188,6 +188,10 @@
     $("stats-fully-truncated").classList.toggle("text-danger", Number(fullyTruncated) > 0);
     $("stats-lost").textContent = fmt(r.lost_supervised_tokens);
     $("stats-lost").classList.toggle("text-danger", Number(r.lost_supervised_tokens) > 0);
+    // Results computed before the worker named the cut carry only the supervised part of it.
+    $("stats-cut").textContent =
+      r.cut_summary ?? `${fmt(r.lost_supervised_tokens)} supervised tokens beyond max_length=${maxLength} would be cut`;
+    $("stats-cut").classList.toggle("text-danger", Number(r.cut_tokens ?? r.lost_supervised_tokens) > 0);
     const length = r.length || {};
     $("stats-length").textContent = length.max != null ? `${fmt(length.min)} / ${fmt(length.mean)} / ${fmt(length.max)}` : "—";
     $("stats-steps").textContent = fmt(r.steps_per_epoch);
