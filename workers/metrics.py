@@ -54,7 +54,8 @@ MIN_SPIKE = 0.5
 def check_in(job_id: int) -> None:
     """Renew the lease between preparation stages (tokenizing a large corpus takes a while); stop if cancelled."""
     # Data parallel: rank 0 asks, every rank gets its answer (see workers.ranks).
-    if agree("stop" if is_main() and heartbeat(job_id, step=0, total_steps=None) else "run") == "stop":
+    # No progress yet: the header keeps the step the job is at (a resumed job's checkpoint step, not 0).
+    if agree("stop" if is_main() and heartbeat(job_id, step=None, total_steps=None) else "run") == "stop":
         raise Cancelled()
 
 

@@ -110,21 +110,31 @@ def resume_job(session: Session, *, user: User, job_id: int, checkpoint: str | N
     return job
 
 
+def inputs_of(job: Job) -> dict[str, Any]:
+    """The job's inputs as a JobCreate body would give them (to clone it, or estimate it again)."""
+    return {
+        "name": job.name,
+        "kind": job.kind,
+        "dataset_id": job.dataset_id,
+        "base_model": job.base_model_id,
+        "validation_dataset_id": job.validation_dataset_id,
+        "architecture": job.architecture,
+        "tokenizer_model": job.tokenizer_model_id,
+        "method": job.method,
+        "objective": job.objective,
+        "hyperparameters": job.hyperparameters or {},
+        "watch_prompts": job.watch_prompts,
+    }
+
+
 def clone_job(session: Session, *, user: User, job_id: int, data: JobClone) -> Job:
     """A new queued job with the source's inputs, and `data`'s changes. The caller enqueues it."""
     source = get_job(session, user=user, job_id=job_id)
     try:
         body = JobCreate.model_validate(
-            {
+            inputs_of(source)
+            | {
                 "name": data.name if data.name is not None else f"{source.name} (clone)"[:200],
-                "kind": source.kind,
-                "dataset_id": source.dataset_id,
-                "base_model": source.base_model_id,
-                "validation_dataset_id": source.validation_dataset_id,
-                "architecture": source.architecture,
-                "tokenizer_model": source.tokenizer_model_id,
-                "method": source.method,
-                "objective": source.objective,
                 "hyperparameters": {**(source.hyperparameters or {}), **data.hyperparameters},
                 "watch_prompts": source.watch_prompts if data.watch_prompts is None else data.watch_prompts,
             }

@@ -93,21 +93,22 @@ def claim_job(job_id: int, worker: str) -> Lease | None:
     return won
 
 
-def heartbeat(job_id: int, *, step: int, total_steps: int | None) -> bool:
+def heartbeat(job_id: int, *, step: int | None, total_steps: int | None) -> bool:
     """Renew the lease and record progress. True means stop: a cancel was requested, or the job is no
     longer running (cancelled, or taken back by the reaper: this worker no longer owns it)."""
     return beat(job_id, step=step, total_steps=total_steps) == "stop"
 
 
-def beat(job_id: int, *, step: int, total_steps: int | None) -> str:
-    """Renew the lease and record progress; say what the worker should do: "run", "pause" or "stop".
+def beat(job_id: int, *, step: int | None, total_steps: int | None) -> str:
+    """Renew the lease and record progress (none when `step` is None: before training starts, a resumed job
+    is still at its checkpoint's step); say what the worker should do: "run", "pause" or "stop".
 
     Raises LeaseLost when another attempt owns the job now. While the database is unreachable the run goes on
     ("run"): the lease is minutes long, and the writes it makes meanwhile wait in the outbox."""
     held = lease.held(JOB, job_id)
     try:
         with session_scope() as s:
-            progress = {"current_step": step, "total_steps": total_steps}
+            progress = {"current_step": step, "total_steps": total_steps} if step is not None else {}
             if held is not None:
                 lease.renew(s, held, **progress)
             else:

@@ -7,6 +7,8 @@ from backend.dataset.service import list_datasets
 from backend.db import Dataset, Model
 from backend.deps import OptionalUser, SessionDep
 from backend.job import service
+from backend.job.checkpoints import latest_checkpoint
+from backend.job.progress import planned_steps
 from backend.job.schemas import HYPERPARAMETER_PRESETS, Hyperparameters
 from backend.model.presets import PRESETS, parameter_count
 from backend.model.service import list_models
@@ -71,4 +73,7 @@ def job_page(job_id: str, request: Request, session: SessionDep, user: OptionalU
         job=service.to_read(session, job),
         dataset=session.get(Dataset, job.dataset_id),
         base_model=base_model,
+        # A queued job shows "0 / N", not "0 / ?"; Resume is offered only with a checkpoint to resume from.
+        planned_steps=planned_steps(session, job),
+        has_checkpoint=latest_checkpoint(job.id) is not None,
     )

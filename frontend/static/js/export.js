@@ -204,6 +204,8 @@
   });
 
   source.addEventListener("focus", refreshSources); // checkpoints saved since the page loaded
+  // job.js: the run ended, so the final output may be ready and rotated checkpoints gone.
+  document.addEventListener("studio:job-ended", refreshSources);
   refreshSources();
   connect();
 })();

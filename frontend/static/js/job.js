@@ -10,6 +10,11 @@
   let job = JSON.parse($("job-data").textContent);
   let source = null;
   let etaAnchor = null; // [eta_seconds, Date.now()] of the last snapshot, counted down locally
+  // Resume needs a checkpoint: without one, Clone is what starts the job over. The page knew at render time;
+  // the checkpoints list keeps it current.
+  let hasCheckpoint = $("job-resume").dataset.checkpoint === "yes";
+  // Steps a queued job will take (max_steps or the launch estimate) until the worker reports its own count.
+  const planned = Number($("job-progress").dataset.planned) || null;
 
   const charts = window.StudioJobCharts; // job_charts.js: the loss chart and one panel per logged quantity
 
@@ -33,11 +38,11 @@
     pause.hidden = job.status !== "running" || job.cancel_requested;
     pause.disabled = job.pause_requested;
     pause.textContent = job.pause_requested ? "Pausing…" : "Pause";
-    $("job-resume").hidden = !RESUMABLE.has(job.status);
-    syncResumeButtons();
+    syncResumable();
+    $("job-playground").hidden = job.status !== "succeeded";
 
     const progress = $("job-progress");
-    const total = job.total_steps;
+    const total = job.total_steps ?? planned;
     progress.dataset.step = job.current_step;
     progress.dataset.total = total ?? "";
     $("job-step").textContent = job.current_step;
@@ -101,6 +106,11 @@
     message.textContent = event.message;
     item.append(Studio.timeElement(event.created_at, "time"), levelEl, message);
     log.append(item);
+    // The worker's overfitting warning (workers/metrics.py OverfitWatch) also stands above the charts.
+    if (event.message.startsWith("Overfitting:")) {
+      $("job-overfit").textContent = event.message;
+      $("job-overfit").hidden = false;
+    }
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
 
@@ -161,6 +171,8 @@
       return;
     }
     const list = $("job-checkpoints");
+    hasCheckpoint = items.length > 0;
+    syncResumable();
     if (!items.length) {
       list.replaceChildren(item(muted("None yet.")));
       return;
@@ -188,6 +200,15 @@
 
   function syncResumeButtons() {
     document.querySelectorAll("#job-checkpoints .resume-from").forEach((b) => (b.hidden = !RESUMABLE.has(job.status)));
+  }
+
+  // Resume where a checkpoint exists; otherwise say so and make Clone the way on.
+  function syncResumable() {
+    const resumable = RESUMABLE.has(job.status);
+    $("job-resume").hidden = !resumable || !hasCheckpoint;
+    $("job-no-checkpoint").hidden = !resumable || hasCheckpoint;
+    $("job-clone").classList.toggle("btn-primary", resumable && !hasCheckpoint);
+    syncResumeButtons();
   }
 
   async function resumeFrom(checkpoint, button) {
@@ -278,9 +299,12 @@
       const data = parse(e);
       if (data && data.status && data.status !== job.status) renderJob({ ...job, status: data.status });
       setLive("ended", "");
+      // What the run's end changed, without a reload: checkpoints (pruned ones drop out), artifacts, answers, and
+      // the export panel's sources (export.js listens).
       loadArtifacts();
       loadCheckpoints();
       loadSamples();
+      document.dispatchEvent(new CustomEvent("studio:job-ended", { detail: { jobId: job.id, status: job.status } }));
     });
     source.addEventListener("error", () => {
       // CONNECTING: the browser retries by itself with Last-Event-ID; CLOSED: it gave up (e.g. logged out).

@@ -154,6 +154,16 @@ window.StudioJobCharts = (function () {
   const seenMetrics = new Set();
   const series = { loss: [], eval_loss: [], learning_rate: [] };
   const smoothedLoss = [];
+  // A fine-tune's evaluation before its first step (step 0): the base model's eval loss, drawn as a marked point
+  // and a dashed level across the run, so the eval curve shows at a glance whether fine-tuning beat the base.
+  const baseline = [];
+  const BASE_LABEL = "Base model (before training)";
+
+  // Step 0 is the base model's evaluation; a tooltip says so instead of a bare "step 0".
+  function stepTitle(items) {
+    const x = items[0].parsed.x;
+    return x === 0 ? "step 0: the base model, before training" : `step ${x}`;
+  }
   let chart = null;
   let redrawPending = false;
 
@@ -185,6 +195,10 @@ window.StudioJobCharts = (function () {
             yAxisID: "y", role: "raw", borderWidth: 1, cubicInterpolationMode: "default",
           }),
           line("Eval loss", series.eval_loss, "#e8833a", { yAxisID: "y", pointRadius: 3 }),
+          line(BASE_LABEL, baseline, "#2bb673", {
+            yAxisID: "y", borderWidth: 1.5, borderDash: [2, 3], pointStyle: "rectRot",
+            pointRadius: (ctx) => (ctx.dataIndex === 0 ? 7 : 0), role: "baseline",
+          }),
           line("Learning rate", series.learning_rate, cssVar("--muted"), {
             yAxisID: "lr", borderWidth: 1.5, borderDash: [5, 4],
           }),
@@ -212,7 +226,7 @@ window.StudioJobCharts = (function () {
           },
           tooltip: {
             callbacks: {
-              title: (items) => `step ${items[0].parsed.x}`,
+              title: stepTitle,
               label: (item) => {
                 const v = item.parsed.y;
                 return `${item.dataset.label}: ${item.dataset.yAxisID === "lr" ? v.toExponential(2) : v.toFixed(4)}`;
@@ -311,7 +325,7 @@ window.StudioJobCharts = (function () {
         },
         plugins: {
           legend: { display: false },
-          tooltip: { callbacks: { title: (items) => `step ${items[0].parsed.x}` } },
+          tooltip: { callbacks: { title: stepTitle } },
         },
       },
     });
@@ -351,6 +365,11 @@ window.StudioJobCharts = (function () {
       if (key in series) insertSorted(series[key], { x: metric.step, y });
       else addPanelPoint(key, metric.step, y);
     }
+    if (metric.step === 0 && typeof metric.values.eval_loss === "number") {
+      baseline.length = 0;
+      baseline.push({ x: 0, y: metric.values.eval_loss });
+      canvas.dataset.baseEval = String(metric.values.eval_loss);
+    }
     canvas.dataset.points = String(seenMetrics.size);
     $("chart-empty").hidden = true;
     scheduleRedraw();
@@ -361,6 +380,8 @@ window.StudioJobCharts = (function () {
     seenMetrics.clear();
     Object.values(series).forEach((points) => (points.length = 0));
     smoothedLoss.length = 0;
+    baseline.length = 0;
+    delete canvas.dataset.baseEval;
     for (const panel of panels.values()) {
       panel.train.length = 0;
       panel.smoothed.length = 0;
@@ -374,6 +395,9 @@ window.StudioJobCharts = (function () {
   function redrawMain() {
     chart = chart || makeChart();
     smooth(series.loss, view.smoothing, smoothedLoss);
+    // The base model's level runs on to the newest step, so every later eval point sits against it.
+    const newest = Math.max(...[series.loss, series.eval_loss].map((points) => (points.length ? points[points.length - 1].x : 0)));
+    if (baseline.length) baseline.splice(1, baseline.length - 1, ...(newest > 0 ? [{ x: newest, y: baseline[0].y }] : []));
     applyView(chart, logFits(series.loss, series.eval_loss));
     if (chart) chart.update("none");
   }
@@ -396,6 +420,7 @@ window.StudioJobCharts = (function () {
       $("chart-summary").textContent = [
         last ? `loss ${last.y.toFixed(4)} at step ${last.x}` : "",
         lastEval ? `eval ${lastEval.y.toFixed(4)}` : "",
+        baseline.length ? `base model ${baseline[0].y.toFixed(4)}` : "",
       ].filter(Boolean).join(" · ");
     });
   }

@@ -19,7 +19,8 @@
 
   function setProgress(wrap, job) {
     const bar = wrap.querySelector("progress");
-    const total = job.total_steps;
+    // Before the worker counts the steps, a queued job shows its max_steps ("0 / 100", not "0 / ?").
+    const total = job.total_steps ?? (job.hyperparameters || {}).max_steps ?? null;
     wrap.dataset.step = job.current_step;
     wrap.dataset.total = total ?? "";
     bar.max = total || 1;
