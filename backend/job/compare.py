@@ -131,9 +131,14 @@ def _run(session: Session, job: Job) -> CompareRun:
     )
 
 
-def _name(session: Session, table: type[Dataset] | type[Model], row_id: int | None) -> str | None:
-    row = session.get(table, row_id) if row_id is not None else None
-    return row.name if row is not None else (None if row_id is None else f"#{row_id} (deleted)")
+def _dataset_name(session: Session, dataset_id: int | None) -> str | None:
+    dataset = session.get(Dataset, dataset_id) if dataset_id is not None else None
+    return dataset.name if dataset is not None else None
+
+
+def _model_name(session: Session, model_id: int | None) -> str | None:
+    model = session.get(Model, model_id) if model_id is not None else None
+    return model.name if model is not None else None
 
 
 def _flatten(session: Session, job: Job) -> dict[str, Any]:
@@ -143,10 +148,10 @@ def _flatten(session: Session, job: Job) -> dict[str, Any]:
         "method": job.method,
         "objective": job.objective,
         "architecture": job.architecture,
-        "base_model": _name(session, Model, job.base_model_id),
-        "tokenizer_model": _name(session, Model, job.tokenizer_model_id),
-        "dataset": _name(session, Dataset, job.dataset_id),
-        "validation_dataset": _name(session, Dataset, job.validation_dataset_id),
+        "base_model": _model_name(session, job.base_model_id),
+        "tokenizer_model": _model_name(session, job.tokenizer_model_id),
+        "dataset": _dataset_name(session, job.dataset_id),
+        "validation_dataset": _dataset_name(session, job.validation_dataset_id),
         **{f"hyperparameters.{k}": v for k, v in sorted((job.hyperparameters or {}).items())},
     }
 
