@@ -5,6 +5,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from backend.dataset import service
 from backend.dataset.formats import ACCEPTED
 from backend.dataset.schemas import DatasetInspect, DatasetList, DatasetPreview, DatasetRead
+from backend.dataset.table import columns_of
 from backend.deps import CurrentUser, SessionDep
 from backend.schemas import IdPath, Text
 
@@ -70,12 +71,14 @@ def get_dataset(dataset_id: IdPath, session: SessionDep, user: CurrentUser) -> D
 @router.get("/{dataset_id}/preview", response_model=DatasetPreview)
 def preview_dataset(dataset_id: IdPath, session: SessionDep, user: CurrentUser, rows: int = 20) -> DatasetPreview:
     ds = service.get_dataset(session, user=user, dataset_id=dataset_id)
+    records = service.preview(ds, max(1, min(rows, 200)))
     return DatasetPreview(
         id=ds.id,
         format=ds.format,
         shape=ds.shape,
         record_count=ds.record_count,
-        rows=service.preview(ds, max(1, min(rows, 200))),
+        columns=columns_of(records),
+        rows=records,
     )
 
 

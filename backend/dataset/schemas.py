@@ -4,6 +4,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from backend.dataset.formats import LAYOUTS, Summary
+from backend.dataset.table import table_of
 
 
 class Problem(BaseModel):
@@ -44,12 +45,20 @@ class DatasetList(BaseModel):
     items: list[DatasetRead]
 
 
+class PreviewTable(BaseModel):
+    """Records as text cells: every column any of them has (first-seen order), nested values as compact JSON."""
+
+    columns: list[str]
+    rows: list[list[str]]
+
+
 class DatasetPreview(BaseModel):
     id: int
     format: str
     shape: str
     record_count: int
-    rows: list[dict[str, Any]]
+    columns: list[str] = Field(default_factory=list, description="Every key of these rows, in first-seen order.")
+    rows: list[dict[str, Any]] = Field(description="Records differ in keys: an optional one is on some rows only.")
 
 
 class DatasetInspect(BaseModel):
@@ -67,6 +76,7 @@ class DatasetInspect(BaseModel):
     record_count: int
     complete: bool = Field(description="False when only the first max_records records were read.")
     preview: list[dict[str, Any]] = Field(description="The first records in their canonical shape.")
+    table: PreviewTable = Field(description="`preview` as text cells under the union of its keys (for display).")
     sample: list[dict[str, Any]] = Field(description="The first source rows, as they are in the file.")
     errors: list[Problem]
     error_count: int
@@ -96,6 +106,7 @@ class DatasetInspect(BaseModel):
             record_count=summary.record_count,
             complete=summary.complete,
             preview=summary.preview,
+            table=PreviewTable.model_validate(table_of(summary.preview), from_attributes=True),
             sample=summary.sample,
             errors=[Problem(**e) for e in summary.errors],
             error_count=summary.error_count,

@@ -67,12 +67,20 @@ def test_tool_records_of_different_shapes_show_on_every_page(client: TestClient)
     assert preview.status_code == 200, preview.text
     rows = preview.json()["rows"]
     assert "tools" in rows[0] and "tools" not in rows[1]
+    assert preview.json()["columns"] == ["messages", "tools"]
     assert rows[1]["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
     assert client.get(f"/api/datasets/{ds['id']}").status_code == 200
     assert client.get("/datasets").status_code == 200
 
 
 def test_an_optional_column_seen_late_is_a_column(client: TestClient) -> None:
+    body = "".join(json.dumps(r) + "\n" for r in ALPACA).encode()
+    found = client.post("/api/datasets/inspect", files={"file": ("alpaca.jsonl", io.BytesIO(body))})
+    assert found.status_code == 200, found.text
+    table = found.json()["table"]  # the upload page's preview: cells rendered like the dataset page's
+    assert table["columns"] == ["prompt", "completion", "system"]
+    assert table["rows"][0] == ["Say hi", "hi", ""] and table["rows"][2][2] == "Be brief."
+
     ds = _upload(client, "alpaca.jsonl", ALPACA)
     assert ds["columns"] == ["instruction", "output", "input", "meta", "system"]
     page = client.get(f"/datasets/{ds['id']}")

@@ -58,23 +58,13 @@
     percent.textContent = `${pct}%`;
   }
 
-  function cell(value) {
+  function cell(text) {
     const td = document.createElement("td");
     const div = document.createElement("div");
     div.className = "clip";
-    div.textContent = display(value);
+    div.textContent = text;
     td.append(div);
     return td;
-  }
-
-  // Conversations read as "role: content" lines; other structures as JSON.
-  function display(value) {
-    if (value == null) return "";
-    if (typeof value === "string") return value;
-    if (Array.isArray(value) && value.every((m) => m && typeof m === "object" && "role" in m)) {
-      return value.map((m) => `${m.role}: ${typeof m.content === "string" ? m.content : JSON.stringify(m.content)}`).join("\n");
-    }
-    return JSON.stringify(value);
   }
 
   function describe(e) {
@@ -218,7 +208,7 @@
     renderNotes(Array.isArray(answer.notes) ? answer.notes : []);
     renderColumnMap(shapeSelect.value || shape, columns, effective.columns);
     renderWarnings(answer.warnings || [], answer.warning_count || 0);
-    renderRows(answer.rows || answer.preview || []);
+    renderRows(answer.table || { columns: [], rows: [] });
     const errors = Array.isArray(answer.errors) ? answer.errors : [];
     const total = answer.error_count || errors.length;
     if (total) {
@@ -284,11 +274,12 @@
     $("inspect-warnings").hidden = warnings.length === 0;
   }
 
-  function renderRows(rows) {
+  // The server renders the cells (the dataset page's own text): every column any record has, nested values as
+  // compact JSON, conversations as "role: content" lines.
+  function renderRows({ columns, rows }) {
     const table = $("inspect-rows");
-    const keys = [...new Set(rows.flatMap((r) => (r && typeof r === "object" ? Object.keys(r) : ["value"])))].slice(0, 8);
     const head = document.createElement("tr");
-    ["#", ...keys].forEach((k) => {
+    ["#", ...columns].forEach((k) => {
       const th = document.createElement("th");
       th.textContent = k;
       if (k === "#") th.className = "num";
@@ -301,7 +292,7 @@
         const n = document.createElement("td");
         n.className = "num muted";
         n.textContent = String(i + 1);
-        tr.append(n, ...keys.map((k) => cell(row && typeof row === "object" ? row[k] : row)));
+        tr.append(n, ...row.map(cell));
         return tr;
       }),
     );
