@@ -174,7 +174,10 @@ def handles_tools(tokenizer: PreTrainedTokenizerBase, template: str) -> bool:
     """Whether `template` writes tool definitions and an assistant's tool calls (cached per template)."""
     if template not in _handles_tools:
         call = {"type": "function", "function": {"name": _CALL_PROBE, "arguments": {"x": 1}}}
-        probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+        probe: list[dict[str, Any]] = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+        ]
         tool = {"type": "function", "function": {"name": _TOOL_PROBE, "description": "d", "parameters": {}}}
         try:
             text = tokenizer.apply_chat_template(probe, tools=[tool], chat_template=template, tokenize=False)
