@@ -39,5 +39,5 @@ def test_every_job_kind_and_objective_has_a_recipe() -> None:
     from workers.recipes import RECIPES
 
     # causal_lm and sft run in the kind's recipe (pretrain / finetune); the others have their own file.
-    assert set(RECIPES) == set(get_args(JobKind)) | {"dpo", "classification"}
+    assert set(RECIPES) == set(get_args(JobKind)) | {"dpo", "kto", "classification"}
     assert set(OBJECTIVE_SHAPES) == set(get_args(Objective))

@@ -147,17 +147,21 @@ def shape_of(record: dict[str, Any]) -> str:
     if "prompt" in record:
         return "prompt_completion"
     return "text"
+    if "completion" in record and "label" in record:
+        return "unpaired_preference"
 
 
 def conversation(record: dict[str, Any]) -> tuple[list[Message], list[Any] | None]:
-    """(messages, tools) of a messages record; a preference record becomes its prompt and chosen answer."""
+    """(messages, tools) of a messages record; a preference record becomes its prompt and chosen answer, an
+    unpaired preference record its prompt and its one answer (desirable or not: the label is KTO's business)."""
     if "messages" in record:
         return list(record["messages"]), record.get("tools") or None
 
     def turns(value: str | list[Message], role: str) -> list[Message]:
         return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
 
-    return turns(record["prompt"], "user") + turns(record["chosen"], "assistant"), None
+    answer = record["chosen"] if "chosen" in record else record["completion"]
+    return turns(record["prompt"], "user") + turns(answer, "assistant"), record.get("tools") or None
 
 
 def _has_template(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -380,7 +384,7 @@ def render_messages(
 def causal_text(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any]) -> str:
     """A record as plain text for objective causal_lm: instruction data reads as the model would see it."""
     shape = shape_of(record)
-    if shape in ("messages", "preference"):
+    if shape in ("messages", "preference", "unpaired_preference"):
         messages, tools = conversation(record)
         return _chat(tokenizer, messages, tools)
     if shape == "prompt_completion":
@@ -405,7 +409,7 @@ def render_record(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any], ob
         return render_prompt_completion(tokenizer, record["prompt"], record["completion"], record.get("system") or "")
     if shape == "classification":
         return render_prompt_completion(tokenizer, record["text"], str(record["label"]))
-    if shape in ("messages", "preference"):
+    if shape in ("messages", "preference", "unpaired_preference"):
         return render_messages(tokenizer, *conversation(record))
     raise ValueError(
         "objective sft needs prompt/completion, messages, preference or classification records; "

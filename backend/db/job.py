@@ -20,7 +20,7 @@ class Job(Leased, Base):
     kind: Mapped[str] = mapped_column(String(16))  # "pretrain" | "finetune"
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     method: Mapped[str | None] = mapped_column(String(16))  # "lora" | "qlora" | "full" | "freeze"
-    objective: Mapped[str] = mapped_column(String(16))  # "causal_lm" | "sft" | "dpo" | "classification"
+    objective: Mapped[str] = mapped_column(String(16))  # "causal_lm" | "sft" | "dpo" | "kto" | "classification"
     architecture: Mapped[str | None] = mapped_column(String(32))
     # Pretrain: reuse this model's tokenizer instead of training one on the corpus.
     tokenizer_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))

@@ -102,7 +102,7 @@ def memory_bytes(
 ) -> int:
     """Peak training memory: weights + gradients + AdamW moments + activations + logits (fp32 on CPU)."""
     weight_bytes = {"qlora": 0.55, "lora": 2.0 if cuda else 4.0}.get(method, 4.0)  # nf4 ≈ 4.5 bits with scales
-    if objective == "dpo" and method in ("full", "freeze"):
+    if objective in ("dpo", "kto") and method in ("full", "freeze"):
         weight_bytes += 2.0 if cuda else 4.0  # a frozen reference copy (LoRA's reference is the adapter off)
     # DPO runs each pair's chosen and rejected answers in one batch: twice the sequences.
     b, t, h = hp.batch_size * (2 if objective == "dpo" else 1), hp.max_length, s["hidden"]
@@ -227,11 +227,13 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
     examples = max(1, round(examples * (1 - (hp.validation_fraction if body.validation_dataset_id is None else 0))))
     per_step = hp.batch_size * hp.gradient_accumulation_steps
     steps = hp.max_steps or max(1, math.ceil((hp.epochs or 1.0) * math.ceil(examples / per_step)))
-    # Positions processed (padding and prompts included); a DPO example is two sequences, chosen and rejected.
-    sequences = 2 if objective == "dpo" else 1
+    # Positions processed (padding and prompts included); a DPO example is two sequences, chosen and rejected, a
+    # KTO example two as well: its answer, and another record's answer for the KL estimate (forward only, but
+    # counted as trained: an upper bound).
+    sequences = 2 if objective in ("dpo", "kto") else 1
     tokens = float(steps * per_step * hp.max_length * sequences)
     per_token = flops_per_token(shape, total, trainable, hp.max_length)
-    if objective == "dpo":
+    if objective in ("dpo", "kto"):
         per_token += 2.0 * total  # the reference model's forward pass over the same tokens
     flops = per_token * tokens
     known = all(shape[k] for k in ("hidden", "layers", "vocab"))

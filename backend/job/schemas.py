@@ -11,7 +11,7 @@ from backend.schemas import DbId, Text
 
 JobKind = Literal["pretrain", "finetune"]
 Method = Literal["lora", "qlora", "full", "freeze"]
-Objective = Literal["causal_lm", "sft", "dpo", "classification"]
+Objective = Literal["causal_lm", "sft", "dpo", "kto", "classification"]
 JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 WatchPrompt = Annotated[Text, Field(min_length=1, max_length=2000)]
 
@@ -74,6 +74,24 @@ class Hyperparameters(BaseModel):
         None, ge=1, le=10_000_000, description="Save a checkpoint every N steps (empty: only at the end)."
     )
     checkpoint_minutes: float | None = Field(
+    kto_beta: float = Field(
+        0.1,
+        gt=0,
+        le=10.0,
+        description="KTO: how far the policy may move from the reference model (higher: less far).",
+    )
+    kto_desirable_weight: float = Field(
+        1.0,
+        gt=0,
+        le=100.0,
+        description="KTO: weight of the desirable answers' loss; raise it when they are the fewer.",
+    )
+    kto_undesirable_weight: float = Field(
+        1.0,
+        gt=0,
+        le=100.0,
+        description="KTO: weight of the undesirable answers' loss; raise it when they are the fewer.",
+    )
         15.0,
         ge=0,
         le=10_080,
@@ -244,9 +262,21 @@ class JobRead(BaseModel):
     status: str
     method: str | None
     objective: str
+        if self.objective == "kto" and (problem := kto_batch_problem(self.hyperparameters.batch_size)):
+            raise ValueError(f"hyperparameters.batch_size: {problem}")
     architecture: str | None
     tokenizer_model_id: int | None = None
     dataset_id: int
+def kto_batch_problem(batch_size: int) -> str | None:
+    """Why KTO cannot train with this batch size: it estimates its KL term from the other answers of a batch."""
+    if batch_size >= 2:
+        return None
+    return (
+        f"objective kto needs at least 2 sequences per batch, got {batch_size} (its KL estimate pairs each "
+        "prompt with another record's answer in the same batch)"
+    )
+
+
     base_model_id: int | None
     validation_dataset_id: int | None
     hyperparameters: dict[str, Any]

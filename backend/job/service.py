@@ -10,7 +10,7 @@ from backend.config import get_settings
 from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, JobSample, Model, User, utcnow
 from backend.errors import Invalid, NotFound
 from backend.job.lifecycle import add_event
-from backend.job.schemas import JobCreate, JobRead
+from backend.job.schemas import JobCreate, JobRead, kto_batch_problem
 from backend.model.service import ready_model
 from backend.worker.service import require_qlora_worker
 
@@ -67,6 +67,7 @@ OBJECTIVE_SHAPES = {
     "causal_lm": ("text", "prompt_completion"),
     "sft": ("prompt_completion", "messages"),
     "dpo": ("preference",),
+    "kto": ("unpaired_preference",),
     "classification": ("classification",),
 }
 DEFAULT_OBJECTIVE = {
@@ -74,6 +75,7 @@ DEFAULT_OBJECTIVE = {
     "prompt_completion": "sft",
     "messages": "sft",
     "preference": "dpo",
+    "unpaired_preference": "kto",
     "classification": "classification",
 }
 
@@ -101,6 +103,8 @@ def _objective(data: JobCreate, dataset: Dataset) -> str:
             f"objective {objective} needs {wanted} records; dataset {dataset.id} is {dataset.shape}",
             field="objective",
         )
+    if objective == "kto" and (problem := kto_batch_problem(data.hyperparameters.batch_size)):
+        raise Invalid(problem, field="hyperparameters.batch_size")  # the objective came from the dataset
     return objective
 
 

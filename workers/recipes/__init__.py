@@ -3,12 +3,13 @@
 from collections.abc import Callable
 
 from workers.context import JobContext
-from workers.recipes import classification, dpo, finetune, pretrain
+from workers.recipes import classification, dpo, finetune, kto, pretrain
 
 RECIPES: dict[str, Callable[[JobContext], None]] = {
     "pretrain": pretrain.run,  # kind pretrain: causal LM from random weights
     "finetune": finetune.run,  # kind finetune, objectives causal_lm (continued pretraining) and sft
     "dpo": dpo.run,
+    "kto": kto.run,  # unpaired preference: answers marked desirable or undesirable
     "classification": classification.run,
 }
 
