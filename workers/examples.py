@@ -334,6 +334,29 @@ def _answer_end(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids if ids and ids[-1] == tokenizer.eos_token_id else [*ids, tokenizer.eos_token_id]
 
 
+def _final_turn_end(
+    tokenizer: PreTrainedTokenizerBase, full: str, prefix: str, previous: int, role: str, i: int
+) -> int:
+    """Where assistant message i ends in `full` when the template writes it otherwise as the final turn.
+
+    Qwen3's template puts an empty think block into an assistant turn after the last user query only when it is
+    the last message: in an agentic conversation (call, result, answer) the call's prefix render then is not a
+    prefix of the whole. The turns before it are unchanged (the renders part after `previous`), so the turn is
+    the text of the whole from there to the template's end-of-turn marker. A turn of another role that the
+    template merges with the next (Qwen writes consecutive tool results as one user turn, closed after the
+    last) ends where the renders part; it carries no loss either way. Any other rewrite still fails.
+    """
+    parted = next((k for k, (a, b) in enumerate(zip(full, prefix, strict=False)) if a != b), len(prefix))
+    if role != "assistant" and parted > previous:
+        return parted
+    marker = end_of_turn(tokenizer)
+    at = full.find(marker, parted) if marker and role == "assistant" and parted >= previous else -1
+    if at < 0:
+        # e.g. a template that drops earlier turns' reasoning: turn boundaries cannot be located.
+        raise ValueError(f"the chat template does not render message {i + 1} as a continuation of the turns before")
+    return at + len(marker)
+
+
 def render_messages(
     tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: list[Any] | None = None
 ) -> Rendered:
@@ -353,11 +376,11 @@ def render_messages(
     previous = 0
     for i, message in enumerate(messages):
         prefix = _chat(tokenizer, messages[: i + 1], tools)
-        if not full.startswith(prefix) or len(prefix) < previous:
-            # e.g. a template that drops earlier turns' reasoning: turn boundaries cannot be located.
-            raise ValueError(f"the chat template does not render message {i + 1} as a continuation of the turns before")
-        end = len(prefix)
         role = str(message["role"])
+        if full.startswith(prefix) and len(prefix) >= previous:
+            end = len(prefix)
+        else:
+            end = _final_turn_end(tokenizer, full, prefix, previous, role, i)
         body = previous
         if role == "assistant" and i > 0:
             header = _chat(tokenizer, messages[:i], tools, generation_prompt=True)

@@ -111,6 +111,43 @@ def test_a_call_is_trained_and_its_result_is_not(tok: PreTrainedTokenizerFast) -
     assert runs[-1].startswith("It is 21 degrees.")
 
 
+# Qwen's other habits: the final assistant turn only gets an (empty) think block, and consecutive tool results
+# share one user turn, closed after the last. Neither renders a turn's prefix as a prefix of the whole.
+QWEN_LIKE = (
+    "{% if tools %}<|im_start|>system\nTools:{% for t in tools %}\n{{ t | tojson }}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% for m in messages %}{% if m.role == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1].role != 'tool' %}<|im_start|>user{% endif %}"
+    "\n<tool_response>{{ m.content }}</tool_response>"
+    "{% if loop.last or messages[loop.index0 + 1].role != 'tool' %}<|im_end|>\n{% endif %}"
+    "{% else %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and loop.last %}<think></think>{% endif %}"
+    "{{ m.content or '' }}{% for c in m.tool_calls or [] %}<tool_call>{\"name\": {{ c.function.name | tojson }}, "
+    "\"arguments\": {{ c.function.arguments | tojson }}{{ '}' }}</tool_call>{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_that_writes_the_final_turn_otherwise_still_trains_calls() -> None:
+    tokenizer = chat_tokenizer()
+    tokenizer.chat_template = QWEN_LIKE
+    calls = [
+        {"type": "function", "function": {"name": "weather", "arguments": json.dumps({"city": city})}}
+        for city in ("Paris", "Rome")
+    ]
+    messages = [
+        RECORD["messages"][0],
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "content": "rainy"},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "Rain in Paris, sun in Rome."},
+    ]
+    rendered = render_record(tokenizer, {"messages": messages, "tools": TOOLS}, "sft")
+    runs = trained_runs(tokenizer, rendered)
+    assert runs[0].startswith('<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call><tool_call>')
+    assert runs[0].endswith("<|im_end|>") and "<think>" not in runs[0]
+    assert runs[1].startswith("<think></think>Rain in Paris")
+    assert not any("rainy" in r or "sunny" in r for r in runs)
+
+
 def test_the_fallback_leaves_conversations_without_tools_as_they_were() -> None:
     tokenizer = chat_tokenizer()
     plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
