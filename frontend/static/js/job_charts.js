@@ -255,8 +255,13 @@ window.StudioJobCharts = (function () {
     ["f1", "Macro F1 (eval)"],
     ["rewards/accuracies", "Reward accuracy"],
     ["rewards/margins", "Reward margin"],
-    ["rewards/chosen", "Reward of chosen"],
-    ["rewards/rejected", "Reward of rejected"],
+    // DPO: the pair's chosen and rejected answers; KTO logs its desirable and undesirable answers under the same
+    // names, with its KL estimate (the reference point each reward is measured from) as "kl".
+    ["rewards/chosen", "Reward of chosen / desirable"],
+    ["rewards/rejected", "Reward of rejected / undesirable"],
+    ["kl", "KL estimate (KTO's reference point)"],
+    ["logps/chosen", "Log-prob of chosen / desirable"],
+    ["logps/rejected", "Log-prob of rejected / undesirable"],
     ["grad_norm", "Gradient norm"],
     ["tokens_per_second", "Tokens per second"],
     ["supervised_tokens", "Supervised tokens seen"],

@@ -58,6 +58,7 @@
     causal_lm: ["text", "prompt_completion"],
     sft: ["prompt_completion", "messages"],
     dpo: ["preference"],
+    kto: ["unpaired_preference"],
     classification: ["classification"],
   };
   const DEFAULT_OBJECTIVE = {
@@ -65,6 +66,7 @@
     prompt_completion: "sft",
     messages: "sft",
     preference: "dpo",
+    unpaired_preference: "kto",
     classification: "classification",
   };
 

@@ -32,6 +32,7 @@
     prompt_completion: ["prompt", "completion"],
     messages: ["messages"],
     preference: ["prompt", "chosen", "rejected"],
+    unpaired_preference: ["prompt", "completion", "label"],
     classification: ["text", "label"],
   };
   const TEXT_FILE = /\.(txt|md)(\.gz)?$/i;
