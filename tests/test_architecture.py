@@ -41,3 +41,26 @@ def test_every_job_kind_and_objective_has_a_recipe() -> None:
     # causal_lm and sft run in the kind's recipe (pretrain / finetune); the others have their own file.
     assert set(RECIPES) == set(get_args(JobKind)) | {"dpo", "kto", "classification"}
     assert set(OBJECTIVE_SHAPES) == set(get_args(Objective))
+
+
+def test_the_objective_lists_agree() -> None:
+    """Until one registry replaces them: every shape has a default objective that trains on it, the chat
+    objectives exist, and the wizard's JavaScript maps say what backend/job/service.py says."""
+    import json
+    import re
+    from typing import get_args
+
+    from backend.dataset.formats import SHAPES
+    from backend.job.schemas import Objective
+    from backend.job.service import DEFAULT_OBJECTIVE, OBJECTIVE_SHAPES
+    from backend.playground.service import CHAT_OBJECTIVES
+
+    assert set(DEFAULT_OBJECTIVE) == set(SHAPES)
+    assert all(shape in OBJECTIVE_SHAPES[objective] for shape, objective in DEFAULT_OBJECTIVE.items())
+    assert set(CHAT_OBJECTIVES) <= set(get_args(Objective))
+    script = (ROOT / "frontend/static/js/job_form.js").read_text()
+    for name, python in (("OBJECTIVE_SHAPES", OBJECTIVE_SHAPES), ("DEFAULT_OBJECTIVE", DEFAULT_OBJECTIVE)):
+        block = re.search(rf"const {name} = (\{{.*?\}});", script, re.S)
+        assert block is not None, name
+        as_json = re.sub(r"(\w+):", r'"\1":', block.group(1)).replace(",\n  }", "\n  }")
+        assert json.loads(as_json) == {k: list(v) if isinstance(v, tuple) else v for k, v in python.items()}, name

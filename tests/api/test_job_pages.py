@@ -2,10 +2,11 @@
 
 import io
 from pathlib import Path
+from typing import get_args
 
 from fastapi.testclient import TestClient
 
-from backend.job.schemas import Hyperparameters
+from backend.job.schemas import Hyperparameters, Objective
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -16,7 +17,7 @@ def test_new_job_form_lists_methods_objectives_and_every_setting(client: TestCli
     page = res.text
     for method in ("lora", "qlora", "freeze", "full"):
         assert f'<option value="{method}"' in page
-    for objective in ("sft", "causal_lm", "dpo", "classification"):
+    for objective in get_args(Objective):
         assert f'<option value="{objective}"' in page
     for preset in ("tiny", "small", "base"):
         assert f'<option value="{preset}">' in page
@@ -26,6 +27,7 @@ def test_new_job_form_lists_methods_objectives_and_every_setting(client: TestCli
         assert field.description and field.description.split(":")[0] in page, name
     assert 'id="hp-group-freeze"' in page and 'data-method="lora qlora"' in page
     assert 'id="job-tokenizer-model"' in page
+    assert 'id="hp-group-kto" data-kind="finetune" data-objective="kto"' in page
 
 
 def test_job_page_renders_metric_panels_container(client: TestClient) -> None:
