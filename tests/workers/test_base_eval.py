@@ -12,6 +12,9 @@ from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, Tra
 
 from backend.db import Artifact, JobMetric, Model, session_scope
 from tests.workers.support import Pretrained, Seed, create_job, messages, studio_env
+from tests.workers.test_export import queue_export, row, unzip
+from workers.artifacts import base_reference
+from workers.export import export_weights
 from workers.metrics import Guards, JobCallback, OverfitWatch
 from workers.tasks import run_job
 
@@ -85,6 +88,27 @@ def test_adapter_names_its_base_model_not_a_server_path(
     # Given the base model explicitly, the adapter loads whatever its config names.
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(pretrained.model_path), tmp_path)
     assert model.peft_config["default"].r == 4
+
+
+def test_checkpoint_adapter_export_names_its_base_too(seed: Seed, lora_sft_job: int, tmp_path: Path) -> None:
+    checkpoint = seed.data_dir / "jobs" / str(lora_sft_job) / "checkpoints" / "checkpoint-6"
+    # The Trainer's checkpoint keeps what PEFT wrote: the folder the base was loaded from.
+    assert json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"].startswith("/")
+    export_id = queue_export(seed, lora_sft_job, checkpoint="checkpoint-6", format="adapter", dtype="float32")
+    assert export_weights(export_id) == "done"
+    out = unzip(seed, row(export_id), tmp_path / "export")
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-fables"
+
+
+def test_a_hub_base_is_named_by_its_hub_id(seed: Seed) -> None:
+    with session_scope() as s:
+        hub = Model(owner_id=seed.user_id, name="my smol", source="hub", path="/srv/x", details={"hub_id": "org/smol"})
+        s.add(hub)
+        s.flush()
+        hub_id = hub.id
+    job_id = create_job(seed, kind="finetune", method="lora", base_model_id=hub_id)
+    assert base_reference(job_id) == "org/smol"
+    assert base_reference(create_job(seed, kind="pretrain", architecture="tiny")) is None
 
 
 # --- the overfitting detector ---------------------------------------------------------------------------------------
