@@ -44,6 +44,7 @@ SHAPE_KEYS = {
     "prompt_completion": ("system", "prompt", "completion"),
     "messages": ("messages", "tools"),
     "preference": ("prompt", "chosen", "rejected"),
+    "unpaired_preference": ("prompt", "completion", "label", "tools"),
     "classification": ("text", "label"),
 }
 # Hygiene result lists of indices to drop, per fix.

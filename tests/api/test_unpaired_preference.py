@@ -52,7 +52,11 @@ def test_messages_with_a_boolean_label_are_unpaired_preference(client: TestClien
     res = upload(client, jsonl(KTO_RECORDS))
     assert res.status_code == 201, res.text
     dataset = res.json()
-    assert (dataset["layout"], dataset["shape"], dataset["record_count"]) == ("openai_unpaired", "unpaired_preference", 8)
+    assert (dataset["layout"], dataset["shape"], dataset["record_count"]) == (
+        "openai_unpaired",
+        "unpaired_preference",
+        8,
+    )
     # The label is read, not dropped; the id is named as harmless metadata.
     assert warning(dataset, "ignored_columns", None) == "not trained on (metadata, harmless): id"
     assert not [w for w in dataset["warnings"] if w["code"] == "unused_column"]
@@ -96,7 +100,9 @@ def test_a_label_that_is_not_true_or_false_names_its_line_and_field(client: Test
     assert [(e["line"], e["field"]) for e in errors] == [(2, "label"), (3, "label")]
     assert "expected true or false (or 1/0)" in errors[0]["message"] and "'maybe'" in errors[0]["message"]
     # Text with class labels stays classification.
-    labelled = client.post("/api/datasets/inspect", files={"file": ("t.jsonl", io.BytesIO(jsonl([{"text": "a", "label": "pos"}])))})
+    labelled = client.post(
+        "/api/datasets/inspect", files={"file": ("t.jsonl", io.BytesIO(jsonl([{"text": "a", "label": "pos"}])))}
+    )
     assert labelled.json()["shape"] == "classification"
 
 
@@ -152,7 +158,10 @@ def test_records_no_layout_reads_get_a_mapping_hint(client: TestClient) -> None:
 def test_kto_is_the_default_objective_for_unpaired_preference(client: TestClient, base_model: int) -> None:
     dataset_id = upload(client, jsonl(KTO_RECORDS)).json()["id"]
     hp = {"kto_beta": 0.2, "kto_desirable_weight": 0.6}
-    res = client.post("/api/jobs", json={"kind": "finetune", "dataset_id": dataset_id, "base_model": base_model, "hyperparameters": hp})
+    res = client.post(
+        "/api/jobs",
+        json={"kind": "finetune", "dataset_id": dataset_id, "base_model": base_model, "hyperparameters": hp},
+    )
     assert res.status_code == 201, res.text
     job = res.json()
     assert job["objective"] == "kto"

@@ -104,7 +104,9 @@ def test_lora_kto_logs_loss_rewards_and_kl(lora_job: int) -> None:
     rows = metric_rows(lora_job)
     train_rows = [r for r in rows if "loss" in r]
     assert len(train_rows) == KTO_HP["max_steps"] // KTO_HP["logging_steps"]
-    assert all({"rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "kl"} <= r.keys() for r in train_rows)
+    assert all(
+        {"rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "kl"} <= r.keys() for r in train_rows
+    )
     # At step 1 the adapter is still zero, so policy = reference: every log-ratio and the KL estimate are 0, and
     # each answer's loss is 1 - sigmoid(0) = 0.5.
     assert train_rows[0]["loss"] == pytest.approx(0.5, abs=1e-4)

@@ -70,6 +70,10 @@ def prompt_and_answer(record: dict[str, Any]) -> tuple[str, str] | None:
         if last is None:
             return None
         return flatten(messages[:last]), flatten(messages[last].get("content", ""))
+    if "completion" in record and "label" in record:
+        # Unpaired preference: several answers to one prompt, desirable and not, are the point; two different
+        # desirable ones conflict as SFT answers would.
+        return (flatten(record["prompt"]), flatten(record["completion"])) if record["label"] else None
     if "completion" in record:
         return flatten(record.get("system")) + "\n" + record["prompt"], record["completion"]
     if "chosen" in record:

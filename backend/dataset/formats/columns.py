@@ -59,9 +59,9 @@ UNPAIRED = (
 def count_unread(unread: Counter[str], obj: dict[str, Any], layout: Layout) -> None:
     """Count the keys of one (remapped) record that `layout` does not read and that hold something."""
     for key, value in obj.items():
-        if key not in layout.reads and value is not None and value != "":
-            if key in unread or len(unread) < MAX_TRACKED:
-                unread[key] += 1
+        unread_value = key not in layout.reads and value is not None and value != ""
+        if unread_value and (key in unread or len(unread) < MAX_TRACKED):
+            unread[key] += 1
 
 
 def advice(column: str, layout: Layout) -> str:
@@ -104,7 +104,7 @@ def column_warnings(
 
 def mapping_hint(keys: list[str]) -> str:
     """A suggested options.columns for records no layout reads, from column names ('' when none is known)."""
-    pairs = {}
+    pairs: dict[str, str] = {}
     for target, names in SYNONYMS.items():
         found = next((k for k in keys if k.lower() in names and k not in pairs.values()), None)
         if found is not None and target not in keys:
