@@ -165,7 +165,10 @@ def test_watch_prompts_are_answered_at_every_eval(seed: Seed, pretrained: Pretra
     assert run_job(job_id) == "succeeded"
     with session_scope() as s:
         rows = list(s.scalars(select(JobSample).where(JobSample.job_id == job_id).order_by(JobSample.id)))
+    # Step 0 first: what the base model answers, before the fine-tune's first step.
     assert [(r.step, r.prompt) for r in rows] == [
+        (0, "Name a colour."),
+        (0, "Count to three."),
         (2, "Name a colour."),
         (2, "Count to three."),
         (4, "Name a colour."),
