@@ -189,3 +189,17 @@ def test_kto_needs_unpaired_data_and_two_records_a_batch(client: TestClient, bas
         assert res.status_code == 422, res.text
         assert "batch_size" in res.text and "at least 2" in res.text
     assert client.get("/api/jobs").json()["items"] == []
+
+
+def test_a_category_label_on_prompt_completion_is_not_taken_for_a_flag(client: TestClient) -> None:
+    records = [
+        {"prompt": "2+2?", "completion": "4", "label": "math"},
+        {"prompt": "A rhyme?", "completion": "Moon, June", "label": "poetry"},
+    ]
+    res = upload(client, jsonl(records))
+    assert res.status_code == 422, res.text
+    assert "set options.shape to messages or prompt_completion" in res.json()["errors"][0]["message"]
+    res = upload(client, jsonl(records), options={"shape": "prompt_completion"})
+    assert res.status_code == 201, res.text
+    message = warning(res.json(), "unused_column", "label")
+    assert "not all true/false" in message and "kto" not in message

@@ -9,7 +9,8 @@ warning of its own with a suggested mapping where one is known.
 from collections import Counter
 from typing import Any
 
-from backend.dataset.formats.layouts import LAYOUTS, Layout
+from backend.dataset.formats.errors import FormatError
+from backend.dataset.formats.layouts import LAYOUTS, Layout, desirable
 
 MAX_TRACKED = 200  # distinct unread keys counted per file; a file with more is named by its first ones
 # Columns that describe a record rather than hold training text: listed together, as harmless.
@@ -56,20 +57,41 @@ UNPAIRED = (
 )
 
 
-def count_unread(unread: Counter[str], obj: dict[str, Any], layout: Layout) -> None:
+class Unread(Counter[str]):
+    """Keys a layout left unread → how many records hold something under them; `not_flags`: the ones named like
+    a desirable/undesirable flag whose values are not all true/false (a category, a score: no KTO advice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.not_flags: set[str] = set()
+
+
+def count_unread(unread: Unread, obj: dict[str, Any], layout: Layout) -> None:
     """Count the keys of one (remapped) record that `layout` does not read and that hold something."""
     for key, value in obj.items():
         unread_value = key not in layout.reads and value is not None and value != ""
         if unread_value and (key in unread or len(unread) < MAX_TRACKED):
             unread[key] += 1
+            if key.lower() in FLAGS and key not in unread.not_flags and not _is_flag(value):
+                unread.not_flags.add(key)
 
 
-def advice(column: str, layout: Layout) -> str:
-    """What to do about a column `layout` leaves unread."""
+def _is_flag(value: Any) -> bool:
+    try:
+        desirable(value)
+    except FormatError:
+        return False
+    return True
+
+
+def advice(column: str, layout: Layout, *, flags: bool = True) -> str:
+    """What to do about a column `layout` leaves unread (`flags`: its values are all true/false)."""
     name = column.lower()
-    if name in FLAGS and "unpaired_preference" not in layout.shapes and _conversational(layout):
+    if flags and name in FLAGS and "unpaired_preference" not in layout.shapes and _conversational(layout):
         mapped = "" if name == "label" else f', with it mapped onto label: options.columns {{"label": "{column}"}}'
         return UNPAIRED + mapped
+    if name in FLAGS and not flags:
+        return "its values are not all true/false, so this is no unpaired preference data: not trained on"
     for target, names in SYNONYMS.items():
         if name in names and target in layout.reads:
             instead = f" in place of the current '{target}'" if target in layout.keys else ""
@@ -84,9 +106,7 @@ def _conversational(layout: Layout) -> bool:
     return bool({"messages", "prompt_completion", "preference"} & set(layout.shapes))
 
 
-def column_warnings(
-    unread: Counter[str], layout: Layout, columns: dict[str, str], records: int
-) -> list[dict[str, Any]]:
+def column_warnings(unread: Unread, layout: Layout, columns: dict[str, str], records: int) -> list[dict[str, Any]]:
     """One warning per unread column (metadata ones together), named as in the file (`columns`: the mapping)."""
     metadata = sorted(k for k in unread if k.lower() in METADATA and k not in columns)
     out: list[dict[str, Any]] = []
@@ -97,7 +117,8 @@ def column_warnings(
             continue
         shown = f"'{columns[key]}' (mapped to '{key}')" if key in columns else f"'{key}'"
         share = f"{count} of {records} records" if records else f"{count} records"
-        message = f"column {shown} is not read by layout {layout.name} ({share}): {advice(key, layout)}"
+        what = advice(key, layout, flags=key not in unread.not_flags)
+        message = f"column {shown} is not read by layout {layout.name} ({share}): {what}"
         out.append(_warning(columns.get(key, key), "unused_column", message))
     return out
 

@@ -173,8 +173,9 @@ def desirable(value: Any) -> bool:
         return FLAGS[value.strip().lower()]
     shown = repr(value)[:40] if value is not None else "missing"
     raise FormatError(
-        f"expected true or false (or 1/0) marking the answer desirable or not, got {shown}; text with class "
-        "labels is a classification dataset (fields 'text' and 'label')",
+        f"expected true or false (or 1/0) marking the answer desirable or not, got {shown}. A label of another "
+        "kind: set options.shape to messages or prompt_completion to train on the answers without it; text with "
+        "class labels is a classification dataset (fields 'text' and 'label')",
         field="label",
     )
 

@@ -1,14 +1,13 @@
 """How a file will be read: its reader (by file type), its layout and shape (detected or given), and the
 canonical records that come out of it."""
 
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from backend.dataset.formats import csv_table, json_array, jsonl, parquet, text
-from backend.dataset.formats.columns import count_unread, mapping_hint
+from backend.dataset.formats.columns import Unread, count_unread, mapping_hint
 from backend.dataset.formats.errors import FormatError, UnsupportedFile
 from backend.dataset.formats.layouts import LAYOUTS, RAW_TEXT, Layout, Record, describe, identify, remap, usual_shape
 from backend.dataset.formats.options import ReadOptions
@@ -220,7 +219,7 @@ def _confidence(
     return round(good / len(objects), 2)
 
 
-def canonical(plan: Plan, unread: Counter[str] | None = None) -> Iterator[Item]:
+def canonical(plan: Plan, unread: Unread | None = None) -> Iterator[Item]:
     """Every record of the file as its canonical record, or the error found in it.
 
     `unread`, when given, counts the fields (after the column mapping) that the layout leaves unread."""

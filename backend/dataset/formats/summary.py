@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from backend.dataset.formats import text
-from backend.dataset.formats.columns import column_warnings
+from backend.dataset.formats.columns import Unread, column_warnings
 from backend.dataset.formats.errors import FormatError, LimitExceeded, ProblemLog, UnsupportedFile
 from backend.dataset.formats.layouts import Record
 from backend.dataset.formats.limits import Limits
@@ -87,7 +87,7 @@ def summarize(
 
 def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Summary:
     errors, warnings = ProblemLog(limits.max_errors), ProblemLog(limits.max_errors)
-    duplicates, labels, unread = _Duplicates(), Counter[str | int](), Counter[str]()
+    duplicates, labels, unread = _Duplicates(), Counter[str | int](), Unread()
     preview: list[Record] = []
     check = CHECKS.get(plan.shape)
     fingerprint = FINGERPRINTS.get(plan.shape, _json_hash)
