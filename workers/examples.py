@@ -33,7 +33,7 @@ carries loss; the recipes pack those texts into blocks.
 import json
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,11 @@ class Rendered:
     def supervised(self) -> int:
         return sum(self.trained)
 
+    @property
+    def shortest_fit(self) -> int | None:
+        """The shortest max_length that leaves this example a token to learn from (None: it has none)."""
+        return next((i + 1 for i, t in enumerate(self.trained) if t), None)
+
     def lost_supervised(self, max_length: int) -> int:
         """Supervised tokens that a cut at `max_length` removes."""
         return sum(self.trained[max_length:])
@@ -142,13 +147,13 @@ def shape_of(record: dict[str, Any]) -> str:
         return "messages"
     if "chosen" in record:
         return "preference"
+    if "completion" in record and "label" in record:
+        return "unpaired_preference"
     if "label" in record:
         return "classification"
     if "prompt" in record:
         return "prompt_completion"
     return "text"
-    if "completion" in record and "label" in record:
-        return "unpaired_preference"
 
 
 def conversation(record: dict[str, Any]) -> tuple[list[Message], list[Any] | None]:
@@ -453,6 +458,8 @@ class SFTStats:
     kept: int = 0
     truncated: int = 0
     dropped: int = 0
+    supervised: int = 0  # tokens that carry loss in the kept examples, after the cut
+    shortest_fits: list[int | None] = field(default_factory=list)  # per record, for the pre-flight advice
 
 
 def build_sft_examples(
@@ -466,10 +473,12 @@ def build_sft_examples(
         except Exception as exc:
             raise ValueError(f"record {number}: {exc}") from exc
         stats.truncated += len(rendered.ids) > max_length
+        stats.shortest_fits.append(rendered.shortest_fit)
         example = rendered.example(max_length)
         if example is None:
             stats.dropped += 1
         else:
+            stats.supervised += sum(rendered.trained[:max_length])
             examples.append(example)
     stats.kept = len(examples)
     return examples, stats

@@ -19,6 +19,7 @@ from workers.claims import take
 from workers.context import JobContext, load_context
 from workers.distributed import RankFailed, run_data_parallel
 from workers.metrics import Cancelled, Diverged, Paused, ShuttingDown
+from workers.preflight import PreflightFailed
 from workers.ranks import data_parallel_processes
 from workers.recipes import recipe_for
 from workers.training import device_description, release_memory
@@ -114,6 +115,10 @@ def _run(won: Lease, lease_gone: threading.Event) -> str:
         return give_back(job_id, str(exc))
     except Diverged as exc:
         finish_job(job_id, "failed", error=str(exc), message=f"failed: diverged: {exc}")
+        return "failed"
+    except PreflightFailed as exc:
+        # The data, not the code: the reasons are already in the events log, no traceback helps.
+        finish_job(job_id, "failed", error=str(exc), message="failed before the first step: the pre-flight check")
         return "failed"
     except Exception as exc:
         if lost(job_id, lease_gone, exc):

@@ -16,6 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.db import Dataset, DatasetAnalysis, Job, JobMetric, Model, User
+from backend.errors import Invalid
+from backend.job.preflight import DataCheck, Problem, problems
 from backend.job.schemas import EstimateRead, Hyperparameters, JobCreate
 from backend.job.service import DEFAULT_OBJECTIVE, owned_dataset
 from backend.model.presets import PRESETS
@@ -243,8 +245,14 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
             "FLOPs and memory leave out what those sizes would add"
         )
 
+    def need_on(cuda: bool) -> int:
+        return memory_bytes(shape, total, trainable, method, hp, cuda=cuda, objective=objective)
+
+    # Leave room for the runtime and fragmentation (90%). The job is judged against a worker it fits on if any
+    # live one could take it (a CUDA one first), else against the one with the most memory.
     workers = live_training_workers(session)
-    worker = next((w for w in workers if w.cuda), workers[0] if workers else None)
+    fitting = [w for w in workers if w.device_memory_bytes and need_on(w.cuda) <= w.device_memory_bytes * 0.9]
+    worker = max(fitting or workers, key=lambda w: (w.cuda, w.device_memory_bytes or 0), default=None)
     seconds = None
     if worker is None:
         notes.append("no training worker is connected, so time and memory cannot be checked against one")
@@ -254,10 +262,10 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
             seconds = flops / rate
         else:
             notes.append(f"no finished run on {worker.device} yet to measure its speed: run a short job first")
-    need = memory_bytes(shape, total, trainable, method, hp, cuda=bool(worker and worker.cuda), objective=objective)
+    need = need_on(bool(worker and worker.cuda))
     available = worker.device_memory_bytes if worker else None
-    # Leave room for the runtime and fragmentation; no verdict on a guess from an incomplete config.
-    fits = None if not available or not known else need <= available * 0.9
+    # No verdict on a guess from an incomplete config.
+    fits = None if not available or not known else bool(fitting)
     advice = []
     if fits is False:
         if not hp.gradient_checkpointing:
@@ -268,6 +276,7 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
             advice.append("use method lora" + (" or qlora" if worker and worker.cuda else ""))
         advice.append("lower max_length")
     return EstimateRead(
+        problems=preflight(stats, body),
         objective=objective,
         total_parameters=total,
         trainable_parameters=trainable,
@@ -286,3 +295,48 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
         notes=notes,
         dry_run=stats,
     )
+
+
+def preflight(stats: dict[str, Any] | None, body: JobCreate) -> list[Problem]:
+    """The worker's pre-flight check, run on the dataset's dry run for these settings (none without one)."""
+    raw = (stats or {}).get("preflight")
+    if not raw:
+        return []
+    check = DataCheck.model_validate(raw)
+    hp = body.hyperparameters
+    if body.validation_dataset_id is None and hp.validation_fraction > 0:
+        # What `split_holdout` will hold out of the kept examples: at least one, never all.
+        kept = check.kept
+        check.validation = 0 if kept < 2 else min(max(1, round(kept * hp.validation_fraction)), kept - 1)
+    return problems(check, min_kept_fraction=hp.min_kept_fraction)
+
+
+def admit(session: Session, *, user: User, body: JobCreate) -> None:
+    """Refuse, before a job is stored, what the dry run shows cannot give a meaningful run, and (unless `force`)
+    a job whose memory estimate exceeds the memory of every live worker that could take it."""
+    est = estimate_job(session, user=user, body=body)
+    if est.problems:
+        first = est.problems[0]
+        raise Invalid(
+            "; ".join(p.message for p in est.problems),
+            field=first.field,
+            code="preflight",
+            problems=[p.model_dump() for p in est.problems],
+        )
+    if est.fits is False and not body.force:
+        assert est.device_memory_bytes is not None
+        raise Invalid(
+            f"the job needs about {_gib(est.memory_bytes)} of memory; the live training worker with the most "
+            f"({est.device}) has {_gib(est.device_memory_bytes)}: "
+            + "; ".join(est.advice)
+            + ' (or send "force": true to queue it anyway)',
+            field="hyperparameters",
+            code="does_not_fit",
+            memory_bytes=est.memory_bytes,
+            device_memory_bytes=est.device_memory_bytes,
+            advice=est.advice,
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:,.2f} GiB"

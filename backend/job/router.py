@@ -42,7 +42,10 @@ def _enqueue(session: SessionDep, job: Job) -> JobRead:
 
 @router.post("", response_model=JobRead, status_code=201)
 def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRead:
-    return _enqueue(session, service.create_job(session, user=user, data=body))
+    job = service.create_job(session, user=user, data=body)
+    # The pre-flight check and the memory fit; a refusal rolls the job back before anything is committed.
+    estimate.admit(session, user=user, body=body)
+    return _enqueue(session, job)
 
 
 @router.post("/estimate", response_model=EstimateRead)

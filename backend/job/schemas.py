@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend.job.preflight import Problem
 from backend.model.presets import PRESETS
 from backend.schemas import DbId, Text
 
@@ -38,6 +39,13 @@ class Hyperparameters(BaseModel):
     max_length: int = Field(
         256, ge=8, le=32768, description="Tokens per sequence: block size when packing, cut-off for SFT."
     )
+    min_kept_fraction: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Refuse to start when fewer than this share of the examples fit in max_length (the rest would "
+        "be dropped).",
+    )
     warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Steps of linear learning-rate warmup.")
     weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
     lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank: size of the low-rank update.")
@@ -66,14 +74,6 @@ class Hyperparameters(BaseModel):
     dpo_beta: float = Field(
         0.1, gt=0, le=10.0, description="DPO: how strongly the policy may move away from the reference model."
     )
-    validation_fraction: float = Field(
-        0.1, ge=0, lt=1, description="Share of the records held out to measure eval loss."
-    )
-    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for initialization, shuffling and the split.")
-    checkpoint_steps: int | None = Field(
-        None, ge=1, le=10_000_000, description="Save a checkpoint every N steps (empty: only at the end)."
-    )
-    checkpoint_minutes: float | None = Field(
     kto_beta: float = Field(
         0.1,
         gt=0,
@@ -92,6 +92,14 @@ class Hyperparameters(BaseModel):
         le=100.0,
         description="KTO: weight of the undesirable answers' loss; raise it when they are the fewer.",
     )
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of the records held out to measure eval loss."
+    )
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for initialization, shuffling and the split.")
+    checkpoint_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="Save a checkpoint every N steps (empty: only at the end)."
+    )
+    checkpoint_minutes: float | None = Field(
         15.0,
         ge=0,
         le=10_080,
@@ -229,6 +237,10 @@ class JobCreate(BaseModel):
     cloned_from: DbId | None = Field(
         None, description='The job this one was cloned and edited from ("Clone and edit"); recorded, not copied.'
     )
+    force: bool = Field(
+        False,
+        description="Queue the job even when its memory estimate exceeds every live worker's memory (not stored).",
+    )
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Self:
@@ -250,7 +262,19 @@ class JobCreate(BaseModel):
             if self.tokenizer_model is not None:
                 raise ValueError("tokenizer_model is for pretrain jobs; finetune uses the base model's tokenizer")
             self.method = self.method or "lora"  # objective: from the dataset's shape when empty
+        if self.objective == "kto" and (problem := kto_batch_problem(self.hyperparameters.batch_size)):
+            raise ValueError(f"hyperparameters.batch_size: {problem}")
         return self
+
+
+def kto_batch_problem(batch_size: int) -> str | None:
+    """Why KTO cannot train with this batch size: it estimates its KL term from the other answers of a batch."""
+    if batch_size >= 2:
+        return None
+    return (
+        f"objective kto needs at least 2 sequences per batch, got {batch_size} (its KL estimate pairs each "
+        "prompt with another record's answer in the same batch)"
+    )
 
 
 class JobRead(BaseModel):
@@ -262,21 +286,9 @@ class JobRead(BaseModel):
     status: str
     method: str | None
     objective: str
-        if self.objective == "kto" and (problem := kto_batch_problem(self.hyperparameters.batch_size)):
-            raise ValueError(f"hyperparameters.batch_size: {problem}")
     architecture: str | None
     tokenizer_model_id: int | None = None
     dataset_id: int
-def kto_batch_problem(batch_size: int) -> str | None:
-    """Why KTO cannot train with this batch size: it estimates its KL term from the other answers of a batch."""
-    if batch_size >= 2:
-        return None
-    return (
-        f"objective kto needs at least 2 sequences per batch, got {batch_size} (its KL estimate pairs each "
-        "prompt with another record's answer in the same batch)"
-    )
-
-
     base_model_id: int | None
     validation_dataset_id: int | None
     hyperparameters: dict[str, Any]
@@ -461,3 +473,7 @@ class EstimateRead(BaseModel):
     advice: list[str] = Field(description="What to change when it does not fit.")
     notes: list[str]
     dry_run: dict[str, Any] | None = Field(None, description="The dataset's token statistics for these settings.")
+    problems: list[Problem] = Field(
+        default_factory=list,
+        description="What the pre-flight check finds in the dry run: each stops the job before its first step.",
+    )

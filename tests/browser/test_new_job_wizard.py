@@ -93,7 +93,7 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     on_step(page, "settings")
     expect(page.locator("#job-estimate")).to_be_visible()
     page.fill("#hp-max_steps", "4")
-    page.fill("#hp-max_length", "64")
+    page.fill("#hp-max_length", "256")
 
     # The mouse: Back keeps every value; a visited step is one click away in the indicator.
     page.click("#wizard-back")
@@ -106,7 +106,7 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     page.click("#wizard-tab-settings")
     on_step(page, "settings")
     expect(page.locator("#hp-max_steps")).to_have_value("4")
-    expect(page.locator("#hp-max_length")).to_have_value("64")
+    expect(page.locator("#hp-max_length")).to_have_value("256")
 
     # The dry run: no statistics yet, so the page asks the worker to count (once: then it follows the
     # analysis's stream), then the estimate is exact.
@@ -114,7 +114,7 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     expect(dry_run).to_have_attribute("data-state", "done", timeout=90_000)
     # Once for these settings. (On a busy machine the step's first estimate can go out before the fills above
     # land, and count the default max_length too: that is a different dry run, not a second ask.)
-    assert len([url for url in stats_gets if "max_length=64&" in url]) == 1, stats_gets
+    assert len([url for url in stats_gets if "max_length=256&" in url]) == 1, stats_gets
     expect(dry_run).to_contain_text(re.compile(r"Dry run: [\d,]+ trained of [\d,]+ tokens \([\d,]+ masked\)"))
     expect(dry_run).to_contain_text("records truncated")
     expect(dry_run).to_contain_text("supervised tokens lost to truncation")
@@ -122,7 +122,7 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     expect(page.locator("#est-steps")).to_have_text("4")
     view(page, "5-settings")
     stats = client.get(
-        f"/api/datasets/{dataset_id}/stats", params={"base_model": model_id, "objective": "sft", "max_length": 64}
+        f"/api/datasets/{dataset_id}/stats", params={"base_model": model_id, "objective": "sft", "max_length": 256}
     ).json()
     assert stats["status"] == "done"
     assert f"{stats['result']['supervised_tokens']:,} trained of {stats['result']['tokens']:,} tokens" in (

@@ -71,16 +71,16 @@ def lora_job(seed: Seed, pretrained: Pretrained, preference_dataset: int) -> Ite
 def test_pairs_share_the_prompt_and_end_with_eos(pretrained: Pretrained) -> None:
     tokenizer = load_tokenizer(pretrained.model_path)
     record = {"prompt": "Tell me about the fox.", "chosen": "The fox ran.", "rejected": "The FOX!"}
-    example, truncated = pair_example(tokenizer, record, max_length=64)
-    assert example is not None and not truncated
+    example, truncated, shortest = pair_example(tokenizer, record, max_length=64)
+    assert example is not None and not truncated and shortest == len(example["prompt_ids"]) + 1
     text = tokenizer.decode(example["prompt_ids"])
     # The fallback chat layout, up to the assistant's header; the answers' shared "The" belongs to the answers.
     assert text.endswith("<|im_start|>assistant\n") and "Tell me about the fox." in text
     assert tokenizer.decode(example["chosen_ids"]) == "The fox ran.<|endoftext|>"
     assert tokenizer.decode(example["rejected_ids"]) == "The FOX!<|endoftext|>"
-    cut, truncated = pair_example(tokenizer, record, max_length=len(example["prompt_ids"]) + 2)
+    cut, truncated, _ = pair_example(tokenizer, record, max_length=len(example["prompt_ids"]) + 2)
     assert cut is not None and truncated and len(cut["chosen_ids"]) == len(cut["rejected_ids"]) == 2
-    assert pair_example(tokenizer, record, max_length=len(example["prompt_ids"])) == (None, True)
+    assert pair_example(tokenizer, record, max_length=len(example["prompt_ids"])) == (None, True, shortest)
 
 
 def test_lora_dpo_logs_loss_and_rewards(lora_job: int) -> None:

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from backend.job.preflight import DataCheck, keep_curve
 from workers.analysis.progress import ProgressFn, no_progress
 from workers.examples import Rendered, render_record, token_pieces
 
 HISTOGRAM_BUCKETS = 20
+NEVER_FITS = -1  # a record with no token to learn from, at any max_length
 # The Trainer draws batches in a random order; padding is estimated over one seeded shuffle like it.
 SHUFFLE_SEED = 0
 
@@ -39,6 +41,7 @@ class Totals:
     dropped: int = 0  # SFT records left with no supervised token: the trainer skips them
     lengths: array = field(default_factory=lambda: array("q"))  # whole records, before the cut
     kept: array = field(default_factory=lambda: array("q"))  # SFT examples as trained, after the cut
+    fits: array = field(default_factory=lambda: array("q"))  # per record, the shortest max_length that keeps it
 
     def add_sft(self, rendered: Rendered, max_length: int) -> None:
         n = len(rendered.ids)
@@ -47,6 +50,7 @@ class Totals:
         seen = min(n, max_length)
         supervised = sum(rendered.trained[:max_length])
         lost = rendered.lost_supervised(max_length)
+        self.fits.append(rendered.shortest_fit or NEVER_FITS)
         self.lost += lost
         if supervised == 0:
             # The trainer drops an example with nothing to learn: none of its tokens is seen.
@@ -105,8 +109,11 @@ def token_stats(
     batch_size: int,
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
-    """Counts, supervision, truncation, a length histogram, steps per epoch and packing efficiency.
+    """Counts, supervision, truncation, a length histogram, steps per epoch and packing efficiency, and the
+    pre-flight check the job would run (`preflight`, a `backend.job.preflight.DataCheck`).
     `progress("tokenizing", records done)` is called before each record (it throttles itself)."""
+    if objective in OWN_STATS:
+        return OWN_STATS[objective](tokenizer, records, max_length=max_length, batch_size=batch_size, progress=progress)
     totals = Totals()
     for number, record in enumerate(records, start=1):
         progress("tokenizing", number - 1)
@@ -156,7 +163,141 @@ def token_stats(
             "p95": int(np.percentile(lengths, 95)) if lengths.size else 0,
         },
         "histogram": histogram(lengths),
+        "preflight": _sft_check(totals, max_length) if objective == "sft" else _packed_check(totals),
     }
+
+
+def _sft_check(totals: Totals, max_length: int) -> dict[str, Any]:
+    fits = (None if f == NEVER_FITS else f for f in totals.fits)
+    return DataCheck(
+        unit="records",
+        total=totals.records,
+        kept=len(totals.kept),
+        max_length=max_length,
+        keep_at=keep_curve(fits, max_length),
+        supervised_tokens=totals.supervised,
+    ).model_dump()
+
+
+def _packed_check(totals: Totals) -> dict[str, Any]:
+    return DataCheck(
+        unit="texts",
+        total=totals.records,
+        kept=totals.records if totals.supervised else 0,
+        max_length=0,
+        supervised_tokens=totals.supervised,
+    ).model_dump()
+
+
+def pair_stats(
+    tokenizer: PreTrainedTokenizerBase,
+    records: Iterable[dict[str, Any]],
+    *,
+    max_length: int,
+    batch_size: int,
+    progress: ProgressFn = no_progress,
+) -> dict[str, Any]:
+    """DPO's view of preference pairs, through the recipe's own `pair_example`: pairs kept at max_length, their
+    answer tokens, identical pairs, and the pre-flight check."""
+    from workers.recipes.dpo import pair_example  # trl comes with it: only for DPO dry runs
+
+    records_n = kept = truncated = supervised = identical = tokens = 0
+    fits: list[int | None] = []
+    lengths = array("q")
+    for number, record in enumerate(records, start=1):
+        progress("tokenizing", number - 1)
+        try:
+            example, cut, fit = pair_example(tokenizer, record, max_length)
+        except Exception as exc:
+            raise ValueError(f"record {number - 1}: {exc}") from exc
+        records_n += 1
+        truncated += cut
+        fits.append(fit)
+        if example is None:
+            continue
+        kept += 1
+        answers = len(example["chosen_ids"]) + len(example["rejected_ids"])
+        supervised += answers
+        tokens += len(example["prompt_ids"]) * 2 + answers
+        identical += example["chosen_ids"] == example["rejected_ids"]
+        lengths.append(len(example["prompt_ids"]) + max(len(example["chosen_ids"]), len(example["rejected_ids"])))
+    check = DataCheck(
+        unit="pairs",
+        total=records_n,
+        kept=kept,
+        max_length=max_length,
+        keep_at=keep_curve(fits, max_length),
+        supervised_tokens=supervised,
+        identical_pairs=identical,
+    )
+    return _summary("dpo", records_n, kept, tokens, supervised, truncated, lengths, max_length, batch_size, check)
+
+
+def class_stats(
+    tokenizer: PreTrainedTokenizerBase,
+    records: Iterable[dict[str, Any]],
+    *,
+    max_length: int,
+    batch_size: int,
+    progress: ProgressFn = no_progress,
+) -> dict[str, Any]:
+    """The classifier's view: each text tokenized as at inference and cut (never dropped), and the examples
+    per class the pre-flight check needs."""
+    records_n = truncated = tokens = 0
+    classes: Counter[str] = Counter()
+    lengths = array("q")
+    for number, record in enumerate(records, start=1):
+        progress("tokenizing", number - 1)
+        n = len(tokenizer(record["text"])["input_ids"])
+        records_n += 1
+        truncated += n > max_length
+        tokens += min(n, max_length)
+        lengths.append(n)
+        classes[str(record["label"])] += 1
+    check = DataCheck(unit="records", total=records_n, kept=records_n, max_length=max_length, classes=dict(classes))
+    return _summary(
+        "classification", records_n, records_n, tokens, records_n, truncated, lengths, max_length, batch_size, check
+    )
+
+
+def _summary(
+    objective: str,
+    records: int,
+    examples: int,
+    tokens: int,
+    supervised: int,
+    truncated: int,
+    lengths: array,
+    max_length: int,
+    batch_size: int,
+    check: DataCheck,
+) -> dict[str, Any]:
+    """The statistics keys the estimate and the pages read, for objectives with their own example layout."""
+    seen = np.frombuffer(lengths, dtype=np.int64) if len(lengths) else np.zeros(0, dtype=np.int64)
+    return {
+        "records": records,
+        "objective": objective,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "tokens": tokens,
+        "supervised_tokens": supervised,
+        "truncated_records": truncated,
+        "dropped_records": records - examples,
+        "examples": examples,
+        "steps_per_epoch": math.ceil(examples / batch_size),
+        "length": {
+            "min": int(seen.min()) if seen.size else 0,
+            "max": int(seen.max()) if seen.size else 0,
+            "mean": round(float(seen.mean()), 2) if seen.size else 0.0,
+            "p50": int(np.percentile(seen, 50)) if seen.size else 0,
+            "p95": int(np.percentile(seen, 95)) if seen.size else 0,
+        },
+        "histogram": histogram(seen),
+        "preflight": check.model_dump(),
+    }
+
+
+OWN_STATS = {"dpo": pair_stats, "classification": class_stats}
 
 
 def render_one(

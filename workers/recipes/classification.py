@@ -30,12 +30,14 @@ from transformers import (
 )
 
 from backend.job.lifecycle import log_event, record_samples
+from backend.job.preflight import DataCheck
 from workers.artifacts import export, export_merged
 from workers.context import JobContext
 from workers.data import split_holdout
 from workers.examples import Example, load_tokenizer
 from workers.methods import ADAPTER_METHODS, apply_method, load_base
 from workers.metrics import Guards, Watch, check_in
+from workers.preflight import class_counts, enforce, evaluation_asked
 from workers.ranks import is_main
 from workers.training import build_trainer, final_losses, record_resolved_config, train, training_arguments
 
@@ -84,10 +86,25 @@ def class_examples(
 
 def class_split(
     ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records, held_out: Records | None, names: list[str]
-) -> tuple[list[Example], list[Example]]:
+) -> tuple[list[Example], list[Example], DataCheck]:
+    """Training and eval examples, and the pre-flight check: texts are cut, never dropped, but every class
+    needs examples to be learned and evaluated."""
+    examples = class_examples(ctx, tokenizer, records, names)
     if held_out is not None:
-        return class_examples(ctx, tokenizer, records, names), class_examples(ctx, tokenizer, held_out, names)
-    return split_holdout(class_examples(ctx, tokenizer, records, names), ctx.hp.validation_fraction, ctx.hp.seed)
+        train, held = examples, class_examples(ctx, tokenizer, held_out, names)
+    else:
+        train, held = split_holdout(examples, ctx.hp.validation_fraction, ctx.hp.seed)
+    asked, source = evaluation_asked(ctx)
+    check = DataCheck(
+        unit="records",
+        total=len(records),
+        kept=len(examples),
+        max_length=ctx.hp.max_length,
+        classes=class_counts(r["label"] for r in records),
+        validation=len(held) if asked else None,
+        validation_source=source,
+    )
+    return train, held, check
 
 
 @dataclass
@@ -212,15 +229,16 @@ def run(ctx: JobContext) -> None:
         "problem_type": "single_label_classification",  # softmax + cross-entropy over exclusive classes
     }
     tokenizer = load_tokenizer(ctx.base_model_path)
+    # --- data, checked before the base model is loaded ---------------------------------------------------
+    train_set, eval_set, check = class_split(ctx, tokenizer, records, held_out, names)
+    enforce(ctx, check)
+    log_event(ctx.job_id, f"{len(records)} records → {len(train_set)} training and {len(eval_set)} eval examples")
+    check_in(ctx.job_id)
+
     base = load_base(ctx, AutoModelForSequenceClassification, **head)
     # The head reads the last token that is not padding: the model must know which id pads.
     base.config.pad_token_id = tokenizer.pad_token_id
     log_event(ctx.job_id, f"{len(names)} labels: {', '.join(names)}")
-    check_in(ctx.job_id)
-
-    # --- data ------------------------------------------------------------------------------------------
-    train_set, eval_set = class_split(ctx, tokenizer, records, held_out, names)
-    log_event(ctx.job_id, f"{len(records)} records → {len(train_set)} training and {len(eval_set)} eval examples")
     check_in(ctx.job_id)
 
     # --- method: SEQ_CLS makes PEFT train and save the head in full beside the low-rank update ------------

@@ -25,12 +25,14 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from backend.job.lifecycle import log_event
+from backend.job.preflight import DataCheck, keep_curve
 from workers.artifacts import export, export_merged, register_base_model
 from workers.context import JobContext
 from workers.data import split_holdout
 from workers.examples import CHATML_TEMPLATE, Example, Rendered, load_tokenizer, render_record
 from workers.methods import ADAPTER_METHODS, apply_method, load_base
 from workers.metrics import check_in
+from workers.preflight import enforce, evaluation_asked
 from workers.training import build_trainer, final_losses, record_resolved_config, train, training_arguments
 
 Records = list[dict[str, Any]]
@@ -57,9 +59,9 @@ def answer_end(rendered: Rendered) -> int:
 
 def pair_example(
     tokenizer: PreTrainedTokenizerBase, record: dict[str, Any], max_length: int
-) -> tuple[Example | None, bool]:
+) -> tuple[Example | None, bool, int]:
     """(token ids of the shared prompt and of each answer, cut at `max_length`, or None when the prompt alone
-    fills it; whether anything was cut).
+    fills it; whether anything was cut; the shortest max_length that keeps the pair).
 
     Each side is rendered as the SFT recipe renders a preference record (prompt, then that answer, its
     end-of-turn marker and EOS), so DPO after SFT sees the layout SFT trained on. The prompt is the part both
@@ -74,22 +76,27 @@ def pair_example(
     ends = answer_end(chosen), answer_end(rejected)
     truncated = max(ends) > max_length
     if n >= max_length:
-        return None, truncated  # no answer token would survive the cut: nothing to compare
+        return None, truncated, n + 1  # no answer token would survive the cut: nothing to compare
     # prompt + answer within max_length, as the collator would cut them anyway.
     chosen_ids, rejected_ids = (r.ids[n : min(max_length, e)] for r, e in zip((chosen, rejected), ends, strict=True))
-    return {"prompt_ids": chosen.ids[:n], "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}, truncated
+    return {"prompt_ids": chosen.ids[:n], "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}, truncated, n + 1
 
 
-def pair_examples(ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records) -> list[Example]:
+def pair_examples(
+    ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records
+) -> tuple[list[Example], list[int | None]]:
+    """The pairs that fit in max_length, and per record the shortest max_length that would keep it."""
     max_length = ctx.hp.max_length
     examples: list[Example] = []
+    fits: list[int | None] = []
     truncated = 0
     for number, record in enumerate(records, start=1):
         try:
-            example, cut = pair_example(tokenizer, record, max_length)
+            example, cut, fit = pair_example(tokenizer, record, max_length)
         except Exception as exc:
             raise ValueError(f"record {number}: {exc}") from exc
         truncated += cut
+        fits.append(fit)
         if example is not None:
             examples.append(example)
     dropped = len(records) - len(examples)
@@ -100,15 +107,31 @@ def pair_examples(ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: 
             f"{dropped} were dropped because the prompt left no room for the answers",
             "warning",
         )
-    return examples
+    return examples, fits
 
 
 def pair_split(
     ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records, held_out: Records | None
-) -> tuple[list[Example], list[Example]]:
+) -> tuple[list[Example], list[Example], DataCheck]:
+    """Training and eval pairs, and the pre-flight check of what tokenizing left."""
+    examples, fits = pair_examples(ctx, tokenizer, records)
     if held_out is not None:
-        return pair_examples(ctx, tokenizer, records), pair_examples(ctx, tokenizer, held_out)
-    return split_holdout(pair_examples(ctx, tokenizer, records), ctx.hp.validation_fraction, ctx.hp.seed)
+        train, held = examples, pair_examples(ctx, tokenizer, held_out)[0]
+    else:
+        train, held = split_holdout(examples, ctx.hp.validation_fraction, ctx.hp.seed)
+    asked, source = evaluation_asked(ctx)
+    check = DataCheck(
+        unit="pairs",
+        total=len(records),
+        kept=len(examples),
+        max_length=ctx.hp.max_length,
+        keep_at=keep_curve(fits, ctx.hp.max_length),
+        supervised_tokens=sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples),
+        identical_pairs=sum(e["chosen_ids"] == e["rejected_ids"] for e in examples),
+        validation=len(held) if asked else None,
+        validation_source=source,
+    )
+    return train, held, check
 
 
 # --- trainer ------------------------------------------------------------------------------------------------------
@@ -164,23 +187,24 @@ def run(ctx: JobContext) -> None:
     assert ctx.base_model_path is not None, "a dpo job has a base model"
     set_seed(hp.seed)
 
-    # --- base model ------------------------------------------------------------------------------------
+    # --- data: pairs laid out as conversations, checked before the base model is loaded -----------------
     tokenizer = load_tokenizer(ctx.base_model_path)
-    base = load_base(ctx, AutoModelForCausalLM)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    if base.generation_config is not None:
-        base.generation_config.pad_token_id = tokenizer.pad_token_id
-    check_in(ctx.job_id)
-
-    # --- data: pairs laid out as conversations ---------------------------------------------------------
     records = list(ctx.dataset.records())
     held_out = list(ctx.validation_dataset.records()) if ctx.validation_dataset else None
-    train_set, eval_set = pair_split(ctx, tokenizer, records, held_out)
+    train_set, eval_set, check = pair_split(ctx, tokenizer, records, held_out)
+    enforce(ctx, check)
     if not tokenizer.chat_template:
         # The pairs were laid out with the fallback template: ship it with the tokenizer, so inference (and
         # the watch prompts) format a chat exactly the way training did.
         tokenizer.chat_template = CHATML_TEMPLATE
     log_event(ctx.job_id, f"{len(records)} pairs → {len(train_set)} training and {len(eval_set)} eval examples")
+    check_in(ctx.job_id)
+
+    # --- base model ------------------------------------------------------------------------------------
+    base = load_base(ctx, AutoModelForCausalLM)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    if base.generation_config is not None:
+        base.generation_config.pad_token_id = tokenizer.pad_token_id
     check_in(ctx.job_id)
 
     # --- method and reference --------------------------------------------------------------------------

@@ -13,18 +13,22 @@ from peft import TaskType
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, set_seed
 
 from backend.job.lifecycle import log_event
+from backend.job.preflight import DataCheck
 from workers.artifacts import export, export_merged, register_base_model
 from workers.context import JobContext
 from workers.data import pack_blocks, split_holdout, split_text_holdout
-from workers.examples import CHATML_TEMPLATE, Example, build_sft_examples, causal_text, load_tokenizer
+from workers.examples import CHATML_TEMPLATE, Example, SFTStats, build_sft_examples, causal_text, load_tokenizer
 from workers.methods import ADAPTER_METHODS, apply_method, load_base
 from workers.metrics import check_in
+from workers.preflight import enforce, packed_check, sft_check
 from workers.training import build_trainer, final_losses, record_resolved_config, train
 
 Records = list[dict[str, Any]]
 
 
-def sft_examples(ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records) -> list[Example]:
+def sft_examples(
+    ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records
+) -> tuple[list[Example], SFTStats]:
     examples, stats = build_sft_examples(tokenizer, records, ctx.hp.max_length)
     if stats.truncated or stats.dropped:
         log_event(
@@ -33,20 +37,23 @@ def sft_examples(ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: R
             f"{stats.dropped} were dropped because the prompt left no room for the response",
             "warning",
         )
-    return examples
+    return examples, stats
 
 
 def sft_split(
     ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records, held_out: Records | None
-) -> tuple[list[Example], list[Example]]:
+) -> tuple[list[Example], list[Example], DataCheck]:
+    examples, stats = sft_examples(ctx, tokenizer, records)
     if held_out is not None:
-        return sft_examples(ctx, tokenizer, records), sft_examples(ctx, tokenizer, held_out)
-    return split_holdout(sft_examples(ctx, tokenizer, records), ctx.hp.validation_fraction, ctx.hp.seed)
+        train, held = examples, sft_examples(ctx, tokenizer, held_out)[0]
+    else:
+        train, held = split_holdout(examples, ctx.hp.validation_fraction, ctx.hp.seed)
+    return train, held, sft_check(ctx, stats, held)
 
 
 def causal_lm_split(
     ctx: JobContext, tokenizer: PreTrainedTokenizerBase, records: Records, held_out: Records | None
-) -> tuple[list[Example], list[Example]]:
+) -> tuple[list[Example], list[Example], DataCheck]:
     # Instruction records can be used as plain text too: prompt as the model sees it, then the response.
     texts = [causal_text(tokenizer, r) for r in records]
     if held_out is not None:
@@ -60,7 +67,7 @@ def causal_lm_split(
         else []
         for p in parts
     )
-    return train, held
+    return train, held, packed_check(ctx, len(texts), train, held)
 
 
 def run(ctx: JobContext) -> None:
@@ -68,25 +75,25 @@ def run(ctx: JobContext) -> None:
     assert ctx.base_model_path is not None, "a finetune job has a base model"
     set_seed(hp.seed)
 
-    # --- base model ------------------------------------------------------------------------------------
+    # --- data: tokenized and checked before the (possibly large) base model is loaded -----------------
     tokenizer = load_tokenizer(ctx.base_model_path)
-    base = load_base(ctx, AutoModelForCausalLM)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    if base.generation_config is not None:
-        base.generation_config.pad_token_id = tokenizer.pad_token_id
-
-    check_in(ctx.job_id)
-
-    # --- data ------------------------------------------------------------------------------------------
     records = list(ctx.dataset.records())
     held_out = list(ctx.validation_dataset.records()) if ctx.validation_dataset else None
     build = sft_split if ctx.objective == "sft" else causal_lm_split
-    train_set, eval_set = build(ctx, tokenizer, records, held_out)
+    train_set, eval_set, check = build(ctx, tokenizer, records, held_out)
+    enforce(ctx, check)
     if ctx.objective == "sft" and ctx.dataset.shape in ("messages", "preference") and not tokenizer.chat_template:
         # The conversations were laid out with the fallback template: ship it with the tokenizer, so
         # inference formats a chat exactly the way training did.
         tokenizer.chat_template = CHATML_TEMPLATE
     log_event(ctx.job_id, f"{len(records)} records → {len(train_set)} training and {len(eval_set)} eval examples")
+    check_in(ctx.job_id)
+
+    # --- base model ------------------------------------------------------------------------------------
+    base = load_base(ctx, AutoModelForCausalLM)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    if base.generation_config is not None:
+        base.generation_config.pad_token_id = tokenizer.pad_token_id
     check_in(ctx.job_id)
 
     # --- method: a low-rank update beside frozen weights, the top layers, or every weight ---------------

@@ -14,6 +14,7 @@ from workers.artifacts import export, register_base_model
 from workers.context import JobContext
 from workers.data import borrowed_tokenizer, pack_blocks, split_text_holdout, train_tokenizer
 from workers.metrics import check_in
+from workers.preflight import enforce, packed_check
 from workers.training import build_trainer, final_losses, parameter_counts, record_resolved_config, train
 
 
@@ -65,6 +66,7 @@ def run(ctx: JobContext) -> None:
         f"{len(texts)} documents → {n_tokens} tokens → {len(train_set)} training and "
         f"{len(eval_set)} eval blocks of up to {hp.max_length} tokens",
     )
+    enforce(ctx, packed_check(ctx, len(texts), train_set, eval_set))
 
     check_in(ctx.job_id)
 

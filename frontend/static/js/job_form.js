@@ -340,6 +340,23 @@
       }),
     );
     $("job-estimate-state").textContent = "Estimated from the settings above.";
+    renderChecks(est.problems || []);
+  }
+
+  // The pre-flight problems the dry run shows: the worker would stop the job before its first step, so the
+  // Review step lists them and Start waits until the settings change.
+  let blockingChecks = [];
+  function renderChecks(problems) {
+    blockingChecks = problems;
+    $("review-checks").hidden = problems.length === 0;
+    $("review-check-list").replaceChildren(
+      ...problems.map((p) => {
+        const li = document.createElement("li");
+        li.textContent = `${p.field}: ${p.message}`;
+        return li;
+      }),
+    );
+    submit.disabled = problems.length > 0;
   }
 
   async function estimate() {
@@ -383,7 +400,7 @@
       return { model: body.tokenizer_model, objective: "causal_lm" };
     }
     if (!body.base_model) return { reason: "Choose a base model for a dry run of the dataset." };
-    if (!["sft", "causal_lm"].includes(est.objective)) {
+    if (!["sft", "causal_lm", "dpo", "classification"].includes(est.objective)) {
       return { reason: `No dry run for objective ${est.objective}: tokens are estimated from the file size.` };
     }
     return { model: body.base_model, objective: est.objective };
@@ -675,17 +692,31 @@
       jumpToFirstError();
       return;
     }
+    await start(false);
+  });
+
+  // POST the job; a job that fits no live worker comes back 422 "does_not_fit": say so and offer "Start anyway".
+  async function start(force) {
     submit.disabled = true;
     submit.textContent = "Starting…";
+    $("review-fit").hidden = true;
     try {
-      const job = await Studio.fetchJSON("/api/jobs", { method: "POST", body: payload() });
+      const body = force ? { ...payload(), force: true } : payload();
+      const job = await Studio.fetchJSON("/api/jobs", { method: "POST", body });
       window.location.assign(`/jobs/${job.id}`);
     } catch (err) {
-      showServerErrors(err);
-      submit.disabled = false;
+      if (err.body && err.body.code === "does_not_fit") {
+        $("review-fit-message").textContent = err.message;
+        $("review-fit").hidden = false;
+      } else {
+        if (err.body && err.body.code === "preflight") renderChecks(err.body.problems || []);
+        showServerErrors(err);
+      }
+      submit.disabled = blockingChecks.length > 0;
       submit.textContent = "Start training";
     }
-  });
+  }
+  $("review-force").addEventListener("click", () => start(true));
 
   form.querySelectorAll('input[name="kind"]').forEach((r) =>
     r.addEventListener("change", () => {
