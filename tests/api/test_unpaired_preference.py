@@ -90,6 +90,8 @@ def test_sharegpt_and_prompt_completion_labels_in_their_usual_spellings(
     body = res.json()
     assert body["shape"] == "unpaired_preference" and body["error_count"] == 0, body
     assert body["preview"][0]["label"] is label
+    counts = "1 desirable, 0 undesirable" if label else "0 desirable, 1 undesirable"
+    assert body["notes"] == [f"read as unpaired preference (objective kto): {counts} answers"]
 
 
 def test_a_label_that_is_not_true_or_false_names_its_line_and_field(client: TestClient) -> None:

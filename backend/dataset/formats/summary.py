@@ -133,6 +133,8 @@ def _walk(plan: Plan, limits: Limits, preview_rows: int, max_records: int) -> Su
     if count == 0 and errors.count == 0:
         errors.add({"line": None, "field": None, "message": "the file holds no records"})
     confidence, notes = plan.confidence, list(plan.notes)
+    if plan.shape == "unpaired_preference" and labels:  # what KTO will weigh, before any upload
+        notes.insert(0, f"read as unpaired preference (objective kto): {desirable_counts(labels)} answers")
     if long_records and plan.reader == "text":  # only a text file's record boundaries are a guess
         cap, why = text.long_record_doubt(plan.options.text_split or "", count, long_records, longest, long_bytes)
         confidence = min(confidence, cap)
