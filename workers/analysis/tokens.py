@@ -22,6 +22,8 @@ from workers.analysis.progress import ProgressFn, no_progress
 from workers.examples import Rendered, render_record, token_pieces
 
 HISTOGRAM_BUCKETS = 20
+# Objectives whose examples are cut at max_length (and dropped with no answer left); the rest pack text.
+CUT_OBJECTIVES = ("sft", "kto")
 NEVER_FITS = -1  # a record with no token to learn from, at any max_length
 # The Trainer draws batches in a random order; padding is estimated over one seeded shuffle like it.
 SHUFFLE_SEED = 0
@@ -91,7 +93,7 @@ def packed_blocks(stream_tokens: int, max_length: int) -> tuple[int, int]:
 
 def cut_summary(objective: str, cut: int, tokens: int, lost: int, max_length: int) -> str:
     """The tokens max_length cuts off, named in a sentence: how many, their share, how many carried loss."""
-    if objective != "sft":
+    if objective not in CUT_OBJECTIVES:
         return f"nothing is cut: records are packed whole into blocks of max_length={max_length} tokens"
     if not cut:
         return f"nothing is cut: every record fits in max_length={max_length} tokens"
@@ -124,10 +126,10 @@ def token_stats(
         totals.records += 1
         totals.roles.update(rendered.roles)
         totals.lengths.append(len(rendered.ids))
-        if objective == "sft":
+        if objective in CUT_OBJECTIVES:
             totals.add_sft(rendered, max_length)
     lengths = np.frombuffer(totals.lengths, dtype=np.int64) if totals.records else np.zeros(0, dtype=np.int64)
-    if objective == "sft":
+    if objective in CUT_OBJECTIVES:
         examples = len(totals.kept)
         efficiency, _ = padding_efficiency(totals.kept, batch_size)
     else:
@@ -163,7 +165,7 @@ def token_stats(
             "p95": int(np.percentile(lengths, 95)) if lengths.size else 0,
         },
         "histogram": histogram(lengths),
-        "preflight": _sft_check(totals, max_length) if objective == "sft" else _packed_check(totals),
+        "preflight": _sft_check(totals, max_length) if objective in CUT_OBJECTIVES else _packed_check(totals),
     }
 
 
@@ -315,7 +317,7 @@ def render_one(
     if record is None:
         raise IndexError(f"the dataset has no record {index}")
     rendered = render_record(tokenizer, record, objective)
-    sft = objective == "sft"
+    sft = objective in CUT_OBJECTIVES
     total = len(rendered.ids)
     seen = min(total, max_length) if sft else total
     shown = min(total, max_length)
