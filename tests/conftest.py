@@ -13,6 +13,8 @@ or restart processes, or need settings of their own, start their own with `studi
 import functools
 import os
 import shutil
+import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -175,27 +177,90 @@ def studio(backend_env: dict[str, str], tmp_path: Path) -> Iterator[StudioProces
         yield proc
 
 
+class WarmStudio:
+    """A session's warm studio, started in a thread of its own as soon as the tests are collected: it boots (three
+    processes importing torch) on the second core while the in-process tests keep the first one busy."""
+
+    def __init__(self, backend: str) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix=f"studio-warm-{backend}-"))
+        self.dir = tmp
+        self.resources = server_resources() if backend == "postgres" else None
+        services = self.resources.__enter__() if self.resources else {}
+        # Made here, in the main thread before any test runs: StudioProcess copies os.environ, which tests patch.
+        self.proc = StudioProcess({"STUDIO_DATA_DIR": str(tmp / "data"), **services, **OFFLINE}, log_dir=tmp / "logs")
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._start, name=f"warm-{backend}-studio", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.proc.__enter__()
+        except BaseException as exc:
+            self.error = exc
+
+    def ready(self) -> StudioProcess:
+        self.thread.join()
+        if self.error:
+            raise self.error
+        return self.proc
+
+    def close(self, keep_logs: bool) -> None:
+        self.thread.join()
+        self.proc.kill()  # the session is over: no job to checkpoint, no need to wait out a graceful shutdown
+        if self.resources:
+            self.resources.__exit__(None, None, None)
+        if keep_logs:
+            shutil.rmtree(self.dir / "data", ignore_errors=True)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_warm: dict[str, WarmStudio] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the warm studios the collected tests will use (none for a run that needs none)."""
+    if session.config.option.collectonly:
+        return
+    wanted = set()
+    for item in session.items:
+        names = getattr(item, "fixturenames", ())
+        if "embedded_studio" in names:
+            wanted.add("sqlite")
+        if "server_studio" in names:
+            wanted.add("postgres")
+        if "shared_studio" in names:
+            wanted.add(item.callspec.params["shared_studio"])  # type: ignore[attr-defined]
+    if "postgres" in wanted and _services_up():
+        wanted.discard("postgres")  # the fixture skips (or fails in CI) with the reason
+    for backend in sorted(wanted):
+        _warm[backend] = WarmStudio(backend)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the warm studios; after a failure their logs stay (in /tmp/studio-warm-*/logs)."""
+    while _warm:
+        _warm.popitem()[1].close(keep_logs=bool(session.testsfailed))
+
+
+def _warm_studio(backend: str) -> StudioProcess:
+    if backend not in _warm:  # a test asked for it after collection (getfixturevalue): start it now
+        _warm[backend] = WarmStudio(backend)
+    return _warm[backend].ready()
+
+
 @pytest.fixture(scope="session")
-def embedded_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioProcess]:
+def embedded_studio() -> StudioProcess:
     """`studio up` on SQLite, warm for the whole session (use it through `shared_studio` or `as_new_user`)."""
-    tmp = tmp_path_factory.mktemp("embedded-studio")
-    with StudioProcess({"STUDIO_DATA_DIR": str(tmp / "data"), **OFFLINE}, log_dir=tmp / "logs") as proc:
-        yield proc
-        proc.kill()  # the session is over: no job to checkpoint, no need to wait out a graceful shutdown
+    return _warm_studio("sqlite")
 
 
 @pytest.fixture(scope="session")
-def server_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioProcess]:
+def server_studio() -> StudioProcess:
     """`studio api` + `studio worker` + `studio worker --analysis` on PostgreSQL and Redis of their own (not the
     database the in-process tests empty), warm for the whole session."""
     _require_services()
-    tmp = tmp_path_factory.mktemp("server-studio")
-    with (
-        server_resources() as services,
-        StudioProcess({"STUDIO_DATA_DIR": str(tmp / "data"), **services, **OFFLINE}, log_dir=tmp / "logs") as proc,
-    ):
-        yield proc
-        proc.kill()
+    return _warm_studio("postgres")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

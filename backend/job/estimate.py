@@ -311,9 +311,10 @@ def preflight(stats: dict[str, Any] | None, body: JobCreate) -> list[Problem]:
     return problems(check, min_kept_fraction=hp.min_kept_fraction)
 
 
-def admit(session: Session, *, user: User, body: JobCreate) -> None:
+def admit(session: Session, *, user: User, body: JobCreate) -> EstimateRead:
     """Refuse, before a job is stored, what the dry run shows cannot give a meaningful run, and (unless `force`)
-    a job whose memory estimate exceeds the memory of every live worker that could take it."""
+    a job whose memory estimate exceeds the memory of every live worker that could take it. Returns the estimate
+    the job was admitted on."""
     est = estimate_job(session, user=user, body=body)
     if est.problems:
         first = est.problems[0]
@@ -336,6 +337,7 @@ def admit(session: Session, *, user: User, body: JobCreate) -> None:
             device_memory_bytes=est.device_memory_bytes,
             advice=est.advice,
         )
+    return est
 
 
 def _gib(n: int) -> str:

@@ -44,7 +44,9 @@ def _enqueue(session: SessionDep, job: Job) -> JobRead:
 def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRead:
     job = service.create_job(session, user=user, data=body)
     # The pre-flight check and the memory fit; a refusal rolls the job back before anything is committed.
-    estimate.admit(session, user=user, body=body)
+    admitted = estimate.admit(session, user=user, body=body)
+    # The planned steps until the worker counts its own: a queued job reads "0 / 120" in every list, not "0 / ?".
+    job.total_steps = admitted.steps
     return _enqueue(session, job)
 
 

@@ -231,4 +231,5 @@ def test_playground_page_and_job_link(client: TestClient, setup: Setup) -> None:
     )
     assert client.get("/playground?job_id=999").status_code == 404
     assert f'href="/playground?job_id={setup.job_id}"' in client.get(f"/jobs/{setup.job_id}").text
-    assert "/playground?job_id=" not in client.get(f"/jobs/{setup.queued_job_id}").text
+    # An unfinished job's link is there but hidden: the page reveals it when the run ends, without a reload.
+    assert f'href="/playground?job_id={setup.queued_job_id}" hidden>' in client.get(f"/jobs/{setup.queued_job_id}").text

@@ -17,7 +17,7 @@ from tests.support import StudioProcess
 pytestmark = pytest.mark.browser
 __all__ = ["page"]  # fixture shared with the dashboard test
 
-HP = {"max_length": 64, "batch_size": 8, "learning_rate": 0.002}
+HP = {"max_length": 256, "batch_size": 8, "learning_rate": 0.002}
 # Collects every progress line the panel shows, so the test knows the bar was there before the download was.
 WATCH_PROGRESS = """() => {
   window.exportProgress = [];
