@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable, Sized
 
 from backend.job.lifecycle import log_event
-from backend.job.preflight import DataCheck, keep_curve, problems
+from backend.job.preflight import DataCheck, keep_curve, problems, untrainable
 from workers.context import JobContext
 from workers.examples import Example, SFTStats
 
@@ -31,6 +31,7 @@ def sft_check(ctx: JobContext, stats: SFTStats, eval_set: Sized, unit: str = "re
         kept=stats.kept,
         max_length=ctx.hp.max_length,
         keep_at=keep_curve(stats.shortest_fits, ctx.hp.max_length),
+        untrainable=untrainable(stats.shortest_fits),
         supervised_tokens=stats.supervised,
         validation=len(eval_set) if asked else None,
         validation_source=source,
@@ -56,7 +57,10 @@ def class_counts(labels: Iterable[object]) -> dict[str, int]:
 
 
 def enforce(ctx: JobContext, check: DataCheck) -> None:
-    """Fail the job before its first step when the data cannot give a meaningful run."""
+    """Fail the job before its first step when the data cannot give a meaningful run. A resumed run was checked
+    when it first started (and jobs stored before this check existed have no min_kept_fraction of their own)."""
+    if ctx.resume_checkpoint is not None:
+        return
     found = problems(check, min_kept_fraction=ctx.hp.min_kept_fraction)
     for problem in found:
         log_event(ctx.job_id, f"pre-flight: {problem.message}", "error")

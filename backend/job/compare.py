@@ -7,12 +7,13 @@ validation loss of each run, next to each other.
 import math
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.db import Dataset, Job, JobMetric, Model, User
 from backend.errors import Invalid
-from backend.job.schemas import CompareCurvePoint, CompareRead, CompareRun
+from backend.job.schemas import CompareCurvePoint, CompareRead, CompareRun, Hyperparameters
 from backend.job.service import get_job
 
 MAX_RUNS = 8
@@ -141,6 +142,14 @@ def _model_name(session: Session, model_id: int | None) -> str | None:
     return model.name if model is not None else None
 
 
+def _settings(job: Job) -> dict[str, Any]:
+    """A job's hyperparameters with today's defaults filled in: a setting added since it ran is no difference."""
+    try:
+        return Hyperparameters.model_validate(job.hyperparameters or {}).model_dump()
+    except ValidationError:  # stored before a bound tightened: compare what is stored
+        return dict(job.hyperparameters or {})
+
+
 def _flatten(session: Session, job: Job) -> dict[str, Any]:
     """The comparable settings of a job as one flat dict; datasets and models by name, as a person knows them."""
     return {
@@ -152,7 +161,7 @@ def _flatten(session: Session, job: Job) -> dict[str, Any]:
         "tokenizer_model": _model_name(session, job.tokenizer_model_id),
         "dataset": _dataset_name(session, job.dataset_id),
         "validation_dataset": _dataset_name(session, job.validation_dataset_id),
-        **{f"hyperparameters.{k}": v for k, v in sorted((job.hyperparameters or {}).items())},
+        **{f"hyperparameters.{k}": v for k, v in sorted(_settings(job).items())},
     }
 
 

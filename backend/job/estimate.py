@@ -22,7 +22,7 @@ from backend.job.schemas import EstimateRead, Hyperparameters, JobCreate
 from backend.job.service import DEFAULT_OBJECTIVE, owned_dataset
 from backend.model.presets import PRESETS
 from backend.model.service import ready_model
-from backend.worker.service import live_training_workers
+from backend.worker.service import can_run_qlora, live_training_workers
 
 # A byte of UTF-8 text is about a quarter of a BPE token in English; only used until real statistics exist.
 BYTES_PER_TOKEN = 4.0
@@ -250,7 +250,7 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
 
     # Leave room for the runtime and fragmentation (90%). The job is judged against a worker it fits on if any
     # live one could take it (a CUDA one first), else against the one with the most memory.
-    workers = live_training_workers(session)
+    workers = [w for w in live_training_workers(session) if method != "qlora" or can_run_qlora(w)]
     fitting = [w for w in workers if w.device_memory_bytes and need_on(w.cuda) <= w.device_memory_bytes * 0.9]
     worker = max(fitting or workers, key=lambda w: (w.cuda, w.device_memory_bytes or 0), default=None)
     seconds = None
@@ -304,8 +304,9 @@ def preflight(stats: dict[str, Any] | None, body: JobCreate) -> list[Problem]:
         return []
     check = DataCheck.model_validate(raw)
     hp = body.hyperparameters
-    if body.validation_dataset_id is None and hp.validation_fraction > 0:
-        # What `split_holdout` will hold out of the kept examples: at least one, never all.
+    # Packed text is held out by characters (`split_text_holdout`): any text leaves an eval part. Examples are
+    # held out whole: at least one, never all.
+    if body.validation_dataset_id is None and hp.validation_fraction > 0 and check.unit != "texts":
         kept = check.kept
         check.validation = 0 if kept < 2 else min(max(1, round(kept * hp.validation_fraction)), kept - 1)
     return problems(check, min_kept_fraction=hp.min_kept_fraction)

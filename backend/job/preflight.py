@@ -27,6 +27,7 @@ class DataCheck(BaseModel):
         default_factory=list, description="(a larger max_length, examples it would keep), for the advice."
     )
     supervised_tokens: int | None = Field(None, description="Tokens that carry loss in the kept examples.")
+    untrainable: int = Field(0, description="Examples with no token that carries loss at any max_length.")
     identical_pairs: int | None = Field(None, description="Preference pairs whose two answers are the same.")
     classes: dict[str, int] | None = Field(None, description="Examples per class label.")
     validation: int | None = Field(None, description="Evaluation examples; None when no evaluation was asked.")
@@ -38,6 +39,11 @@ class Problem(BaseModel):
 
     field: str
     message: str
+
+
+def untrainable(needs: Iterable[int | None]) -> int:
+    """Examples that no max_length keeps: they hold no token that carries loss."""
+    return sum(n is None for n in needs)
 
 
 def keep_curve(needs: Iterable[int | None], max_length: int) -> list[tuple[int, int]]:
@@ -62,7 +68,15 @@ def problems(check: DataCheck, *, min_kept_fraction: float) -> list[Problem]:
     """Every reason the run would be meaningless; empty when it may start."""
     found: list[Problem] = []
     unit = check.unit
-    if check.total and check.kept < math.ceil(min_kept_fraction * check.total - 1e-9):
+    if check.total and check.untrainable == check.total:
+        found.append(
+            Problem(
+                field="dataset_id",
+                message=f"no token of the {_count(check.total, unit)} carries loss (every answer has weight 0 or "
+                "is empty): there is nothing to learn",
+            )
+        )
+    elif check.total and (not check.kept or check.kept < math.ceil(min_kept_fraction * check.total - 1e-9)):
         found.append(Problem(field="max_length", message=_too_long(check, min_kept_fraction)))
     elif check.kept and check.supervised_tokens == 0:
         found.append(

@@ -2,9 +2,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
-from backend.db import Job
+from backend.db import Job, User
 from backend.deps import CurrentUser, SessionDep
 from backend.events import publish
 from backend.job import compare, control, estimate, service
@@ -43,11 +44,15 @@ def _enqueue(session: SessionDep, job: Job) -> JobRead:
 @router.post("", response_model=JobRead, status_code=201)
 def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRead:
     job = service.create_job(session, user=user, data=body)
-    # The pre-flight check and the memory fit; a refusal rolls the job back before anything is committed.
+    _admit(session, user, body, job)
+    return _enqueue(session, job)
+
+
+def _admit(session: Session, user: User, body: JobCreate, job: Job) -> None:
+    """The pre-flight check and the memory fit; a refusal rolls the new job back before anything is committed."""
     admitted = estimate.admit(session, user=user, body=body)
     # The planned steps until the worker counts its own: a queued job reads "0 / 120" in every list, not "0 / ?".
     job.total_steps = admitted.steps
-    return _enqueue(session, job)
 
 
 @router.post("/estimate", response_model=EstimateRead)
@@ -111,7 +116,10 @@ def resume_job(job_id: IdPath, session: SessionDep, user: CurrentUser, body: Job
 @router.post("/{job_id}/clone", response_model=JobRead, status_code=201)
 def clone_job(job_id: IdPath, session: SessionDep, user: CurrentUser, body: JobClone | None = None) -> JobRead:
     """A new job with the same inputs; `body` may rename it and override hyperparameters."""
-    return _enqueue(session, control.clone_job(session, user=user, job_id=job_id, data=body or JobClone()))
+    data = body or JobClone()
+    job = control.clone_job(session, user=user, job_id=job_id, data=data)
+    _admit(session, user, JobCreate.model_validate({**control.inputs_of(job), "force": data.force}), job)
+    return _enqueue(session, job)
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointRead])

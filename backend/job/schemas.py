@@ -370,6 +370,7 @@ class JobClone(BaseModel):
         default_factory=dict, description="Merged over the source job's hyperparameters, then validated."
     )
     watch_prompts: list[WatchPrompt] | None = Field(None, max_length=5)
+    force: bool = Field(False, description="Queue it even when it fits no live worker's memory (not stored).")
 
 
 class JobResume(BaseModel):

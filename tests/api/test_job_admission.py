@@ -55,7 +55,30 @@ def test_the_dry_run_problems_block_the_launch(client: TestClient, base_model: i
     # Accepting the loss is a setting, not a bypass: with min_kept_fraction lowered the job is queued.
     body["hyperparameters"]["min_kept_fraction"] = 0.2
     assert client.post("/api/jobs/estimate", json=body).json()["problems"] == []
-    assert client.post("/api/jobs", json=body).status_code == 201
+    created = client.post("/api/jobs", json=body)
+    assert created.status_code == 201
+    # A clone is admitted the same way: back to the default share, it is refused too.
+    clone = client.post(f"/api/jobs/{created.json()['id']}/clone", json={"hyperparameters": {"min_kept_fraction": 0.9}})
+    assert clone.status_code == 422 and clone.json()["code"] == "preflight", clone.text
+    assert jobs_stored() == 1
+
+
+def test_a_single_text_is_held_out_by_characters(client: TestClient, base_model: int) -> None:
+    """Packed text is split by characters: one long document still leaves an eval part, so no problem."""
+    dataset = upload(client, "one.jsonl", [{"text": LONG * 3}])
+    body = {
+        "kind": "finetune",
+        "dataset_id": dataset["id"],
+        "base_model": base_model,
+        "method": "lora",
+        "objective": "causal_lm",
+        "hyperparameters": {"max_length": 64, "batch_size": 2, "max_steps": 2, "validation_fraction": 0.2},
+    }
+    query = {"base_model": base_model, "objective": "causal_lm", "max_length": 64, "batch_size": 2}
+    assert client.get(f"/api/datasets/{dataset['id']}/stats", params=query).status_code == 200
+    compute_queued("stats")
+    est = client.post("/api/jobs/estimate", json=body).json()
+    assert est["dry_run"] is not None and est["problems"] == []
 
 
 def test_a_job_too_big_for_every_live_worker_is_refused_unless_forced(client: TestClient, base_model: int) -> None:

@@ -55,9 +55,13 @@ def test_queued_job_shows_its_planned_steps(client: TestClient) -> None:
     page = client.get(f"/jobs/{job_id}").text
     assert _total(page) == "100" and 'data-planned="100"' in page
     assert '<span class="progress-label">0 / 100</span>' in client.get("/jobs").text
-    # Without max_steps: the launch estimate's count (epochs over the dataset's examples), never "?".
-    by_epochs = _total(client.get(f"/jobs/{_job(client, epochs=2)}").text)
-    assert by_epochs.isdigit() and int(by_epochs) >= 2
+    # Without max_steps: the launch estimate's count (epochs over the dataset's examples), never "?"; stored at
+    # admission, and worked out again for a job stored without it (before admission stored it).
+    by_epochs = _job(client, epochs=2)
+    stored = _total(client.get(f"/jobs/{by_epochs}").text)
+    assert stored.isdigit() and int(stored) >= 2
+    _set(by_epochs, total_steps=None)
+    assert _total(client.get(f"/jobs/{by_epochs}").text) == stored
 
 
 def test_resume_is_offered_only_with_a_checkpoint(client: TestClient) -> None:

@@ -111,3 +111,15 @@ def test_a_clean_dataset_has_nothing_to_drop() -> None:
     result = find_issues(texts(FOX, OTHER, "hello world"), threshold=0.8)
     assert all(not v for v in result["drop"].values())
     assert result["counts"]["records"] == 3
+
+
+def test_conversations_that_call_different_tools_are_no_duplicates() -> None:
+    def calling(name: str) -> dict[str, Any]:
+        call = {"type": "function", "function": {"name": name, "arguments": "{}"}}
+        answer = {"role": "assistant", "content": "", "tool_calls": [call]}
+        return {"messages": [{"role": "user", "content": "Help me."}, answer]}
+
+    result = find_issues([calling("get_weather"), calling("get_time"), calling("get_weather")], threshold=0.8)
+    assert result["exact_duplicates"] == [[0, 2]]  # the same call twice is a duplicate; another call is not
+    # One prompt answered with two different calls: a conflict, as two different texts would be.
+    assert result["conflicting_answers"] == [{"indices": [0, 1, 2], "answers": 2}]

@@ -45,12 +45,14 @@ def test_the_advice_names_the_max_length_that_keeps_enough() -> None:
 
 
 def test_each_meaningless_run_is_named() -> None:
-    weightless = DataCheck(total=5, kept=5, max_length=64, supervised_tokens=0)
+    weightless = DataCheck(total=5, kept=0, max_length=64, supervised_tokens=0, untrainable=5)
     assert "carries loss" in problems(weightless, min_kept_fraction=0.9)[0].message
     same = DataCheck(unit="pairs", total=3, kept=3, max_length=64, supervised_tokens=9, identical_pairs=3)
     assert "nothing to prefer" in problems(same, min_kept_fraction=0.9)[0].message
     lonely = DataCheck(total=5, kept=5, max_length=64, classes={"pos": 4, "neg": 1})
     assert "class 'neg' has 1 example" in problems(lonely, min_kept_fraction=0.9)[0].message
+    nothing_fits = DataCheck(total=4, kept=0, max_length=64, supervised_tokens=0)
+    assert problems(nothing_fits, min_kept_fraction=0)[0].field == "max_length"  # never "meaningful" with 0 kept
     unevaluated = DataCheck(total=1, kept=1, max_length=64, supervised_tokens=3, validation=0)
     (problem,) = problems(unevaluated, min_kept_fraction=0.9)
     assert problem.field == "validation_fraction" and "validation set is empty" in problem.message
@@ -105,8 +107,7 @@ def test_sft_where_no_answer_carries_loss_fails(seed: Seed, pretrained: Pretrain
         )
         assert run_job(job_id) == "failed"
         error = failed_before_first_step(job_id)
-        # Every example is dropped (nothing to learn in any of them): the kept share is what is reported.
-        assert error.startswith("none of the 6 records fits in max_length=64"), error
+        assert error.startswith("no token of the 6 records carries loss"), error
 
 
 def test_classification_with_a_class_of_one_example_fails(seed: Seed, pretrained: Pretrained, tmp_path: Path) -> None:
@@ -144,3 +145,18 @@ def test_an_empty_validation_set_fails(seed: Seed, pretrained: Pretrained, tmp_p
         assert run_job(job_id) == "failed"
         error = failed_before_first_step(job_id)
         assert "the validation set is empty (1 record after the cut: too few to hold some out)" in error
+
+
+def test_the_kto_dry_run_keeps_what_the_recipe_keeps(pretrained: Pretrained) -> None:
+    """A rated answer is kept when the *final* answer starts within max_length, not any earlier assistant turn."""
+    from workers.recipes.kto import unpaired_example
+
+    tokenizer = load_tokenizer(pretrained.model_path)
+    turns = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello there."}]
+    asks = [{"role": "user", "content": LONG if i % 2 else "Name a bird."} for i in range(6)]
+    records = [{"prompt": [*turns, ask], "completion": "The owl.", "label": i % 3 == 0} for i, ask in enumerate(asks)]
+    stats = token_stats(tokenizer, records, objective="kto", max_length=160, batch_size=2)
+    check = DataCheck.model_validate(stats["preflight"])
+    kept = sum(unpaired_example(tokenizer, r, 160)[0] is not None for r in records)
+    assert (check.total, check.kept) == (6, kept) == (6, 3)
+    assert problems(check, min_kept_fraction=0.9)[0].message.startswith("only 3 of 6 records fit in max_length=160")

@@ -12,6 +12,7 @@ record and the LSH tables. Record indices count from 0 in file order, as the dry
 """
 
 import hashlib
+import json
 import re
 import unicodedata
 from collections import defaultdict
@@ -49,14 +50,22 @@ def flatten(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "\n".join(flatten(m.get("content", "")) if isinstance(m, dict) else flatten(m) for m in value)
+        return "\n".join(_message_text(m) if isinstance(m, dict) else flatten(m) for m in value)
     return "" if value is None else str(value)
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """A message's content and, for a tool-calling turn, its calls: two turns calling different tools differ."""
+    text = flatten(message.get("content", ""))
+    calls = message.get("tool_calls")
+    return text + (json.dumps(calls, sort_keys=True, ensure_ascii=False) if calls else "")
 
 
 def record_text(record: dict[str, Any]) -> str:
     """Everything a record says, for duplicate detection."""
     if "messages" in record:
-        return flatten(record["messages"])
+        tools = json.dumps(record["tools"], sort_keys=True, ensure_ascii=False) if record.get("tools") else ""
+        return flatten(record["messages"]) + tools
     keys = ("system", "prompt", "completion", "chosen", "rejected", "text", "label")
     return "\n".join(flatten(record[k]) for k in keys if record.get(k) not in (None, ""))
 
@@ -69,7 +78,7 @@ def prompt_and_answer(record: dict[str, Any]) -> tuple[str, str] | None:
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
         if last is None:
             return None
-        return flatten(messages[:last]), flatten(messages[last].get("content", ""))
+        return flatten(messages[:last]), _message_text(messages[last])
     if "completion" in record and "label" in record:
         # Unpaired preference: several answers to one prompt, desirable and not, are the point; two different
         # desirable ones conflict as SFT answers would.

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from backend.job.preflight import DataCheck, keep_curve
+from backend.job.preflight import DataCheck, keep_curve, untrainable
 from workers.analysis.progress import ProgressFn, no_progress
 from workers.examples import Rendered, render_record, token_pieces
 
@@ -165,28 +165,31 @@ def token_stats(
             "p95": int(np.percentile(lengths, 95)) if lengths.size else 0,
         },
         "histogram": histogram(lengths),
-        "preflight": _sft_check(totals, max_length) if objective in CUT_OBJECTIVES else _packed_check(totals),
+        "preflight": _sft_check(totals, max_length)
+        if objective in CUT_OBJECTIVES
+        else _packed_check(totals, max_length),
     }
 
 
 def _sft_check(totals: Totals, max_length: int) -> dict[str, Any]:
-    fits = (None if f == NEVER_FITS else f for f in totals.fits)
+    fits = [None if f == NEVER_FITS else f for f in totals.fits]
     return DataCheck(
         unit="records",
         total=totals.records,
         kept=len(totals.kept),
         max_length=max_length,
         keep_at=keep_curve(fits, max_length),
+        untrainable=untrainable(fits),
         supervised_tokens=totals.supervised,
     ).model_dump()
 
 
-def _packed_check(totals: Totals) -> dict[str, Any]:
+def _packed_check(totals: Totals, max_length: int) -> dict[str, Any]:
     return DataCheck(
         unit="texts",
         total=totals.records,
         kept=totals.records if totals.supervised else 0,
-        max_length=0,
+        max_length=max_length,
         supervised_tokens=totals.supervised,
     ).model_dump()
 
@@ -299,7 +302,50 @@ def _summary(
     }
 
 
-OWN_STATS = {"dpo": pair_stats, "classification": class_stats}
+def unpaired_stats(
+    tokenizer: PreTrainedTokenizerBase,
+    records: Iterable[dict[str, Any]],
+    *,
+    max_length: int,
+    batch_size: int,
+    progress: ProgressFn = no_progress,
+) -> dict[str, Any]:
+    """KTO's view of rated answers, through the recipe's own `unpaired_example`: a record is kept when its final
+    answer starts within max_length."""
+    from workers.recipes.kto import unpaired_example  # trl comes with it: only for KTO dry runs
+
+    records_n = kept = truncated = supervised = tokens = 0
+    fits: list[int | None] = []
+    lengths = array("q")
+    for number, record in enumerate(records, start=1):
+        progress("tokenizing", number - 1)
+        try:
+            example, cut, fit = unpaired_example(tokenizer, record, max_length)
+        except Exception as exc:
+            raise ValueError(f"record {number - 1}: {exc}") from exc
+        records_n += 1
+        truncated += cut
+        fits.append(fit)
+        if example is None:
+            continue
+        kept += 1
+        supervised += len(example["completion_ids"])
+        n = len(example["prompt_ids"]) + len(example["completion_ids"])
+        tokens += n
+        lengths.append(n)
+    check = DataCheck(
+        unit="records",
+        total=records_n,
+        kept=kept,
+        max_length=max_length,
+        keep_at=keep_curve(fits, max_length),
+        supervised_tokens=supervised,
+        untrainable=untrainable(fits),
+    )
+    return _summary("kto", records_n, kept, tokens, supervised, truncated, lengths, max_length, batch_size, check)
+
+
+OWN_STATS = {"dpo": pair_stats, "kto": unpaired_stats, "classification": class_stats}
 
 
 def render_one(

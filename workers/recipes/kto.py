@@ -40,7 +40,7 @@ from trl import KTOConfig, KTOTrainer
 from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
 from backend.job.lifecycle import log_event
-from backend.job.preflight import DataCheck, keep_curve
+from backend.job.preflight import DataCheck, keep_curve, untrainable
 from workers.artifacts import export, export_merged, register_base_model
 from workers.context import JobContext
 from workers.data import split_holdout
@@ -143,6 +143,7 @@ def unpaired_split(
         kept=len(examples),
         max_length=ctx.hp.max_length,
         keep_at=keep_curve(fits, ctx.hp.max_length),
+        untrainable=untrainable(fits),
         supervised_tokens=sum(len(e["completion_ids"]) for e in examples),
         validation=len(eval_set) if asked else None,
         validation_source=source,
