@@ -65,6 +65,7 @@ def test_users_tokens_and_models_add(app_env: dict[str, str], tiny_hf_dir: Path)
     assert items[0]["parameters"] > 10_000
 
 
+@pytest.mark.slow
 def test_models_add_trust_remote_code(app_env: dict[str, str], tiny_hf_dir: Path) -> None:
     res = studio(app_env, "users", "create", "ada@example.com", "--password-stdin", "--admin", stdin="s3cret-pass\n")
     assert res.returncode == 0, res.stderr

@@ -129,6 +129,7 @@ PANEL_STATE = """() => {
 }"""
 
 
+@pytest.mark.slow
 def test_job_page_chart_controls_resume_from_checkpoint_clone_and_presets(page, studio: StudioProcess) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 

@@ -15,7 +15,7 @@ from tests.e2e.test_loop import pretrain, upload
 from tests.support import StudioProcess
 
 MAX_STEPS = 120
-pytestmark = pytest.mark.parametrize("shared_studio", ["postgres"], indirect=True)
+pytestmark = [pytest.mark.parametrize("shared_studio", ["postgres"], indirect=True), pytest.mark.slow]
 
 
 def wait_for_step(client: httpx.Client, job_id: int, step: int, timeout: float = 120) -> None:

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e.sse import read_events
 from tests.support import StudioProcess
@@ -125,6 +126,7 @@ def test_upload_pretrain_watch_finetune_download(shared_studio: StudioProcess, t
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
+@pytest.mark.slow
 def test_cancel_failure_and_duplicate_delivery(shared_studio: StudioProcess) -> None:
     studio = shared_studio
     client = studio.client()

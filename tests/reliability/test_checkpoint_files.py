@@ -54,6 +54,7 @@ def assert_whole(path: Path, step: int) -> None:
     assert is_complete(path)
 
 
+@pytest.mark.slow
 def test_checkpoints_carry_the_marker_and_a_resume_clears_leftovers(
     seed: Seed,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -149,6 +150,7 @@ class SlowSteps(TrainerCallback):
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("minutes", "steps"), [(0.001, [1, 2, 3, 4]), (0, [4]), (None, [4])])
 def test_checkpoint_minutes_saves_on_the_clock(
     seed: Seed,  # noqa: F811

@@ -22,6 +22,9 @@ from tests.workers.support import PRETRAIN_HP, Seed, create_job, get_job, messag
 from workers import checkpointing
 from workers.tasks import run_job
 
+# Faults injected for real: the second CI step (make test-slow).
+pytestmark = pytest.mark.slow
+
 HP = {**PRETRAIN_HP, "max_steps": 6, "eval_steps": 6, "checkpoint_steps": 2, "keep_checkpoints": 2}
 MESSAGE = re.compile(r"no space left on device writing checkpoint-(\d+) \(needs ~(\d+) MB, (\d+) MB free\)")
 

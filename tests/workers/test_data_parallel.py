@@ -55,6 +55,7 @@ def assert_trained_once_per_step(job_id: int, steps: int) -> None:
     assert job.current_step == job.total_steps == steps
 
 
+@pytest.mark.slow
 def test_pretrain_in_two_processes(seed: Seed, two_processes: None) -> None:
     steps = 30
     hp = {**PRETRAIN_HP, "max_steps": steps, "eval_steps": 15}
@@ -70,6 +71,7 @@ def test_pretrain_in_two_processes(seed: Seed, two_processes: None) -> None:
         assert len(list(s.scalars(select(Model).where(Model.job_id == job_id)))) == 1
 
 
+@pytest.mark.slow
 def test_lora_sft_in_two_processes(seed: Seed, pretrained: Pretrained, two_processes: None) -> None:
     steps = 12
     hp = {

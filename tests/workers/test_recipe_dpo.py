@@ -164,6 +164,7 @@ def test_full_and_freeze_dpo_on_conversations_write_a_new_base_model(
     generate(tuned, tokenizer, tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False))
 
 
+@pytest.mark.slow
 def test_lora_dpo_pauses_and_resumes_from_its_checkpoint(
     seed: Seed, pretrained: Pretrained, preference_dataset: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

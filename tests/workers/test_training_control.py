@@ -258,6 +258,7 @@ class RollbackProbe(TrainerCallback):
         RollbackProbe.checks.append((state.global_step, same_weights, same_moments, ratios))
 
 
+@pytest.mark.slow
 def test_a_divergence_rolls_back_to_the_last_checkpoint_at_half_the_learning_rate(
     seed: Seed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,6 +304,7 @@ def test_a_divergence_rolls_back_to_the_last_checkpoint_at_half_the_learning_rat
     assert RollbackProbe.checks == [(8, True, True, [0.5, 0.5])]
 
 
+@pytest.mark.slow
 def test_a_huge_learning_rate_rolls_back_then_fails_when_rollbacks_run_out(seed: Seed) -> None:
     hp = {**PRETRAIN_HP, "learning_rate": 1.0, "warmup_steps": 0, "checkpoint_steps": 1, "divergence_rollbacks": 1}
     job_id = create_job(seed, kind="pretrain", architecture="tiny", hyperparameters=hp)
