@@ -10,7 +10,7 @@ import math
 import random
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,6 +194,89 @@ def _packed_check(totals: Totals, max_length: int) -> dict[str, Any]:
     ).model_dump()
 
 
+@dataclass
+class Walked:
+    """What a recipe's own example builder made of every record: the numbers its pre-flight check reads."""
+
+    records: int = 0
+    kept: int = 0
+    truncated: int = 0
+    supervised: int = 0  # answer tokens the trainer learns from
+    tokens: int = 0  # positions the trainer runs (a pair's prompt twice)
+    same: int = 0  # examples whose two answers are identical (pairs)
+    fits: list[int | None] = field(default_factory=list)
+    lengths: array = field(default_factory=lambda: array("q"))
+
+
+def _walk(
+    build: Callable[[PreTrainedTokenizerBase, dict[str, Any], int], tuple[Any, bool, int | None]],
+    sizes: Callable[[dict[str, Any]], tuple[int, int, int, bool]],
+    tokenizer: PreTrainedTokenizerBase,
+    records: Iterable[dict[str, Any]],
+    max_length: int,
+    progress: ProgressFn,
+) -> Walked:
+    """Every record through a recipe's `build(tokenizer, record, max_length)` → (example or None, cut, shortest
+    fit); `sizes(example)` → (supervised tokens, positions run, longest sequence, answers identical)."""
+    walked = Walked()
+    for number, record in enumerate(records, start=1):
+        progress("tokenizing", number - 1)
+        try:
+            example, cut, fit = build(tokenizer, record, max_length)
+        except Exception as exc:
+            raise ValueError(f"record {number - 1}: {exc}") from exc
+        walked.records += 1
+        walked.truncated += cut
+        walked.fits.append(fit)
+        if example is None:
+            continue
+        supervised, tokens, longest, same = sizes(example)
+        walked.kept += 1
+        walked.supervised += supervised
+        walked.tokens += tokens
+        walked.same += same
+        walked.lengths.append(longest)
+    return walked
+
+
+def _walked_summary(
+    objective: str, unit: str, walked: Walked, max_length: int, batch_size: int, *, pairs: bool
+) -> dict[str, Any]:
+    check = DataCheck(
+        unit=unit,
+        total=walked.records,
+        kept=walked.kept,
+        max_length=max_length,
+        keep_at=keep_curve(walked.fits, max_length),
+        supervised_tokens=walked.supervised,
+        untrainable=untrainable(walked.fits),
+        identical_pairs=walked.same if pairs else None,
+    )
+    return _summary(
+        objective,
+        walked.records,
+        walked.kept,
+        walked.tokens,
+        walked.supervised,
+        walked.truncated,
+        walked.lengths,
+        max_length,
+        batch_size,
+        check,
+    )
+
+
+def _pair_sizes(example: dict[str, Any]) -> tuple[int, int, int, bool]:
+    prompt, chosen, rejected = (len(example[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+    same = example["chosen_ids"] == example["rejected_ids"]
+    return chosen + rejected, 2 * prompt + chosen + rejected, prompt + max(chosen, rejected), same
+
+
+def _unpaired_sizes(example: dict[str, Any]) -> tuple[int, int, int, bool]:
+    prompt, answer = len(example["prompt_ids"]), len(example["completion_ids"])
+    return answer, prompt + answer, prompt + answer, False
+
+
 def pair_stats(
     tokenizer: PreTrainedTokenizerBase,
     records: Iterable[dict[str, Any]],
@@ -206,36 +289,8 @@ def pair_stats(
     answer tokens, identical pairs, and the pre-flight check."""
     from workers.recipes.dpo import pair_example  # trl comes with it: only for DPO dry runs
 
-    records_n = kept = truncated = supervised = identical = tokens = 0
-    fits: list[int | None] = []
-    lengths = array("q")
-    for number, record in enumerate(records, start=1):
-        progress("tokenizing", number - 1)
-        try:
-            example, cut, fit = pair_example(tokenizer, record, max_length)
-        except Exception as exc:
-            raise ValueError(f"record {number - 1}: {exc}") from exc
-        records_n += 1
-        truncated += cut
-        fits.append(fit)
-        if example is None:
-            continue
-        kept += 1
-        answers = len(example["chosen_ids"]) + len(example["rejected_ids"])
-        supervised += answers
-        tokens += len(example["prompt_ids"]) * 2 + answers
-        identical += example["chosen_ids"] == example["rejected_ids"]
-        lengths.append(len(example["prompt_ids"]) + max(len(example["chosen_ids"]), len(example["rejected_ids"])))
-    check = DataCheck(
-        unit="pairs",
-        total=records_n,
-        kept=kept,
-        max_length=max_length,
-        keep_at=keep_curve(fits, max_length),
-        supervised_tokens=supervised,
-        identical_pairs=identical,
-    )
-    return _summary("dpo", records_n, kept, tokens, supervised, truncated, lengths, max_length, batch_size, check)
+    walked = _walk(pair_example, _pair_sizes, tokenizer, records, max_length, progress)
+    return _walked_summary("dpo", "pairs", walked, max_length, batch_size, pairs=True)
 
 
 def class_stats(
@@ -314,35 +369,8 @@ def unpaired_stats(
     answer starts within max_length."""
     from workers.recipes.kto import unpaired_example  # trl comes with it: only for KTO dry runs
 
-    records_n = kept = truncated = supervised = tokens = 0
-    fits: list[int | None] = []
-    lengths = array("q")
-    for number, record in enumerate(records, start=1):
-        progress("tokenizing", number - 1)
-        try:
-            example, cut, fit = unpaired_example(tokenizer, record, max_length)
-        except Exception as exc:
-            raise ValueError(f"record {number - 1}: {exc}") from exc
-        records_n += 1
-        truncated += cut
-        fits.append(fit)
-        if example is None:
-            continue
-        kept += 1
-        supervised += len(example["completion_ids"])
-        n = len(example["prompt_ids"]) + len(example["completion_ids"])
-        tokens += n
-        lengths.append(n)
-    check = DataCheck(
-        unit="records",
-        total=records_n,
-        kept=kept,
-        max_length=max_length,
-        keep_at=keep_curve(fits, max_length),
-        supervised_tokens=supervised,
-        untrainable=untrainable(fits),
-    )
-    return _summary("kto", records_n, kept, tokens, supervised, truncated, lengths, max_length, batch_size, check)
+    walked = _walk(unpaired_example, _unpaired_sizes, tokenizer, records, max_length, progress)
+    return _walked_summary("kto", "records", walked, max_length, batch_size, pairs=False)
 
 
 OWN_STATS = {"dpo": pair_stats, "kto": unpaired_stats, "classification": class_stats}
