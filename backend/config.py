@@ -1,5 +1,6 @@
 """One typed Settings object, read from the environment (prefix STUDIO_)."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -115,8 +116,23 @@ class Settings(BaseSettings):
         return p
 
 
-@lru_cache
-def get_settings() -> Settings:
+@lru_cache(maxsize=8)
+def _settings_for(environment: tuple[tuple[str, str], ...]) -> Settings:
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings
+
+
+class _SettingsOfTheEnvironment:
+    """`get_settings()`: the settings, read once per distinct STUDIO_* environment. Keyed by that environment,
+    a copy read while the environment was another (a thread that read it as it changed, then cached it) can never
+    be handed out for this one."""
+
+    def __call__(self) -> Settings:
+        return _settings_for(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("STUDIO_"))))
+
+    def cache_clear(self) -> None:
+        _settings_for.cache_clear()
+
+
+get_settings = _SettingsOfTheEnvironment()
