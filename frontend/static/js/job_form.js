@@ -400,9 +400,7 @@
       return { model: body.tokenizer_model, objective: "causal_lm" };
     }
     if (!body.base_model) return { reason: "Choose a base model for a dry run of the dataset." };
-    if (!["sft", "causal_lm", "dpo", "kto", "classification"].includes(est.objective)) {
-      return { reason: `No dry run for objective ${est.objective}: tokens are estimated from the file size.` };
-    }
+    // Every objective has a dry run (workers/analysis/tokens.py): no second list of them here.
     return { model: body.base_model, objective: est.objective };
   }
 
