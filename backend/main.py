@@ -32,6 +32,7 @@ from backend.events import Broadcaster
 from backend.export import router as export_router
 from backend.job import pages as job_pages
 from backend.job import router as job_router
+from backend.method import router as method_router
 from backend.model import pages as model_pages
 from backend.model import router as model_router
 from backend.playground import pages as playground_pages
@@ -164,6 +165,7 @@ def create_app() -> FastAPI:
         analysis_router,
         model_router,
         job_router,
+        method_router,
         worker_router,
         playground_router,
         export_router,

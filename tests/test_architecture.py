@@ -31,36 +31,53 @@ def test_backend_sources_import_nothing_from_the_ml_stack() -> None:
     assert offenders == []
 
 
-def test_every_job_kind_and_objective_has_a_recipe() -> None:
-    from typing import get_args
-
-    from backend.job.schemas import JobKind, Objective
-    from backend.job.service import OBJECTIVE_SHAPES
-    from workers.recipes import RECIPES
-
-    # causal_lm and sft run in the kind's recipe (pretrain / finetune); the others have their own file.
-    assert set(RECIPES) == set(get_args(JobKind)) | {"dpo", "kto", "classification"}
-    assert set(OBJECTIVE_SHAPES) == set(get_args(Objective))
+def _test_names() -> str:
+    return "\n".join(p.read_text() for p in (ROOT / "tests" / "workers").glob("test_*.py"))
 
 
-def test_the_objective_lists_agree() -> None:
-    """Until one registry replaces them: every shape has a default objective that trains on it, the chat
-    objectives exist, and the wizard's JavaScript maps say what backend/job/service.py says."""
-    import json
+def test_every_registry_entry_has_its_code_and_a_test() -> None:
+    """One registry (backend/method/registry.py): each objective names a recipe per job kind, each method a worker
+    function (and a PEFT config class, for a PEFT method), and each has a test on a tiny model named after it."""
+    import importlib
     import re
-    from typing import get_args
 
-    from backend.dataset.formats import SHAPES
-    from backend.job.schemas import Objective
-    from backend.job.service import DEFAULT_OBJECTIVE, OBJECTIVE_SHAPES
-    from backend.playground.service import CHAT_OBJECTIVES
+    import peft
 
-    assert set(DEFAULT_OBJECTIVE) == set(SHAPES)
-    assert all(shape in OBJECTIVE_SHAPES[objective] for shape, objective in DEFAULT_OBJECTIVE.items())
-    assert set(CHAT_OBJECTIVES) <= set(get_args(Objective))
-    script = (ROOT / "frontend/static/js/job_form.js").read_text()
-    for name, python in (("OBJECTIVE_SHAPES", OBJECTIVE_SHAPES), ("DEFAULT_OBJECTIVE", DEFAULT_OBJECTIVE)):
-        block = re.search(rf"const {name} = (\{{.*?\}});", script, re.S)
-        assert block is not None, name
-        as_json = re.sub(r"(\w+):", r'"\1":', block.group(1)).replace(",\n  }", "\n  }")
-        assert json.loads(as_json) == {k: list(v) if isinstance(v, tuple) else v for k, v in python.items()}, name
+    from backend.method.registry import METHODS, OBJECTIVES
+    from backend.method.settings import MethodSettings
+
+    tests = _test_names()
+    for objective in OBJECTIVES.values():
+        assert objective.recipes, objective.name
+        for module in objective.recipes.values():
+            assert callable(importlib.import_module(module).run), module
+        assert re.search(rf"def test_(\w*_)?{objective.name}(_\w*)?\(", tests), f"no test named after {objective.name}"
+    for method in METHODS.values():
+        module, name = method.worker.split(":")
+        assert callable(getattr(importlib.import_module(module), name)), method.worker
+        assert issubclass(method.settings, MethodSettings), method.name
+        assert set(method.objectives) <= set(OBJECTIVES), method.name
+        if method.peft_config is not None:
+            assert issubclass(getattr(peft, method.peft_config), peft.PeftConfig), method.peft_config
+        assert method.mergeable or not method.adapter or method.merge_note, f"{method.name}: say why it cannot merge"
+        assert re.search(rf"def test_(\w*_)?{method.name}(_\w*)?\(", tests), f"no test named after {method.name}"
+
+
+def test_no_second_list_of_objectives_or_methods() -> None:
+    """Outside the registry, no source file spells out the objectives or the methods as a list."""
+    import re
+
+    from backend.method.registry import METHODS, OBJECTIVES
+
+    sources = [
+        p
+        for folder in ("backend", "workers", "frontend/templates", "frontend/static/js")
+        for p in (ROOT / folder).rglob("*")
+        if p.suffix in (".py", ".js", ".html") and p.parent.name != "method"
+    ]
+    for names in (list(OBJECTIVES), [m for m in METHODS if m != "full"]):
+        # Three or more of the names quoted close together is a list (or a map) of them.
+        quoted = "|".join(names)
+        pattern = re.compile(rf"[\"'](?:{quoted})[\"'][^\n]{{0,80}}[\"'](?:{quoted})[\"'][^\n]{{0,80}}[\"'](?:{quoted})[\"']")
+        offenders = [str(p.relative_to(ROOT)) for p in sources if pattern.search(p.read_text())]
+        assert offenders == [], offenders

@@ -35,14 +35,6 @@ LOAD_SNIPPETS = {
 }
 
 
-METHODS = {
-    "lora": "LoRA adapter",
-    "qlora": "QLoRA adapter (LoRA trained on the 4-bit quantized base)",
-    "full": "Full fine-tune",
-    "freeze": "Fine-tune of the top {layers} layers",
-}
-
-
 def _loss(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "n/a"
 
@@ -65,9 +57,10 @@ def write_model_card(
     if ctx.kind == "pretrain":
         origin = f"Pretrained from random weights (architecture preset `{ctx.architecture}`)."
     else:
-        method = METHODS.get(ctx.method, ctx.method).format(layers=ctx.hp.freeze_trainable_layers)
+        method = ctx.method_spec
+        trained = f"{method.label} {'adapter' if method.adapter else 'fine-tune'} ({method.trains})"
         origin = (
-            f"{method} of base model **{ctx.base_model_name}** (`{ctx.base_model_path}`), objective `{ctx.objective}`."
+            f"{trained} of base model **{ctx.base_model_name}** (`{ctx.base_model_path}`), objective `{ctx.objective}`."
         )
         if what == "merged":
             origin += " The adapter is merged into the base weights: this is a plain model, no peft needed."
@@ -86,7 +79,16 @@ def write_model_card(
         "## Hyperparameters",
         "",
         "```json",
-        json.dumps({**ctx.hp.model_dump(), **(details or {})}, indent=2, default=str),
+        json.dumps(
+            {
+                **ctx.hp.model_dump(),
+                "method_config": ctx.method_config.model_dump(),
+                "objective_config": ctx.objective_config.model_dump(),
+                **(details or {}),
+            },
+            indent=2,
+            default=str,
+        ),
         "```",
         "",
         "## Loading",
@@ -242,7 +244,11 @@ def ready_to_serve(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 def export_merged(ctx: JobContext, adapter_dir: Path, tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> Path | None:
     """merged.zip (see `_export_merged`), as an extra: the adapter is already published, so a merge that fails
-    (say the fp32 base does not fit in the worker's RAM after GPU training) warns instead of failing the job."""
+    (say the fp32 base does not fit in the worker's RAM after GPU training) warns instead of failing the job.
+    A method whose adapter cannot fold into the weights (prompt or prefix tuning) says why instead."""
+    if not ctx.method_spec.mergeable:
+        log_event(ctx.job_id, f"no merged.zip: {ctx.method_spec.merge_note}")
+        return None
     try:
         return _export_merged(ctx, adapter_dir, tokenizer, **kwargs)
     except Exception as exc:

@@ -7,12 +7,19 @@ Recipes never hold an ORM session while they train (hours): they get this snapsh
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from backend.config import get_settings
 from backend.dataset.formats import Record, read_records
 from backend.db import Dataset, Job, Model, session_scope
 from backend.job.schemas import Hyperparameters
+from backend.method import registry
+from backend.method.registry import Method, Objective
+from backend.method.settings import MethodSettings
+
+S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -53,10 +60,12 @@ class JobContext:
     owner_id: int
     name: str
     kind: str  # "pretrain" | "finetune"
-    method: str  # "lora" | "qlora" | "full" | "freeze"
-    objective: str  # "causal_lm" | "sft" | "dpo" | "classification"
+    method: str  # a name in backend.method.registry.METHODS
+    objective: str  # a name in backend.method.registry.OBJECTIVES
     architecture: str | None
     hp: Hyperparameters  # validated again, so every default is filled in
+    method_config: MethodSettings  # the method's settings class, defaults filled in
+    objective_config: BaseModel  # the objective's settings class, defaults filled in
     dataset: DatasetRef
     validation_dataset: DatasetRef | None  # a separate eval file, used instead of a held-out fraction
     base_model_name: str | None
@@ -67,6 +76,23 @@ class JobContext:
     tokenizer_model_path: Path | None = None  # pretrain: reuse this model's tokenizer
     trust_remote_code: bool = False  # only for a base model an admin marked as trusted
 
+    @property
+    def method_spec(self) -> Method:
+        return registry.method(self.method)
+
+    @property
+    def objective_spec(self) -> Objective:
+        return registry.objective(self.objective)
+
+    def objective_settings(self, kind: type[S]) -> S:
+        """The objective's settings as the class the recipe expects (DpoSettings in the DPO recipe, ...)."""
+        assert isinstance(self.objective_config, kind), f"objective {self.objective} has no {kind.__name__}"
+        return self.objective_config
+
+    def method_settings(self, kind: type[S]) -> S:
+        assert isinstance(self.method_config, kind), f"method {self.method} has no {kind.__name__}"
+        return self.method_config
+
     def summary(self) -> dict[str, Any]:
         """The job's inputs as JSON-ready values (for resolved_config and model cards)."""
         return {
@@ -75,6 +101,8 @@ class JobContext:
             "objective": self.objective,
             "architecture": self.architecture,
             "hyperparameters": self.hp.model_dump(),
+            "method_config": self.method_config.model_dump(),
+            "objective_config": self.objective_config.model_dump(),
             "dataset": self.dataset.summary(),
             "validation_dataset": self.validation_dataset.summary() if self.validation_dataset else None,
             "base_model": {"name": self.base_model_name, "path": str(self.base_model_path)}
@@ -99,15 +127,23 @@ def load_context(job_id: int) -> JobContext:
         tokenizer_model = s.get(Model, job.tokenizer_model_id) if job.tokenizer_model_id is not None else None
         if job.kind == "finetune" and base is None:
             raise LookupError(f"base model {job.base_model_id} of job {job_id} does not exist")
+        method, objective = registry.method(job.method), registry.objective(job.objective)
+        # Old-style keys still in `hyperparameters` (a row written by hand, or by a test) count as settings.
+        stored = job.hyperparameters or {}
+        hp, legacy_method, legacy_objective, _ = registry.split_legacy(stored, method.name, objective.name)
+        method_config = method.settings.model_validate({**legacy_method, **(job.method_config or {})})
+        assert isinstance(method_config, MethodSettings)
         return JobContext(
             job_id=job.id,
             owner_id=job.owner_id,
             name=job.name,
             kind=job.kind,
-            method=job.method or "full",
-            objective=job.objective,
+            method=method.name,
+            objective=objective.name,
             architecture=job.architecture,
-            hp=Hyperparameters.model_validate(job.hyperparameters or {}),
+            hp=Hyperparameters.model_validate(hp),
+            method_config=method_config,
+            objective_config=objective.settings.model_validate({**legacy_objective, **(job.objective_config or {})}),
             dataset=DatasetRef.of(dataset),
             validation_dataset=DatasetRef.of(validation) if validation else None,
             base_model_name=base.name if base else None,

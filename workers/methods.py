@@ -1,20 +1,27 @@
-"""How much of a base model a fine-tuning job trains: `full`, `lora`, `qlora` (LoRA on a 4-bit base) or
-`freeze` (only the top layers). Shared by every fine-tuning recipe (sft/causal_lm, dpo, classification).
+"""How much of a base model a fine-tuning job trains, as its method in backend/method/registry.py says: a PEFT
+adapter (LoRA, QLoRA on a 4-bit base, IA³, prompt or prefix tuning, built from the method's settings), the top
+layers (`freeze`) or every weight (`full`). Shared by every fine-tuning recipe (sft/causal_lm, dpo, kto,
+classification).
 """
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import peft
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 from transformers import PreTrainedModel
 
 from backend.job.lifecycle import log_event
+from backend.method.registry import Method
+from backend.method.settings import FreezeSettings
 from workers.context import JobContext
 from workers.training import parameter_counts, use_bf16
 
-ADAPTER_METHODS = ("lora", "qlora")
+Tuned = PreTrainedModel | PeftModel
 
 
 def load_options(ctx: JobContext) -> dict[str, Any]:
@@ -24,7 +31,7 @@ def load_options(ctx: JobContext) -> dict[str, Any]:
         "local_files_only": True,
         "trust_remote_code": ctx.trust_remote_code,
     }
-    if ctx.method == "qlora":
+    if ctx.method_spec.quantized_base:
         if not torch.cuda.is_available():
             # The API refuses qlora when no CUDA worker is registered; a job can still land on a CPU worker.
             raise RuntimeError("qlora needs a CUDA GPU with bitsandbytes; this worker has none (use lora)")
@@ -42,9 +49,9 @@ def load_options(ctx: JobContext) -> dict[str, Any]:
         options["device_map"] = {"": torch.cuda.current_device()}
     else:
         # Full and freeze keep fp32 master weights (AdamW updates are far below bf16's 3 significant digits);
-        # with LoRA the base is frozen, so on a bf16 GPU it is stored in bf16 at half the memory, while PEFT
-        # keeps the small adapter matrices in fp32.
-        options["dtype"] = torch.bfloat16 if ctx.method == "lora" and use_bf16() else torch.float32
+        # under an adapter the base is frozen, so on a bf16 GPU it is stored in bf16 at half the memory, while
+        # PEFT keeps the small adapter weights in fp32.
+        options["dtype"] = torch.bfloat16 if ctx.method_spec.adapter and use_bf16() else torch.float32
     return options
 
 
@@ -94,9 +101,9 @@ def freeze_bottom(model: nn.Module, trainable_layers: int, head_names: tuple[str
     return n
 
 
-def check_target_modules(model: nn.Module, targets: list[str]) -> None:
-    """Refuse LoRA target names that match no module: PEFT trains the ones that match and drops the others
-    without a word, so a typo would quietly train less than asked."""
+def check_target_modules(model: nn.Module, targets: list[str], setting: str = "target_modules") -> None:
+    """Refuse target names that match no module: PEFT adapts the ones that match and drops the others without a
+    word, so a typo would quietly train less than asked."""
     names = [name for name, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if missing:
@@ -105,41 +112,56 @@ def check_target_modules(model: nn.Module, targets: list[str]) -> None:
             - {"lm_head", "score", "classifier"}
         )
         raise ValueError(
-            f"lora_target_modules {', '.join(missing)} match no module of this model; "
-            f"its linear layers are: {', '.join(linear)}"
+            f"{setting} {', '.join(missing)} match no module of this model; its linear layers are: {', '.join(linear)}"
         )
 
 
-def apply_method(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -> PreTrainedModel | PeftModel:
+def peft_config(method: Method, kwargs: dict[str, Any], task_type: TaskType) -> PeftConfig:
+    """The PEFT config class the method names, filled with its settings' keywords."""
+    assert method.peft_config is not None, f"method {method.name} is not a PEFT method"
+    config_class = getattr(peft, method.peft_config)
+    config: PeftConfig = config_class(**kwargs, task_type=task_type)
+    return config
+
+
+def apply_peft(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -> Tuned:
+    """Wrap the frozen base in the method's PEFT adapter (SEQ_CLS also trains, and saves, the new head in full)."""
+    method = ctx.method_spec
+    if method.quantized_base:
+        # Freezes the 4-bit base and upcasts its few non-quantized weights (norms) to fp32 for stable sums;
+        # checkpointing is left to the Trainer, like every other method.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    kwargs = ctx.method_config.peft_kwargs(str(ctx.base_model_path))
+    for setting in ("target_modules", "feedforward_modules"):
+        if isinstance(kwargs.get(setting), list):
+            check_target_modules(model, kwargs[setting], setting)
+    return get_peft_model(model, peft_config(method, kwargs, task_type))
+
+
+def apply_freeze(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -> Tuned:
+    head = ("score", "classifier") if task_type == TaskType.SEQ_CLS else ("lm_head",)
+    n = freeze_bottom(model, ctx.method_settings(FreezeSettings).trainable_layers, head)
+    log_event(ctx.job_id, f"freeze: training the top {n} of {len(transformer_layers(model))} layers")
+    return model
+
+
+def apply_full(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -> Tuned:
+    return model
+
+
+def method_function(method: Method) -> Callable[[JobContext, PreTrainedModel, TaskType], Tuned]:
+    """The worker function the registry names for `method` ("module:function")."""
+    module, name = method.worker.split(":")
+    function: Callable[[JobContext, PreTrainedModel, TaskType], Tuned] = getattr(importlib.import_module(module), name)
+    return function
+
+
+def apply_method(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -> Tuned:
     """Wrap or freeze `model` for the job's method and log how many parameters will train.
 
     Gradient checkpointing is not set here: the Trainer turns it on from the job's TrainingArguments
     (`workers.training.training_arguments`), non-reentrant, which needs no input that requires a gradient."""
-    hp = ctx.hp
-    if ctx.method == "qlora":
-        # Freezes the 4-bit base and upcasts its few non-quantized weights (norms) to fp32 for stable sums;
-        # checkpointing is left to the Trainer, like every other method.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    head = ("score", "classifier") if task_type == TaskType.SEQ_CLS else ("lm_head",)
-    tuned: PreTrainedModel | PeftModel = model  # wrapped by PEFT for an adapter method, else `model` itself
-    if ctx.method in ADAPTER_METHODS:
-        if hp.lora_target_modules:
-            check_target_modules(model, hp.lora_target_modules)
-        lora = LoraConfig(
-            r=hp.lora_r,
-            # The update B·A is scaled by alpha/r (alpha/sqrt(r) with rsLoRA, which keeps large ranks from
-            # learning slower), so trying another r needs less retuning of the learning rate.
-            lora_alpha=hp.lora_alpha,
-            lora_dropout=hp.lora_dropout,
-            use_rslora=hp.lora_use_rslora,
-            use_dora=hp.lora_use_dora,
-            target_modules=hp.lora_target_modules or "all-linear",  # all-linear skips the output head
-            task_type=task_type,  # SEQ_CLS also trains (and saves) the new classification head in full
-        )
-        tuned = get_peft_model(model, lora)
-    elif ctx.method == "freeze":
-        n = freeze_bottom(model, hp.freeze_trainable_layers, head)
-        log_event(ctx.job_id, f"freeze: training the top {n} of {len(transformer_layers(model))} layers")
+    tuned = method_function(ctx.method_spec)(ctx, model, task_type)
     trainable, total = parameter_counts(tuned)
     log_event(
         ctx.job_id,

@@ -11,8 +11,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from backend.job.estimate import flops_per_token, model_shape
+from backend.job.estimate import flops_per_token
 from backend.job.lifecycle import last_metric_step, log_event, update_job
+from backend.method.shape import model_shape
 from workers.checkpointing import remove_leftovers, save_whole
 from workers.context import JobContext
 from workers.data import PadCollator
@@ -236,6 +237,7 @@ def build_trainer(
     meter = TokenMeter()
     pad_id = tokenizer.pad_token_id
     assert pad_id is not None, "the recipe must give the tokenizer a pad token"
+    next_token = "eval_perplexity" in ctx.objective_spec.metrics
     defaults: dict[str, Any] = {
         "model": model,
         "args": training_arguments(ctx, n_train=len(train_set), has_eval=bool(eval_set)),
@@ -247,10 +249,8 @@ def build_trainer(
         "meter": meter,
         # Perplexity is exp(cross-entropy per token): it means something for next-token losses only. So do bits
         # per byte, the tokenizer-independent form that lets a run from scratch face a fine-tuned base.
-        "perplexity": ctx.objective in ("causal_lm", "sft"),
-        "tokens_per_byte": tokens_per_byte(eval_set, tokenizer)
-        if eval_set and ctx.objective in ("causal_lm", "sft")
-        else None,
+        "perplexity": next_token,
+        "tokens_per_byte": tokens_per_byte(eval_set, tokenizer) if eval_set and next_token else None,
     }
     if ctx.objective == "sft":
         # Token accuracy on the response tokens; the Trainer keeps each batch's argmax, not its logits.

@@ -27,7 +27,7 @@ from backend.dataset.service import ingest_file
 from backend.db import Dataset, DatasetAnalysis, User, session_scope, utcnow
 from backend.errors import Conflict, Invalid, NotFound
 from backend.events import publish_analysis
-from backend.job.service import OBJECTIVE_SHAPES
+from backend.method import registry
 from backend.model.service import visible_model
 from backend.work import lease
 from backend.work.kinds import ANALYSIS
@@ -61,10 +61,6 @@ def params_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def default_objective(shape: str) -> str:
-    return "causal_lm" if shape == "text" else "sft"
-
-
 def token_params(
     session: Session,
     *,
@@ -78,13 +74,13 @@ def token_params(
 ) -> dict[str, Any]:
     """Validated parameters of a statistics analysis (with batch_size) or a dry-run render (with index)."""
     visible_model(session, user=user, model_id=base_model, field="base_model")
-    objective = objective or default_objective(dataset.shape)
+    objective = objective or registry.default_objective(dataset.shape) or "causal_lm"
     # The same (objective, shape) pairs a job accepts: a dry run of data no job can train on would mislead.
-    shapes = OBJECTIVE_SHAPES.get(objective)
-    if shapes is None:
+    if objective not in registry.OBJECTIVES:
         raise Invalid(
-            f"unknown objective {objective!r}: objectives are {', '.join(OBJECTIVE_SHAPES)}", field="objective"
+            f"unknown objective {objective!r}: objectives are {', '.join(registry.OBJECTIVES)}", field="objective"
         )
+    shapes = registry.objective(objective).shapes
     if dataset.shape not in shapes:
         raise Invalid(
             f"objective {objective} needs {' or '.join(shapes)} records; dataset {dataset.id} is {dataset.shape}",

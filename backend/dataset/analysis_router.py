@@ -16,7 +16,7 @@ from backend.dataset.analysis_schemas import AnalysisRead, FixesRequest
 from backend.dataset.analysis_stream import analysis_events
 from backend.dataset.schemas import DatasetRead
 from backend.deps import CurrentUser, SessionDep
-from backend.job.schemas import Objective
+from backend.method import registry
 from backend.schemas import MAX_ID, IdPath
 
 router = APIRouter(prefix="/api/datasets", tags=["dataset analysis"])
@@ -25,7 +25,11 @@ BaseModelQuery = Annotated[
     int, Query(ge=1, le=MAX_ID, description="Id of a base model (/api/models) whose tokenizer and template to use.")
 ]
 ObjectiveQuery = Annotated[
-    Objective | None, Query(description="sft or causal_lm; left out: causal_lm for raw text, else sft.")
+    str | None,
+    Query(
+        max_length=32,
+        description="One of " + ", ".join(registry.OBJECTIVES) + "; left out: the natural one for the dataset's shape.",
+    ),
 ]
 MaxLengthQuery = Annotated[int, Query(ge=8, le=32768, description="Tokens per sequence, as in the job.")]
 RefreshQuery = Annotated[bool, Query(description="Compute again if the last attempt failed or stalled.")]

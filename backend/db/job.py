@@ -19,8 +19,8 @@ class Job(Leased, Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))  # "pretrain" | "finetune"
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
-    method: Mapped[str | None] = mapped_column(String(16))  # "lora" | "qlora" | "full" | "freeze"
-    objective: Mapped[str] = mapped_column(String(16))  # "causal_lm" | "sft" | "dpo" | "kto" | "classification"
+    method: Mapped[str | None] = mapped_column(String(16))  # a name in backend.method.registry.METHODS
+    objective: Mapped[str] = mapped_column(String(16))  # a name in backend.method.registry.OBJECTIVES
     architecture: Mapped[str | None] = mapped_column(String(32))
     # Pretrain: reuse this model's tokenizer instead of training one on the corpus.
     tokenizer_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
@@ -29,6 +29,9 @@ class Job(Leased, Base):
     # A separate validation file instead of a held-out fraction of the training data.
     validation_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"))
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The method's and the objective's own settings (backend/method/settings.py), defaults filled in.
+    method_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    objective_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     # What actually ran: resolved defaults, dataset sha256, library versions; written by the worker.
     resolved_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -10,6 +10,7 @@ from backend.errors import Invalid, NotFound
 from backend.export.schemas import ACTIVE, FORMATS, ExportCreate, ExportRead
 from backend.job.checkpoints import named_checkpoint
 from backend.job.service import get_job
+from backend.method import registry
 from backend.playground.service import Target, job_target
 
 LIST_LIMIT = 50
@@ -32,9 +33,12 @@ def export_target(session: Session, job: Job, checkpoint: str | None) -> Target:
 
 def check_format(job: Job, target: Target, fmt: str) -> None:
     """Refuse a format the weights cannot take (merging a full model, or exporting an adapter's 'model')."""
-    allowed = FORMATS[target.kind]
+    method = registry.method(job.method)
+    allowed = tuple(f for f in FORMATS[target.kind] if f != "merged" or method.mergeable)
+    if fmt == "merged" and target.kind == "adapter" and not method.mergeable:
+        raise Invalid(f"format 'merged' does not apply: {method.merge_note}; export it as adapter", field="format")
     if fmt not in allowed:
-        what = "a LoRA adapter" if target.kind == "adapter" else "a full model"
+        what = f"a {method.label} adapter" if target.kind == "adapter" else "a full model"
         raise Invalid(
             f"format {fmt!r} does not apply: job {job.id} trained {what}; export it as {' or '.join(allowed)}",
             field="format",

@@ -162,6 +162,8 @@ def _flatten(session: Session, job: Job) -> dict[str, Any]:
         "dataset": _dataset_name(session, job.dataset_id),
         "validation_dataset": _dataset_name(session, job.validation_dataset_id),
         **{f"hyperparameters.{k}": v for k, v in sorted(_settings(job).items())},
+        **{f"method_config.{k}": v for k, v in sorted((job.method_config or {}).items())},
+        **{f"objective_config.{k}": v for k, v in sorted((job.objective_config or {}).items())},
     }
 
 

@@ -22,6 +22,7 @@ from backend.job.checkpoints import (
 from backend.job.lifecycle import add_event
 from backend.job.schemas import JobClone, JobCreate
 from backend.job.service import create_job, get_job
+from backend.method import registry
 from backend.work import lease
 from backend.work.kinds import JOB
 
@@ -123,6 +124,8 @@ def inputs_of(job: Job) -> dict[str, Any]:
         "method": job.method,
         "objective": job.objective,
         "hyperparameters": job.hyperparameters or {},
+        "method_config": job.method_config or {},
+        "objective_config": job.objective_config or {},
         "watch_prompts": job.watch_prompts,
     }
 
@@ -130,12 +133,19 @@ def inputs_of(job: Job) -> dict[str, Any]:
 def clone_job(session: Session, *, user: User, job_id: int, data: JobClone) -> Job:
     """A new queued job with the source's inputs, and `data`'s changes. The caller enqueues it."""
     source = get_job(session, user=user, job_id=job_id)
+    # Old-style keys (lora_r, dpo_beta) among the changes change the method's or objective's settings.
+    hp, method_config, objective_config, ignored = registry.split_legacy(
+        data.hyperparameters, source.method, source.objective
+    )
+    hp |= {key: data.hyperparameters[key] for key in ignored}  # create_job refuses them by name
     try:
         body = JobCreate.model_validate(
             inputs_of(source)
             | {
                 "name": data.name if data.name is not None else f"{source.name} (clone)"[:200],
-                "hyperparameters": {**(source.hyperparameters or {}), **data.hyperparameters},
+                "hyperparameters": {**(source.hyperparameters or {}), **hp},
+                "method_config": {**(source.method_config or {}), **method_config, **data.method_config},
+                "objective_config": {**(source.objective_config or {}), **objective_config, **data.objective_config},
                 "watch_prompts": source.watch_prompts if data.watch_prompts is None else data.watch_prompts,
             }
         )

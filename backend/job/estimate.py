@@ -19,7 +19,10 @@ from backend.db import Dataset, DatasetAnalysis, Job, JobMetric, Model, User
 from backend.errors import Invalid
 from backend.job.preflight import DataCheck, Problem, problems
 from backend.job.schemas import EstimateRead, Hyperparameters, JobCreate
-from backend.job.service import DEFAULT_OBJECTIVE, owned_dataset
+from backend.job.service import job_settings, owned_dataset
+from backend.method import registry
+from backend.method.registry import Method, Objective
+from backend.method.shape import ModelShape, model_shape
 from backend.model.presets import PRESETS
 from backend.model.service import ready_model
 from backend.worker.service import can_run_qlora, live_training_workers
@@ -29,92 +32,36 @@ BYTES_PER_TOKEN = 4.0
 GIB = 1024**3
 
 
-def _dim(config: dict[str, Any], *keys: str) -> int:
-    """The first of `keys` that holds a sane size (an uploaded config.json may hold anything)."""
-    for key in keys:
-        value = config.get(key)
-        if type(value) is int and 0 < value < 2**40:
-            return value
-    return 0
-
-
-def model_shape(config: dict[str, Any]) -> dict[str, int]:
-    """The dimensions the estimates need, from a Llama/Qwen/Mistral-style config (0 where it has none)."""
-    if not _dim(config, "hidden_size", "n_embd") and isinstance(config.get("text_config"), dict):
-        config = config["text_config"]  # multimodal configs keep the language model's under text_config
-    h = _dim(config, "hidden_size", "n_embd")
-    heads = _dim(config, "num_attention_heads", "n_head") or 1
-    return {
-        "hidden": h,
-        "intermediate": _dim(config, "intermediate_size") or 4 * h,
-        "layers": _dim(config, "num_hidden_layers", "n_layer"),
-        "kv": h // heads * (_dim(config, "num_key_value_heads") or heads),
-        "vocab": _dim(config, "vocab_size"),
-        "tied": int(config.get("tie_word_embeddings") is True),
-    }
-
-
-def layer_parameters(s: dict[str, int]) -> int:
-    h, i, kv = s["hidden"], s["intermediate"], s["kv"]
-    return 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h  # attention, gated MLP, two norms
-
-
-def total_parameters(s: dict[str, int]) -> int:
-    embeddings = s["vocab"] * s["hidden"] * (1 if s["tied"] else 2)
-    return embeddings + s["layers"] * layer_parameters(s) + s["hidden"]
-
-
-# (in, out) features of each linear layer of a Llama block, for LoRA's r·(in + out) per adapted module.
-def _linears(s: dict[str, int]) -> dict[str, tuple[int, int]]:
-    h, i, kv = s["hidden"], s["intermediate"], s["kv"]
-    return {
-        "q_proj": (h, h),
-        "k_proj": (h, kv),
-        "v_proj": (h, kv),
-        "o_proj": (h, h),
-        "gate_proj": (h, i),
-        "up_proj": (h, i),
-        "down_proj": (i, h),
-    }
-
-
-def trainable_parameters(s: dict[str, int], total: int, method: str, hp: Hyperparameters) -> int:
-    if method in ("full", None):
-        return total
-    if method == "freeze":
-        head = s["vocab"] * s["hidden"] + s["hidden"]  # lm_head and the final norm train too
-        return min(hp.freeze_trainable_layers, s["layers"]) * layer_parameters(s) + head
-    targets = hp.lora_target_modules or list(_linears(s))
-    per_layer = sum(
-        hp.lora_r * (fin + fout) + (fout if hp.lora_use_dora else 0)  # DoRA adds a magnitude per output
-        for name, (fin, fout) in _linears(s).items()
-        if any(t == name or name.endswith(t) for t in targets)
-    )
-    return per_layer * s["layers"]
-
-
-def flops_per_token(s: dict[str, int], total: int, trainable: int, seq_len: int) -> float:
+def flops_per_token(s: ModelShape, total: int, trainable: int, seq_len: int) -> float:
     """Training FLOPs per token: forward 2N, backward 2N for activation gradients plus 2 per *trained* weight
     (6N for full training, ~4N with LoRA), plus attention scores, 12·L·d·T (PaLM's accounting)."""
-    return 4.0 * total + 2.0 * trainable + 12.0 * s["layers"] * s["hidden"] * seq_len
+    return 4.0 * total + 2.0 * trainable + 12.0 * s.layers * s.hidden * seq_len
+
+
+def weight_bytes(method: Method, cuda: bool) -> float:
+    """Bytes per base weight: fp32 master weights when they train; a frozen base under an adapter is stored in
+    bf16 on a GPU (fp32 on a CPU); QLoRA's NF4 is about 4.5 bits with its scales."""
+    if method.quantized_base:
+        return 0.55
+    return 2.0 if method.adapter and cuda else 4.0
 
 
 def memory_bytes(
-    s: dict[str, int], total: int, trainable: int, method: str, hp: Hyperparameters, cuda: bool, objective: str
+    s: ModelShape, total: int, trainable: int, method: Method, hp: Hyperparameters, cuda: bool, objective: Objective
 ) -> int:
     """Peak training memory: weights + gradients + AdamW moments + activations + logits (fp32 on CPU)."""
-    weight_bytes = {"qlora": 0.55, "lora": 2.0 if cuda else 4.0}.get(method, 4.0)  # nf4 ≈ 4.5 bits with scales
-    if objective in ("dpo", "kto") and method in ("full", "freeze"):
-        weight_bytes += 2.0 if cuda else 4.0  # a frozen reference copy (LoRA's reference is the adapter off)
+    per_weight = weight_bytes(method, cuda)
+    if objective.reference_model and not method.adapter:
+        per_weight += 2.0 if cuda else 4.0  # a frozen reference copy (an adapter's reference is the adapter off)
     # DPO runs each pair's chosen and rejected answers in one batch: twice the sequences.
-    b, t, h = hp.batch_size * (2 if objective == "dpo" else 1), hp.max_length, s["hidden"]
+    b, t, h = hp.batch_size * objective.backprop_sequences, hp.max_length, s.hidden
     act_bytes = 2 if cuda else 4
     # ~34·b·t·h bytes per layer in 16-bit (Korthikanti et al. 2022); checkpointing keeps only block inputs.
     per_layer = (2 if hp.gradient_checkpointing else 34 / 2) * b * t * h * act_bytes
     # fp32 logits, their softmax and gradient; a classifier's head has a handful of outputs, not a vocabulary.
-    logits = 3 * b * (1 if objective == "classification" else t * s["vocab"]) * 4
+    logits = 3 * b * (1 if objective.classifier else t * s.vocab) * 4
     optimizer = trainable * 4 * 3  # fp32 gradient + two AdamW moments
-    return int(total * weight_bytes + optimizer + s["layers"] * per_layer + logits)
+    return int(total * per_weight + optimizer + s.layers * per_layer + logits)
 
 
 def _read_config(model: Model) -> dict[str, Any]:
@@ -132,7 +79,7 @@ def _config(session: Session, user: User, body: JobCreate) -> tuple[dict[str, An
         if body.tokenizer_model is not None:
             # The model follows the borrowed tokenizer's vocabulary, not the preset's.
             borrowed = ready_model(session, user=user, model_id=body.tokenizer_model, field="tokenizer_model")
-            preset["vocab_size"] = _dim(_read_config(borrowed), "vocab_size") or preset["vocab_size"]
+            preset["vocab_size"] = model_shape(_read_config(borrowed)).vocab or preset["vocab_size"]
         return preset, None
     assert body.base_model is not None
     model = ready_model(session, user=user, model_id=body.base_model, field="base_model")
@@ -203,12 +150,14 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
     """Parameters, tokens, steps, FLOPs, time and memory of the job `body` describes, before it runs."""
     hp = body.hyperparameters
     dataset = owned_dataset(session, user, body.dataset_id, "dataset_id")
-    objective = body.objective or DEFAULT_OBJECTIVE.get(dataset.shape, "causal_lm")
+    objective = body.objective or registry.default_objective(dataset.shape) or "causal_lm"
+    goal = registry.objective(objective)
+    method = registry.method(body.method)
+    settings, _ = job_settings(body, objective)
     config, stored_total = _config(session, user, body)
     shape = model_shape(config)
-    total = stored_total or total_parameters(shape)
-    method = body.method or "full"
-    trainable = min(total, trainable_parameters(shape, total, method, hp))
+    total = stored_total or shape.total_parameters()
+    trainable = min(total, settings.trainable_parameters(shape, total))
     notes: list[str] = []
 
     stats = _token_stats(session, dataset, body, objective)
@@ -232,13 +181,12 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
     # Positions processed (padding and prompts included); a DPO example is two sequences, chosen and rejected, a
     # KTO example two as well: its answer, and another record's answer for the KL estimate (forward only, but
     # counted as trained: an upper bound).
-    sequences = 2 if objective in ("dpo", "kto") else 1
-    tokens = float(steps * per_step * hp.max_length * sequences)
+    tokens = float(steps * per_step * hp.max_length * goal.sequences_per_example)
     per_token = flops_per_token(shape, total, trainable, hp.max_length)
-    if objective in ("dpo", "kto"):
+    if goal.reference_model:
         per_token += 2.0 * total  # the reference model's forward pass over the same tokens
     flops = per_token * tokens
-    known = all(shape[k] for k in ("hidden", "layers", "vocab"))
+    known = shape.known
     if not known:
         notes.append(
             "the base model's config.json lacks hidden_size, num_hidden_layers or vocab_size: "
@@ -246,11 +194,11 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
         )
 
     def need_on(cuda: bool) -> int:
-        return memory_bytes(shape, total, trainable, method, hp, cuda=cuda, objective=objective)
+        return memory_bytes(shape, total, trainable, method, hp, cuda=cuda, objective=goal)
 
     # Leave room for the runtime and fragmentation (90%). The job is judged against a worker it fits on if any
     # live one could take it (a CUDA one first), else against the one with the most memory.
-    workers = [w for w in live_training_workers(session) if method != "qlora" or can_run_qlora(w)]
+    workers = [w for w in live_training_workers(session) if method.requires is None or can_run_qlora(w)]
     fitting = [w for w in workers if w.device_memory_bytes and need_on(w.cuda) <= w.device_memory_bytes * 0.9]
     worker = max(fitting or workers, key=lambda w: (w.cuda, w.device_memory_bytes or 0), default=None)
     seconds = None
@@ -272,7 +220,7 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
             advice.append("turn on gradient_checkpointing")
         if hp.batch_size > 1:
             advice.append(f"halve batch_size and double gradient_accumulation_steps (now {hp.batch_size})")
-        if method in ("full", "freeze"):
+        if not method.adapter:
             advice.append("use method lora" + (" or qlora" if worker and worker.cuda else ""))
         advice.append("lower max_length")
     return EstimateRead(

@@ -4,15 +4,14 @@ from datetime import datetime
 from pathlib import PurePath
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from backend.job.preflight import Problem
+from backend.method import registry
 from backend.model.presets import PRESETS
 from backend.schemas import DbId, Text
 
 JobKind = Literal["pretrain", "finetune"]
-Method = Literal["lora", "qlora", "full", "freeze"]
-Objective = Literal["causal_lm", "sft", "dpo", "kto", "classification"]
 JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 WatchPrompt = Annotated[Text, Field(min_length=1, max_length=2000)]
 
@@ -48,49 +47,11 @@ class Hyperparameters(BaseModel):
     )
     warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Steps of linear learning-rate warmup.")
     weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
-    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank: size of the low-rank update.")
-    lora_alpha: int = Field(16, ge=1, le=4096, description="LoRA scaling numerator (update is scaled by alpha/r).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_target_modules: list[Text] | None = Field(
-        None,
-        min_length=1,
-        description="Module names to adapt, e.g. q_proj, v_proj; empty means all linear layers.",
-    )
-    lora_use_rslora: bool = Field(
-        False, description="Rank-stabilized LoRA: scale the update by alpha/sqrt(r), which keeps high ranks learning."
-    )
-    lora_use_dora: bool = Field(
-        False, description="DoRA: learn each weight's magnitude apart from its LoRA-updated direction (slower)."
-    )
-    freeze_trainable_layers: int = Field(
-        2, ge=1, le=1000, description="Method freeze: train only this many top transformer layers (and the head)."
-    )
     gradient_accumulation_steps: int = Field(
         1, ge=1, le=1024, description="Micro-batches summed per optimizer step: a larger batch in the same memory."
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: much less memory for ~30% more time."
-    )
-    dpo_beta: float = Field(
-        0.1, gt=0, le=10.0, description="DPO: how strongly the policy may move away from the reference model."
-    )
-    kto_beta: float = Field(
-        0.1,
-        gt=0,
-        le=10.0,
-        description="KTO: how far the policy may move from the reference model (higher: less far).",
-    )
-    kto_desirable_weight: float = Field(
-        1.0,
-        gt=0,
-        le=100.0,
-        description="KTO: weight of the desirable answers' loss; raise it when they are the fewer.",
-    )
-    kto_undesirable_weight: float = Field(
-        1.0,
-        gt=0,
-        le=100.0,
-        description="KTO: weight of the undesirable answers' loss; raise it when they are the fewer.",
     )
     validation_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of the records held out to measure eval loss."
@@ -136,15 +97,6 @@ class Hyperparameters(BaseModel):
         description="On divergence, go back to the last checkpoint with half the learning rate, up to this many "
         "times (0: fail the job at once).",
     )
-
-    @field_validator("lora_target_modules")
-    @classmethod
-    def _module_names(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            for name in v:
-                if not name or not name.replace("_", "").replace(".", "").isalnum():
-                    raise ValueError(f"not a module name: {name!r}")
-        return v
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> Self:
@@ -228,8 +180,23 @@ class JobCreate(BaseModel):
     tokenizer_model: DbId | None = Field(
         None, description="Pretrain: reuse this model's tokenizer instead of training one on the corpus."
     )
-    method: Method | None = None
-    objective: Objective | None = None
+    method: str | None = Field(
+        None, description="Which weights train: " + ", ".join(registry.METHODS) + " (GET /api/methods describes each)."
+    )
+    objective: str | None = Field(
+        None,
+        description="What the loss is: " + ", ".join(registry.OBJECTIVES) + "; empty: the natural one for the "
+        "dataset's shape.",
+    )
+    method_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The method's own settings, e.g. {\"r\": 16} for lora (GET /api/methods lists each method's "
+        "fields, defaults and bounds); unset fields take their defaults.",
+    )
+    objective_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description='The objective\'s own settings, e.g. {"beta": 0.1} for dpo; unset fields take their defaults.',
+    )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     watch_prompts: list[WatchPrompt] = Field(
         default_factory=list, max_length=5, description="Prompts generated at every eval to watch answers change."
@@ -242,6 +209,37 @@ class JobCreate(BaseModel):
         description="Queue the job even when its memory estimate exceeds every live worker's memory (not stored).",
     )
 
+    # Old-style settings of a method or objective found in `hyperparameters` (lora_r, dpo_beta, ...): applied by
+    # the job service once the objective is known (it may come from the dataset's shape).
+    _legacy: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _lift_legacy_settings(cls, data: Any, handler: Any) -> Any:
+        legacy: dict[str, Any] = {}
+        if isinstance(data, dict) and isinstance(data.get("hyperparameters"), dict):
+            hp = dict(data["hyperparameters"])
+            legacy = {k: hp.pop(k) for k in list(hp) if registry.is_legacy_key(k)}
+            data = {**data, "hyperparameters": hp}
+        made = handler(data)
+        if legacy:
+            made._legacy = legacy
+        return made
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str | None) -> str | None:
+        if v is not None and v not in registry.METHODS:
+            raise ValueError(f"unknown method {v!r}: methods are {', '.join(registry.METHODS)}")
+        return v
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v: str | None) -> str | None:
+        if v is not None and v not in registry.OBJECTIVES:
+            raise ValueError(f"unknown objective {v!r}: objectives are {', '.join(registry.OBJECTIVES)}")
+        return v
+
     @model_validator(mode="after")
     def _kind_fields(self) -> Self:
         if self.kind == "pretrain":
@@ -249,11 +247,12 @@ class JobCreate(BaseModel):
                 raise ValueError(f"architecture must be one of {', '.join(PRESETS)} for a pretrain job")
             if self.base_model is not None:
                 raise ValueError("base_model is for finetune jobs; pretrain starts from random weights")
-            if self.objective not in (None, "causal_lm"):
-                raise ValueError("pretrain jobs use objective causal_lm")
-            if self.method not in (None, "full"):
+            allowed = [o.name for o in registry.OBJECTIVES.values() if "pretrain" in o.kinds]
+            if self.objective not in (None, *allowed):
+                raise ValueError(f"pretrain jobs use objective {' or '.join(allowed)}")
+            if self.method is not None and "pretrain" not in registry.method(self.method).kinds:
                 raise ValueError("pretrain jobs train every weight (method full)")
-            self.objective, self.method = "causal_lm", "full"
+            self.objective = self.objective or allowed[0]
         else:
             if self.base_model is None:
                 raise ValueError("base_model is required for a finetune job")
@@ -261,19 +260,20 @@ class JobCreate(BaseModel):
                 raise ValueError("architecture is for pretrain jobs; finetune starts from base_model")
             if self.tokenizer_model is not None:
                 raise ValueError("tokenizer_model is for pretrain jobs; finetune uses the base model's tokenizer")
-            self.method = self.method or "lora"  # objective: from the dataset's shape when empty
-        if self.objective == "kto" and (problem := kto_batch_problem(self.hyperparameters.batch_size)):
+            # objective: from the dataset's shape when empty
+        self.method = self.method or registry.default_method(self.kind)
+        if self.objective and (problem := batch_problem(self.objective, self.hyperparameters.batch_size)):
             raise ValueError(f"hyperparameters.batch_size: {problem}")
         return self
 
 
-def kto_batch_problem(batch_size: int) -> str | None:
-    """Why KTO cannot train with this batch size: it estimates its KL term from the other answers of a batch."""
-    if batch_size >= 2:
+def batch_problem(objective: str, batch_size: int) -> str | None:
+    """Why `objective` cannot train with this batch size (KTO estimates its KL term from the other answers)."""
+    spec = registry.objective(objective)
+    if batch_size >= spec.min_batch_size:
         return None
-    return (
-        f"objective kto needs at least 2 sequences per batch, got {batch_size} (its KL estimate pairs each "
-        "prompt with another record's answer in the same batch)"
+    return f"objective {objective} needs at least {spec.min_batch_size} sequences per batch, got {batch_size} " + (
+        f"({spec.min_batch_reason})" if spec.min_batch_reason else ""
     )
 
 
@@ -292,6 +292,10 @@ class JobRead(BaseModel):
     base_model_id: int | None
     validation_dataset_id: int | None
     hyperparameters: dict[str, Any]
+    method_config: dict[str, Any] = Field(default_factory=dict, description="The method's settings, defaults filled.")
+    objective_config: dict[str, Any] = Field(
+        default_factory=dict, description="The objective's settings, defaults filled."
+    )
     resolved_config: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -368,6 +372,12 @@ class JobClone(BaseModel):
     name: Text | None = Field(None, max_length=200)
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="Merged over the source job's hyperparameters, then validated."
+    )
+    method_config: dict[str, Any] = Field(
+        default_factory=dict, description="Merged over the source job's method settings, then validated."
+    )
+    objective_config: dict[str, Any] = Field(
+        default_factory=dict, description="Merged over the source job's objective settings, then validated."
     )
     watch_prompts: list[WatchPrompt] | None = Field(None, max_length=5)
     force: bool = Field(False, description="Queue it even when it fits no live worker's memory (not stored).")

@@ -2,7 +2,9 @@
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -10,7 +12,9 @@ from backend.config import get_settings
 from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, JobSample, Model, User, utcnow
 from backend.errors import Invalid, NotFound
 from backend.job.lifecycle import add_event
-from backend.job.schemas import JobCreate, JobRead, kto_batch_problem
+from backend.job.schemas import JobCreate, JobRead, batch_problem
+from backend.method import registry
+from backend.method.settings import MethodSettings
 from backend.model.service import ready_model
 from backend.worker.service import require_qlora_worker
 
@@ -62,24 +66,6 @@ def jobs_by_model(session: Session, *, user: User) -> dict[int, list[Job]]:
     return found
 
 
-# Which canonical dataset shapes each objective trains on.
-OBJECTIVE_SHAPES = {
-    "causal_lm": ("text", "prompt_completion"),
-    "sft": ("prompt_completion", "messages"),
-    "dpo": ("preference",),
-    "kto": ("unpaired_preference",),
-    "classification": ("classification",),
-}
-DEFAULT_OBJECTIVE = {
-    "text": "causal_lm",
-    "prompt_completion": "sft",
-    "messages": "sft",
-    "preference": "dpo",
-    "unpaired_preference": "kto",
-    "classification": "classification",
-}
-
-
 def owned_dataset(session: Session, user: User, dataset_id: int, field: str) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
     if dataset is None or not (dataset.owner_id == user.id or user.is_admin):
@@ -91,21 +77,58 @@ def _objective(data: JobCreate, dataset: Dataset) -> str:
     """The objective asked for, or the natural one for the dataset's shape; refuse what cannot train."""
     if data.kind == "pretrain" and dataset.shape != "text":
         raise Invalid(f"pretraining needs raw text; dataset {dataset.id} is {dataset.shape}", field="dataset_id")
-    objective = data.objective or DEFAULT_OBJECTIVE.get(dataset.shape)
+    objective = data.objective or registry.default_objective(dataset.shape)
     if objective is None:
         raise Invalid(
             f"dataset {dataset.id} holds {dataset.shape} records, which no objective here trains on yet",
             field="dataset_id",
         )
-    if dataset.shape not in OBJECTIVE_SHAPES[objective]:
-        wanted = " or ".join(OBJECTIVE_SHAPES[objective])
+    spec = registry.objective(objective)
+    if dataset.shape not in spec.shapes:
         raise Invalid(
-            f"objective {objective} needs {wanted} records; dataset {dataset.id} is {dataset.shape}",
+            f"objective {objective} needs {' or '.join(spec.shapes)} records; dataset {dataset.id} is {dataset.shape}",
             field="objective",
         )
-    if objective == "kto" and (problem := kto_batch_problem(data.hyperparameters.batch_size)):
+    if problem := batch_problem(objective, data.hyperparameters.batch_size):
         raise Invalid(problem, field="hyperparameters.batch_size")  # the objective came from the dataset
     return objective
+
+
+def _validated(model: type[BaseModel], values: dict[str, Any], field: str) -> BaseModel:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join([field, *(str(p) for p in first["loc"])])
+        raise Invalid(f"{where}: {first['msg']}", field=where) from exc
+
+
+def job_settings(data: JobCreate, objective: str) -> tuple[MethodSettings, BaseModel]:
+    """The method's and the objective's settings, validated by their registry classes (old-style keys in
+    `hyperparameters` included: one that belongs to another method or objective is refused)."""
+    method = registry.method(data.method)
+    if data.kind == "finetune" and objective not in method.objectives:
+        raise Invalid(
+            f"method {method.name} does not train objective {objective}; it trains {', '.join(method.objectives)}",
+            field="method",
+        )
+    if data.hyperparameters.gradient_checkpointing and not method.gradient_checkpointing:
+        raise Invalid(
+            f"method {method.name} cannot recompute activations (gradient_checkpointing): turn it off",
+            field="hyperparameters.gradient_checkpointing",
+        )
+    _, legacy_method, legacy_objective, foreign = registry.split_legacy(data._legacy, method.name, objective)
+    if foreign:
+        raise Invalid(
+            f"hyperparameters.{foreign[0]} is not a setting of method {method.name} or objective {objective} "
+            "(each method's and objective's settings go in method_config / objective_config: GET /api/methods)",
+            field=f"hyperparameters.{foreign[0]}",
+        )
+    settings = _validated(method.settings, {**legacy_method, **data.method_config}, "method_config")
+    assert isinstance(settings, MethodSettings)
+    spec = registry.objective(objective)
+    goal = _validated(spec.settings, {**legacy_objective, **data.objective_config}, "objective_config")
+    return settings, goal
 
 
 def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
@@ -125,7 +148,8 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
                 f"validation dataset {validation.id} is {validation.shape}, the training data is {dataset.shape}",
                 field="validation_dataset_id",
             )
-    if data.method == "qlora":
+    method_settings, objective_settings = job_settings(data, objective)
+    if registry.method(data.method).requires == "cuda_bitsandbytes":
         require_qlora_worker(session)  # 4-bit weights need CUDA and bitsandbytes; a CPU worker would fail it
     job = Job(
         owner_id=user.id,
@@ -139,6 +163,8 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
         base_model_id=data.base_model,
         validation_dataset_id=data.validation_dataset_id,
         hyperparameters=data.hyperparameters.model_dump(exclude_none=True),
+        method_config=method_settings.model_dump(),
+        objective_config=objective_settings.model_dump(),
         watch_prompts=list(data.watch_prompts),
     )
     if data.cloned_from is not None:

@@ -13,12 +13,11 @@ from backend.db import Generation, Job, Model, User
 from backend.errors import Invalid, NotFound
 from backend.job.checkpoints import list_checkpoints
 from backend.job.service import get_job
+from backend.method import registry
 from backend.model.service import has_chat_template, ready_model
 from backend.playground.schemas import GenerationCreate, GenerationRead
 from backend.playground.tool_calls import parse_tool_calls
 
-# Objectives whose training laid prompts out as chat turns: ask them the same way by default.
-CHAT_OBJECTIVES = ("sft", "dpo", "kto")
 HISTORY_LIMIT = 20
 
 
@@ -109,7 +108,7 @@ def job_target(session: Session, job: Job, checkpoint: str | None) -> Target:
         base_path=base_path if kind == "adapter" else None,
         task="classify" if classify else "generate",
         labels=labels,
-        sft=job.objective in CHAT_OBJECTIVES,
+        sft=registry.objective(job.objective).chat,  # asked the way training laid prompts out
         trust_remote_code=bool(base is not None and (base.details or {}).get("trust_remote_code")),
     )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from backend.job.estimate import model_shape, total_parameters
+from backend.method.shape import model_shape
 from backend.model.presets import PRESETS, parameter_count
 from tests.api.test_analysis import PAIRS, base_model, compute_queued, upload
 
@@ -23,7 +23,7 @@ def _dataset(client: TestClient) -> int:
 
 def test_parameter_count_agrees_with_the_preset_formula() -> None:
     for preset in PRESETS.values():
-        assert total_parameters(model_shape(preset)) == parameter_count(preset)
+        assert model_shape(preset).total_parameters() == parameter_count(preset)
 
 
 def test_pretrain_estimate(client: TestClient) -> None:
@@ -58,9 +58,9 @@ def test_estimate_names_bad_fields(client: TestClient) -> None:
     dataset_id = _dataset(client)
     bad = client.post(
         "/api/jobs/estimate",
-        json={"kind": "pretrain", "architecture": "tiny", "dataset_id": dataset_id, "hyperparameters": {"lora_r": 0}},
+        json={"kind": "pretrain", "architecture": "tiny", "dataset_id": dataset_id, "hyperparameters": {"max_length": 0}},
     )
-    assert bad.status_code == 422 and "lora_r" in bad.text
+    assert bad.status_code == 422 and "max_length" in bad.text
     missing = client.post("/api/jobs/estimate", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": 99999})
     assert missing.status_code == 422 and "dataset_id" in missing.text
 

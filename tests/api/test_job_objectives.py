@@ -44,11 +44,13 @@ def test_the_objective_defaults_from_the_dataset_shape(
 ) -> None:
     dataset_id = upload(client, FIXTURES / fixture)
     assert client.get(f"/api/datasets/{dataset_id}").json()["shape"] == shape
-    res = client.post("/api/jobs", json=finetune(dataset_id, base_model, hyperparameters={"dpo_beta": 0.2}))
+    res = client.post("/api/jobs", json=finetune(dataset_id, base_model, method_config={"r": 4}))
     assert res.status_code == 201, res.text
     job = res.json()
     assert (job["objective"], job["method"]) == (objective, "lora")
-    assert job["hyperparameters"]["dpo_beta"] == 0.2
+    assert job["method_config"]["r"] == 4
+    # The objective's own settings, defaults filled in: DPO's beta; classification has none.
+    assert job["objective_config"] == ({"beta": 0.1} if objective == "dpo" else {})
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,9 @@ def test_an_objective_the_data_cannot_train_is_a_422(
 
 def test_dpo_beta_out_of_bounds_names_the_field(client: TestClient, base_model: int) -> None:
     dataset_id = upload(client, FIXTURES / "formats/preference.jsonl")
-    res = client.post("/api/jobs", json=finetune(dataset_id, base_model, hyperparameters={"dpo_beta": 0}))
-    assert res.status_code == 422, res.text
-    assert any("dpo_beta" in err["loc"] for err in res.json()["detail"])
+    # The objective's own settings, and the old flat key that API scripts may still send: the same refusal.
+    for body in ({"objective_config": {"beta": 0}}, {"hyperparameters": {"dpo_beta": 0}}):
+        res = client.post("/api/jobs", json=finetune(dataset_id, base_model, **body))
+        assert res.status_code == 422, res.text
+        assert res.json()["field"] == "objective_config.beta"
+        assert "greater than 0" in res.json()["detail"]

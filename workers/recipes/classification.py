@@ -35,7 +35,7 @@ from workers.artifacts import export, export_merged
 from workers.context import JobContext
 from workers.data import split_holdout
 from workers.examples import Example, load_tokenizer
-from workers.methods import ADAPTER_METHODS, apply_method, load_base
+from workers.methods import apply_method, load_base
 from workers.metrics import Guards, Watch, check_in
 from workers.preflight import class_counts, enforce, evaluation_asked
 from workers.ranks import is_main
@@ -276,7 +276,7 @@ def run(ctx: JobContext) -> None:
         "details": {"labels": id2label},
         "metrics": metrics,
     }
-    if ctx.method not in ADAPTER_METHODS:
+    if not ctx.method_spec.adapter:
         export(ctx, model, tokenizer, what="model", loading=LOADING, **card)
         return
     adapter = export(ctx, model, tokenizer, what="adapter", loading=ADAPTER_LOADING.format(labels=id2label), **card)

@@ -26,11 +26,12 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from backend.job.lifecycle import log_event
 from backend.job.preflight import DataCheck, keep_curve
+from backend.method.settings import DpoSettings
 from workers.artifacts import export, export_merged, register_base_model
 from workers.context import JobContext
 from workers.data import split_holdout
 from workers.examples import CHATML_TEMPLATE, Example, Rendered, load_tokenizer, render_record
-from workers.methods import ADAPTER_METHODS, apply_method, load_base
+from workers.methods import apply_method, load_base
 from workers.metrics import check_in
 from workers.preflight import enforce, evaluation_asked
 from workers.training import build_trainer, final_losses, record_resolved_config, train, training_arguments
@@ -157,7 +158,7 @@ def dpo_config(ctx: JobContext, *, n_train: int, has_eval: bool) -> DPOConfig:
     same = {f.name: getattr(base, f.name) for f in fields(TrainingArguments) if f.init}
     return DPOConfig(
         **same,
-        beta=ctx.hp.dpo_beta,
+        beta=ctx.objective_settings(DpoSettings).beta,
         max_length=ctx.hp.max_length,
         # Dropout off (LoRA's too): with it, the policy's log-probs would be noisy against the dropout-free
         # reference, and the log-ratios would not start at 0.
@@ -212,7 +213,7 @@ def run(ctx: JobContext) -> None:
     reference = reference_model(ctx, model)
     log_event(
         ctx.job_id,
-        f"dpo: beta={hp.dpo_beta}, reference = "
+        f"dpo: beta={ctx.objective_settings(DpoSettings).beta}, reference = "
         + ("the base (adapter disabled)" if reference is None else "a frozen copy of the base"),
     )
 
@@ -244,7 +245,7 @@ def run(ctx: JobContext) -> None:
     # --- outputs ---------------------------------------------------------------------------------------
     loss, eval_loss = final_losses(trainer)
     metrics = {key: value for key in REWARD_KEYS if (value := last_logged(trainer.state.log_history, key)) is not None}
-    what = "adapter" if ctx.method in ADAPTER_METHODS else "model"
+    what = "adapter" if ctx.method_spec.adapter else "model"
     card: dict[str, Any] = {
         "final_loss": loss,
         "final_eval_loss": eval_loss,

@@ -18,7 +18,7 @@ from workers.artifacts import export, export_merged, register_base_model
 from workers.context import JobContext
 from workers.data import pack_blocks, split_holdout, split_text_holdout
 from workers.examples import CHATML_TEMPLATE, Example, SFTStats, build_sft_examples, causal_text, load_tokenizer
-from workers.methods import ADAPTER_METHODS, apply_method, load_base
+from workers.methods import apply_method, load_base
 from workers.metrics import check_in
 from workers.preflight import enforce, packed_check, sft_check
 from workers.training import build_trainer, final_losses, record_resolved_config, train
@@ -106,7 +106,7 @@ def run(ctx: JobContext) -> None:
 
     # --- outputs ---------------------------------------------------------------------------------------
     loss, eval_loss = final_losses(trainer)
-    what = "adapter" if ctx.method in ADAPTER_METHODS else "model"
+    what = "adapter" if ctx.method_spec.adapter else "model"
     directory = export(ctx, model, tokenizer, what=what, final_loss=loss, final_eval_loss=eval_loss)
     if what == "model":
         register_base_model(ctx, directory)

@@ -41,11 +41,12 @@ from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
 from backend.job.lifecycle import log_event
 from backend.job.preflight import DataCheck, keep_curve, untrainable
+from backend.method.settings import KtoSettings
 from workers.artifacts import export, export_merged, register_base_model
 from workers.context import JobContext
 from workers.data import split_holdout
 from workers.examples import CHATML_TEMPLATE, Rendered, load_tokenizer, render_record
-from workers.methods import ADAPTER_METHODS, apply_method, load_base
+from workers.methods import apply_method, load_base
 from workers.metrics import check_in
 from workers.preflight import enforce, evaluation_asked
 from workers.recipes.dpo import last_logged, reference_model
@@ -191,6 +192,7 @@ class UnpairedTrainer(KTOTrainer):
 
 def kto_config(ctx: JobContext, *, n_train: int, has_eval: bool) -> KTOConfig:
     """The job's TrainingArguments (checkpoints, logging, eval, seed, precision) plus KTO's own settings."""
+    settings = ctx.objective_settings(KtoSettings)
     base = training_arguments(ctx, n_train=n_train, has_eval=has_eval)
     # Every TrainingArguments field is copied, which also overrides trl's own defaults for them (trl turns on
     # gradient checkpointing and bf16 and sets a learning rate of 1e-6 by default; the job's settings decide).
@@ -203,9 +205,9 @@ def kto_config(ctx: JobContext, *, n_train: int, has_eval: bool) -> KTOConfig:
             "train_sampling_strategy": "sequential",
         },
         loss_type="kto",
-        beta=ctx.hp.kto_beta,
-        desirable_weight=ctx.hp.kto_desirable_weight,
-        undesirable_weight=ctx.hp.kto_undesirable_weight,
+        beta=settings.beta,
+        desirable_weight=settings.desirable_weight,
+        undesirable_weight=settings.undesirable_weight,
         max_length=ctx.hp.max_length,
         # Dropout off (LoRA's too): with it, the policy's log-probs would be noisy against the dropout-free
         # reference, and the log-ratios would not start at 0.
@@ -218,13 +220,14 @@ def weight_advice(desirable: int, undesirable: int, ctx: JobContext) -> str:
     within [1, 4/3]); '' when they are within it or one kind is missing."""
     if not desirable or not undesirable:
         return ""
-    ratio = ctx.hp.kto_desirable_weight * desirable / (ctx.hp.kto_undesirable_weight * undesirable)
+    settings = ctx.objective_settings(KtoSettings)
+    ratio = settings.desirable_weight * desirable / (settings.undesirable_weight * undesirable)
     if 1.0 <= ratio <= 4 / 3:
         return ""
-    low = undesirable * ctx.hp.kto_undesirable_weight / desirable
+    low = undesirable * settings.undesirable_weight / desirable
     return (
-        f"; the KTO paper suggests kto_desirable_weight in [{low:.2f}, {low * 4 / 3:.2f}] for these counts "
-        f"(now {ctx.hp.kto_desirable_weight})"
+        f"; the KTO paper suggests desirable_weight in [{low:.2f}, {low * 4 / 3:.2f}] for these counts "
+        f"(now {settings.desirable_weight})"
     )
 
 
@@ -270,12 +273,13 @@ def run(ctx: JobContext) -> None:
     check_in(ctx.job_id)
 
     # --- method and reference --------------------------------------------------------------------------
+    settings = ctx.objective_settings(KtoSettings)
     model = apply_method(ctx, base, TaskType.CAUSAL_LM)
     reference = reference_model(ctx, model)
     log_event(
         ctx.job_id,
-        f"kto: beta={hp.kto_beta}, desirable_weight={hp.kto_desirable_weight}, "
-        f"undesirable_weight={hp.kto_undesirable_weight}, reference = "
+        f"kto: beta={settings.beta}, desirable_weight={settings.desirable_weight}, "
+        f"undesirable_weight={settings.undesirable_weight}, reference = "
         + ("the base (adapter disabled)" if reference is None else "a frozen copy of the base"),
     )
 
@@ -314,7 +318,7 @@ def run(ctx: JobContext) -> None:
     # --- outputs ---------------------------------------------------------------------------------------
     loss, eval_loss = final_losses(trainer)
     metrics = {key: value for key in REWARD_KEYS if (value := last_logged(trainer.state.log_history, key)) is not None}
-    what = "adapter" if ctx.method in ADAPTER_METHODS else "model"
+    what = "adapter" if ctx.method_spec.adapter else "model"
     card: dict[str, Any] = {
         "final_loss": loss,
         "final_eval_loss": eval_loss,
