@@ -51,6 +51,9 @@ def test_every_registry_entry_has_its_code_and_a_test() -> None:
         assert objective.recipes, objective.name
         for module in objective.recipes.values():
             assert callable(importlib.import_module(module).run), module
+        if objective.dry_run is not None:
+            module, name = objective.dry_run.split(":")
+            assert callable(getattr(importlib.import_module(module), name)), objective.dry_run
         assert re.search(rf"def test_(\w*_)?{objective.name}(_\w*)?\(", tests), f"no test named after {objective.name}"
     for method in METHODS.values():
         module, name = method.worker.split(":")
@@ -77,7 +80,7 @@ def test_no_second_list_of_objectives_or_methods() -> None:
     ]
     for names in (list(OBJECTIVES), [m for m in METHODS if m != "full"]):
         # Three or more of the names quoted close together is a list (or a map) of them.
-        quoted = "|".join(names)
-        pattern = re.compile(rf"[\"'](?:{quoted})[\"'][^\n]{{0,80}}[\"'](?:{quoted})[\"'][^\n]{{0,80}}[\"'](?:{quoted})[\"']")
+        name = rf"[\"'](?:{'|'.join(names)})[\"']"
+        pattern = re.compile(rf"{name}[^\n]{{0,80}}{name}[^\n]{{0,80}}{name}")
         offenders = [str(p.relative_to(ROOT)) for p in sources if pattern.search(p.read_text())]
         assert offenders == [], offenders

@@ -44,6 +44,8 @@ class Objective:
     classifier: bool = False  # a head with one output per class instead of the vocabulary
     min_batch_size: int = 1
     min_batch_reason: str = ""
+    packed: bool = False  # text packed into blocks of max_length (nothing cut) instead of examples cut at it
+    dry_run: str | None = None  # "module:function" of its own token statistics (default: workers.analysis.tokens)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -84,6 +86,7 @@ OBJECTIVES: dict[str, Objective] = {
         default_for=("text",),
         recipes={"pretrain": "workers.recipes.pretrain", "finetune": "workers.recipes.finetune"},
         metrics=("eval_loss", "eval_perplexity", "eval_bits_per_byte"),
+        packed=True,
     ),
     "sft": Objective(
         name="sft",
@@ -108,6 +111,7 @@ OBJECTIVES: dict[str, Objective] = {
         chat=True,
         sequences_per_example=2,
         backprop_sequences=2,
+        dry_run="workers.analysis.tokens:pair_stats",
     ),
     "kto": Objective(
         name="kto",
@@ -124,6 +128,7 @@ OBJECTIVES: dict[str, Objective] = {
         sequences_per_example=2,
         min_batch_size=2,
         min_batch_reason="its KL estimate pairs each prompt with another record's answer in the same batch",
+        dry_run="workers.analysis.tokens:unpaired_stats",
     ),
     "classification": Objective(
         name="classification",
@@ -134,6 +139,7 @@ OBJECTIVES: dict[str, Objective] = {
         recipes={"finetune": "workers.recipes.classification"},
         metrics=("eval_accuracy", "eval_f1"),
         classifier=True,
+        dry_run="workers.analysis.tokens:class_stats",
     ),
 }
 

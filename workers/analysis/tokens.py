@@ -5,6 +5,7 @@ the numbers and the highlighted tokens are what training will see. Statistics st
 keep one length per record, so memory grows by a few bytes per record whatever the text sizes.
 """
 
+import importlib
 import itertools
 import math
 import random
@@ -18,12 +19,11 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from backend.job.preflight import DataCheck, keep_curve, untrainable
+from backend.method import registry
 from workers.analysis.progress import ProgressFn, no_progress
 from workers.examples import Rendered, render_record, token_pieces
 
 HISTOGRAM_BUCKETS = 20
-# Objectives whose examples are cut at max_length (and dropped with no answer left); the rest pack text.
-CUT_OBJECTIVES = ("sft", "kto")
 NEVER_FITS = -1  # a record with no token to learn from, at any max_length
 # The Trainer draws batches in a random order; padding is estimated over one seeded shuffle like it.
 SHUFFLE_SEED = 0
@@ -91,9 +91,14 @@ def packed_blocks(stream_tokens: int, max_length: int) -> tuple[int, int]:
     return full, full * max_length
 
 
+def _packed(objective: str) -> bool:
+    """Whether the objective packs text into blocks (nothing cut) rather than cutting each example at max_length."""
+    return registry.objective(objective).packed
+
+
 def cut_summary(objective: str, cut: int, tokens: int, lost: int, max_length: int) -> str:
     """The tokens max_length cuts off, named in a sentence: how many, their share, how many carried loss."""
-    if objective not in CUT_OBJECTIVES:
+    if _packed(objective):
         return f"nothing is cut: records are packed whole into blocks of max_length={max_length} tokens"
     if not cut:
         return f"nothing is cut: every record fits in max_length={max_length} tokens"
@@ -114,8 +119,10 @@ def token_stats(
     """Counts, supervision, truncation, a length histogram, steps per epoch and packing efficiency, and the
     pre-flight check the job would run (`preflight`, a `backend.job.preflight.DataCheck`).
     `progress("tokenizing", records done)` is called before each record (it throttles itself)."""
-    if objective in OWN_STATS:
-        return OWN_STATS[objective](tokenizer, records, max_length=max_length, batch_size=batch_size, progress=progress)
+    if (own := registry.objective(objective).dry_run) is not None:
+        module, name = own.split(":")
+        stats: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+        return stats(tokenizer, records, max_length=max_length, batch_size=batch_size, progress=progress)
     totals = Totals()
     for number, record in enumerate(records, start=1):
         progress("tokenizing", number - 1)
@@ -126,10 +133,10 @@ def token_stats(
         totals.records += 1
         totals.roles.update(rendered.roles)
         totals.lengths.append(len(rendered.ids))
-        if objective in CUT_OBJECTIVES:
+        if not _packed(objective):
             totals.add_sft(rendered, max_length)
     lengths = np.frombuffer(totals.lengths, dtype=np.int64) if totals.records else np.zeros(0, dtype=np.int64)
-    if objective in CUT_OBJECTIVES:
+    if not _packed(objective):
         examples = len(totals.kept)
         efficiency, _ = padding_efficiency(totals.kept, batch_size)
     else:
@@ -165,9 +172,7 @@ def token_stats(
             "p95": int(np.percentile(lengths, 95)) if lengths.size else 0,
         },
         "histogram": histogram(lengths),
-        "preflight": _sft_check(totals, max_length)
-        if objective in CUT_OBJECTIVES
-        else _packed_check(totals, max_length),
+        "preflight": _sft_check(totals, max_length) if not _packed(objective) else _packed_check(totals, max_length),
     }
 
 
@@ -373,9 +378,6 @@ def unpaired_stats(
     return _walked_summary("kto", "records", walked, max_length, batch_size, pairs=False)
 
 
-OWN_STATS = {"dpo": pair_stats, "kto": unpaired_stats, "classification": class_stats}
-
-
 def render_one(
     tokenizer: PreTrainedTokenizerBase,
     records: Iterable[dict[str, Any]],
@@ -391,7 +393,7 @@ def render_one(
     if record is None:
         raise IndexError(f"the dataset has no record {index}")
     rendered = render_record(tokenizer, record, objective)
-    sft = objective in CUT_OBJECTIVES
+    sft = not _packed(objective)
     total = len(rendered.ids)
     seen = min(total, max_length) if sft else total
     shown = min(total, max_length)
