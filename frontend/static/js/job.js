@@ -69,7 +69,15 @@
       link.textContent = `Model ${job.output_model_id}`;
       $("job-output-model").replaceChildren(link);
     }
-    $("job-hyperparameters-json").textContent = JSON.stringify(job.hyperparameters, null, 2);
+    // The run's settings as the API takes them: general ones, then the method's and the objective's own.
+    const settings = {
+      hyperparameters: job.hyperparameters,
+      method: job.method,
+      method_config: job.method_config,
+      objective: job.objective,
+      objective_config: job.objective_config,
+    };
+    $("job-hyperparameters-json").textContent = JSON.stringify(settings, null, 2);
     $("job-resolved-config-json").textContent = Object.keys(job.resolved_config || {}).length
       ? JSON.stringify(job.resolved_config, null, 2)
       : "Written by the worker when training starts.";
