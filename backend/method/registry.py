@@ -61,6 +61,7 @@ class Method:
     summary: str
     trains: str  # what it trains, in words (README table, form help)
     share: str  # the typical share of the parameters it trains
+    share_range: tuple[float, float] | None  # share's bounds in percent, to check it on a model (None: no fixed share)
     when: str  # when to use it
     settings: type[Settings]
     objectives: tuple[str, ...]
@@ -150,6 +151,7 @@ METHODS: dict[str, Method] = {
         summary="Small low-rank matrices beside the frozen weights of each adapted layer.",
         trains="a low-rank update B·A of each adapted linear layer (all of them by default)",
         share="0.1-1%",
+        share_range=(0.1, 1.0),
         when="the default fine-tune: near full quality at a fraction of the memory; merges into the base",
         settings=LoraSettings,
         objectives=FINETUNE_OBJECTIVES,
@@ -164,6 +166,7 @@ METHODS: dict[str, Method] = {
         summary="LoRA on a base quantized to 4 bits (NF4): the least memory for a large base.",
         trains="LoRA's update, on a base stored in 4-bit NF4",
         share="0.1-1%",
+        share_range=(0.1, 1.0),
         when="a base too large for LoRA in 16 bits on the GPU you have",
         settings=LoraSettings,
         objectives=FINETUNE_OBJECTIVES,
@@ -180,6 +183,7 @@ METHODS: dict[str, Method] = {
         summary="A learned vector rescales the keys, the values and the MLP's input of every layer.",
         trains="one scale per feature of the keys, values and feed-forward input",
         share="~0.01-0.1%",
+        share_range=(0.01, 0.1),
         when="the fewest parameters of any adapter that still changes every layer; few-shot data; merges",
         settings=IA3Settings,
         objectives=("sft", "causal_lm", "classification"),
@@ -194,6 +198,7 @@ METHODS: dict[str, Method] = {
         summary="Learned input embeddings placed before every prompt; the model itself never changes.",
         trains="num_virtual_tokens embedding vectors placed before the input",
         share="<0.01%",
+        share_range=(0.0, 0.01),
         when="many tasks on one served base (one tiny prompt per task); works best on large bases",
         settings=PromptTuningSettings,
         objectives=("sft", "causal_lm"),
@@ -209,6 +214,7 @@ METHODS: dict[str, Method] = {
         summary="Learned key/value pairs prepended in every attention layer; the weights never change.",
         trains="num_virtual_tokens key/value pairs per attention layer",
         share="~0.1%",
+        share_range=(0.05, 0.2),  # "about": within a factor of two
         when="generation tasks on a frozen base, a step up from prompt tuning on smaller models",
         settings=PrefixTuningSettings,
         objectives=("sft", "causal_lm"),
@@ -226,6 +232,7 @@ METHODS: dict[str, Method] = {
         summary="Every weight of the top layers, the final norm and the head; the rest stays frozen.",
         trains="all weights of the top N transformer layers, the final norm and the output head",
         share="depends on N: about N/layers of the blocks plus the head",
+        share_range=None,
         when="a cheaper full fine-tune whose result is a plain model; lower layers keep general features",
         settings=FreezeSettings,
         objectives=FINETUNE_OBJECTIVES,
@@ -237,6 +244,7 @@ METHODS: dict[str, Method] = {
         summary="Every weight trains (pretraining always does).",
         trains="every weight",
         share="100%",
+        share_range=(100.0, 100.0),
         when="the most capacity to change the model, at the most memory: optimizer state for every weight",
         settings=FullSettings,
         objectives=FINETUNE_OBJECTIVES,
@@ -333,6 +341,7 @@ def catalog() -> dict[str, Any]:
                 "summary": m.summary,
                 "trains": m.trains,
                 "share": m.share,
+                "share_range": list(m.share_range) if m.share_range else None,
                 "when": m.when,
                 "objectives": list(m.objectives),
                 "kinds": list(m.kinds),
