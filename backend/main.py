@@ -32,6 +32,7 @@ from backend.events import Broadcaster
 from backend.export import router as export_router
 from backend.job import pages as job_pages
 from backend.job import router as job_router
+from backend.method import pages as method_pages
 from backend.method import router as method_router
 from backend.model import pages as model_pages
 from backend.model import router as model_router
@@ -172,7 +173,7 @@ def create_app() -> FastAPI:
     )
     for module in routers:
         app.include_router(module.router)
-    for module in (auth_pages, dataset_pages, model_pages, job_pages, worker_pages, playground_pages):
+    for module in (auth_pages, dataset_pages, model_pages, job_pages, method_pages, worker_pages, playground_pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "frontend" / "static")), name="static")
     return app

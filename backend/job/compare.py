@@ -11,15 +11,19 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db import Dataset, Job, JobMetric, Model, User
+from backend.db import Artifact, Dataset, Job, JobMetric, Model, User
 from backend.errors import Invalid
 from backend.job.schemas import CompareCurvePoint, CompareRead, CompareRun, Hyperparameters
 from backend.job.service import get_job
+from backend.method import registry
 
 MAX_RUNS = 8
 # Curves keep at most this many points per run: a chart is ~1000 px wide, more points only cost bytes.
 MAX_POINTS = 1000
 CURVE_KEYS = ("loss", "eval_loss", "eval_bits_per_byte", "learning_rate")
+# The accuracy an objective's evaluations log, if any: a classifier's share of right labels, an SFT run's share
+# of completion tokens predicted right.
+ACCURACY_KEYS = ("eval_accuracy", "eval_token_accuracy")
 
 
 def _tokens_per_step(job: Job) -> float | None:
@@ -47,8 +51,11 @@ def _downsample(points: list[JobMetric]) -> list[JobMetric]:
     return [p for i, p in enumerate(points) if i % stride == 0 or "eval_loss" in p.values or i == len(points) - 1]
 
 
-def _curve(session: Session, job: Job) -> tuple[list[CompareCurvePoint], float | None]:
-    metrics = list(session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)))
+def _metrics(session: Session, job: Job) -> list[JobMetric]:
+    return list(session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)))
+
+
+def _curve(job: Job, metrics: list[JobMetric]) -> tuple[list[CompareCurvePoint], float | None]:
     per_step = _tokens_per_step(job)
     flops_per_token = _flops_per_token(job)
     start = metrics[0].created_at if metrics else None
@@ -97,14 +104,41 @@ def _job_tokenizer(session: Session, job: Job, depth: int = 0) -> tuple[str, str
     return f"job:{job.id}", f"trained by {job.name}"
 
 
+def _last(metrics: list[JobMetric], keys: tuple[str, ...]) -> float | None:
+    """The latest logged value of the first of `keys` a point holds."""
+    for m in reversed(metrics):
+        value = next((m.values[k] for k in keys if isinstance(m.values.get(k), int | float)), None)
+        if value is not None:
+            return float(value)
+    return None
+
+
+def _output_bytes(session: Session, job: Job) -> int | None:
+    """Size on disk of the run's trained output: adapter.zip for an adapter method, else model.zip."""
+    adapter = job.kind == "finetune" and registry.METHODS.get(job.method or "full", registry.METHODS["full"]).adapter
+    name = "adapter.zip" if adapter else "model.zip"
+    query = select(Artifact.size_bytes).where(Artifact.job_id == job.id, Artifact.name == name)
+    return session.scalar(query.order_by(Artifact.id.desc()).limit(1))
+
+
+def _per_second(tokens: float | None, seconds: float | None) -> float | None:
+    return tokens / seconds if tokens is not None and seconds else None
+
+
 def _run(session: Session, job: Job) -> CompareRun:
     dataset = session.get(Dataset, job.dataset_id)
     base = session.get(Model, job.base_model_id) if job.base_model_id else None
-    curve, tokens = _curve(session, job)
+    metrics = _metrics(session, job)
+    curve, tokens = _curve(job, metrics)
     flops_per_token = _flops_per_token(job)
     evals = [p.values["eval_loss"] for p in curve if "eval_loss" in p.values]
     bits = [p.values["eval_bits_per_byte"] for p in curve if "eval_bits_per_byte" in p.values]
     config = job.resolved_config or {}
+    trainable = (config.get("parameters") or {}).get("trainable")
+    total = (config.get("parameters") or {}).get("total")
+    seconds = curve[-1].seconds if curve else None
+    # The workers log it with the training points, not the evaluation ones: the latest is the run's last word.
+    peak = _last(metrics, ("peak_memory_bytes",))
     return CompareRun(
         id=job.id,
         name=job.name,
@@ -117,16 +151,22 @@ def _run(session: Session, job: Job) -> CompareRun:
         dataset=dataset.name if dataset else None,
         dataset_records=dataset.record_count if dataset else None,
         dataset_bytes=dataset.size_bytes if dataset else None,
-        trainable_parameters=(config.get("parameters") or {}).get("trainable"),
-        total_parameters=(config.get("parameters") or {}).get("total"),
+        trainable_parameters=trainable,
+        total_parameters=total,
+        trainable_fraction=trainable / total if trainable is not None and total else None,
         steps=job.current_step,
+        total_steps=job.total_steps,
         tokens=tokens,
         flops=tokens * flops_per_token if tokens is not None and flops_per_token else None,
-        seconds=curve[-1].seconds if curve else None,
+        seconds=seconds,
+        tokens_per_second=_per_second(tokens, seconds),
+        peak_memory_bytes=int(peak) if peak is not None else None,
         final_loss=job.final_loss,
         final_eval_loss=job.final_eval_loss,
         best_eval_loss=min(evals) if evals else None,
         final_eval_bits_per_byte=bits[-1] if bits else None,
+        final_eval_accuracy=_last(metrics, ACCURACY_KEYS),
+        artifact_bytes=_output_bytes(session, job),
         curve=curve,
         tokenizer=_job_tokenizer(session, job)[1],
     )

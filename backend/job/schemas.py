@@ -434,10 +434,18 @@ class CompareRun(BaseModel):
     dataset_bytes: int | None
     trainable_parameters: int | None
     total_parameters: int | None
+    trainable_fraction: float | None = Field(
+        None, description="trainable_parameters / total_parameters (0.004 is 0.4%), as the worker counted them."
+    )
     steps: int
+    total_steps: int | None = Field(None, description="The steps planned (the worker's count once it started).")
     tokens: float | None
     flops: float | None
     seconds: float | None
+    tokens_per_second: float | None = Field(None, description="tokens / seconds: training throughput, evals included.")
+    peak_memory_bytes: int | None = Field(
+        None, description="Peak memory of the last training point that logged it (none before a worker logs it)."
+    )
     final_loss: float | None
     final_eval_loss: float | None
     best_eval_loss: float | None
@@ -445,6 +453,14 @@ class CompareRun(BaseModel):
         None,
         description="The last validation loss as bits per byte of text: unlike a loss per token, comparable "
         "between runs whose tokenizers differ (a model trained from scratch vs a fine-tuned base).",
+    )
+    final_eval_accuracy: float | None = Field(
+        None,
+        description="The last logged eval_accuracy (classification) or eval_token_accuracy (SFT), as a fraction.",
+    )
+    artifact_bytes: int | None = Field(
+        None,
+        description="Size on disk of the trained output: adapter.zip for an adapter method, model.zip otherwise.",
     )
     curve: list[CompareCurvePoint]
     tokenizer: str | None = Field(

@@ -33,10 +33,14 @@
     ["Tokens trained on", (r) => fmt.int(r.tokens)],
     ["Training FLOPs", (r) => fmt.sci(r.flops)],
     ["Wall time", (r) => fmt.seconds(r.seconds)],
+    ["Tokens per second", (r) => fmt.int(r.tokens_per_second)],
+    ["Peak memory", (r) => fmt.bytes(r.peak_memory_bytes)],
     ["Final training loss", (r) => fmt.loss(r.final_loss)],
     ["Final validation loss", (r) => fmt.loss(r.final_eval_loss)],
     ["Best validation loss", (r) => fmt.loss(r.best_eval_loss)],
     ["Validation bits per byte", (r) => fmt.loss(r.final_eval_bits_per_byte)],
+    ["Validation accuracy", (r) => (r.final_eval_accuracy == null ? "—" : `${(100 * r.final_eval_accuracy).toFixed(1)}%`)],
+    ["Output on disk", (r) => fmt.bytes(r.artifact_bytes)],
   ];
 
   function cell(tag, text, attrs = {}) {
