@@ -10,6 +10,7 @@ from backend.job import service
 from backend.job.checkpoints import latest_checkpoint
 from backend.job.progress import planned_steps
 from backend.job.schemas import HYPERPARAMETER_PRESETS, Hyperparameters
+from backend.method import registry
 from backend.model.presets import PRESETS, parameter_count
 from backend.model.service import list_models
 from backend.web import page_id, render, require
@@ -48,6 +49,9 @@ def new_job_page(
         models=[m for m in list_models(session, user=user) if m.status == "ready"],
         presets={name: parameter_count(cfg) for name, cfg in PRESETS.items()},
         hyperparameter_schema=Hyperparameters.model_json_schema(),
+        # The method and objective choices, their help and their settings' fields all render from the registry.
+        methods=registry.catalog(),
+        default_method=registry.default_method("finetune"),
     )
 
 
@@ -76,4 +80,6 @@ def job_page(job_id: str, request: Request, session: SessionDep, user: OptionalU
         # A queued job shows "0 / N", not "0 / ?"; Resume is offered only with a checkpoint to resume from.
         planned_steps=planned_steps(session, job),
         has_checkpoint=latest_checkpoint(job.id) is not None,
+        # The Export panel offers what the method's output can become (an adapter that cannot merge says why).
+        export_method=registry.method(job.method),
     )

@@ -1,12 +1,16 @@
-"""The new-job form offers every method and objective, and its settings come from the hyperparameter schema."""
+"""The new-job form renders its methods, objectives and their settings from the registry, and the hyperparameters from
+their schema; the job page's Export panel follows the job's method."""
 
 import io
+import json
+import re
 from pathlib import Path
-from typing import get_args
 
 from fastapi.testclient import TestClient
 
-from backend.job.schemas import Hyperparameters, Objective
+from backend.db import Job, session_scope
+from backend.job.schemas import Hyperparameters
+from backend.method import registry
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -15,19 +19,51 @@ def test_new_job_form_lists_methods_objectives_and_every_setting(client: TestCli
     res = client.get("/jobs/new")
     assert res.status_code == 200
     page = res.text
-    for method in ("lora", "qlora", "freeze", "full"):
-        assert f'<option value="{method}"' in page
-    for objective in get_args(Objective):
-        assert f'<option value="{objective}"' in page
     for preset in ("tiny", "small", "base"):
         assert f'<option value="{preset}">' in page
-    # Every hyperparameter has its input, in its group, with the field's description as help.
+    # Every hyperparameter has its input, with the field's description as help.
     for name, field in Hyperparameters.model_fields.items():
         assert f'data-hp="{name}"' in page, name
         assert field.description and field.description.split(":")[0] in page, name
-    assert 'id="hp-group-freeze"' in page and 'data-method="lora qlora"' in page
     assert 'id="job-tokenizer-model"' in page
-    assert 'id="hp-group-kto" data-kind="finetune" data-objective="kto"' in page
+    # Method and objective settings live in their own groups, not among the hyperparameters.
+    assert 'id="hp-lora_r"' not in page and 'id="hp-dpo_beta"' not in page
+    assert 'id="mc-group-lora" data-kind="finetune" data-method="lora"' in page
+    assert 'id="oc-group-kto" data-kind="finetune" data-objective="kto"' in page
+    # The script's copy of the registry (what it disables and picks) is the registry's own catalog.
+    block = re.search(r'<script type="application/json" id="studio-methods">(.*?)</script>', page)
+    assert block and json.loads(block.group(1)) == registry.catalog()
+
+
+def _job_with_method(client: TestClient, method: str) -> int:
+    upload = client.post(
+        "/api/datasets", files={"file": ("tiny.txt", io.BytesIO((FIXTURES / "tiny.txt").read_bytes()))}
+    )
+    job = client.post(
+        "/api/jobs", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": upload.json()["id"]}
+    ).json()
+    with session_scope() as s:  # the export panel reads only the method; no base model is needed to show it
+        stored = s.get(Job, job["id"])
+        assert stored is not None
+        stored.kind, stored.method = "finetune", method
+    return int(job["id"])
+
+
+def test_export_panel_of_a_method_that_cannot_merge_says_why(client: TestClient) -> None:
+    page = client.get(f"/jobs/{_job_with_method(client, 'prompt_tuning')}").text
+    assert re.search(r'<option value="merged" disabled title="[^"]+">Merged into the base model', page)
+    assert '<option value="adapter" selected>Prompt tuning adapter only</option>' in page
+    note = registry.METHODS["prompt_tuning"].merge_note
+    assert f'id="export-merge-note">Merging into the base model is not offered: {note}.</p>' in page
+    assert "the Prompt tuning adapter as it is, in the precision" in page
+
+
+def test_export_panel_of_a_mergeable_adapter_offers_the_merge(client: TestClient) -> None:
+    page = client.get(f"/jobs/{_job_with_method(client, 'ia3')}").text
+    assert '<option value="merged">Merged into the base model</option>' in page
+    assert '<option value="adapter">IA³ adapter only</option>' in page
+    assert "export-merge-note" not in page
+    assert "the IA³ adapter as it is, or merged into its base" in page
 
 
 def test_job_page_renders_metric_panels_container(client: TestClient) -> None:

@@ -130,7 +130,7 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     )
 
     # A module name the server refuses: the 422 opens the settings step and marks the field.
-    page.fill("#hp-lora_target_modules", "q-proj")
+    page.fill("#mc-lora-target_modules", "q-proj")
     page.click("#wizard-next")
     on_step(page, "review")
     summary = page.locator("#review-summary")
@@ -143,11 +143,11 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     view(page, "6-review")
     page.click("#job-submit")
     on_step(page, "settings")
-    field = page.locator("#hp-lora_target_modules")
+    field = page.locator("#mc-lora-target_modules")
     expect(field).to_have_attribute("aria-invalid", "true")
     expect(field).to_be_focused()
-    expect(page.locator("#hp-lora_target_modules-error")).to_contain_text("not a module name")
-    expect(page.locator("#job-form-error")).to_contain_text("lora_target_modules")
+    expect(page.locator("#mc-lora-target_modules-error")).to_contain_text("not a module name")
+    expect(page.locator("#job-form-error")).to_contain_text("method_config.target_modules")
     expect(page.locator("#wizard-tab-settings")).to_have_class(re.compile("has-error"))
     view(page, "422-settings")
 
@@ -161,7 +161,7 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
     job = client.get(f"/api/jobs/{int(page.url.rsplit('/', 1)[1])}").json()
     assert (job["name"], job["kind"], job["method"], job["objective"]) == ("wizard-lora", "finetune", "lora", "sft")
-    assert job["hyperparameters"]["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert job["method_config"]["target_modules"] == ["q_proj", "v_proj"] and job["method_config"]["r"] == 8
     assert job["hyperparameters"]["max_steps"] == 4 and job["watch_prompts"] == ["Give three tips for staying healthy."]
 
 

@@ -14,7 +14,9 @@
   const PHASES = { loading: "Loading", merging: "Merging", saving: "Saving", zipping: "Zipping" };
   const STEPS = { adapter: ["loading", "saving", "zipping"], merged: ["loading", "merging", "saving", "zipping"],
     model: ["loading", "saving", "zipping"] };
-  const FORMATS = { adapter: "LoRA adapter", merged: "merged model", model: "full model" };
+  // The adapter is named by the job's method (the page has it from the registry: LoRA, IA³, Prompt tuning ...).
+  const adapter = panel.dataset.adapterLabel ? `${panel.dataset.adapterLabel} adapter` : "adapter";
+  const FORMATS = { adapter, merged: "merged model", model: "full model" };
   const form = $("export-form");
   const source = $("export-source");
   let stream = null;

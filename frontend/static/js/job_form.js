@@ -1,5 +1,7 @@
 // New-job wizard: one step at a time (kind → data → model → method → settings → review), the fields that fit
 // the kind and method, an estimate with the dataset's dry run, JSON posted, 422 errors put next to their fields.
+// The methods and objectives, what each takes and their settings come from the registry (backend/method/registry.py):
+// the page renders their fields, and the catalog rides along in #studio-methods for the choices made here.
 "use strict";
 
 (function () {
@@ -12,6 +14,13 @@
   const method = document.getElementById("job-method");
   const objective = document.getElementById("job-objective");
   const hpInputs = [...form.querySelectorAll("[data-hp]")];
+  // A method's or objective's own settings: data-config="method|objective", data-method/-objective, data-key.
+  const configInputs = [...form.querySelectorAll("[data-config]")];
+  const settingInputs = [...hpInputs, ...configInputs];
+  const catalog = JSON.parse(document.getElementById("studio-methods").textContent);
+  const METHODS = Object.fromEntries(catalog.methods.map((m) => [m.name, m]));
+  const OBJECTIVES = Object.fromEntries(catalog.objectives.map((o) => [o.name, o]));
+  const shortLabel = (entry) => entry.label.split(" (")[0];
 
   // Server field names → the control whose error line shows the message.
   const FIELD_INPUTS = {
@@ -40,6 +49,7 @@
       // Disabled controls are skipped by validation and by the payload.
       el.querySelectorAll("input, select").forEach((c) => (c.disabled = !show));
     });
+    syncMethodExtras();
   }
 
   // A separate validation file replaces the held-out fraction (a disabled input is left out of the payload).
@@ -53,28 +63,60 @@
     }
   }
 
-  // Which dataset shapes each objective trains on (backend/job/service.py OBJECTIVE_SHAPES), and the natural pick.
-  const OBJECTIVE_SHAPES = {
-    causal_lm: ["text", "prompt_completion"],
-    sft: ["prompt_completion", "messages"],
-    dpo: ["preference"],
-    kto: ["unpaired_preference"],
-    classification: ["classification"],
-  };
-  const DEFAULT_OBJECTIVE = {
-    text: "causal_lm",
-    prompt_completion: "sft",
-    messages: "sft",
-    preference: "dpo",
-    unpaired_preference: "kto",
-    classification: "classification",
-  };
-
+  // Objectives the dataset's shape (and the kind) can train; the shape's natural one is picked.
   function syncObjective() {
     const shape = dataset.selectedOptions[0]?.dataset.shape;
-    [...objective.options].forEach((o) => (o.disabled = Boolean(shape) && !OBJECTIVE_SHAPES[o.value].includes(shape)));
-    objective.value = DEFAULT_OBJECTIVE[shape] || "causal_lm";
+    [...objective.options].forEach((o) => {
+      const spec = OBJECTIVES[o.value];
+      o.disabled = !spec.kinds.includes(kind()) || (Boolean(shape) && !spec.shapes.includes(shape));
+    });
+    const natural = catalog.objectives.find((o) => o.default_for.includes(shape));
+    const enabled = [...objective.options].filter((o) => !o.disabled);
+    objective.value = natural && enabled.some((o) => o.value === natural.name) ? natural.name : enabled[0]?.value || "";
+    syncMethod();
+  }
+
+  // Methods that train the chosen objective; the reason a method is not offered is its option's title.
+  function syncMethod() {
+    const goal = OBJECTIVES[objective.value];
+    [...method.options].forEach((o) => {
+      const spec = METHODS[o.value];
+      const fits = spec.kinds.includes(kind()) && (!goal || spec.objectives.includes(goal.name));
+      o.disabled = !fits;
+      o.title = fits
+        ? ""
+        : `${shortLabel(spec)} does not train ${goal ? shortLabel(goal) : "this objective"}; it trains ` +
+          spec.objectives.map((name) => shortLabel(OBJECTIVES[name])).join(", ");
+    });
+    // Pretraining sends no method (its step is left out): the fine-tune's choice is kept for a switch back.
+    if (kind() === "finetune" && method.selectedOptions[0]?.disabled) {
+      const first = [...method.options].find((o) => !o.disabled);
+      if (first) method.value = first.value;
+    }
     syncVisibility();
+  }
+
+  // The help under each select follows the choice; a method that cannot recompute activations (prefix tuning: its
+  // prefixes enter as a key/value cache) turns gradient checkpointing off while it is chosen.
+  const checkpointing = document.getElementById("hp-gradient_checkpointing");
+  let checkpointingWas = checkpointing ? checkpointing.checked : false;
+  function syncMethodExtras() {
+    form.querySelectorAll("[data-method-help]").forEach((p) => (p.hidden = p.dataset.methodHelp !== method.value));
+    form
+      .querySelectorAll("[data-objective-help]")
+      .forEach((p) => (p.hidden = p.dataset.objectiveHelp !== objective.value));
+    if (!checkpointing) return;
+    const refuses = kind() === "finetune" && METHODS[method.value]?.gradient_checkpointing === false;
+    if (refuses && !checkpointing.disabled) {
+      checkpointingWas = checkpointing.checked;
+      checkpointing.checked = false;
+      checkpointing.disabled = true;
+      checkpointing.title = `${shortLabel(METHODS[method.value])} cannot recompute activations`;
+    } else if (!refuses && checkpointing.disabled) {
+      checkpointing.disabled = false;
+      checkpointing.checked = checkpointingWas;
+      checkpointing.title = "";
+    }
   }
 
   function errorLine(inputId) {
@@ -98,10 +140,29 @@
     return true;
   }
 
-  function inputIdFor(field) {
+  // A method's or objective's setting: its input in the chosen one's group. A check across its fields (field
+  // "method_config" alone) goes to the field its message names first ("init_text is required when init is
+  // ..."), else to the select.
+  function configInputId(prefix, entry, key, message) {
+    if (!entry) return null;
+    const at = (n) => (message || "").search(new RegExp(`\\b${n}\\b`));
+    const named = Object.keys(entry.settings.properties || {})
+      .filter((n) => at(n) >= 0)
+      .sort((a, b) => at(a) - at(b));
+    const name = key || named[0];
+    return name ? `${prefix}-${entry.name}-${name}` : null;
+  }
+
+  function inputIdFor(field, message = "") {
     if (!field) return null;
     const parts = field.split(".");
     if (parts[0] === "hyperparameters" && parts[1]) return `hp-${parts[1]}`;
+    if (parts[0] === "method_config") {
+      return configInputId("mc", METHODS[method.value], parts[1], message) || "job-method";
+    }
+    if (parts[0] === "objective_config") {
+      return configInputId("oc", OBJECTIVES[objective.value], parts[1], message) || "job-objective";
+    }
     return FIELD_INPUTS[parts[0]] || null;
   }
 
@@ -120,7 +181,7 @@
         }))
       : [{ field: err.body && err.body.field, msg: err.message }];
     const lines = items.map(({ field, msg }) => {
-      markField(inputIdFor(field), msg);
+      markField(inputIdFor(field, msg), msg);
       return field ? `${field}: ${msg}` : msg;
     });
     Studio.showError(alertBox, lines.join("\n"));
@@ -166,7 +227,7 @@
       problems.push(["job-base-model", "Choose a base model."]);
     }
     if (step === "settings") {
-      hpInputs
+      settingInputs
         .filter((i) => !i.disabled)
         .forEach((input) => {
           const msg = clientMessage(input);
@@ -181,9 +242,9 @@
     return problems.length === 0;
   }
 
-  function hpValue(input) {
+  function settingValue(input) {
     const raw = input.value.trim();
-    switch (input.dataset.hpType) {
+    switch (input.dataset.type) {
       case "boolean":
         return input.checked;
       case "integer":
@@ -196,6 +257,17 @@
       default:
         return raw === "" ? undefined : raw;
     }
+  }
+
+  function configValues(config, name) {
+    const values = {};
+    configInputs
+      .filter((i) => i.dataset.config === config && i.dataset[config] === name && !i.disabled)
+      .forEach((input) => {
+        const value = settingValue(input);
+        if (value !== undefined) values[input.dataset.key] = value;
+      });
+    return values;
   }
 
   function payload() {
@@ -213,11 +285,15 @@
       body.base_model = Number(document.getElementById("job-base-model").value);
       body.method = method.value;
       body.objective = objective.value;
+      // Only the chosen method's and objective's fields (the other groups are hidden and disabled); an empty
+      // field is left out, so the server fills its default.
+      body.method_config = configValues("method", method.value);
+      body.objective_config = configValues("objective", objective.value);
     }
     hpInputs
       .filter((i) => !i.disabled)
       .forEach((input) => {
-        const value = hpValue(input);
+        const value = settingValue(input);
         if (value !== undefined) body.hyperparameters[input.dataset.hp] = value;
       });
     if (formData.clone) body.cloned_from = formData.clone.id;
@@ -230,9 +306,12 @@
   const presetButtons = [...form.querySelectorAll("[data-preset]")];
 
   function setHp(name, value) {
-    const input = document.getElementById(`hp-${name}`);
+    setInput(document.getElementById(`hp-${name}`), value);
+  }
+
+  function setInput(input, value) {
     if (!input) return;
-    if (input.dataset.hpType === "boolean") input.checked = Boolean(value);
+    if (input.dataset.type === "boolean") input.checked = Boolean(value);
     else if (value == null) input.value = "";
     else input.value = Array.isArray(value) ? value.join(", ") : String(value);
     input.removeAttribute("aria-invalid");
@@ -253,6 +332,15 @@
     return ok;
   }
 
+  // A stored config holds every field (defaults filled; null for an empty optional one).
+  function fillConfig(config, name, values) {
+    configInputs
+      .filter((i) => i.dataset.config === config && i.dataset[config] === name)
+      .forEach((input) => {
+        if (input.dataset.key in values) setInput(input, values[input.dataset.key]);
+      });
+  }
+
   function prefill(job) {
     document.getElementById("job-name").value = `${job.name} (clone)`.slice(0, 200);
     const radio = document.getElementById(`job-kind-${job.kind}`);
@@ -267,8 +355,11 @@
       if (!choose(document.getElementById("job-base-model"), job.base_model_id)) {
         markField("job-base-model", `Base model ${job.base_model_id} is not available (removed, or not ready).`);
       }
-      choose(method, job.method);
       choose(objective, job.objective);
+      syncMethod();
+      choose(method, job.method);
+      fillConfig("method", job.method, job.method_config || {});
+      fillConfig("objective", job.objective, job.objective_config || {});
     }
     // Stored hyperparameters leave out empty optional fields: empty those, keep the form's defaults for the rest.
     hpInputs.forEach((input) => {
@@ -618,6 +709,21 @@
 
   const optionText = (select) => (select.value ? select.selectedOptions[0]?.textContent.trim() : "") || "—";
 
+  // "LoRA · r 8, alpha 16": the entry's name and what its settings hold (a switch only when on); a key loses the
+  // prefix its settings class shares (lora_alpha → alpha).
+  function brief(entry, values) {
+    if (!entry) return "—";
+    const prefix = `${entry.settings.title.replace(/Settings$/, "").toLowerCase()}_`;
+    const parts = Object.entries(values)
+      .filter(([, v]) => v !== false)
+      .map(([k, v]) => {
+        const key = k.startsWith(prefix) ? k.slice(prefix.length) : k;
+        const shown = v === true ? "" : ` ${Array.isArray(v) ? v.join("/") : v}`;
+        return `${key.replaceAll("_", " ")}${shown}`;
+      });
+    return parts.length ? `${shortLabel(entry)} · ${parts.join(", ")}` : shortLabel(entry);
+  }
+
   function summaryRows() {
     const body = payload();
     const hp = body.hyperparameters;
@@ -632,8 +738,8 @@
       rows.push(["Tokenizer", optionText($("job-tokenizer-model")), "model"]);
     } else {
       rows.push(["Base model", optionText($("job-base-model")), "model"]);
-      rows.push(["Method", optionText(method), "method"]);
-      rows.push(["Objective", optionText(objective), "method"]);
+      rows.push(["Method", brief(METHODS[method.value], body.method_config), "method"]);
+      rows.push(["Objective", brief(OBJECTIVES[objective.value], body.objective_config), "method"]);
     }
     const length = hp.max_steps != null ? `${hp.max_steps} steps` : `${hp.epochs ?? 1} epochs`;
     rows.push(["Length", length, "settings"]);
@@ -718,16 +824,16 @@
 
   form.querySelectorAll('input[name="kind"]').forEach((r) =>
     r.addEventListener("change", () => {
-      syncVisibility();
+      syncObjective(); // the kind narrows the objectives (pretraining: causal LM) and so the methods
       renderTabs(); // the method step comes and goes with the kind
     }),
   );
   method.addEventListener("change", syncVisibility);
-  objective.addEventListener("change", syncVisibility);
+  objective.addEventListener("change", syncMethod);
   dataset.addEventListener("change", syncObjective);
   dataset.addEventListener("change", syncValidation);
   if (validation) validation.addEventListener("change", syncValidation);
-  hpInputs.forEach((input) =>
+  settingInputs.forEach((input) =>
     input.addEventListener("input", () => {
       input.removeAttribute("aria-invalid");
       Studio.showError(errorLine(input.id), "");
