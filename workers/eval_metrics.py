@@ -26,6 +26,10 @@ def argmax_logits(logits: torch.Tensor | tuple[torch.Tensor, ...], labels: torch
     """Each position's predicted token id: evaluation keeps these instead of batch x length x vocab logits."""
     if isinstance(logits, tuple):  # some models return (logits, past_key_values, ...)
         logits = logits[0]
+    # Prompt tuning prepends its virtual tokens to the input, so the logits run that many positions longer than
+    # the labels; the last labels.shape[1] positions are the ones that line up with the real tokens.
+    if labels is not None and logits.shape[1] > labels.shape[1]:
+        logits = logits[:, -labels.shape[1] :]
     return logits.argmax(dim=-1)
 
 

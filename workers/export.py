@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from celery import shared_task
-from peft import PeftModel
+from peft import PeftConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -147,6 +147,11 @@ def load_merged(spec: ExportSpec, report: Reporter) -> PreTrainedModel:
     fp16 would round much of a small update away; the cast comes after."""
     auto, head = _auto_class(spec)
     assert spec.target.base_path is not None, "an adapter loads on its base"
+    config = PeftConfig.from_pretrained(str(spec.target.path))
+    if config.is_prompt_learning:
+        # The API refuses this (backend/export/service.py check_format); a row queued by other means still must
+        # not ship the bare base as a "merged" model: virtual tokens or prefixes have no weights to fold in.
+        raise ValueError(f"a {config.peft_type} adapter cannot be merged into its base; export it as adapter")
     report("loading", 0, 2, "files")
     base = load_base(spec.target.base_path, auto_class=auto, trust_remote_code=spec.target.trust_remote_code, **head)
     base.to(merge_device(base))

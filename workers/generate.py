@@ -43,6 +43,7 @@ from backend.work.kinds import GENERATION
 from backend.work.lease import LeaseLost
 from workers.claims import take
 from workers.examples import end_of_turn, format_prompt, load_tokenizer
+from workers.prompt_learning import fix_generation
 from workers.recipes.classification import classify
 from workers.training import use_bf16
 
@@ -116,7 +117,9 @@ def _load_model(target: Target) -> nn.Module:
     if target.kind == "adapter":
         assert target.base_path is not None, "an adapter loads on its base"
         base = auto.from_pretrained(target.base_path, **options)
-        return PeftModel.from_pretrained(base, target.path)
+        adapted = PeftModel.from_pretrained(base, target.path)
+        fix_generation(adapted)  # prompt and prefix tuning: see workers/prompt_learning.py
+        return adapted
     model: nn.Module = auto.from_pretrained(target.path, **options)
     return model
 
@@ -158,6 +161,12 @@ def stop_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return [int(i) for i in ids if i is not None]
 
 
+def virtual_tokens(model: nn.Module) -> int:
+    """Positions a prompt or prefix tuning adapter places before the input: they take up the context too."""
+    config = getattr(model, "active_peft_config", None)  # a PeftModel's; None for a plain model
+    return int(config.num_virtual_tokens) if config is not None and config.is_prompt_learning else 0
+
+
 def prompt_inputs(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -174,6 +183,7 @@ def prompt_inputs(
     inputs = dict(tokenizer(text, return_tensors="pt", add_special_tokens=not chat))
     context = getattr(model.config, "max_position_embeddings", None)
     if context:
+        context = max(2, context - virtual_tokens(model))
         # Positions past the context were never trained: keep the end of a long prompt (the part the answer
         # follows) and leave room for the answer.
         max_new_tokens = max(1, min(max_new_tokens, context - 1))

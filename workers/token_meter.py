@@ -15,6 +15,34 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 # A checkpoint's token counts, beside the Trainer's files: a resumed or rolled-back run continues from them.
 TOKENS_FILE = "studio_tokens.json"
 MB = 2**20
+KB = 2**10
+# Linux: writing "5" here sets the process's VmHWM (its peak resident memory) back to its current VmRSS.
+CLEAR_REFS = Path("/proc/self/clear_refs")
+STATUS = Path("/proc/self/status")
+
+
+def reset_peak_memory() -> bool:
+    """Start counting the peak memory afresh (at a job's start); False when this system cannot reset it."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:  # not Linux, or a kernel or sandbox that refuses it
+        return False
+    return True
+
+
+def resident_peak_bytes() -> int | None:
+    """The process's peak resident memory (VmHWM) since it started or since the last reset; None off Linux."""
+    try:
+        lines = STATUS.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * KB  # "VmHWM:   123456 kB"
+    return None
 
 
 class TokenMeter(TrainerCallback):
@@ -25,7 +53,13 @@ class TokenMeter(TrainerCallback):
     prediction carries loss, cumulative), `tokens_per_second` (input tokens over the time spent in training
     steps, so evaluations and checkpoint saves do not count as slowness), and `memory_mb`: on a GPU the peak
     CUDA memory allocated since the previous point (what decides an out-of-memory error), on a CPU worker the
-    process's resident memory. One key for both, so a chart compares runs; the job's device says which."""
+    process's resident memory. One key for both, so a chart compares runs; the job's device says which.
+
+    `peak_memory_bytes` is the job's peak so far, counted from the meter's creation (the trainer's, once the
+    model is loaded and wrapped; a resumed run counts from its resume): on a GPU the most CUDA memory allocated,
+    on a CPU the process's peak resident memory (VmHWM, reset through /proc/self/clear_refs). Where that reset
+    is refused, VmHWM would hold an earlier job's peak in a long-lived worker, so the meter keeps the largest
+    resident memory it saw at its own points instead (a peak between two points goes unseen)."""
 
     def __init__(self) -> None:
         self.tokens_seen = 0
@@ -35,6 +69,8 @@ class TokenMeter(TrainerCallback):
         self._pending: torch.Tensor | None = None
         self._seconds = 0.0
         self._step_began: float | None = None
+        self._resettable = reset_peak_memory()
+        self.peak_memory = 0  # bytes: the largest of the peaks read at each point
 
     def count(self, inputs: dict[str, Any]) -> None:
         """Add one micro-batch (the collated tensors, before the forward pass)."""
@@ -66,10 +102,17 @@ class TokenMeter(TrainerCallback):
             values["tokens_per_second"] = n_input / self._seconds
         self._seconds = 0.0
         if torch.cuda.is_available():
-            values["memory_mb"] = torch.cuda.max_memory_allocated() / MB
-            torch.cuda.reset_peak_memory_stats()  # the next point reports its own interval's peak
+            interval_peak = torch.cuda.max_memory_allocated()
+            values["memory_mb"] = interval_peak / MB
+            # The next point reports its own interval's peak; the job's peak is the largest of them.
+            torch.cuda.reset_peak_memory_stats()
+            self.peak_memory = max(self.peak_memory, interval_peak)
         else:
-            values["memory_mb"] = psutil.Process().memory_info().rss / MB
+            rss = psutil.Process().memory_info().rss
+            values["memory_mb"] = rss / MB
+            peak = resident_peak_bytes() if self._resettable else None
+            self.peak_memory = max(self.peak_memory, rss, peak or 0)
+        values["peak_memory_bytes"] = float(self.peak_memory)
         return values
 
     def on_train_begin(

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel, PeftType
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -68,6 +70,21 @@ def total_steps(ctx: JobContext, n_train: int) -> int:
 
 # A save interval no run reaches: checkpoints only at the end (and on pause).
 NEVER = 2**31 - 1
+
+# Prefix tuning through an MLP (prefix_projection) saves in adapter_model.safetensors what the MLP makes of the
+# prefixes, which is all inference needs but not what trains; a checkpoint also keeps the trainable encoder here.
+PREFIX_ENCODER_FILE = "studio_prefix_encoder.safetensors"
+
+
+def projected_prefix_encoder(model: nn.Module | None) -> nn.Module | None:
+    """The trainable prefix encoder (embedding and MLP) of a prefix tuning adapter with prefix_projection."""
+    if not isinstance(model, PeftModel):
+        return None
+    config = model.active_peft_config
+    if config.peft_type != PeftType.PREFIX_TUNING or not getattr(config, "prefix_projection", False):
+        return None
+    encoder: nn.Module = model.prompt_encoder[model.active_adapter]
+    return encoder
 
 
 def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> TrainingArguments:
@@ -163,6 +180,16 @@ class MeteredTrainer(Trainer):
                 logs["eval_bits_per_byte"] = bpb
         super().log(logs, start_time)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        encoder = projected_prefix_encoder(model if model is not None else self.model)
+        saved = Path(resume_from_checkpoint) / PREFIX_ENCODER_FILE
+        if encoder is None or not saved.is_file():
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        # The adapter file's prefixes (the MLP's output) have no place in the trainable encoder: load it whole.
+        device = next(encoder.parameters()).device
+        encoder.load_state_dict(load_file(str(saved), device=str(device)))
+
     def _get_output_dir(self, trial: Any) -> str:
         # The Trainer's save puts checkpoint-<step> under this folder: the staging one while a save is under way.
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
@@ -178,7 +205,12 @@ class MeteredTrainer(Trainer):
             finally:
                 self._staging = None
             if self.args.should_save:  # data parallel: the counts are rank 0's to write, like the weights
-                self.meter.save(staging / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+                folder = staging / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                self.meter.save(folder)
+                encoder = projected_prefix_encoder(self.model)
+                if encoder is not None:
+                    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+                    save_file(state, str(folder / PREFIX_ENCODER_FILE))
 
         def rotate() -> None:
             # The Trainer rotated inside the staging folder (alone there, nothing to delete): rotate among the

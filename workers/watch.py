@@ -5,6 +5,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from workers.examples import format_prompt
+from workers.prompt_learning import fix_generation
 
 # Enough to see an answer take shape; generation runs at every eval, so it must stay cheap.
 MAX_NEW_TOKENS = 64
@@ -17,6 +18,7 @@ def answer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, *,
     # already carries any BOS; raw text goes in as pretraining saw it.
     text = format_prompt(tokenizer, prompt) if sft else prompt
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not sft).to(next(model.parameters()).device)
+    fix_generation(model)  # a prompt or prefix tuning adapter must be in the answer's context
     was_training = model.training
     model.eval()  # no dropout: the same weights give the same answer
     try:

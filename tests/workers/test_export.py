@@ -14,6 +14,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors import safe_open
+from safetensors.torch import load_file
 from sqlalchemy import select
 from transformers import AutoModelForCausalLM
 
@@ -261,3 +262,48 @@ def test_an_export_taken_back_by_the_reaper_stops_and_the_next_attempt_does_it(
         2,
         "checkpoint-10-adapter-float16.zip",
     )
+
+
+def test_a_prompt_tuning_adapter_exports_as_adapter_and_never_merged(
+    seed: Seed, pretrained: Pretrained, tmp_path: Path
+) -> None:
+    from sqlalchemy import update
+
+    from backend.errors import Invalid
+
+    job_id = create_job(
+        seed,
+        kind="finetune",
+        method="prompt_tuning",
+        objective="sft",
+        dataset_id=seed.alpaca_dataset_id,
+        base_model_id=pretrained.model_id,
+        hyperparameters={"max_steps": 4, "max_length": 64, "batch_size": 4, "learning_rate": 3e-2, "seed": 0},
+        method_config={"num_virtual_tokens": 4},
+    )
+    assert run_job(job_id) == "succeeded"
+    export_id = queue_export(seed, job_id, format="adapter", dtype="float32")
+    assert worker.export_weights(export_id) == "done", row(export_id).error
+    out = unzip(seed, row(export_id), tmp_path / "adapter")
+    original = seed.data_dir / "jobs" / str(job_id) / "adapter"
+    exported = load_file(out / "adapter_model.safetensors")
+    assert set(exported) == {"prompt_embeddings"}
+    assert torch.equal(
+        exported["prompt_embeddings"], load_file(original / "adapter_model.safetensors")["prompt_embeddings"]
+    )
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(pretrained.model_path), out)
+    assert (
+        logits(model, out)
+        - logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(pretrained.model_path), original), out)
+    ).abs().max().item() == 0
+
+    # The API refuses a merged export, naming the field; a row that asks for one anyway fails on the worker
+    # instead of shipping the bare base as "merged".
+    with pytest.raises(Invalid) as refused:
+        queue_export(seed, job_id, format="merged", dtype="float32")
+    assert refused.value.details == {"field": "format"} and "prompt tuning" in refused.value.message
+    sneaked = queue_export(seed, job_id, format="adapter", dtype="float16")
+    with session_scope() as s:
+        s.execute(update(Export).where(Export.id == sneaked).values(format="merged"))
+    assert worker.export_weights(sneaked) == "failed"
+    assert "cannot be merged" in (row(sneaked).error or "")

@@ -1,5 +1,6 @@
 """Playground generation on the worker: a base model, a LoRA job's adapter and one of its checkpoints answer,
-each streamed into its row in pieces that match a plain greedy `generate`; a classifier answers with a label."""
+each streamed into its row in pieces that match a plain greedy `generate`; so do prompt and prefix tuning
+adapters; a classifier answers with a label."""
 
 import itertools
 import re
@@ -20,6 +21,7 @@ from backend.playground.schemas import GenerationCreate
 from backend.playground.service import create_generation
 from tests.workers.support import FIXTURES, Pretrained, Seed, add_dataset, create_job, studio_env
 from workers.examples import format_prompt, load_tokenizer
+from workers.prompt_learning import fix_generation
 from workers.tasks import run_job
 
 LORA_HP = {
@@ -196,3 +198,69 @@ def test_model_directories_are_told_apart(pretrained: Pretrained, lora_job: int,
     assert weights_kind(jobs / "adapter") == "adapter"
     assert weights_kind(jobs / "checkpoints" / "checkpoint-5") == "adapter"
     assert weights_kind(jobs) is None
+
+
+# --- prompt and prefix tuning: what they learned sits before the input, not in the weights -------------------------
+
+VIRTUAL_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def prompt_learning_jobs(seed: Seed, pretrained: Pretrained) -> Iterator[dict[str, int]]:
+    """A trained prompt tuning job and a prefix tuning one, by method."""
+    hp = {"max_steps": 6, "max_length": 64, "batch_size": 4, "learning_rate": 3e-2, "validation_fraction": 0.0}
+    jobs = {}
+    with studio_env(seed.data_dir):
+        for method in ("prompt_tuning", "prefix_tuning"):
+            jobs[method] = create_job(
+                seed,
+                kind="finetune",
+                method=method,
+                objective="sft",
+                dataset_id=seed.alpaca_dataset_id,
+                base_model_id=pretrained.model_id,
+                hyperparameters=hp,
+                method_config={"num_virtual_tokens": VIRTUAL_TOKENS},
+            )
+            assert run_job(jobs[method]) == "succeeded"
+        yield jobs
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_and_prefix_tuning_adapters_answer(
+    seed: Seed, pretrained: Pretrained, prompt_learning_jobs: dict[str, int], method: str
+) -> None:
+    prompt = "Reverse the word: cat"
+    job_id = prompt_learning_jobs[method]
+    gid = queue_generation(seed, prompt=prompt, job_id=job_id)
+    assert gen.generate(gid) == "done", row(gid).error
+    adapter = seed.data_dir / "jobs" / str(job_id) / "adapter"
+    tokenizer = load_tokenizer(adapter)
+    text = format_prompt(tokenizer, prompt)
+    base = AutoModelForCausalLM.from_pretrained(pretrained.model_path)
+    plain = greedy(base, tokenizer, text, chat=True)
+    adapted = PeftModel.from_pretrained(base, adapter)
+    fix_generation(adapted)  # tests/workers/test_peft_methods.py holds its answers equal to forward passes
+    expected = greedy(adapted, tokenizer, text, chat=True)
+    assert row(gid).output == expected
+    assert expected != plain  # the learned tokens (or prefixes) were in the answer's context
+
+
+def test_a_long_prompt_leaves_room_for_the_virtual_tokens(
+    seed: Seed, pretrained: Pretrained, prompt_learning_jobs: dict[str, int]
+) -> None:
+    adapter = seed.data_dir / "jobs" / str(prompt_learning_jobs["prompt_tuning"]) / "adapter"
+    tokenizer = load_tokenizer(adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(pretrained.model_path), adapter)
+    context = model.config.max_position_embeddings
+    long_prompt = "the fox ran " * context
+    inputs, max_new = gen.prompt_inputs(model, tokenizer, long_prompt, chat=False, max_new_tokens=NEW_TOKENS)
+    assert max_new == NEW_TOKENS
+    # The soft prompt's positions, the prompt's and the answer's together fit the context the base was trained on.
+    assert VIRTUAL_TOKENS + inputs["input_ids"].shape[1] + max_new == context
+    plain = AutoModelForCausalLM.from_pretrained(pretrained.model_path)
+    assert (
+        gen.prompt_inputs(plain, tokenizer, long_prompt, chat=False, max_new_tokens=NEW_TOKENS)[0]["input_ids"].shape[1]
+        + NEW_TOKENS
+        == context
+    )
