@@ -137,6 +137,9 @@ def _run(session: Session, job: Job) -> CompareRun:
     trainable = (config.get("parameters") or {}).get("trainable")
     total = (config.get("parameters") or {}).get("total")
     seconds = curve[-1].seconds if curve else None
+    # A PEFT model's total counts its adapter too; the share is of the base's own parameters, as the estimate
+    # and the registry's usual ranges give it.
+    base_total = total - trainable if total and trainable and registry.method(job.method).adapter else total
     # The workers log it with the training points, not the evaluation ones: the latest is the run's last word.
     peak = _last(metrics, ("peak_memory_bytes",))
     return CompareRun(
@@ -153,7 +156,7 @@ def _run(session: Session, job: Job) -> CompareRun:
         dataset_bytes=dataset.size_bytes if dataset else None,
         trainable_parameters=trainable,
         total_parameters=total,
-        trainable_fraction=trainable / total if trainable is not None and total else None,
+        trainable_fraction=trainable / base_total if trainable is not None and base_total else None,
         steps=job.current_step,
         total_steps=job.total_steps,
         tokens=tokens,

@@ -435,7 +435,9 @@ class CompareRun(BaseModel):
     trainable_parameters: int | None
     total_parameters: int | None
     trainable_fraction: float | None = Field(
-        None, description="trainable_parameters / total_parameters (0.004 is 0.4%), as the worker counted them."
+        None,
+        description="The share of the base's parameters that trained (0.004 is 0.4%), as the worker counted them; an "
+        "adapter's own parameters are left out of the base's count.",
     )
     steps: int
     total_steps: int | None = Field(None, description="The steps planned (the worker's count once it started).")

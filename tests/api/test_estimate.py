@@ -58,7 +58,12 @@ def test_estimate_names_bad_fields(client: TestClient) -> None:
     dataset_id = _dataset(client)
     bad = client.post(
         "/api/jobs/estimate",
-        json={"kind": "pretrain", "architecture": "tiny", "dataset_id": dataset_id, "hyperparameters": {"max_length": 0}},
+        json={
+            "kind": "pretrain",
+            "architecture": "tiny",
+            "dataset_id": dataset_id,
+            "hyperparameters": {"max_length": 1},
+        },
     )
     assert bad.status_code == 422 and "max_length" in bad.text
     missing = client.post("/api/jobs/estimate", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": 99999})

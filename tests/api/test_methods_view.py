@@ -62,7 +62,8 @@ def test_compare_reports_each_methods_costs_and_results(client: TestClient) -> N
     res = client.get("/api/jobs/compare", params={"ids": [lora, full, fresh]})
     assert res.status_code == 200, res.text
     run_lora, run_full, run_fresh = res.json()["runs"]
-    assert run_lora["trainable_fraction"] == 0.0042 and run_full["trainable_fraction"] == 1.0
+    # A PEFT model's total holds its adapter: the share is of the base's own parameters.
+    assert run_lora["trainable_fraction"] == 4_200 / (1_000_000 - 4_200) and run_full["trainable_fraction"] == 1.0
     assert run_lora["peak_memory_bytes"] == 4_000_000  # the last training point's, not the first's
     # 4000 tokens over the 6 s from the first point (step 1 at 2 s) to the evaluation at 8 s.
     assert run_lora["seconds"] == 6.0 and run_lora["tokens_per_second"] == 4000 / 6

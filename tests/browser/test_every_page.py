@@ -205,6 +205,8 @@ def tour(site: Site) -> dict[str, tuple[str, Callable[[Any], None], bool]]:
             False,
         ),
         "playground": (f"/playground?job_id={site.finetune_id}", visible("#pg-form"), False),
+        # The methods comparison: its form, and its table for a finished run (no longer live).
+        "methods": (f"/methods?ids={site.finetune_id}", visible('#methods-table[data-live="closed"]'), False),
         "datasets": ("/datasets", visible("#dataset-table"), True),
         "dataset": (f"/datasets/{site.text_id}", visible("#dataset-records"), True),
         "models": ("/models", visible("#model-table"), True),
@@ -224,6 +226,7 @@ TOUR = [
     "new-job-review",
     "compare",
     "playground",
+    "methods",
     "datasets",
     "dataset",
     "models",
