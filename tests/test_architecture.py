@@ -84,3 +84,10 @@ def test_no_second_list_of_objectives_or_methods() -> None:
         pattern = re.compile(rf"{name}[^\n]{{0,80}}{name}[^\n]{{0,80}}{name}")
         offenders = [str(p.relative_to(ROOT)) for p in sources if pattern.search(p.read_text())]
         assert offenders == [], offenders
+    # Nor does a template write out one option of them (a <select> lists them one per line).
+    from backend.dataset.formats import SHAPES
+
+    names = (set(OBJECTIVES) | set(METHODS)) - set(SHAPES)  # "classification" is a dataset shape too
+    option = re.compile(rf"<option value=\"(?:{'|'.join(names)})\"")
+    templates = [p for p in sources if p.suffix == ".html"]
+    assert [str(p.relative_to(ROOT)) for p in templates if option.search(p.read_text())] == []

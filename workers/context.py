@@ -130,8 +130,8 @@ def load_context(job_id: int) -> JobContext:
         method, objective = registry.method(job.method), registry.objective(job.objective)
         # Old-style keys still in `hyperparameters` (a row written by hand, or by a test) count as settings.
         stored = job.hyperparameters or {}
-        hp, legacy_method, legacy_objective, _ = registry.split_legacy(stored, method.name, objective.name)
-        method_config = method.settings.model_validate({**legacy_method, **(job.method_config or {})})
+        legacy = registry.split_legacy(stored, method.name, objective.name)
+        method_config = method.settings.model_validate({**legacy.method, **(job.method_config or {})})
         assert isinstance(method_config, MethodSettings)
         return JobContext(
             job_id=job.id,
@@ -141,9 +141,9 @@ def load_context(job_id: int) -> JobContext:
             method=method.name,
             objective=objective.name,
             architecture=job.architecture,
-            hp=Hyperparameters.model_validate(hp),
+            hp=Hyperparameters.model_validate(legacy.hyperparameters),
             method_config=method_config,
-            objective_config=objective.settings.model_validate({**legacy_objective, **(job.objective_config or {})}),
+            objective_config=objective.settings.model_validate({**legacy.objective, **(job.objective_config or {})}),
             dataset=DatasetRef.of(dataset),
             validation_dataset=DatasetRef.of(validation) if validation else None,
             base_model_name=base.name if base else None,

@@ -41,6 +41,7 @@ from backend.export.lifecycle import (
     remove_empty,
 )
 from backend.job.checkpoints import STATE_FILE
+from backend.method import registry
 from backend.queue import EXPORT_WEIGHTS
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import EXPORT
@@ -123,7 +124,7 @@ class Reporter:
 
 def _auto_class(spec: ExportSpec) -> tuple[Any, dict[str, Any]]:
     """The transformers class the weights load with, and what a classifier's base needs to take its head."""
-    if spec.objective != "classification":
+    if not registry.objective(spec.objective).classifier:
         return AutoModelForCausalLM, {}
     if spec.target.kind != "adapter":
         return AutoModelForSequenceClassification, {}  # a full classifier's config holds its labels
@@ -265,7 +266,7 @@ def write_card(spec: ExportSpec, directory: Path) -> None:
     """The job's model card (how it was trained, how to load it), and what this export is."""
     labels = dict(enumerate(spec.target.labels))
     loading = None
-    if spec.objective == "classification":
+    if registry.objective(spec.objective).classifier:
         loading = ADAPTER_LOADING.format(labels=labels) if spec.format == "adapter" else LOADING
     loss, eval_loss = _losses(spec)
     write_model_card(

@@ -113,7 +113,8 @@ def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> Trai
         eval_on_start=has_eval and ctx.kind == "finetune" and ctx.resume_checkpoint is None,
         # Eval needs only the loss, except SFT's token accuracy, which keeps each position's argmax (never the
         # batch x length x vocab logits: see preprocess_logits_for_metrics in build_trainer).
-        prediction_loss_only=ctx.objective != "sft",
+        # Only token accuracy needs the predictions kept (as argmax ids); other objectives evaluate their loss.
+        prediction_loss_only="eval_token_accuracy" not in ctx.objective_spec.metrics,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         # Recompute each block's activations in the backward pass instead of keeping them. Non-reentrant
         # checkpointing also works when no input needs a gradient (LoRA's frozen embeddings).
@@ -258,7 +259,8 @@ def build_trainer(
         log_after=last_metric_step(ctx.job_id) if ctx.resume_checkpoint else 0,
         rollbacks=ctx.hp.divergence_rollbacks,
     )
-    watch = Watch(prompts=ctx.watch_prompts, sft=ctx.objective == "sft")
+    # Watch prompts are asked in the layout the objective trained in: chat turns for SFT, DPO and KTO.
+    watch = Watch(prompts=ctx.watch_prompts, sft=ctx.objective_spec.chat)
     callback = JobCallback(
         ctx.job_id,
         guards=guards,
@@ -284,7 +286,7 @@ def build_trainer(
         "perplexity": next_token,
         "tokens_per_byte": tokens_per_byte(eval_set, tokenizer) if eval_set and next_token else None,
     }
-    if ctx.objective == "sft":
+    if "eval_token_accuracy" in ctx.objective_spec.metrics:
         # Token accuracy on the response tokens; the Trainer keeps each batch's argmax, not its logits.
         defaults |= {"compute_metrics": token_accuracy, "preprocess_logits_for_metrics": argmax_logits}
     trainer = metered(trainer_class)(**(defaults | options))

@@ -7,6 +7,7 @@ from backend.dataset.versions import lineage
 from backend.db import Dataset
 from backend.deps import OptionalUser, SessionDep
 from backend.job.service import jobs_using
+from backend.method import registry
 from backend.model.service import list_models
 from backend.web import page_id, render, require
 
@@ -38,6 +39,9 @@ def dataset_page(dataset_id: str, request: Request, session: SessionDep, user: O
         models=models,
         chat_models=chat,
         default_model=service.dry_run_model(models, shape=ds.shape, chat=chat),
+        # The dry run takes the objectives a job on this data could train, the natural one first.
+        objectives=[o for o in registry.OBJECTIVES.values() if ds.shape in o.shapes],
+        default_objective=registry.default_objective(ds.shape),
         others=[d for d in service.list_datasets(session, user=user) if d.id != ds.id],
         used_by=jobs_using(session, user=user, dataset_id=ds.id),
     )

@@ -115,7 +115,7 @@ def _last(metrics: list[JobMetric], keys: tuple[str, ...]) -> float | None:
 
 def _output_bytes(session: Session, job: Job) -> int | None:
     """Size on disk of the run's trained output: adapter.zip for an adapter method, else model.zip."""
-    adapter = job.kind == "finetune" and registry.METHODS.get(job.method or "full", registry.METHODS["full"]).adapter
+    adapter = job.kind == "finetune" and registry.method(job.method).adapter
     name = "adapter.zip" if adapter else "model.zip"
     query = select(Artifact.size_bytes).where(Artifact.job_id == job.id, Artifact.name == name)
     return session.scalar(query.order_by(Artifact.id.desc()).limit(1))

@@ -134,18 +134,16 @@ def clone_job(session: Session, *, user: User, job_id: int, data: JobClone) -> J
     """A new queued job with the source's inputs, and `data`'s changes. The caller enqueues it."""
     source = get_job(session, user=user, job_id=job_id)
     # Old-style keys (lora_r, dpo_beta) among the changes change the method's or objective's settings.
-    hp, method_config, objective_config, ignored = registry.split_legacy(
-        data.hyperparameters, source.method, source.objective
-    )
-    hp |= {key: data.hyperparameters[key] for key in ignored}  # create_job refuses them by name
+    legacy = registry.split_legacy(data.hyperparameters, source.method, source.objective)
+    hp = legacy.hyperparameters | {key: data.hyperparameters[key] for key in legacy.foreign}  # refused by name
     try:
         body = JobCreate.model_validate(
             inputs_of(source)
             | {
                 "name": data.name if data.name is not None else f"{source.name} (clone)"[:200],
                 "hyperparameters": {**(source.hyperparameters or {}), **hp},
-                "method_config": {**(source.method_config or {}), **method_config, **data.method_config},
-                "objective_config": {**(source.objective_config or {}), **objective_config, **data.objective_config},
+                "method_config": {**(source.method_config or {}), **legacy.method, **data.method_config},
+                "objective_config": {**(source.objective_config or {}), **legacy.objective, **data.objective_config},
                 "watch_prompts": source.watch_prompts if data.watch_prompts is None else data.watch_prompts,
             }
         )

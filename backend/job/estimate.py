@@ -166,9 +166,7 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
         examples = int(stats.get("examples") or dataset.record_count)
     else:
         tokens_per_epoch = dataset.size_bytes / BYTES_PER_TOKEN
-        examples = (
-            max(1, math.ceil(tokens_per_epoch / hp.max_length)) if objective == "causal_lm" else dataset.record_count
-        )
+        examples = max(1, math.ceil(tokens_per_epoch / hp.max_length)) if goal.packed else dataset.record_count
         notes.append(
             "tokens estimated from the file size (~4 bytes per token): the tokenizer is trained on the dataset "
             "at launch, so there is none to count with yet"
@@ -216,7 +214,7 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
     fits = None if not available or not known else bool(fitting)
     advice = []
     if fits is False:
-        if not hp.gradient_checkpointing:
+        if not hp.gradient_checkpointing and method.gradient_checkpointing:
             advice.append("turn on gradient_checkpointing")
         if hp.batch_size > 1:
             advice.append(f"halve batch_size and double gradient_accumulation_steps (now {hp.batch_size})")

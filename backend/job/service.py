@@ -105,7 +105,8 @@ def _validated(model: type[BaseModel], values: dict[str, Any], field: str) -> Ba
 
 def job_settings(data: JobCreate, objective: str) -> tuple[MethodSettings, BaseModel]:
     """The method's and the objective's settings, validated by their registry classes (old-style keys in
-    `hyperparameters` included: one that belongs to another method or objective is refused)."""
+    `hyperparameters` included: one that belongs to another method or objective is refused unless it holds that
+    setting's default, and one that contradicts method_config / objective_config is refused)."""
     method = registry.method(data.method)
     if data.kind == "finetune" and objective not in method.objectives:
         raise Invalid(
@@ -117,18 +118,29 @@ def job_settings(data: JobCreate, objective: str) -> tuple[MethodSettings, BaseM
             f"method {method.name} cannot recompute activations (gradient_checkpointing): turn it off",
             field="hyperparameters.gradient_checkpointing",
         )
-    _, legacy_method, legacy_objective, foreign = registry.split_legacy(data._legacy, method.name, objective)
-    if foreign:
+    legacy = registry.split_legacy(data._legacy, method.name, objective)
+    if legacy.foreign:
         raise Invalid(
-            f"hyperparameters.{foreign[0]} is not a setting of method {method.name} or objective {objective} "
+            f"hyperparameters.{legacy.foreign[0]} is not a setting of method {method.name} or objective {objective} "
             "(each method's and objective's settings go in method_config / objective_config: GET /api/methods)",
-            field=f"hyperparameters.{foreign[0]}",
+            field=f"hyperparameters.{legacy.foreign[0]}",
         )
-    settings = _validated(method.settings, {**legacy_method, **data.method_config}, "method_config")
+    settings = _validated(method.settings, _merged(legacy.method, data.method_config, "method_config"), "method_config")
     assert isinstance(settings, MethodSettings)
     spec = registry.objective(objective)
-    goal = _validated(spec.settings, {**legacy_objective, **data.objective_config}, "objective_config")
-    return settings, goal
+    values = _merged(legacy.objective, data.objective_config, "objective_config")
+    return settings, _validated(spec.settings, values, "objective_config")
+
+
+def _merged(legacy: dict[str, Any], given: dict[str, Any], field: str) -> dict[str, Any]:
+    """Old-style keys and the new settings object together; the same setting twice must agree."""
+    for name, value in legacy.items():
+        if name in given and given[name] != value:
+            raise Invalid(
+                f"{field}.{name} is {given[name]!r} but the old-style hyperparameters key for it says {value!r}",
+                field=f"{field}.{name}",
+            )
+    return {**legacy, **given}
 
 
 def create_job(session: Session, *, user: User, data: JobCreate) -> Job:

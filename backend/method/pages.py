@@ -65,7 +65,7 @@ def method_choices(session: Session) -> list[dict[str, Any]]:
         unavailable = ""
         if entry["requires"] == "cuda_bitsandbytes" and not cuda:
             unavailable = "needs a CUDA worker with bitsandbytes, and none is live"
-        choices.append({**entry, "short_label": entry["label"].split(" (")[0], "unavailable": unavailable})
+        choices.append({**entry, "unavailable": unavailable})
     return choices
 
 

@@ -51,6 +51,10 @@ class Objective:
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.recipes)
 
+    @property
+    def short_label(self) -> str:
+        return _short(self.label)
+
 
 @dataclass(frozen=True)
 class Method:
@@ -74,6 +78,15 @@ class Method:
     requires: Literal["cuda_bitsandbytes"] | None = None  # what a worker needs to run it
     quantized_base: bool = False  # the base is loaded in 4 bits (QLoRA)
     gradient_checkpointing: bool = True  # whether activations may be recomputed in the backward pass
+
+    @property
+    def short_label(self) -> str:
+        return _short(self.label)
+
+
+def _short(label: str) -> str:
+    """A label without its parenthesis: "QLoRA (4-bit base, CUDA workers only)" -> "QLoRA"."""
+    return label.split(" (")[0]
 
 
 FINETUNE_OBJECTIVES = ("sft", "causal_lm", "dpo", "kto", "classification")
@@ -273,46 +286,55 @@ def default_method(kind: str) -> str:
 
 
 # Settings that a flat `hyperparameters` object held before each method and objective had its own (API bodies
-# written for that keep working; jobs stored then were moved by the 2026_12_03 migration): old key -> new key.
-LEGACY_METHOD_KEYS = {
-    "lora_r": "r",
-    "lora_alpha": "lora_alpha",
-    "lora_dropout": "lora_dropout",
-    "lora_target_modules": "target_modules",
-    "lora_use_rslora": "use_rslora",
-    "lora_use_dora": "use_dora",
-    "freeze_trainable_layers": "trainable_layers",
+# written for that keep working; jobs stored then were moved by the 2026_12_03 migration):
+# old key -> (the settings class that holds it now, its name there).
+LEGACY_KEYS: dict[str, tuple[type[Settings], str]] = {
+    "lora_r": (LoraSettings, "r"),
+    "lora_alpha": (LoraSettings, "lora_alpha"),
+    "lora_dropout": (LoraSettings, "lora_dropout"),
+    "lora_target_modules": (LoraSettings, "target_modules"),
+    "lora_use_rslora": (LoraSettings, "use_rslora"),
+    "lora_use_dora": (LoraSettings, "use_dora"),
+    "freeze_trainable_layers": (FreezeSettings, "trainable_layers"),
+    "dpo_beta": (DpoSettings, "beta"),
+    "kto_beta": (KtoSettings, "beta"),
+    "kto_desirable_weight": (KtoSettings, "desirable_weight"),
+    "kto_undesirable_weight": (KtoSettings, "undesirable_weight"),
 }
-LEGACY_OBJECTIVE_KEYS = {
-    "dpo_beta": "beta",
-    "kto_beta": "beta",
-    "kto_desirable_weight": "desirable_weight",
-    "kto_undesirable_weight": "undesirable_weight",
-}
-LEGACY_OWNERS = {"lora_": ("lora", "qlora"), "freeze_": ("freeze",), "dpo_": ("dpo",), "kto_": ("kto",)}
 
 
 def is_legacy_key(key: str) -> bool:
-    return key in LEGACY_METHOD_KEYS or key in LEGACY_OBJECTIVE_KEYS
+    return key in LEGACY_KEYS
 
 
-def split_legacy(
-    hyperparameters: dict[str, Any], method_name: str | None, objective_name: str | None
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
-    """(hyperparameters, method settings, objective settings, ignored keys) from a flat, old-style dict: the
-    keys of this method and objective move to their settings, those of another one are named as ignored."""
-    hp, method_settings, objective_settings, ignored = {}, {}, {}, []
+@dataclass
+class LegacySplit:
+    """An old-style flat dict taken apart: the general hyperparameters, the method's and the objective's settings
+    under their new names, and the keys that belong to another method or objective and differ from its default
+    (every job stored before the registry held all of them, at their defaults: those carry nothing)."""
+
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    objective: dict[str, Any]
+    foreign: list[str]
+
+
+def split_legacy(hyperparameters: dict[str, Any], method_name: str | None, objective_name: str | None) -> LegacySplit:
+    method_settings = method(method_name).settings
+    objective_settings = OBJECTIVES[objective_name].settings if objective_name in OBJECTIVES else None
+    out = LegacySplit({}, {}, {}, [])
     for key, value in hyperparameters.items():
-        owner = next((names for prefix, names in LEGACY_OWNERS.items() if key.startswith(prefix)), None)
-        if key in LEGACY_METHOD_KEYS and owner and (method_name or "full") in owner:
-            method_settings[LEGACY_METHOD_KEYS[key]] = value
-        elif key in LEGACY_OBJECTIVE_KEYS and owner and objective_name in owner:
-            objective_settings[LEGACY_OBJECTIVE_KEYS[key]] = value
-        elif key in LEGACY_METHOD_KEYS or key in LEGACY_OBJECTIVE_KEYS:
-            ignored.append(key)
-        else:
-            hp[key] = value
-    return hp, method_settings, objective_settings, ignored
+        if key not in LEGACY_KEYS:
+            out.hyperparameters[key] = value
+            continue
+        owner, name = LEGACY_KEYS[key]
+        if owner is method_settings:
+            out.method[name] = value
+        elif owner is objective_settings:
+            out.objective[name] = value
+        elif value != owner.model_fields[name].default:
+            out.foreign.append(key)
+    return out
 
 
 def catalog() -> dict[str, Any]:
@@ -322,6 +344,7 @@ def catalog() -> dict[str, Any]:
             {
                 "name": o.name,
                 "label": o.label,
+                "short_label": o.short_label,
                 "summary": o.summary,
                 "shapes": list(o.shapes),
                 "default_for": list(o.default_for),
@@ -338,6 +361,7 @@ def catalog() -> dict[str, Any]:
             {
                 "name": m.name,
                 "label": m.label,
+                "short_label": m.short_label,
                 "summary": m.summary,
                 "trains": m.trains,
                 "share": m.share,

@@ -132,6 +132,10 @@ class IA3Settings(MethodSettings):
         return per_layer * shape.layers
 
     def peft_kwargs(self, base_path: str) -> dict[str, Any]:
+        if self.target_modules is None and self.feedforward_modules is None:
+            # PEFT's own choice per architecture (the Llama names above for Llama-style bases, c_attn/mlp.c_proj
+            # for GPT-2, ...), so a base with other module names trains rather than fails.
+            return {}
         targets, feedforward = self._targets()
         return {"target_modules": targets, "feedforward_modules": feedforward}
 
@@ -153,6 +157,8 @@ class PromptTuningSettings(MethodSettings):
     def _text_when_asked(self) -> "PromptTuningSettings":
         if self.init == "text" and not (self.init_text or "").strip():
             raise ValueError('init_text is required when init is "text"')
+        if self.init == "random" and self.init_text:
+            raise ValueError('init_text is only read when init is "text" (set init to "text", or leave it out)')
         return self
 
     def trainable_parameters(self, shape: ModelShape, total: int) -> int:

@@ -21,6 +21,7 @@ class ModelShape:
     hidden: int
     intermediate: int
     layers: int
+    q: int  # width of the query projection: head_dim x heads (not always hidden: Qwen3's head_dim is wider)
     kv: int  # width of the key and value projections: head_dim x key-value heads (less than hidden with GQA)
     vocab: int
     tied: bool
@@ -31,20 +32,20 @@ class ModelShape:
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each linear layer of a block, by the module names Llama gives them."""
-        h, i, kv = self.hidden, self.intermediate, self.kv
+        h, i, q, kv = self.hidden, self.intermediate, self.q, self.kv
         return {
-            "q_proj": (h, h),
+            "q_proj": (h, q),
             "k_proj": (h, kv),
             "v_proj": (h, kv),
-            "o_proj": (h, h),
+            "o_proj": (q, h),
             "gate_proj": (h, i),
             "up_proj": (h, i),
             "down_proj": (i, h),
         }
 
     def layer_parameters(self) -> int:
-        h, i, kv = self.hidden, self.intermediate, self.kv
-        return 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h  # attention, gated MLP, two norms
+        h, i, q, kv = self.hidden, self.intermediate, self.q, self.kv
+        return 2 * h * q + 2 * h * kv + 3 * h * i + 2 * h  # attention, gated MLP, two norms
 
     def total_parameters(self) -> int:
         embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
@@ -68,6 +69,7 @@ def model_shape(config: dict[str, Any]) -> ModelShape:
         hidden=h,
         intermediate=_dim(config, "intermediate_size") or 4 * h,
         layers=_dim(config, "num_hidden_layers", "n_layer"),
+        q=head_dim * heads,
         kv=head_dim * (_dim(config, "num_key_value_heads") or heads),
         vocab=_dim(config, "vocab_size"),
         tied=config.get("tie_word_embeddings") is True,

@@ -97,7 +97,7 @@ def job_target(session: Session, job: Job, checkpoint: str | None) -> Target:
     tokenizer_path = next((p for p in candidates if p is not None and has_tokenizer(p)), None)
     if tokenizer_path is None:
         raise Invalid(f"no tokenizer found for job {job.id}", field="job_id")
-    classify = job.objective == "classification"
+    classify = registry.objective(job.objective).classifier
     labels = [str(x) for x in (job.resolved_config or {}).get("labels", [])]
     if classify and kind == "adapter" and not labels:
         raise Invalid(f"job {job.id} recorded no label names; its classifier head cannot be rebuilt", field="job_id")

@@ -375,10 +375,10 @@ def test_fixes_keep_an_empty_prompt(client: TestClient) -> None:
 def test_analyses_take_only_the_objective_and_shape_pairs_jobs_take(
     client: TestClient, base_model: int, records: list[dict[str, Any]], objective: str
 ) -> None:
-    from backend.job.service import OBJECTIVE_SHAPES
+    from backend.method import registry
 
     ds = upload(client, "data.jsonl", records)
-    assert ds["shape"] not in OBJECTIVE_SHAPES[objective]
+    assert ds["shape"] not in registry.objective(objective).shapes
     for path in (f"stats?objective={objective}", f"render?objective={objective}&index=0"):
         res = client.get(f"/api/datasets/{ds['id']}/{path}&base_model={base_model}")
         assert res.status_code == 422 and res.json()["field"] == "objective", res.text

@@ -91,3 +91,21 @@ def test_statistics_name_the_tokens_max_length_cuts(client: TestClient, tmp_path
     )
     page = client.get(f"/datasets/{ds['id']}").text
     assert 'id="stats-cut"' in page
+
+
+def test_the_dry_run_offers_the_objectives_a_job_on_the_data_could_train(client: TestClient) -> None:
+    """The dataset page's objective choice comes from the registry: the shape's objectives, its default first
+    chosen (preference pairs dry-run as DPO, which a job on them trains, not as SFT, which it refuses)."""
+    pairs = _upload(client, "pairs.jsonl", [{"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"}])
+    text = client.post("/api/datasets", files={"file": ("t.txt", io.BytesIO(b"Once upon a time.\n"))}).json()
+    chat = _upload(client, "chat.jsonl", CHAT)
+
+    def offered(dataset_id: int) -> tuple[list[str], list[str]]:
+        page = client.get(f"/datasets/{dataset_id}").text
+        select = page.split('id="analysis-objective"', 1)[1].split("</select>", 1)[0]
+        options = re.findall(r'<option value="(\w+)"( selected)?', select)
+        return [name for name, _ in options], [name for name, chosen in options if chosen]
+
+    assert offered(pairs["id"]) == (["dpo"], ["dpo"])
+    assert offered(text["id"]) == (["causal_lm"], ["causal_lm"])
+    assert offered(chat["id"]) == (["sft"], ["sft"])

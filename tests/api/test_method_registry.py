@@ -97,15 +97,24 @@ def test_method_config_is_stored_with_its_defaults(client: TestClient, base_mode
     legacy = client.post("/api/jobs", json=finetune(sft_data, base_model, hyperparameters={"lora_r": 12}))
     assert legacy.status_code == 201, legacy.text
     assert legacy.json()["method_config"]["r"] == 12 and "lora_r" not in legacy.json()["hyperparameters"]
+    # Every job stored before the registry held all the flat keys at their defaults: a body built from one (here
+    # DPO's and freeze's defaults on a LoRA SFT job) carries nothing foreign and is taken.
+    stored = {"lora_r": 8, "freeze_trainable_layers": 2, "dpo_beta": 0.1, "kto_beta": 0.1, "max_steps": 3}
+    old = client.post("/api/jobs", json=finetune(sft_data, base_model, hyperparameters=stored))
+    assert old.status_code == 201, old.text
+    assert old.json()["method_config"]["r"] == 8 and old.json()["objective_config"] == {}
 
 
 def test_bad_method_settings_name_their_field(client: TestClient, base_model: int, sft_data: int) -> None:
     detail = refused(client, finetune(sft_data, base_model, method_config={"r": 0}), "method_config.r")
     assert "greater than or equal to 1" in detail
     refused(client, finetune(sft_data, base_model, method_config={"rank": 4}), "method_config.rank")
-    # A key of another method, written the old way, is refused by name rather than dropped.
-    body = finetune(sft_data, base_model, method="lora", hyperparameters={"freeze_trainable_layers": 2})
+    # A key of another method, written the old way, is refused by name rather than dropped...
+    body = finetune(sft_data, base_model, method="lora", hyperparameters={"freeze_trainable_layers": 3})
     assert "freeze_trainable_layers" in refused(client, body, "hyperparameters.freeze_trainable_layers")
+    # ... and the same setting given twice, the old way and the new, must agree.
+    body = finetune(sft_data, base_model, hyperparameters={"lora_r": 4}, method_config={"r": 8})
+    assert "old-style" in refused(client, body, "method_config.r")
     # A cross-field check of the settings class: init "text" needs the text.
     body = finetune(sft_data, base_model, method="prompt_tuning", method_config={"init": "text"})
     assert "init_text is required" in refused(client, body, "method_config")

@@ -36,6 +36,16 @@ GQA = LlamaConfig(
     num_key_value_heads=2,
     vocab_size=128,
 )
+# Heads wider than hidden / heads (as in Qwen3): the query and output projections are not square.
+WIDE_HEADS = LlamaConfig(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    vocab_size=128,
+)
 
 
 def peft_trainable(method: str, settings: MethodSettings, model: PreTrainedModel, base_path: Path) -> int:
@@ -61,19 +71,23 @@ def test_count_matches_peft(pretrained: Pretrained, method: str, values: dict[st
     assert peft_trainable(method, settings, model, pretrained.model_path) == expected
 
 
+@pytest.mark.parametrize("config", [GQA, WIDE_HEADS], ids=["gqa", "wide-heads"])
 @pytest.mark.parametrize(
     ("method", "values"),
     [
         ("lora", {}),
-        ("lora", {"target_modules": ["k_proj", "v_proj"]}),
+        ("lora", {"target_modules": ["q_proj", "o_proj"]}),
+        ("ia3", {}),
         ("prefix_tuning", {}),
         ("prefix_tuning", {"prefix_projection": True}),
     ],
 )
-def test_count_matches_peft_with_grouped_query_attention(method: str, values: dict[str, Any], tmp_path: Path) -> None:
-    shape = model_shape(GQA.to_dict())
-    assert shape.kv == GQA.hidden_size // 2
-    model = LlamaForCausalLM(GQA)
+def test_count_matches_peft_with_grouped_query_attention(
+    config: LlamaConfig, method: str, values: dict[str, Any], tmp_path: Path
+) -> None:
+    shape = model_shape(config.to_dict())
+    assert shape.kv == config.head_dim * 2 and shape.q == config.head_dim * 4
+    model = LlamaForCausalLM(config)
     total = parameter_counts(model)[1]
     assert shape.total_parameters() == total
     settings = METHODS[method].settings.model_validate(values)

@@ -174,3 +174,23 @@ def test_freeze_trains_the_top_layers_and_the_head(seed: Seed, pretrained: Pretr
     assert 0 < params["trainable"] < params["total"]
     assert artifacts == ["model.zip"]
     assert any(m.startswith("freeze: training the top 1 of") for m in events(job_id))
+
+
+def test_ia3_classification_trains_its_vectors_and_the_head(seed: Seed, pretrained: Pretrained, sentiment: int) -> None:
+    """IA³ declares classification in the registry: its scaling vectors and the new head train, are saved in
+    adapter.zip, and fold into merged.zip."""
+    with studio_env(seed.data_dir):
+        job_id = _run(seed, pretrained, sentiment, "ia3", max_steps=8, eval_steps=8)
+    evals = [r for r in metric_rows(job_id) if "eval_loss" in r]
+    assert evals and all("eval_accuracy" in r for r in evals)
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        names = set(s.scalars(select(Artifact.name).where(Artifact.job_id == job_id)))
+        trainable = job.resolved_config["parameters"]["trainable"]
+    assert {"adapter.zip", "merged.zip"} <= names
+    config = AutoModelForSequenceClassification.from_pretrained(pretrained.model_path, num_labels=2).config
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    kv = config.head_dim * config.num_key_value_heads
+    # IA³'s vectors (keys and values at their outputs, down_proj at its input) plus the head, hidden x 2 labels.
+    assert trainable == layers * (2 * kv + config.intermediate_size) + hidden * 2

@@ -79,7 +79,7 @@ def run(ctx: JobContext) -> None:
     tokenizer = load_tokenizer(ctx.base_model_path)
     records = list(ctx.dataset.records())
     held_out = list(ctx.validation_dataset.records()) if ctx.validation_dataset else None
-    build = sft_split if ctx.objective == "sft" else causal_lm_split
+    build = causal_lm_split if ctx.objective_spec.packed else sft_split
     train_set, eval_set, check = build(ctx, tokenizer, records, held_out)
     enforce(ctx, check)
     if ctx.objective == "sft" and ctx.dataset.shape in ("messages", "preference") and not tokenizer.chat_template:

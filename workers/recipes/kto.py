@@ -311,8 +311,6 @@ def run(ctx: JobContext) -> None:
         # so that copy equals the base: drop it, and trl disables the adapter instead (half the adapter memory,
         # and adapter.zip and the checkpoints hold the one adapter that trained).
         trainer.model.delete_adapter("ref")
-    # Watch prompts are asked in the chat layout the answers were trained in, as for SFT.
-    callback.watch.sft = True
     train(trainer, callback, ctx.resume_checkpoint)
 
     # --- outputs ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@
   const catalog = JSON.parse(document.getElementById("studio-methods").textContent);
   const METHODS = Object.fromEntries(catalog.methods.map((m) => [m.name, m]));
   const OBJECTIVES = Object.fromEntries(catalog.objectives.map((o) => [o.name, o]));
-  const shortLabel = (entry) => entry.label.split(" (")[0];
+  const shortLabel = (entry) => entry.short_label;
 
   // Server field names → the control whose error line shows the message.
   const FIELD_INPUTS = {

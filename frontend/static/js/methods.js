@@ -215,8 +215,12 @@
     });
     $("methods-claims").replaceChildren(
       ...runs
-        .filter((r) => r.trainable_parameters != null && r.total_parameters)
-        .map((r) => el("li", `${claim(r.method || "full", r.trainable_parameters, r.total_parameters, r.base_model)}.`)),
+        .filter((r) => r.trainable_parameters && r.trainable_fraction)
+        // The share of the base's own parameters (trainable_fraction), as the estimate gave it before launch.
+        .map((r) => {
+          const base = r.trainable_parameters / r.trainable_fraction;
+          return el("li", `${claim(r.method || "full", r.trainable_parameters, base, r.base_model)}.`);
+        }),
     );
   }
 
