@@ -91,3 +91,14 @@ def test_no_second_list_of_objectives_or_methods() -> None:
     option = re.compile(rf"<option value=\"(?:{'|'.join(names)})\"")
     templates = [p for p in sources if p.suffix == ".html"]
     assert [str(p.relative_to(ROOT)) for p in templates if option.search(p.read_text())] == []
+
+
+def test_the_readme_has_a_row_for_every_method() -> None:
+    """The README's methods table is written by hand: every method of the registry has its row, with its share."""
+    from backend.method.registry import METHODS
+
+    readme = (ROOT / "README.md").read_text()
+    for method in METHODS.values():
+        row = next((line for line in readme.splitlines() if line.strip().startswith(f"| `{method.name}` |")), None)
+        assert row is not None, f"README: no row for method {method.name}"
+        assert method.share.replace("-", "–") in row, f"README: the row of {method.name} gives another share"
