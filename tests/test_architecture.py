@@ -101,4 +101,4 @@ def test_the_readme_has_a_row_for_every_method() -> None:
     for method in METHODS.values():
         row = next((line for line in readme.splitlines() if line.strip().startswith(f"| `{method.name}` |")), None)
         assert row is not None, f"README: no row for method {method.name}"
-        assert method.share.replace("-", "–") in row, f"README: the row of {method.name} gives another share"
+        assert method.share.replace("-", "\u2013") in row, f"README: the row of {method.name} gives another share"

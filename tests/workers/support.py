@@ -103,6 +103,19 @@ def create_job(seed: Seed, **fields: Any) -> int:
         return job.id
 
 
+def sft_job(seed: Seed, pretrained: Pretrained, method: str, **fields: Any) -> int:
+    """A queued SFT fine-tune of the session's tiny pretrained model on the alpaca fixture with `method`."""
+    return create_job(
+        seed,
+        kind="finetune",
+        method=method,
+        objective="sft",
+        dataset_id=seed.alpaca_dataset_id,
+        base_model_id=pretrained.model_id,
+        **fields,
+    )
+
+
 def get_job(job_id: int) -> Job:
     """The job row as it is now (detached, read-only use)."""
     with session_scope() as s:

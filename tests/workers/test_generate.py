@@ -19,7 +19,7 @@ from backend.job.checkpoints import list_checkpoints
 from backend.playground.lifecycle import append_output
 from backend.playground.schemas import GenerationCreate
 from backend.playground.service import create_generation
-from tests.workers.support import FIXTURES, Pretrained, Seed, add_dataset, create_job, studio_env
+from tests.workers.support import FIXTURES, Pretrained, Seed, add_dataset, create_job, sft_job, studio_env
 from workers.examples import format_prompt, load_tokenizer
 from workers.prompt_learning import fix_generation
 from workers.tasks import run_job
@@ -212,13 +212,10 @@ def prompt_learning_jobs(seed: Seed, pretrained: Pretrained) -> Iterator[dict[st
     jobs = {}
     with studio_env(seed.data_dir):
         for method in ("prompt_tuning", "prefix_tuning"):
-            jobs[method] = create_job(
+            jobs[method] = sft_job(
                 seed,
-                kind="finetune",
-                method=method,
-                objective="sft",
-                dataset_id=seed.alpaca_dataset_id,
-                base_model_id=pretrained.model_id,
+                pretrained,
+                method,
                 hyperparameters=hp,
                 method_config={"num_virtual_tokens": VIRTUAL_TOKENS},
             )

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from backend.db import Artifact, session_scope
-from tests.workers.support import Pretrained, Seed, create_job, get_job, messages
+from tests.workers.support import Pretrained, Seed, get_job, messages, sft_job
 from workers.methods import freeze_bottom
 from workers.tasks import run_job
 
@@ -22,15 +22,7 @@ HP = {"max_steps": 6, "max_length": 64, "batch_size": 4, "learning_rate": 2e-3, 
 
 
 def finetune_job(seed: Seed, pretrained: Pretrained, method: str, **hp: object) -> int:
-    return create_job(
-        seed,
-        kind="finetune",
-        method=method,
-        objective="sft",
-        dataset_id=seed.alpaca_dataset_id,
-        base_model_id=pretrained.model_id,
-        hyperparameters={**HP, **hp},
-    )
+    return sft_job(seed, pretrained, method, hyperparameters={**HP, **hp})
 
 
 def unzip(job_id: int, name: str, into: Path) -> Path:

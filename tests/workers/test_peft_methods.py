@@ -21,7 +21,7 @@ from backend.job.checkpoints import list_checkpoints
 from backend.method.registry import METHODS
 from backend.method.settings import MethodSettings
 from backend.method.shape import model_shape
-from tests.workers.support import Pretrained, Seed, create_job, get_job, messages
+from tests.workers.support import Pretrained, Seed, get_job, messages, sft_job
 from workers.prompt_learning import fix_generation
 from workers.tasks import run_job
 from workers.token_meter import MB
@@ -40,13 +40,10 @@ WATCH = "Name a colour."
 
 
 def peft_job(seed: Seed, pretrained: Pretrained, method: str, config: dict[str, Any], **hp: Any) -> int:
-    return create_job(
+    return sft_job(
         seed,
-        kind="finetune",
-        method=method,
-        objective="sft",
-        dataset_id=seed.alpaca_dataset_id,
-        base_model_id=pretrained.model_id,
+        pretrained,
+        method,
         hyperparameters={**HP, **hp},
         method_config=config,
         watch_prompts=[WATCH],

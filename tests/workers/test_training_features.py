@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, EvalPrediction
 from backend.db import JobMetric, session_scope, utcnow
 from backend.job.lifecycle import claim_job, update_job
 from backend.job.service import eta_seconds
-from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job, get_job
+from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job, get_job, sft_job
 from workers import training
 from workers.context import load_context
 from workers.eval_metrics import bits_per_byte, perplexity, token_accuracy, tokens_per_byte
@@ -146,15 +146,7 @@ def test_gradient_checkpointing_trains(
 
     monkeypatch.setattr(finetune, "build_trainer", capture)
     hp = {"max_steps": 4, "max_length": 64, "batch_size": 4, "learning_rate": 2e-3, "gradient_checkpointing": True}
-    job_id = create_job(
-        seed,
-        kind="finetune",
-        method=method,
-        objective="sft",
-        dataset_id=seed.alpaca_dataset_id,
-        base_model_id=pretrained.model_id,
-        hyperparameters=hp,
-    )
+    job_id = sft_job(seed, pretrained, method, hyperparameters=hp)
     assert run_job(job_id) == "succeeded"
     model = seen["trainer"].model
     assert model.is_activation_checkpointing  # the Trainer turned it on from the job's arguments
