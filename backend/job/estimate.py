@@ -47,14 +47,22 @@ def weight_bytes(method: Method, cuda: bool) -> float:
 
 
 def memory_bytes(
-    s: ModelShape, total: int, trainable: int, method: Method, hp: Hyperparameters, cuda: bool, objective: Objective
+    s: ModelShape,
+    total: int,
+    trainable: int,
+    method: Method,
+    hp: Hyperparameters,
+    cuda: bool,
+    objective: Objective,
+    seq_len: int,
 ) -> int:
-    """Peak training memory: weights + gradients + AdamW moments + activations + logits (fp32 on CPU)."""
+    """Peak training memory: weights + gradients + AdamW moments + activations + logits (fp32 on CPU), for
+    sequences of `seq_len` positions (max_length plus a prompt-learning method's virtual tokens)."""
     per_weight = weight_bytes(method, cuda)
     if objective.reference_model and not method.adapter:
         per_weight += 2.0 if cuda else 4.0  # a frozen reference copy (an adapter's reference is the adapter off)
     # DPO runs each pair's chosen and rejected answers in one batch: twice the sequences.
-    b, t, h = hp.batch_size * objective.backprop_sequences, hp.max_length, s.hidden
+    b, t, h = hp.batch_size * objective.backprop_sequences, seq_len, s.hidden
     act_bytes = 2 if cuda else 4
     # ~34·b·t·h bytes per layer in 16-bit (Korthikanti et al. 2022); checkpointing keeps only block inputs.
     per_layer = (2 if hp.gradient_checkpointing else 34 / 2) * b * t * h * act_bytes
@@ -159,6 +167,13 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
     total = stored_total or shape.total_parameters()
     trainable = min(total, settings.trainable_parameters(shape, total))
     notes: list[str] = []
+    seq_len = hp.max_length + settings.extra_positions()
+    if settings.extra_positions() and shape.positions and seq_len > shape.positions:
+        raise Invalid(
+            f"max_length {hp.max_length} plus {settings.extra_positions()} virtual tokens is {seq_len} positions; "
+            f"the base model takes at most {shape.positions}: lower one of them",
+            field="method_config.num_virtual_tokens",
+        )
 
     stats = _token_stats(session, dataset, body, objective)
     if stats:
@@ -180,7 +195,7 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
     # KTO example two as well: its answer, and another record's answer for the KL estimate (forward only, but
     # counted as trained: an upper bound).
     tokens = float(steps * per_step * hp.max_length * goal.sequences_per_example)
-    per_token = flops_per_token(shape, total, trainable, hp.max_length)
+    per_token = flops_per_token(shape, total, trainable, seq_len)
     if goal.reference_model:
         per_token += 2.0 * total  # the reference model's forward pass over the same tokens
     flops = per_token * tokens
@@ -192,7 +207,7 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
         )
 
     def need_on(cuda: bool) -> int:
-        return memory_bytes(shape, total, trainable, method, hp, cuda=cuda, objective=goal)
+        return memory_bytes(shape, total, trainable, method, hp, cuda=cuda, objective=goal, seq_len=seq_len)
 
     # Leave room for the runtime and fragmentation (90%). The job is judged against a worker it fits on if any
     # live one could take it (a CUDA one first), else against the one with the most memory.

@@ -36,6 +36,10 @@ class MethodSettings(Settings):
         """Keywords of the method's PEFT config class (task_type aside); `base_path` is the base model's folder."""
         raise NotImplementedError(f"{type(self).__name__} is not a PEFT method")
 
+    def extra_positions(self) -> int:
+        """Positions the method adds before each sequence (virtual tokens), beyond max_length."""
+        return 0
+
 
 class FullSettings(MethodSettings):
     """Every weight trains: nothing to set."""
@@ -164,6 +168,9 @@ class PromptTuningSettings(MethodSettings):
     def trainable_parameters(self, shape: ModelShape, total: int) -> int:
         return self.num_virtual_tokens * shape.hidden
 
+    def extra_positions(self) -> int:
+        return self.num_virtual_tokens
+
     def peft_kwargs(self, base_path: str) -> dict[str, Any]:
         if self.init == "random":
             return {"num_virtual_tokens": self.num_virtual_tokens, "prompt_tuning_init": "RANDOM"}
@@ -196,6 +203,9 @@ class PrefixTuningSettings(MethodSettings):
 
     def peft_kwargs(self, base_path: str) -> dict[str, Any]:
         return {"num_virtual_tokens": self.num_virtual_tokens, "prefix_projection": self.prefix_projection}
+
+    def extra_positions(self) -> int:
+        return self.num_virtual_tokens
 
 
 class NoSettings(Settings):

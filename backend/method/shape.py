@@ -25,6 +25,7 @@ class ModelShape:
     kv: int  # width of the key and value projections: head_dim x key-value heads (less than hidden with GQA)
     vocab: int
     tied: bool
+    positions: int = 0  # the longest sequence the model takes (max_position_embeddings), 0 when unknown
 
     @property
     def known(self) -> bool:
@@ -73,4 +74,5 @@ def model_shape(config: dict[str, Any]) -> ModelShape:
         kv=head_dim * (_dim(config, "num_key_value_heads") or heads),
         vocab=_dim(config, "vocab_size"),
         tied=config.get("tie_word_embeddings") is True,
+        positions=_dim(config, "max_position_embeddings", "n_positions"),
     )

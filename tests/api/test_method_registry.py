@@ -26,6 +26,7 @@ CONFIG = {
     "num_key_value_heads": 2,
     "vocab_size": 300,
     "tie_word_embeddings": False,
+    "max_position_embeddings": 512,
 }
 
 
@@ -182,3 +183,18 @@ def test_the_form_shows_every_registry_entry_and_setting(client: TestClient) -> 
     # Literal settings are a choice, switches a checkbox.
     assert '<select id="mc-prompt_tuning-init"' in page
     assert 'id="mc-prefix_tuning-prefix_projection" name="mc-prefix_tuning-prefix_projection" type="checkbox"' in page
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_virtual_tokens_count_against_the_models_positions(
+    client: TestClient, base_model: int, sft_data: int, method: str
+) -> None:
+    """Virtual tokens sit before every sequence: max_length plus them must fit the base's positions (512 here)."""
+    config = {"num_virtual_tokens": 20}
+    body = finetune(sft_data, base_model, method=method, method_config=config, hyperparameters={"max_length": 500})
+    detail = refused(client, body, "method_config.num_virtual_tokens")
+    assert "520 positions" in detail and "at most 512" in detail
+    fits = client.post("/api/jobs/estimate", json={**body, "hyperparameters": {"max_length": 492}})
+    assert fits.status_code == 200, fits.text
+    # LoRA adds no position: the same max_length is fine.
+    assert client.post("/api/jobs/estimate", json={**body, "method": "lora", "method_config": {}}).status_code == 200
