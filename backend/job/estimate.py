@@ -176,6 +176,15 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
         )
 
     stats = _token_stats(session, dataset, body, objective)
+    if goal.classifier and method.adapter:
+        # PEFT trains (and saves) the new head in full beside the adapter: hidden x labels, no bias.
+        classes = len(((stats or {}).get("preflight") or {}).get("classes") or {})
+        trainable = min(total, trainable + shape.hidden * classes)
+        if not classes:
+            notes.append(
+                "the new classification head (hidden size x number of labels) trains too: the dataset's statistics "
+                "count the labels"
+            )
     if stats:
         tokens_per_epoch = float(stats.get("supervised_tokens") or stats.get("tokens") or 0)
         examples = int(stats.get("examples") or dataset.record_count)

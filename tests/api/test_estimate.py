@@ -2,6 +2,7 @@
 FLOPs grow with what is trained, and bad input is a 422 naming the field."""
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -179,3 +180,28 @@ def test_time_comes_from_the_speed_finished_runs_reached(client: TestClient) -> 
     rate = 1e6 * 29_000 / 29  # 1e9 FLOP/s
     assert est["device"] == "cpu"
     assert math.isclose(est["seconds"], est["flops"] / rate, rel_tol=1e-6)
+
+
+def test_a_classifier_adapter_counts_its_new_head(client: TestClient, base_model: int, tmp_path: Path) -> None:
+    """PEFT trains a classifier's new head beside the adapter: once the statistics count the labels, the estimate's
+    trainable parameters include hidden x labels (as PEFT's count does)."""
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    config |= {"num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 300}
+    (tmp_path / "base" / "config.json").write_text(json.dumps(config))
+    records = [{"text": t, "label": label} for t, label in (("good", "pos"), ("bad", "neg"), ("meh", "mid"))] * 4
+    data = upload(client, "labels.jsonl", records)
+    hp = {"max_length": 64, "batch_size": 2, "epochs": 1}
+    body = {"kind": "finetune", "dataset_id": data["id"], "base_model": base_model, "hyperparameters": hp}
+    for method in ("lora", "ia3"):
+        before = client.post("/api/jobs/estimate", json={**body, "method": method}).json()
+        assert before["objective"] == "classification"
+        assert any("classification head" in n for n in before["notes"])
+    stats = f"/api/datasets/{data['id']}/stats?base_model={base_model}&objective=classification&max_length=64"
+    client.get(stats)
+    compute_queued("stats")
+    for method in ("lora", "ia3"):
+        # Another max_length has no statistics (so no head counted): the difference is the head.
+        before = client.post("/api/jobs/estimate", json={**body, "method": method, "hyperparameters": {}}).json()
+        after = client.post("/api/jobs/estimate", json={**body, "method": method}).json()
+        assert after["dry_run"] is not None and not any("classification head" in n for n in after["notes"])
+        assert after["trainable_parameters"] == before["trainable_parameters"] + 64 * 3
