@@ -72,7 +72,9 @@ def test_jobs_stored_with_flat_method_settings_keep_loading(tmp_path: Path) -> N
     upgrade(url, "7c1d2e3f4a5b")
     engine = create_engine(url)
     meta = MetaData()
-    users, datasets, jobs = (Table(name, meta, autoload_with=engine) for name in ("users", "datasets", "jobs"))
+    users, datasets, jobs, events = (
+        Table(name, meta, autoload_with=engine) for name in ("users", "datasets", "jobs", "job_events")
+    )
     flat = {
         "max_steps": 10,
         "lora_r": 16,
@@ -90,9 +92,12 @@ def test_jobs_stored_with_flat_method_settings_keep_loading(tmp_path: Path) -> N
         for job_id, method, objective in ((1, "lora", "dpo"), (2, "freeze", "kto"), (3, None, "causal_lm")):
             values = _row(jobs, id=job_id, owner_id=1, dataset_id=1, kind="finetune", method=method)
             conn.execute(jobs.insert().values({**values, "objective": objective, "hyperparameters": flat}))
+        conn.execute(events.insert().values(_row(events, job_id=1, message="queued")))
     upgrade(url)
     with engine.connect() as conn:
         rows = {r.id: r for r in conn.execute(text("SELECT * FROM jobs ORDER BY id"))}
+    with engine.connect() as conn:  # the upgrade copied `jobs` too
+        assert conn.execute(text("SELECT count(*) FROM job_events")).scalar_one() == 1
     loaded = {
         i: (json.loads(r.hyperparameters), json.loads(r.method_config), json.loads(r.objective_config))
         for i, r in rows.items()
@@ -115,5 +120,8 @@ def test_jobs_stored_with_flat_method_settings_keep_loading(tmp_path: Path) -> N
     downgrade(url, "7c1d2e3f4a5b")
     with engine.connect() as conn:
         back = json.loads(conn.execute(text("SELECT hyperparameters FROM jobs WHERE id = 1")).scalar_one())
+        # SQLite alters `jobs` by copying it: the rows that point at a job (its log) must survive that.
+        logged = conn.execute(text("SELECT count(*) FROM job_events")).scalar_one()
     assert back == {"max_steps": 10, "lora_r": 16, "lora_alpha": 32, "lora_target_modules": ["q_proj"], "dpo_beta": 0.3}
+    assert logged == 1
     engine.dispose()

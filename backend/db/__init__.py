@@ -6,6 +6,7 @@ from backend.db.export import Export
 from backend.db.generation import Generation
 from backend.db.job import ACTIVE_STATUSES, FINAL_STATUSES, Artifact, Job, JobEvent, JobMetric, JobSample
 from backend.db.model import Model
+from backend.db.security import LoginThrottle, SecurityEvent
 from backend.db.token import Token
 from backend.db.user import User
 from backend.db.worker import Worker
@@ -23,7 +24,9 @@ __all__ = [
     "JobEvent",
     "JobMetric",
     "JobSample",
+    "LoginThrottle",
     "Model",
+    "SecurityEvent",
     "Token",
     "Upload",
     "User",
