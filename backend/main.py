@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.auth import events_router as security_events_router
 from backend.auth import pages as auth_pages
 from backend.auth import router as auth_router
 from backend.auth.service import SESSION_COOKIE, user_for_token
@@ -161,6 +162,7 @@ def create_app() -> FastAPI:
 
     routers = (
         auth_router,
+        security_events_router,
         dataset_router,
         upload_router,
         analysis_router,

@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from backend.auth import service
+from backend.auth import service, throttle
 from backend.auth.router import set_session_cookie
 from backend.deps import OptionalUser, SessionDep
 from backend.errors import Unauthorized
@@ -32,7 +32,11 @@ def login_submit(
     next: Annotated[str, Form()] = "/jobs",
 ) -> Response:
     try:
-        user = service.authenticate(session, email=email, password=password)
+        user = throttle.login(session, email=email, password=password, client=throttle.client_address(request))
+    except throttle.Throttled as exc:
+        page = render(request, "auth/login.html", None, status_code=429, next=_safe_next(next), error=exc.message)
+        page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     except Unauthorized as exc:
         return render(request, "auth/login.html", None, status_code=401, next=_safe_next(next), error=exc.message)
     response = RedirectResponse(_safe_next(next), status_code=303)

@@ -1,6 +1,7 @@
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
-from backend.auth import service
+from backend.auth import service, throttle
 from backend.auth.schemas import LoginRequest, TokenCreate, TokenRead, UserRead
 from backend.config import get_settings
 from backend.deps import CurrentUser, SessionDep
@@ -20,9 +21,18 @@ def set_session_cookie(response: Response, secret: str) -> None:
     )
 
 
-@router.post("/auth/login", response_model=UserRead)
-def login(body: LoginRequest, session: SessionDep, response: Response) -> UserRead:
-    user = service.authenticate(session, email=body.email, password=body.password)
+@router.post(
+    "/auth/login",
+    response_model=UserRead,
+    responses={429: {"description": "Too many failed logins; `Retry-After` says how many seconds to wait"}},
+)
+def login(body: LoginRequest, request: Request, session: SessionDep, response: Response) -> UserRead | JSONResponse:
+    client = throttle.client_address(request)
+    try:
+        user = throttle.login(session, email=body.email, password=body.password, client=client)
+    except throttle.Throttled as exc:
+        headers = {"Retry-After": str(exc.retry_after)}
+        return JSONResponse({"detail": exc.message, **exc.details}, status_code=429, headers=headers)
     set_session_cookie(response, service.issue_token(session, user=user, kind="session"))
     return UserRead(id=user.id, email=user.email, is_admin=user.is_admin)
 

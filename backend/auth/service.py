@@ -1,5 +1,6 @@
 """Accounts, browser sessions and API tokens. Passwords are argon2-hashed; tokens are stored as sha256."""
 
+import functools
 import hashlib
 import secrets
 from datetime import timedelta
@@ -50,14 +51,24 @@ def get_user_by_email(session: Session, email: str) -> User:
     return user
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of a random password, made with the same parameters as real ones (so verifying it costs the same)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
 def authenticate(session: Session, *, email: str, password: str) -> User:
-    """The user whose password matches, else Unauthorized (same message either way)."""
+    """The user whose password matches, else Unauthorized (same message either way, and the same work: an unknown
+    email is verified against a dummy hash, so the answer's timing does not tell which emails have accounts)."""
+    dummy = _dummy_hash()  # made before the lookup, so even the first unknown email costs no extra hashing
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     try:
-        if user is None or not _hasher.verify(user.password_hash, password):
-            raise Unauthorized("wrong email or password")
+        matches: bool = _hasher.verify(user.password_hash if user else dummy, password)
     except (VerificationError, InvalidHashError):
-        raise Unauthorized("wrong email or password") from None
+        matches = False
+    # A disabled account is refused only after the full verify, with the wrong-password message: no oracle.
+    if user is None or not matches or user.disabled_at is not None:
+        raise Unauthorized("wrong email or password")
     return user
 
 
