@@ -16,9 +16,11 @@ from backend.config import get_settings
 from backend.queue import ANALYSIS_QUEUE, QUEUE
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy.orm import Session
 
-    from backend.db import User
+    from backend.db import Token, User
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -147,13 +149,59 @@ def cmd_users_create(args: argparse.Namespace) -> None:
 
 
 def cmd_tokens_create(args: argparse.Namespace) -> None:
-    from backend.auth.service import get_user_by_email, issue_token
+    from backend.auth.service import get_user_by_email, issue_token, token_expiry
     from backend.db import session_scope
 
     with session_scope() as s:
-        token = issue_token(s, user=get_user_by_email(s, args.email), kind="api", name=args.name)
-    print(f"API token for {args.email} (shown once; send as 'Authorization: Bearer <token>'):")
+        user = get_user_by_email(s, args.email)
+        expires_at = token_expiry(days=args.expires_days)
+        token = issue_token(s, user=user, kind="api", name=args.name, expires_at=expires_at)
+    until = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
+    print(f"API token for {args.email} (shown once{until}; send as 'Authorization: Bearer <token>'):")
     print(token)
+
+
+def cmd_tokens_list(args: argparse.Namespace) -> None:
+    from sqlalchemy import select
+
+    from backend.auth.service import api_tokens, get_user_by_email
+    from backend.db import User, session_scope
+
+    with session_scope() as s:
+        users = [get_user_by_email(s, args.email)] if args.email else list(s.scalars(select(User).order_by(User.id)))
+        lines = [_token_line(user, token) for user in users for token in api_tokens(s, user_id=user.id)]
+    print(f"{'ID':>6}  {'USER':<32} {'NAME':<24} {'CREATED':<16}  {'EXPIRES':<18}  LAST USED")
+    print("\n".join(lines) if lines else "no API tokens")
+
+
+def _token_line(user: "User", token: "Token") -> str:
+    from backend.auth.service import is_expired
+
+    def when(dt: "datetime | None", none: str) -> str:
+        return f"{dt:%Y-%m-%d %H:%M}" if dt else none
+
+    expires = ("expired " if is_expired(token) else "") + when(token.expires_at, "never")
+    created, used = when(token.created_at, "-"), when(token.last_used_at, "never")
+    return f"{token.id:>6}  {user.email:<32} {token.name or '-':<24} {created:<16}  {expires:<18}  {used}"
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> None:
+    from backend.auth.service import revoke_token_by_id
+    from backend.db import session_scope
+
+    with session_scope() as s:
+        token = revoke_token_by_id(s, token_id=args.id, by="studio CLI")
+        print(f"revoked API token {token.id} ({token.name or 'unnamed'})")
+
+
+def cmd_users_disable(args: argparse.Namespace) -> None:
+    from backend.auth.service import get_user_by_email, set_disabled
+    from backend.db import session_scope
+
+    disabled = args.action == "disable"
+    with session_scope() as s:
+        user = set_disabled(s, user=get_user_by_email(s, args.email), disabled=disabled, by="studio CLI")
+        print(f"{user.email} {'disabled: its sessions and tokens stop working' if disabled else 'enabled'}")
 
 
 def cmd_models_add(args: argparse.Namespace) -> None:
@@ -226,12 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
     uc.add_argument("--password-stdin", action="store_true", help="read the password from the first stdin line")
     uc.add_argument("--admin", action="store_true")
     uc.set_defaults(func=cmd_users_create)
+    for action, text in (("disable", "refuse the account's logins, sessions and tokens"), ("enable", "undo disable")):
+        ud = users.add_parser(action, help=text)
+        ud.add_argument("email")
+        ud.set_defaults(func=cmd_users_disable)
 
     tokens = sub.add_parser("tokens").add_subparsers(dest="action", required=True)
     tc = tokens.add_parser("create", help="create an API token (printed as the last line)")
     tc.add_argument("email")
     tc.add_argument("--name", default="cli")
+    tc.add_argument("--expires-days", type=int, help="valid for this many days (default: until revoked)")
     tc.set_defaults(func=cmd_tokens_create)
+    tl = tokens.add_parser("list", help="list API tokens (never their secrets), all users' or one's")
+    tl.add_argument("email", nargs="?")
+    tl.set_defaults(func=cmd_tokens_list)
+    tr = tokens.add_parser("revoke", help="revoke an API token by its id (see `tokens list`)")
+    tr.add_argument("id", type=int)
+    tr.set_defaults(func=cmd_tokens_revoke)
 
     models = sub.add_parser("models").add_subparsers(dest="action", required=True)
     ma = models.add_parser("add", help="register a local Hugging Face model directory as a base model")

@@ -114,3 +114,44 @@ def test_models_import_demo(app_env: dict[str, str]) -> None:
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
         p.name for p in directory.iterdir()
     }
+
+
+def test_tokens_list_revoke_and_users_disable(app_env: dict[str, str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from backend.db import SecurityEvent, session_scope
+    from backend.main import create_app
+
+    for email in ("ada@example.com", "bob@example.com"):
+        res = studio(app_env, "users", "create", email, "--password-stdin", stdin="s3cret-pass\n")
+        assert res.returncode == 0, res.stderr
+    res = studio(app_env, "tokens", "create", "ada@example.com", "--name", "nightly", "--expires-days", "7")
+    assert res.returncode == 0 and "expires" in res.stdout, res.stderr
+    ada = res.stdout.strip().splitlines()[-1]
+    bob = studio(app_env, "tokens", "create", "bob@example.com").stdout.strip().splitlines()[-1]
+    assert studio(app_env, "tokens", "create", "ada@example.com", "--expires-days", "0").returncode != 0
+
+    res = studio(app_env, "tokens", "list")
+    assert res.returncode == 0, res.stderr
+    assert ada not in res.stdout and bob not in res.stdout  # secrets are never shown again
+    (line,) = [line for line in res.stdout.splitlines() if "nightly" in line]
+    assert "ada@example.com" in line and "never" in line  # never used yet
+    token_id = line.split()[0]
+    assert "bob@example.com" in res.stdout
+    res = studio(app_env, "tokens", "list", "bob@example.com")
+    assert "nightly" not in res.stdout and "bob@example.com" in res.stdout
+
+    res = studio(app_env, "tokens", "revoke", token_id)
+    assert res.returncode == 0 and "nightly" in res.stdout, res.stderr
+    res = studio(app_env, "tokens", "revoke", token_id)
+    assert res.returncode != 0 and f"no API token {token_id}" in res.stderr
+    assert studio(app_env, "users", "disable", "bob@example.com").returncode == 0
+
+    with TestClient(create_app()) as client:
+        assert client.get("/api/me", headers={"Authorization": f"Bearer {ada}"}).status_code == 401
+        assert client.get("/api/me", headers={"Authorization": f"Bearer {bob}"}).status_code == 401
+        assert studio(app_env, "users", "enable", "bob@example.com").returncode == 0
+        assert client.get("/api/me", headers={"Authorization": f"Bearer {bob}"}).status_code == 200
+    with session_scope() as s:
+        kinds = [e.kind for e in s.query(SecurityEvent).order_by(SecurityEvent.id)]
+    assert kinds == ["token_revoked", "user_disabled", "user_enabled"]

@@ -48,7 +48,7 @@ def login_submit(
 def logout(request: Request, session: SessionDep) -> Response:
     secret = request.cookies.get(service.SESSION_COOKIE)
     if secret:
-        service.revoke_token(session, secret)
+        service.end_session(session, secret)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(service.SESSION_COOKIE)
     return response
