@@ -35,6 +35,7 @@ from backend.work.lease import Expired, Lease
 from backend.work.send import send
 
 STATS, RENDER, HYGIENE = "stats", "render", "hygiene"
+LABELS = {STATS: "statistics", RENDER: "render", HYGIENE: "hygiene check"}
 FINISHED = ("done", "failed")
 POLL_SECONDS = 0.2
 DEFAULT_THRESHOLD = 0.8  # estimated Jaccard similarity of word 3-gram sets above which records are near-duplicates
@@ -160,6 +161,15 @@ def submit(
     publish_analysis(analysis.id)  # a page following a failed run sees it queued again
     send(ANALYSIS, analysis.id)  # if the broker is down, the row waits queued and the sweep sends it later
     return analysis
+
+
+def existing(session: Session, *, dataset: Dataset, kind: str, params: dict[str, Any]) -> DatasetAnalysis:
+    """The analysis of `dataset` for `params` as it stands; NotFound when nobody asked for it (reading never
+    queues work: a GET must stay safe)."""
+    found = _find(session, dataset.id, kind, params_key(params))
+    if found is None:
+        raise NotFound(f"no {LABELS[kind]} for these settings yet: POST to compute them")
+    return found
 
 
 def visible_analysis(session: Session, *, user: User, analysis_id: int) -> DatasetAnalysis:

@@ -11,13 +11,15 @@ router = APIRouter(prefix="/api", tags=["workers"])
 
 @router.get("/workers", response_model=WorkerList)
 def list_workers(session: SessionDep, user: CurrentUser) -> WorkerList:
-    """The training and analysis workers: device, memory, libraries, current job, and whether they are live."""
-    return WorkerList(items=service.list_workers(session))
+    """The training and analysis workers: device, memory, libraries, current job, and whether they are live.
+    Non-admins see their own current jobs only, and no hostname or pid."""
+    return WorkerList(items=service.list_workers(session, service.Viewer.of(user)))
 
 
 @router.get("/workers/stream")
 def stream_workers(request: Request, session: SessionDep, user: CurrentUser) -> EventSourceResponse:
     """SSE: a `workers` event (every worker with `live`, the queue depth and the server's clock) on connect and
-    whenever a worker reports, goes silent, or a job is queued or taken."""
+    whenever a worker reports, goes silent, or a job is queued or taken; each worker as GET /api/workers shows it."""
+    viewer = service.Viewer.of(user)
     session.close()  # a stream can last hours; don't hold a connection
-    return EventSourceResponse(workers_events(request.app.state.broadcaster), ping=15)
+    return EventSourceResponse(workers_events(request.app.state.broadcaster, viewer), ping=15)

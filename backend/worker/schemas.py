@@ -8,16 +8,18 @@ class WorkerRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     name: str = Field(description="The Celery node name, e.g. worker-1234@gpu-box.")
-    hostname: str
+    hostname: str | None = Field(description="The machine's name; null for non-admins.")
     queue: str = Field(description='"studio" (training) or "studio.analysis" (dataset analysis, model imports).')
     device: str = Field(description='e.g. "cuda:0 NVIDIA H100 80GB HBM3", or "cpu".')
     cuda: bool
     bf16: bool
     device_memory_bytes: int = Field(description="The first GPU's memory, or RAM on a CPU worker.")
     details: dict[str, Any] = Field(
-        description="gpu_count, gpus, cpu_count, ram_bytes, torch, cuda_version, bitsandbytes, data_parallel_processes"
+        description="gpu_count, gpus, cpu_count, ram_bytes, torch, cuda_version, bitsandbytes, "
+        "data_parallel_processes; admins also see pid and python"
     )
-    current_job_id: int | None
+    current_job_id: int | None = Field(description="The job it runs; null for another user's job (except to admins).")
+    busy: bool = Field(False, description="Running a job, whoever's it is.")
     started_at: datetime
     last_seen_at: datetime
     live: bool = Field(

@@ -1,16 +1,23 @@
 """The workers as they last reported themselves (workers.registry writes the rows), and what they can run."""
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import Job, Worker
+from backend.db import Job, User, Worker
 from backend.errors import Invalid
 from backend.job.lifecycle import db_now
 from backend.queue import QUEUE
 from backend.worker.schemas import WorkerRead, WorkersLive
+
+# What a worker's details say about its hardware and libraries, which every user may see; the rest (pid,
+# python) is for admins.
+SHARED_DETAILS = frozenset(
+    ("gpu_count", "gpus", "cpu_count", "ram_bytes", "torch", "cuda_version", "bitsandbytes", "data_parallel_processes")
+)
 
 
 def live_since(session: Session) -> datetime:
@@ -18,11 +25,45 @@ def live_since(session: Session) -> datetime:
     return db_now(session) - timedelta(seconds=get_settings().lease_seconds)
 
 
-def list_workers(session: Session) -> list[WorkerRead]:
-    """Every registered worker, training ones first, each marked live or not."""
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking at the workers (plain values: a stream reads long after the request's session closed)."""
+
+    user_id: int
+    is_admin: bool
+
+    @classmethod
+    def of(cls, user: User) -> "Viewer":
+        return cls(user_id=user.id, is_admin=user.is_admin)
+
+
+def _as_seen_by(worker: WorkerRead, viewer: Viewer, own_jobs: set[int]) -> WorkerRead:
+    """An admin sees every column. Anyone else shares the workers, not the other users' work: another user's job
+    id is hidden, and so is what locates the machine's processes (hostname, pid, interpreter)."""
+    if viewer.is_admin:
+        return worker
+    return worker.model_copy(
+        update={
+            "hostname": None,
+            "details": {k: v for k, v in worker.details.items() if k in SHARED_DETAILS},
+            "current_job_id": worker.current_job_id if worker.current_job_id in own_jobs else None,
+        }
+    )
+
+
+def list_workers(session: Session, viewer: Viewer) -> list[WorkerRead]:
+    """Every registered worker, training ones first, each marked live or not, as `viewer` may see it."""
     since = live_since(session)
-    rows = session.scalars(select(Worker).order_by(Worker.queue, Worker.name))
-    return [WorkerRead.model_validate(w).model_copy(update={"live": w.last_seen_at >= since}) for w in rows]
+    rows = list(session.scalars(select(Worker).order_by(Worker.queue, Worker.name)))
+    running = {w.current_job_id for w in rows if w.current_job_id is not None}
+    own = set(session.scalars(select(Job.id).where(Job.id.in_(running), Job.owner_id == viewer.user_id)))
+    seen = [
+        WorkerRead.model_validate(w).model_copy(
+            update={"live": w.last_seen_at >= since, "busy": w.current_job_id is not None}
+        )
+        for w in rows
+    ]
+    return [_as_seen_by(w, viewer, own) for w in seen]
 
 
 def queue_depth(session: Session) -> int:
@@ -30,9 +71,9 @@ def queue_depth(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
 
 
-def live_state(session: Session) -> WorkersLive:
+def live_state(session: Session, viewer: Viewer) -> WorkersLive:
     """The workers and the queue depth, with the database's clock (pages count "seen x s ago" from it)."""
-    return WorkersLive(items=list_workers(session), queued=queue_depth(session), now=db_now(session))
+    return WorkersLive(items=list_workers(session, viewer), queued=queue_depth(session), now=db_now(session))
 
 
 def live_workers(session: Session, queue: str) -> list[Worker]:

@@ -15,19 +15,19 @@ from anyio import to_thread
 
 from backend.db import session_scope
 from backend.events import ANY_JOB, Broadcaster, any_key, pace
-from backend.worker.service import live_state
+from backend.worker.service import Viewer, live_state
 
 LIVE_CHECK_SECONDS = 2.0
 MIN_READ_SECONDS = 1.0
 
 
-def _read() -> dict[str, Any]:
+def _read(viewer: Viewer) -> dict[str, Any]:
     with session_scope() as s:
-        return live_state(s).model_dump(mode="json")
+        return live_state(s, viewer).model_dump(mode="json")
 
 
-async def workers_events(broadcaster: Broadcaster) -> AsyncIterator[dict[str, str]]:
-    """Yield the workers' state now and whenever it changes, for as long as the client listens."""
+async def workers_events(broadcaster: Broadcaster, viewer: Viewer) -> AsyncIterator[dict[str, str]]:
+    """Yield the workers' state, as `viewer` may see it, now and whenever it changes, while the client listens."""
     last: dict[str, Any] | None = None
     # Registered before the first read, so a report between a read and the wait is never lost.
     with broadcaster.listen(any_key("worker"), ANY_JOB) as wake:
@@ -35,7 +35,7 @@ async def workers_events(broadcaster: Broadcaster) -> AsyncIterator[dict[str, st
         while True:
             # Every job publishes at each logged step: a look (three queries) at most once a second.
             read_at = await pace(read_at, MIN_READ_SECONDS)
-            state = await to_thread.run_sync(_read)
+            state = await to_thread.run_sync(_read, viewer)
             # The clock moves on every read; only what a person sees decides whether to send.
             seen = {k: v for k, v in state.items() if k != "now"}
             if seen != last:

@@ -2,6 +2,7 @@
 the render's wait, hygiene and "apply fixes" making the next version. The worker step runs in-process."""
 
 import io
+import itertools
 import json
 import threading
 import time
@@ -62,7 +63,10 @@ def compute_queued(kind: str) -> None:
 
 def test_stats_are_created_once_and_served_when_done(client: TestClient, pairs: dict, base_model: int) -> None:
     url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}&max_length=64&batch_size=2"
-    first = client.get(url)
+    # A GET only reads: nothing is queued until someone POSTs the settings.
+    unasked = client.get(url)
+    assert unasked.status_code == 404 and "POST to compute them" in unasked.json()["detail"], unasked.text
+    first = client.post(url)
     assert first.status_code == 200, first.text
     assert first.json() == {
         "id": first.json()["id"],
@@ -71,7 +75,8 @@ def test_stats_are_created_once_and_served_when_done(client: TestClient, pairs: 
         "error": None,
         "progress": None,
     }
-    assert client.get(url).json()["id"] == first.json()["id"]  # the same parameters, the same row
+    assert client.post(url).json()["id"] == first.json()["id"]  # the same parameters, the same row
+    assert client.get(url).json() == first.json()
     compute_queued("stats")
     done = client.get(url).json()
     assert done["status"] == "done" and done["error"] is None
@@ -79,7 +84,11 @@ def test_stats_are_created_once_and_served_when_done(client: TestClient, pairs: 
     assert (result["records"], result["objective"], result["steps_per_epoch"]) == (5, "sft", 3)
     assert result["supervised_tokens"] > 0 and len(result["histogram"]["counts"]) == 20
     # Other parameters are another analysis.
-    assert client.get(url.replace("batch_size=2", "batch_size=4")).json()["status"] == "queued"
+    other = url.replace("batch_size=2", "batch_size=4")
+    assert client.get(other).status_code == 404
+    assert client.post(other).json()["status"] == "queued"
+    with session_scope() as s:
+        assert len(s.scalars(select(DatasetAnalysis)).all()) == 2
 
 
 BAD_PARAMETERS = [
@@ -102,33 +111,36 @@ BAD_PARAMETERS = [
 
 
 def test_bad_parameters_name_the_field(client: TestClient, pairs: dict, base_model: int) -> None:
-    for path, field in BAD_PARAMETERS:
-        res = client.get(f"/api/datasets/{pairs['id']}/" + path.format(m=base_model, d=pairs["id"]))
-        assert res.status_code == 422, (path, res.text)
+    for (path, field), method in itertools.product(BAD_PARAMETERS, ("POST", "GET")):
+        if method == "GET" and field == "wait":
+            continue  # reading waits for nothing
+        res = client.request(method, f"/api/datasets/{pairs['id']}/" + path.format(m=base_model, d=pairs["id"]))
+        assert res.status_code == 422, (method, path, res.text)
         body = res.json()
         named = body.get("field") or [err["loc"][-1] for err in body["detail"]]
-        assert field in named, (path, body)
+        assert field in named, (method, path, body)
     with session_scope() as s:
         assert s.scalars(select(DatasetAnalysis)).all() == []
 
 
 def test_sft_statistics_of_raw_text_are_refused(client: TestClient, base_model: int) -> None:
     text = upload(client, "notes.jsonl", [{"text": "one"}, {"text": "two"}])
-    res = client.get(f"/api/datasets/{text['id']}/stats?base_model={base_model}&objective=sft")
+    res = client.post(f"/api/datasets/{text['id']}/stats?base_model={base_model}&objective=sft")
     assert res.status_code == 422 and res.json()["field"] == "objective"
-    ok = client.get(f"/api/datasets/{text['id']}/stats?base_model={base_model}")
+    ok = client.post(f"/api/datasets/{text['id']}/stats?base_model={base_model}")
     assert ok.status_code == 200  # causal_lm by default for text
 
 
 def test_render_answers_202_while_queued_and_200_when_done(client: TestClient, pairs: dict, base_model: int) -> None:
     url = f"/api/datasets/{pairs['id']}/render?base_model={base_model}&max_length=64&index=2"
-    pending = client.get(url + "&wait=0")
+    assert client.get(url).status_code == 404
+    pending = client.post(url + "&wait=0")
     assert pending.status_code == 202 and pending.json()["status"] == "queued"
 
     # The route polls the row while a worker computes it.
     worker = threading.Thread(target=lambda: (time.sleep(0.5), compute_queued("render")))
     worker.start()
-    res = client.get(url + "&wait=10")
+    res = client.post(url + "&wait=10")
     worker.join()
     assert res.status_code == 200, res.text
     body = res.json()
@@ -146,12 +158,14 @@ def test_render_answers_202_while_queued_and_200_when_done(client: TestClient, p
     assert set(result["tokens"][0]) == {"id", "text", "trained"}
     assert "".join(t["text"] for t in result["tokens"] if t["trained"]) == "Lyon<|endoftext|>"
     assert result["supervised_tokens"] == sum(t["trained"] for t in result["tokens"])
+    assert client.get(url).json() == body  # once computed, a GET reads it
 
 
 def test_hygiene_then_fixes_make_the_next_version(client: TestClient, pairs: dict) -> None:
     fixes = f"/api/datasets/{pairs['id']}/fixes"
     assert client.post(fixes, json={"drop_exact_duplicates": True}).status_code == 409  # no hygiene result yet
-    assert client.get(f"/api/datasets/{pairs['id']}/hygiene").json()["status"] == "queued"
+    assert client.get(f"/api/datasets/{pairs['id']}/hygiene").status_code == 404
+    assert client.post(f"/api/datasets/{pairs['id']}/hygiene").json()["status"] == "queued"
     compute_queued("hygiene")
     hygiene = client.get(f"/api/datasets/{pairs['id']}/hygiene").json()
     assert hygiene["status"] == "done", hygiene
@@ -171,7 +185,7 @@ def test_hygiene_then_fixes_make_the_next_version(client: TestClient, pairs: dic
     assert [r["completion"] for r in rows] == ["Madrid", "Blue"]
 
     # The new version is clean: nothing left to drop.
-    client.get(f"/api/datasets/{v2['id']}/hygiene")
+    client.post(f"/api/datasets/{v2['id']}/hygiene")
     compute_queued("hygiene")
     assert client.post(f"/api/datasets/{v2['id']}/fixes", json={"drop_exact_duplicates": True}).status_code == 422
 
@@ -179,7 +193,7 @@ def test_hygiene_then_fixes_make_the_next_version(client: TestClient, pairs: dic
 def test_leakage_against_a_validation_dataset(client: TestClient, pairs: dict) -> None:
     held_out = upload(client, "held.jsonl", [PAIRS[4], {"prompt": "Largest ocean?", "completion": "Pacific"}])
     url = f"/api/datasets/{pairs['id']}/hygiene?validation_dataset_id={held_out['id']}&threshold=0.9"
-    client.get(url)
+    client.post(url)
     compute_queued("hygiene")
     result = client.get(url).json()["result"]
     assert [(leak["validation_index"], leak["indices"]) for leak in result["leakage"]] == [(0, [4])]
@@ -227,7 +241,7 @@ def test_broker_down_leaves_the_row_queued_for_the_sweep(
     broker = Broker()
     monkeypatch.setattr(send, "celery_app", lambda: broker)
     url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}"
-    res = client.get(url)
+    res = client.post(url)
     assert res.status_code == 200, res.text
     queued = res.json()
     assert (queued["status"], queued["error"]) == ("queued", None)  # waiting, not failed
@@ -257,7 +271,7 @@ def test_an_analysis_whose_worker_went_away_is_computed_again_then_failed(
             row.heartbeat_at = utcnow() - timedelta(minutes=10)
 
     url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}"
-    analysis_id = client.get(url).json()["id"]
+    analysis_id = client.post(url).json()["id"]
     lost = claim_analysis(analysis_id, "w1")
     assert lost is not None and claim_analysis(analysis_id, "w2") is None
     with holding(lost):
@@ -289,7 +303,7 @@ def test_an_analysis_whose_worker_went_away_is_computed_again_then_failed(
     assert failed["status"] == "failed"
     assert failed["error"] == "the analysis worker (w4) stopped answering, on attempt 4 of 4"
     # Asked for again, it is computed on a live worker.
-    assert client.get(url + "&refresh=true").json()["status"] == "queued"
+    assert client.post(url + "&refresh=true").json()["status"] == "queued"
     compute_queued("stats")
     assert client.get(url).json()["status"] == "done"
 
@@ -304,12 +318,12 @@ def test_refresh_sends_a_failed_analysis_again(
     broker.up = True
     monkeypatch.setattr(send, "celery_app", lambda: broker)
     url = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}"
-    analysis_id = client.get(url).json()["id"]
+    analysis_id = client.post(url).json()["id"]
     assert claim_analysis(analysis_id) is not None
     finish_analysis(analysis_id, error="RuntimeError: out of memory")
-    failed = client.get(url).json()  # a failure is kept: computing it again would fail again
+    failed = client.post(url).json()  # a failure is kept: computing it again would fail again
     assert (failed["id"], failed["status"], failed["error"]) == (analysis_id, "failed", "RuntimeError: out of memory")
-    again = client.get(url + "&refresh=true").json()
+    again = client.post(url + "&refresh=true").json()
     assert (again["id"], again["status"], again["error"]) == (analysis_id, "queued", None)
     assert broker.sent == [analysis_id, analysis_id]
     with session_scope() as s:  # queued by a person: the automatic retries count afresh from here
@@ -355,7 +369,7 @@ def test_fixes_keep_an_empty_prompt(client: TestClient) -> None:
         {"prompt": "", "completion": "The end"},
     ]
     ds = upload(client, "open.jsonl", records)
-    client.get(f"/api/datasets/{ds['id']}/hygiene")
+    client.post(f"/api/datasets/{ds['id']}/hygiene")
     compute_queued("hygiene")
     res = client.post(f"/api/datasets/{ds['id']}/fixes", json={"drop_exact_duplicates": True})
     assert res.status_code == 201, res.text
@@ -380,5 +394,5 @@ def test_analyses_take_only_the_objective_and_shape_pairs_jobs_take(
     ds = upload(client, "data.jsonl", records)
     assert ds["shape"] not in registry.objective(objective).shapes
     for path in (f"stats?objective={objective}", f"render?objective={objective}&index=0"):
-        res = client.get(f"/api/datasets/{ds['id']}/{path}&base_model={base_model}")
+        res = client.post(f"/api/datasets/{ds['id']}/{path}&base_model={base_model}")
         assert res.status_code == 422 and res.json()["field"] == "objective", res.text

@@ -77,7 +77,7 @@ def test_statistics_name_the_tokens_max_length_cuts(client: TestClient, tmp_path
     long = {"prompt": "Tell a story.", "completion": " ".join(["once upon a time"] * 30)}
     ds = _upload(client, "pairs.jsonl", [long, {"prompt": "Hi", "completion": "Hello"}])
     url = f"/api/datasets/{ds['id']}/stats?base_model={base}&max_length=16&batch_size=2"
-    assert client.get(url).json()["status"] == "queued"
+    assert client.post(url).json()["status"] == "queued"
     with session_scope() as s:
         ids = list(s.scalars(select(DatasetAnalysis.id).where(DatasetAnalysis.kind == "stats")))
     for analysis_id in ids:

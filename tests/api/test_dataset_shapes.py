@@ -92,7 +92,7 @@ def test_an_optional_column_seen_late_is_a_column(client: TestClient) -> None:
 def test_a_version_of_records_of_different_shapes_shows_too(client: TestClient) -> None:
     # The record without `tools` comes first; the third repeats the second, so hygiene makes a version 2.
     first = _upload(client, "tools.jsonl", [SHAREGPT[1], SHAREGPT[0], SHAREGPT[0]])
-    assert client.get(f"/api/datasets/{first['id']}/hygiene").json()["status"] == "queued"
+    assert client.post(f"/api/datasets/{first['id']}/hygiene").json()["status"] == "queued"
     with session_scope() as s:
         ids = list(s.scalars(select(DatasetAnalysis.id).where(DatasetAnalysis.kind == "hygiene")))
     for analysis_id in ids:

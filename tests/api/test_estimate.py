@@ -113,7 +113,7 @@ def test_estimate_uses_the_dry_run_once_the_worker_counted_tokens(client: TestCl
     assert any("file size" in n for n in before["notes"])
 
     stats = f"/api/datasets/{pairs['id']}/stats?base_model={base_model}&objective=sft&max_length=64&batch_size=4"
-    assert client.get(stats).json()["status"] == "queued"
+    assert client.post(stats).json()["status"] == "queued"
     compute_queued("stats")
     counted = client.get(stats).json()["result"]
 
@@ -137,7 +137,7 @@ def test_pretrain_dry_run_needs_a_borrowed_tokenizer(client: TestClient, base_mo
     assert own["dry_run"] is None and any("trained on the dataset at launch" in n for n in own["notes"])
 
     stats = f"/api/datasets/{text['id']}/stats?base_model={base_model}&objective=causal_lm&max_length=32"
-    client.get(stats)
+    client.post(stats)
     compute_queued("stats")
     assert client.post("/api/jobs/estimate", json=body).json()["dry_run"] is None  # still its own tokenizer
     borrowed = client.post("/api/jobs/estimate", json={**body, "tokenizer_model": base_model}).json()
@@ -197,7 +197,7 @@ def test_a_classifier_adapter_counts_its_new_head(client: TestClient, base_model
         assert before["objective"] == "classification"
         assert any("classification head" in n for n in before["notes"])
     stats = f"/api/datasets/{data['id']}/stats?base_model={base_model}&objective=classification&max_length=64"
-    client.get(stats)
+    client.post(stats)
     compute_queued("stats")
     for method in ("lora", "ia3"):
         # Another max_length has no statistics (so no head counted): the difference is the head.

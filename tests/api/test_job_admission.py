@@ -40,7 +40,7 @@ def test_the_dry_run_problems_block_the_launch(client: TestClient, base_model: i
     assert client.post("/api/jobs/estimate", json=body).json()["problems"] == []  # no dry run yet: nothing known
 
     stats = f"/api/datasets/{dataset['id']}/stats?base_model={base_model}&objective=sft&max_length=64&batch_size=2"
-    assert client.get(stats).status_code == 200
+    assert client.post(stats).status_code == 200
     compute_queued("stats")
     (problem,) = client.post("/api/jobs/estimate", json=body).json()["problems"]
     assert problem["field"] == "max_length"
@@ -75,7 +75,7 @@ def test_a_single_text_is_held_out_by_characters(client: TestClient, base_model:
         "hyperparameters": {"max_length": 64, "batch_size": 2, "max_steps": 2, "validation_fraction": 0.2},
     }
     query = {"base_model": base_model, "objective": "causal_lm", "max_length": 64, "batch_size": 2}
-    assert client.get(f"/api/datasets/{dataset['id']}/stats", params=query).status_code == 200
+    assert client.post(f"/api/datasets/{dataset['id']}/stats", params=query).status_code == 200
     compute_queued("stats")
     est = client.post("/api/jobs/estimate", json=body).json()
     assert est["dry_run"] is not None and est["problems"] == []

@@ -57,7 +57,7 @@ def _upload_texts(client: httpx.Client, count: int) -> dict[str, Any]:
 def test_an_analysis_streams_its_progress_then_its_result(live: LiveApp) -> None:
     alice, bob = live.client(_token("alice@example.com")), live.client(_token("bob@example.com"))
     dataset = _upload_texts(alice, RECORDS)
-    queued = alice.get(f"/api/datasets/{dataset['id']}/hygiene").json()
+    queued = alice.post(f"/api/datasets/{dataset['id']}/hygiene").json()
     assert queued["status"] == "queued" and queued["progress"] is None
     url = f"/api/datasets/analyses/{queued['id']}/stream"
     # Another user's analysis is not found, whoever asks: the stream says nothing about it.
@@ -97,7 +97,7 @@ def test_a_failed_analysis_ends_its_stream_with_the_error(live: LiveApp) -> None
     alice = live.client(_token("alice@example.com"))
     dataset = _upload_texts(alice, 3)
     other = _upload_texts(alice, 2)
-    analysis = alice.get(f"/api/datasets/{dataset['id']}/hygiene?validation_dataset_id={other['id']}").json()
+    analysis = alice.post(f"/api/datasets/{dataset['id']}/hygiene?validation_dataset_id={other['id']}").json()
     alice.delete(f"/api/datasets/{other['id']}").raise_for_status()  # the worker finds no validation set
     assert analyze_dataset(analysis["id"]) == "failed"
     with alice.stream("GET", f"/api/datasets/analyses/{analysis['id']}/stream") as response:

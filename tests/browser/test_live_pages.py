@@ -1,6 +1,6 @@
 """Headless Chromium on the pages that follow the server over SSE, one `studio up` (embedded) for all of them:
 the Models list updates when a model is added or renamed through the API, with no request for the list; the
-dataset page's statistics show a progress bar while the worker tokenizes, then the charts, with one GET of
+dataset page's statistics show a progress bar while the worker tokenizes, then the charts, with one POST to
 /stats; a failed analysis (a dry run) shows its error and Retry; the Workers page shows the workers live and
 the queue depth following the jobs. Screenshots: models-live.png, dataset-analysis-progress.png and
 workers-live.png."""
@@ -49,10 +49,16 @@ def _add_model(api: httpx.Client, directory: Path, name: str) -> dict[str, Any]:
     return dict(res.json())
 
 
-def _requests_to(page: Any, pattern: str) -> list[str]:
-    """Every URL the page requests whose path matches `pattern` (a regular expression), from now on."""
+def _requests_to(page: Any, pattern: str, method: str | None = None) -> list[str]:
+    """Every URL the page requests (with `method`, if given) whose path matches `pattern` (a regular
+    expression), from now on."""
     seen: list[str] = []
-    page.on("request", lambda r: seen.append(r.url) if re.search(pattern, r.url.split("?")[0]) else None)
+
+    def note(r: Any) -> None:
+        if re.search(pattern, r.url.split("?")[0]) and method in (None, r.method):
+            seen.append(r.url)
+
+    page.on("request", note)
     return seen
 
 
@@ -120,7 +126,7 @@ def test_dataset_statistics_show_progress_then_charts(page, studio: StudioProces
     for file in broken_dir.glob("tokenizer*"):
         file.rename(hidden / file.name)
 
-    stats_gets = _requests_to(page, r"/api/datasets/\d+/stats$")
+    stats_asks = _requests_to(page, r"/api/datasets/\d+/stats$", "POST")
     login(page, studio)
     page.goto(f"/datasets/{dataset['id']}")
     page.evaluate(WATCH_ANALYSIS)
@@ -145,11 +151,11 @@ def test_dataset_statistics_show_progress_then_charts(page, studio: StudioProces
         int(m.group(1).replace(",", "")) for t in page.evaluate("() => window.statsSeen") if (m := COUNT.search(t))
     ]
     assert counts == sorted(counts) and counts[-1] <= RECORDS, counts
-    assert len(stats_gets) == 1, stats_gets  # asked once, then followed the stream
+    assert len(stats_asks) == 1, stats_asks  # asked once, then followed the stream
 
     # A failure (the dry run of one record, quick to redo): the error and Retry; with the files back, Retry
     # computes it again (refresh=true).
-    render_gets = _requests_to(page, r"/api/datasets/\d+/render$")
+    render_asks = _requests_to(page, r"/api/datasets/\d+/render$", "POST")
     page.select_option("#analysis-base-model", str(broken["id"]))
     page.click("#render-run")
     expect(page.locator("#render-error")).to_be_visible(timeout=60_000)
@@ -161,7 +167,7 @@ def test_dataset_statistics_show_progress_then_charts(page, studio: StudioProces
     expect(page.locator("#render-result")).to_be_visible(timeout=60_000)
     expect(page.locator("#render-error")).to_be_hidden()
     expect(page.locator("#render-retry")).to_be_hidden()
-    assert ["refresh=true" in url for url in render_gets] == [False, True], render_gets
+    assert ["refresh=true" in url for url in render_asks] == [False, True], render_asks
 
 
 def test_workers_page_shows_live_workers_and_the_queue(page, studio: StudioProcess) -> None:  # type: ignore[no-untyped-def]

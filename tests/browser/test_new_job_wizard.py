@@ -44,8 +44,8 @@ def setup_data(client: httpx.Client, tmp_path: Path) -> tuple[int, int]:
 def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
-    stats_gets: list[str] = []
-    page.on("request", lambda r: stats_gets.append(r.url) if "/stats?" in r.url else None)
+    stats_asks: list[str] = []  # the POSTs that ask for statistics (a GET would only read them)
+    page.on("request", lambda r: stats_asks.append(r.url) if "/stats?" in r.url and r.method == "POST" else None)
     login(page, studio)
     # No dataset yet: Next on the data step refuses, with the same message the form always gave.
     page.goto("/jobs/new")
@@ -114,7 +114,7 @@ def test_wizard_steps_dry_run_422_and_launch(page, studio: StudioProcess, tmp_pa
     expect(dry_run).to_have_attribute("data-state", "done", timeout=90_000)
     # Once for these settings. (On a busy machine the step's first estimate can go out before the fills above
     # land, and count the default max_length too: that is a different dry run, not a second ask.)
-    assert len([url for url in stats_gets if "max_length=256&" in url]) == 1, stats_gets
+    assert len([url for url in stats_asks if "max_length=256&" in url]) == 1, stats_asks
     expect(dry_run).to_contain_text(re.compile(r"Dry run: [\d,]+ trained of [\d,]+ tokens \([\d,]+ masked\)"))
     expect(dry_run).to_contain_text("records truncated")
     expect(dry_run).to_contain_text("supervised tokens lost to truncation")

@@ -23,9 +23,9 @@ PAIRS = [
 
 
 def follow(client: httpx.Client, url: str) -> dict[str, Any]:
-    """GET `url` once (it answers from the cache or queues the work), then follow the analysis's stream to its
+    """POST `url` once (it answers from the cache or queues the work), then follow the analysis's stream to its
     `end`, as the browser does; the last `analysis` event is the finished state."""
-    res = client.get(url)
+    res = client.post(url)
     assert res.status_code in (200, 202), res.text
     state = dict(res.json())
     if state["status"] in ("done", "failed"):
@@ -58,7 +58,7 @@ def test_stats_render_hygiene_and_fixes(shared_studio: StudioProcess) -> None:
     assert stats["status"] == "done", (stats, studio.logs())
     assert (stats["result"]["records"], stats["result"]["steps_per_epoch"]) == (4, 2)
 
-    res = client.get(f"/api/datasets/{ds['id']}/render?{params}&index=3")
+    res = client.post(f"/api/datasets/{ds['id']}/render?{params}&index=3")
     assert res.status_code == 200, (res.text, studio.logs())
     render = res.json()["result"]
     assert "".join(t["text"] for t in render["tokens"] if t["trained"]) == "Blue<|endoftext|>"

@@ -119,8 +119,9 @@
     });
   }
 
-  // Ask once (the answer comes from the cache, or the work is queued), then follow it live until done. A newer
-  // request for the same panel wins: the older one returns null, whether it was asking or following.
+  // Ask once with a POST (the answer comes from the cache, or the work is queued; a GET only reads), then follow
+  // it live until done. A newer request for the same panel wins: the older one returns null, whether it was
+  // asking or following.
   const runs = {};
   async function analyse(prefix, url, refresh) {
     const run = (runs[prefix] = (runs[prefix] || 0) + 1);
@@ -128,7 +129,7 @@
     stopFollowing(prefix);
     ui.start();
     try {
-      let body = await Studio.fetchJSON(refresh ? `${url}&refresh=true` : url);
+      let body = await Studio.fetchJSON(refresh ? `${url}&refresh=true` : url, { method: "POST" });
       if (runs[prefix] !== run) return null;
       if (PENDING.has(body.status)) {
         ui.wait(body);

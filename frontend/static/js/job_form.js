@@ -585,7 +585,7 @@
     });
   }
 
-  // GET /api/datasets/{id}/stats queues a worker analysis (or answers from its cache); follow it live, then
+  // POST /api/datasets/{id}/stats queues a worker analysis (or answers from its cache); follow it live, then
   // estimate again: the estimate now finds the statistics and its tokens per epoch become exact.
   async function countTokens(key, datasetId, params, refresh = false) {
     const run = (dryRuns[key] = { key, datasetId, params, state: "counting", text: "Counting tokens…" });
@@ -604,7 +604,7 @@
     if (dryRunKey === key) dryRunLine(run.text, "counting");
     const query = new URLSearchParams({ ...params, ...(refresh ? { refresh: "true" } : {}) });
     try {
-      let analysis = await Studio.fetchJSON(`/api/datasets/${datasetId}/stats?${query}`);
+      let analysis = await Studio.fetchJSON(`/api/datasets/${datasetId}/stats?${query}`, { method: "POST" });
       if (PENDING.has(analysis.status)) {
         show(analysis);
         analysis = await followAnalysis(analysis.id, (state) => PENDING.has(state.status) && show(state));

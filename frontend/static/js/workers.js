@@ -40,7 +40,8 @@
   }
 
   function jobCell(w) {
-    if (!w.current_job_id) return el("td", {}, el("span", { className: "muted", textContent: "idle" }));
+    // Another user's job is theirs: the worker shows as busy, without its id.
+    if (!w.current_job_id) return el("td", {}, el("span", { className: "muted", textContent: w.busy ? "busy" : "idle" }));
     return el("td", {}, el("a", { href: `/jobs/${w.current_job_id}`, textContent: `Job ${w.current_job_id}` }));
   }
 
