@@ -84,7 +84,18 @@ class Settings(BaseSettings):
         description="Processes a training worker runs each job with (data parallel, one per device); 0 means one "
         "per CUDA GPU, or 1 without CUDA. Above 1 on CPU, the processes talk over gloo.",
     )
-    cookie_secure: bool = False
+    cookie_secure: bool = Field(
+        False,
+        description="Mark every cookie Secure (sent over HTTPS only) even on requests that came over plain HTTP, "
+        "e.g. behind a TLS-terminating proxy that does not send X-Forwarded-Proto. Without it, cookies are Secure "
+        "whenever the request came over HTTPS (or X-Forwarded-Proto says so and trust_proxy is on).",
+    )
+    trust_proxy: bool = Field(
+        False,
+        description="Believe X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-For: turn on only behind a "
+        "reverse proxy that sets them (and strips what clients send). The app's own origin (CSRF check), Secure "
+        "cookies and the client address (login throttling) then come from them instead of the connection.",
+    )
 
     @model_validator(mode="after")
     def _lease_outlasts_heartbeats(self) -> "Settings":

@@ -39,6 +39,9 @@ from backend.model import pages as model_pages
 from backend.model import router as model_router
 from backend.playground import pages as playground_pages
 from backend.playground import router as playground_router
+from backend.security import docs as security_docs
+from backend.security.csrf import CsrfMiddleware
+from backend.security.headers import SecurityHeadersMiddleware
 from backend.web import LoginRequired, login_redirect, render
 from backend.work.reaper import sweep
 from backend.work.retry import transient
@@ -138,7 +141,7 @@ async def _login_required(request: Request, exc: Exception) -> Response:
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(title="Fine-Tuning Studio", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Fine-Tuning Studio", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.broadcaster = Broadcaster(settings.redis_url)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(LoginRequired, _login_required)
@@ -178,4 +181,7 @@ def create_app() -> FastAPI:
     for module in (auth_pages, dataset_pages, model_pages, job_pages, method_pages, worker_pages, playground_pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "frontend" / "static")), name="static")
+    app.include_router(security_docs.router)
+    app.add_middleware(CsrfMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)  # added last = outermost: also on the CSRF refusals
     return app

@@ -11,17 +11,20 @@ def test_api_requires_a_token(client: TestClient) -> None:
 
 def test_password_login_sets_a_session_cookie(client: TestClient) -> None:
     client.headers.pop("Authorization")
+    client.headers["Origin"] = "http://testserver"  # as a browser sends it: cookie writes need it (CSRF)
     assert client.post("/api/auth/login", json={"email": "owner@example.com", "password": "nope"}).status_code == 401
     res = client.post("/api/auth/login", json={"email": "OWNER@example.com", "password": "password123"})
     assert res.status_code == 200
     assert client.get("/api/me").json()["email"] == "owner@example.com"
-    token = client.post("/api/tokens", json={"name": "script"}).json()["token"]
+    csrf = {"X-CSRF-Token": client.cookies["studio_csrf"]}
+    token = client.post("/api/tokens", json={"name": "script"}, headers=csrf).json()["token"]
     client.cookies.clear()
     assert client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
 def test_pages_redirect_to_login(client: TestClient) -> None:
     client.headers.pop("Authorization")
+    client.headers["Origin"] = "http://testserver"  # as a browser sends it: the login form needs it (CSRF)
     res = client.get("/jobs", follow_redirects=False)
     assert res.status_code == 303 and res.headers["location"].startswith("/login")
     form = {"email": "owner@example.com", "password": "password123", "next": "/datasets"}

@@ -208,9 +208,10 @@ def test_broker_down_keeps_the_job_queued_until_the_sweep_sends_it(client: TestC
 
 def test_api_logout_revokes_the_session(client: TestClient) -> None:
     client.headers.pop("Authorization")
+    client.headers["Origin"] = "http://testserver"  # as a browser sends it: cookie writes need it (CSRF)
     client.post("/api/auth/login", json={"email": "owner@example.com", "password": "password123"})
     cookie = client.cookies.get("studio_session")
-    assert client.post("/api/auth/logout").status_code == 204
+    assert client.post("/api/auth/logout", headers={"X-CSRF-Token": client.cookies["studio_csrf"]}).status_code == 204
     assert client.get("/api/me", cookies={"studio_session": cookie}).status_code == 401
 
 

@@ -83,6 +83,7 @@
         xhr.setRequestHeader("Content-Range", `bytes ${start}-${end - 1}/${size}`);
         xhr.setRequestHeader("Content-Type", "application/octet-stream");
         xhr.setRequestHeader("Accept", "application/json");
+        xhr.setRequestHeader("X-CSRF-Token", Studio.csrfToken());
         xhr.upload.addEventListener("progress", (e) => this.onProgress((start + e.loaded) / size));
         xhr.addEventListener("load", () => {
           let body = xhr.responseText;

@@ -35,9 +35,19 @@
     return status ? `Request failed (HTTP ${status})` : "Request failed";
   }
 
+  // The studio_csrf cookie's value: the server takes a write that comes with the session cookie only when the
+  // request echoes it (X-CSRF-Token), which a page of another origin cannot do (backend/security/csrf.py).
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|;\s*)studio_csrf=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
   async function fetchJSON(url, options = {}) {
     const opts = { credentials: "same-origin", ...options };
     opts.headers = { Accept: "application/json", ...(options.headers || {}) };
+    if (!SAFE_METHODS.has((opts.method || "GET").toUpperCase())) opts.headers["X-CSRF-Token"] = csrfToken();
     if (opts.body !== undefined && typeof opts.body !== "string" && !(opts.body instanceof FormData)) {
       opts.body = JSON.stringify(opts.body);
       opts.headers["Content-Type"] = "application/json";
@@ -149,6 +159,7 @@
     el,
     ApiError,
     fetchJSON,
+    csrfToken,
     errorMessage,
     cleanMessage,
     fieldFromLoc,
