@@ -55,7 +55,18 @@ def ensure_admin() -> str | None:
 def _serve(host: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run("backend.main:create_app", factory=True, host=host, port=port, log_level="info")
+    # uvicorn rewrites the client address and scheme from X-Forwarded-* for loopback peers by default: only the
+    # one setting (STUDIO_TRUST_PROXY) may make the app believe those headers.
+    trust = get_settings().trust_proxy
+    uvicorn.run(
+        "backend.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level="info",
+        proxy_headers=trust,
+        forwarded_allow_ips="*" if trust else None,
+    )
 
 
 def worker_command(name: str | None = None, *, analysis: bool = False) -> list[str]:
@@ -204,6 +215,17 @@ def cmd_users_disable(args: argparse.Namespace) -> None:
         print(f"{user.email} {'disabled: its sessions and tokens stop working' if disabled else 'enabled'}")
 
 
+def cmd_users_unblock(args: argparse.Namespace) -> None:
+    from backend.auth.service import get_user_by_email
+    from backend.auth.throttle import unblock
+    from backend.db import session_scope
+
+    with session_scope() as s:
+        user = get_user_by_email(s, args.email)
+        done = unblock(s, email=user.email, by="studio CLI")
+        print(f"{user.email}: {'failed logins forgotten, it can log in now' if done else 'had no failed logins'}")
+
+
 def cmd_models_add(args: argparse.Namespace) -> None:
     from backend.db import session_scope
     from backend.model.service import register_model
@@ -278,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         ud = users.add_parser(action, help=text)
         ud.add_argument("email")
         ud.set_defaults(func=cmd_users_disable)
+    ub = users.add_parser("unblock", help="forget the account's failed logins (login throttling)")
+    ub.add_argument("email")
+    ub.set_defaults(func=cmd_users_unblock)
 
     tokens = sub.add_parser("tokens").add_subparsers(dest="action", required=True)
     tc = tokens.add_parser("create", help="create an API token (printed as the last line)")

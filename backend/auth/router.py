@@ -17,6 +17,7 @@ from backend.db import Token, User
 from backend.deps import CurrentUser, SessionDep
 from backend.schemas import IdPath
 from backend.security.csrf import CSRF_COOKIE, new_token
+from backend.security.origin import client_host
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -36,7 +37,7 @@ def set_session_cookie(response: Response, secret: str) -> None:
         secure=settings.cookie_secure,
     )
     # A new token per login: one planted before it (by another page of this host) is not the one in use.
-    response.set_cookie(CSRF_COOKIE, new_token(), httponly=False, samesite="strict", secure=settings.cookie_secure)
+    response.set_cookie(CSRF_COOKIE, new_token(), httponly=False, samesite="lax", secure=settings.cookie_secure)
 
 
 @router.post(
@@ -71,7 +72,7 @@ def me(user: CurrentUser) -> UserRead:
 
 
 def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    return client_host(request.scope)
 
 
 def _token_read(token: Token) -> TokenRead:
@@ -136,6 +137,14 @@ def disable_user(user_id: IdPath, request: Request, session: SessionDep, user: C
     """The account can no longer log in, and its sessions and tokens stop working at once (administrators)."""
     target = service.admin_set_disabled(session, actor=user, user_id=user_id, disabled=True, client=_client(request))
     return _user_admin_read(target, len(service.api_tokens(session, user_id=target.id)))
+
+
+@router.post("/users/{user_id}/unblock", status_code=204)
+def unblock_user(user_id: IdPath, request: Request, session: SessionDep, user: CurrentUser) -> None:
+    """Forget the account's failed logins, so it can log in at once (administrators)."""
+    service.require_admin(user)
+    target = service.get_user(session, user_id)
+    throttle.unblock(session, email=target.email, by=user.email, client=_client(request))
 
 
 @router.post("/users/{user_id}/enable", response_model=UserAdminRead)

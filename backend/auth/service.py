@@ -11,8 +11,9 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from backend.auth.events import record_event
 from backend.config import get_settings
-from backend.db import SecurityEvent, Token, User, session_scope, utcnow
+from backend.db import Token, User, session_scope, utcnow
 from backend.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 
 _hasher = PasswordHasher()
@@ -162,12 +163,7 @@ def revoke_api_token(session: Session, *, actor: User, token_id: int, client: st
     token = session.get(Token, token_id)
     if token is None or token.kind != "api" or (token.user_id != actor.id and not actor.is_admin):
         raise NotFound(f"no API token {token_id}")
-    if token.user_id != actor.id:
-        owner = session.get(User, token.user_id)
-        owner_email = owner.email if owner else None
-        message = f"{actor.email} revoked API token {token.id} ({token.name!r}) of {owner_email}"
-        record_event(session, kind="token_revoked", email=owner_email, client=client, message=message)
-    session.delete(token)
+    _revoke(session, token, by=actor.email, client=client, event=token.user_id != actor.id)
 
 
 def revoke_token_by_id(session: Session, *, token_id: int, by: str) -> Token:
@@ -175,12 +171,18 @@ def revoke_token_by_id(session: Session, *, token_id: int, by: str) -> Token:
     token = session.get(Token, token_id)
     if token is None or token.kind != "api":
         raise NotFound(f"no API token {token_id}")
-    owner = session.get(User, token.user_id)
-    owner_email = owner.email if owner else None
-    message = f"{by} revoked API token {token.id} ({token.name!r}) of {owner_email}"
-    record_event(session, kind="token_revoked", email=owner_email, client=by, message=message)
-    session.delete(token)
+    _revoke(session, token, by=by, client=by, event=True)
     return token
+
+
+def _revoke(session: Session, token: Token, *, by: str, client: str | None, event: bool) -> None:
+    """Delete the token; one revoked for someone else is a security event (its owner did not do it)."""
+    if event:
+        owner = session.get(User, token.user_id)
+        owner_email = owner.email if owner else None
+        message = f"{by} revoked API token {token.id} ({token.name!r}) of {owner_email}"
+        record_event(session, kind="token_revoked", email=owner_email, client=client, message=message)
+    session.delete(token)
 
 
 def require_admin(user: User) -> None:
@@ -224,8 +226,3 @@ def admin_set_disabled(
         # A lone administrator who did this would lock everyone out of the admin pages.
         raise Conflict("you cannot disable your own account")
     return set_disabled(session, user=user, disabled=disabled, by=actor.email, client=client)
-
-
-def record_event(session: Session, *, kind: str, email: str | None, client: str | None, message: str) -> None:
-    """A row for the administrators' security view."""
-    session.add(SecurityEvent(kind=kind, email=email, client=client, message=message))

@@ -4,6 +4,7 @@ wait, twice as long after each further failure, before its next attempt is even 
 The counts live in the database (LoginThrottle), so every API process and a restart see the same ones. An attempt
 while blocked is refused before the password is verified: a guesser learns nothing and costs nothing."""
 
+import ipaddress
 import math
 from datetime import datetime, timedelta
 
@@ -14,9 +15,9 @@ from starlette.requests import Request
 
 from backend.auth.events import record_event
 from backend.auth.service import authenticate
-from backend.config import get_settings
 from backend.db import LoginThrottle, User, session_scope, utcnow
 from backend.errors import DomainError, Unauthorized
+from backend.security.origin import client_host
 
 BLOCKING_FAILURE = 5  # the failure that first blocks (for 1 s; 2 s after the next, then 4, ...)
 MAX_BLOCK = timedelta(minutes=15)
@@ -40,12 +41,16 @@ def now() -> datetime:
 
 
 def client_address(request: Request) -> str:
-    """The address a login came from: the first X-Forwarded-For entry behind a trusted proxy, else the peer."""
-    if getattr(get_settings(), "trust_proxy", False):
-        forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
-        if forwarded:
-            return forwarded[:MAX_CLIENT_CHARS]
-    return (request.client.host if request.client else "unknown")[:MAX_CLIENT_CHARS]
+    """The address a login came from (backend.security.origin.client_address), an IPv6 one as its /64: one
+    subscriber holds a whole /64, so counting single addresses there would count nothing."""
+    address = client_host(request.scope)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:MAX_CLIENT_CHARS]
+    if ip.version == 6 and not ip.is_loopback:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def login(session: Session, *, email: str, password: str, client: str) -> User:
@@ -59,7 +64,9 @@ def login(session: Session, *, email: str, password: str, client: str) -> User:
     except Unauthorized:
         count_failure(keys, email=email, client=client)
         raise
-    session.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(keys.values())))
+    # Only the account's count: an address's failures against other accounts stay counted (one's own good login
+    # must not wash a spray of guesses), and age out after FORGET_AFTER.
+    session.execute(delete(LoginThrottle).where(LoginThrottle.key == keys["account"]))
     return user
 
 
@@ -130,3 +137,13 @@ def _forget_stale(s: Session, at: datetime) -> None:
     s.execute(
         delete(LoginThrottle).where(quiet, (LoginThrottle.blocked_until.is_(None)) | (LoginThrottle.blocked_until < at))
     )
+
+
+def unblock(session: Session, *, email: str, by: str, client: str | None = None) -> bool:
+    """Forget an account's failed logins (an administrator, for someone kept locked out by a guesser's trickle of
+    failures); a security event. False when it had none."""
+    email = email.strip().lower()
+    gone = session.execute(delete(LoginThrottle).where(LoginThrottle.key == f"email:{email}")).rowcount  # type: ignore[attr-defined]
+    if gone:
+        record_event(session, kind="login_unblocked", email=email, client=client, message=f"{by} unblocked {email}")
+    return bool(gone)

@@ -44,7 +44,10 @@ def new_token() -> str:
 def csrf_cookie(token: str, *, secure: bool) -> str:
     """The Set-Cookie value: readable by the page's scripts (they echo it), never sent by another site's pages."""
     flags = "; Secure" if secure else ""
-    return f"{CSRF_COOKIE}={token}; Path=/; SameSite=Strict{flags}"
+    # Lax, not Strict: a Strict cookie is not sent on an arrival from another site's link, so the page would hand
+    # out a new token and the forms of the tabs already open would fail. Other sites cannot read it either way,
+    # and a same-site page (another port of this host) is stopped by the Origin check.
+    return f"{CSRF_COOKIE}={token}; Path=/; SameSite=Lax{flags}"
 
 
 def check_origin(scope: Scope) -> None:
@@ -129,7 +132,10 @@ class CsrfMiddleware:
         if scope["method"] in SAFE_METHODS or headers.get("authorization", "").lower().startswith("bearer "):
             return receive
         if scope["path"] in LOGIN_PATHS:
-            check_origin(scope)
+            # A script logging in with a password sends neither header and has no cookie: nothing of a browser's
+            # to borrow. A browser always sends Origin with a POST, so a forged login is still checked.
+            if cookies or "origin" in headers or "referer" in headers:
+                check_origin(scope)
             return receive
         if SESSION_COOKIE not in cookies:
             return receive  # not cookie-authenticated: nothing a forged request could borrow

@@ -54,6 +54,15 @@ def own_origin(scope: Scope) -> Origin | None:
     return parse_origin(f"{request_scheme(scope)}://{host}")
 
 
+def client_host(scope: Scope) -> str:
+    """Who sent the request: the first X-Forwarded-For entry behind a trusted proxy, else the peer's address."""
+    forwarded = _forwarded(Headers(scope=scope), "x-forwarded-for")
+    if forwarded:
+        return forwarded
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 def show(origin: Origin | None) -> str:
     if origin is None:
         return "unknown"

@@ -1,5 +1,6 @@
 """The workers as they last reported themselves (workers.registry writes the rows), and what they can run."""
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -37,6 +38,12 @@ class Viewer:
         return cls(user_id=user.id, is_admin=user.is_admin)
 
 
+def alias(worker: WorkerRead) -> str:
+    """A stable name for a worker that says nothing of its machine: Celery node names hold the host and the pid
+    (worker-1234@gpu-box), so other users see the queue and a digest of the name instead."""
+    return f"{worker.queue}-{hashlib.sha256(worker.name.encode()).hexdigest()[:8]}"
+
+
 def _as_seen_by(worker: WorkerRead, viewer: Viewer, own_jobs: set[int]) -> WorkerRead:
     """An admin sees every column. Anyone else shares the workers, not the other users' work: another user's job
     id is hidden, and so is what locates the machine's processes (hostname, pid, interpreter)."""
@@ -44,6 +51,7 @@ def _as_seen_by(worker: WorkerRead, viewer: Viewer, own_jobs: set[int]) -> Worke
         return worker
     return worker.model_copy(
         update={
+            "name": alias(worker),
             "hostname": None,
             "details": {k: v for k, v in worker.details.items() if k in SHARED_DETAILS},
             "current_job_id": worker.current_job_id if worker.current_job_id in own_jobs else None,

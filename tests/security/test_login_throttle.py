@@ -125,9 +125,11 @@ def test_five_failures_then_429_without_checking_the_password(
     clock.advance(seconds=1.5)
     ok = login(anonymous)
     assert ok.status_code == 200, ok.text
-    assert throttle_rows() == {}  # a success forgets both counts
+    # A success forgets the account's count; the address's stays (its own good login must not wash a spray of
+    # guesses at other accounts) until an hour without failures.
+    assert throttle_rows() == {"client:testclient": 5}
     assert login(anonymous, password="wrong-password").status_code == 401
-    assert throttle_rows() == {f"email:{OWNER}": 1, "client:testclient": 1}
+    assert throttle_rows() == {f"email:{OWNER}": 1, "client:testclient": 6}
 
 
 def test_each_further_failure_doubles_the_wait_and_an_hour_forgets(
@@ -225,3 +227,39 @@ def test_concurrent_failures_on_a_new_key_are_all_counted(app_env: dict[str, str
     assert errors == []
     assert throttle_rows() == {"email:race@example.com": 6}
     assert len(throttled_events()) == 2  # the 5th and the 6th failure each set a new block
+
+
+def test_an_admin_lifts_a_block_and_scripts_log_in_without_browser_headers(
+    cheap_hashes: None, client: TestClient, anonymous: TestClient, clock: Clock
+) -> None:
+    """A guesser's trickle of failures could keep an account locked: an administrator forgets its count at once.
+    And a script that logs in with a password (no cookie, neither Origin nor Referer) is not a forged browser."""
+    for _ in range(7):
+        login(anonymous, password="wrong-password")
+    assert login(anonymous).status_code == 429
+    admin = make_admin()
+    with session_scope() as s:
+        owner_id = s.scalars(select(User.id).where(User.email == OWNER)).one()
+    assert anonymous.post(f"/api/users/{owner_id}/unblock").status_code == 401
+    assert client.post(f"/api/users/{owner_id}/unblock").status_code == 403  # the owner is no admin
+    lifted = client.post(f"/api/users/{owner_id}/unblock", headers={"Authorization": f"Bearer {admin}"})
+    assert lifted.status_code == 204, lifted.text
+    assert f"email:{OWNER}" not in throttle_rows()
+    with session_scope() as s:
+        kinds = list(s.scalars(select(SecurityEvent.kind)))
+    assert "login_unblocked" in kinds
+    # The address is still counted (7 failures): another address logs in as a script would.
+    script = TestClient(client.app, client=("10.0.0.9", 50000))
+    ok = script.post("/api/auth/login", json={"email": OWNER, "password": "password123"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_ipv6_clients_count_per_64() -> None:
+    from starlette.requests import Request
+
+    def address(host: str) -> str:
+        return throttle.client_address(Request({"type": "http", "headers": [], "client": (host, 1)}))
+
+    assert address("2001:db8:1:2::1") == address("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address("2001:db8:1:3::1") != address("2001:db8:1:2::1")
+    assert address("10.0.0.1") == "10.0.0.1" and address("::1") == "::1"

@@ -1,6 +1,7 @@
 """`/api/workers` and its stream show every user the shared workers and the queue depth, but another user's job
 only to an admin; the hostname and the process details (pid, interpreter) are for admins too."""
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -73,22 +74,29 @@ def shared(client: TestClient) -> Shared:
     )
 
 
+def shown(name: str) -> str:
+    """The alias other users see a worker under: its queue and a digest of its node name (host and pid inside)."""
+    return f"{QUEUE}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
 def _seen(items: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
     return {w["name"]: (w["current_job_id"], w["hostname"], "pid" in w["details"], w["busy"]) for w in items}
 
 
 def test_each_user_sees_the_workers_but_only_their_own_job(client: TestClient, shared: Shared) -> None:
-    alice = client.get("/api/workers").json()["items"]
+    answer = client.get("/api/workers")
+    assert "gpu-box" not in answer.text  # the machine's name, in no field
+    alice = answer.json()["items"]
     assert _seen(alice) == {
-        "worker-1@gpu-box-7": (shared.alice_job, None, False, True),
-        "worker-2@gpu-box-7": (None, None, False, True),  # Bob's job, Bob's business
+        shown("worker-1@gpu-box-7"): (shared.alice_job, None, False, True),
+        shown("worker-2@gpu-box-7"): (None, None, False, True),  # Bob's job, Bob's business
     }
     assert all(w["details"] == {"gpu_count": 1, "bitsandbytes": True, "torch": "2.5"} for w in alice)
     assert all(w["device"] == "cuda:0" and w["device_memory_bytes"] == 80 * 1024**3 for w in alice)
     bob = client.get("/api/workers", headers={"Authorization": f"Bearer {shared.bob}"}).json()["items"]
     assert _seen(bob) == {
-        "worker-1@gpu-box-7": (None, None, False, True),
-        "worker-2@gpu-box-7": (shared.bob_job, None, False, True),
+        shown("worker-1@gpu-box-7"): (None, None, False, True),
+        shown("worker-2@gpu-box-7"): (shared.bob_job, None, False, True),
     }
     admin = client.get("/api/workers", headers={"Authorization": f"Bearer {shared.admin}"}).json()["items"]
     assert _seen(admin) == {
@@ -118,6 +126,6 @@ def test_the_workers_stream_shows_each_user_the_same_view(client: TestClient, sh
     with LiveApp() as app:
         alice, bob, admin = (_first_workers_event(app, t) for t in (bearer, shared.bob, shared.admin))
     assert alice["queued"] == bob["queued"] == admin["queued"] == 0
-    assert _seen(alice["items"])["worker-2@gpu-box-7"] == (None, None, False, True)
-    assert _seen(bob["items"])["worker-2@gpu-box-7"] == (shared.bob_job, None, False, True)
+    assert _seen(alice["items"])[shown("worker-2@gpu-box-7")] == (None, None, False, True)
+    assert _seen(bob["items"])[shown("worker-2@gpu-box-7")] == (shared.bob_job, None, False, True)
     assert _seen(admin["items"])["worker-1@gpu-box-7"] == (shared.alice_job, "gpu-box-7", True, True)
