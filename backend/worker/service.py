@@ -38,10 +38,10 @@ class Viewer:
         return cls(user_id=user.id, is_admin=user.is_admin)
 
 
-def alias(worker: WorkerRead) -> str:
+def alias(name: str, queue: str) -> str:
     """A stable name for a worker that says nothing of its machine: Celery node names hold the host and the pid
     (worker-1234@gpu-box), so other users see the queue and a digest of the name instead."""
-    return f"{worker.queue}-{hashlib.sha256(worker.name.encode()).hexdigest()[:8]}"
+    return f"{queue}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _as_seen_by(worker: WorkerRead, viewer: Viewer, own_jobs: set[int]) -> WorkerRead:
@@ -51,7 +51,7 @@ def _as_seen_by(worker: WorkerRead, viewer: Viewer, own_jobs: set[int]) -> Worke
         return worker
     return worker.model_copy(
         update={
-            "name": alias(worker),
+            "name": alias(worker.name, worker.queue),
             "hostname": None,
             "details": {k: v for k, v in worker.details.items() if k in SHARED_DETAILS},
             "current_job_id": worker.current_job_id if worker.current_job_id in own_jobs else None,

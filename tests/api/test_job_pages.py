@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from backend.db import Job, session_scope
 from backend.job.schemas import Hyperparameters
 from backend.method import registry
+from backend.worker.service import alias
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -85,4 +86,4 @@ def test_workers_page_lists_registered_workers(client: TestClient) -> None:
     with session_scope() as s:
         s.add(Worker(name="w1@host", hostname="host", queue="studio", device="cpu", last_seen_at=utcnow()))
     page = client.get("/workers").text
-    assert 'data-worker="w1@host"' in page and 'data-live="true"' in page
+    assert f'data-worker="{alias("w1@host", "studio")}"' in page and 'data-live="true"' in page

@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 
 from backend.config import get_settings
 from backend.db import User, Worker, session_scope
+from backend.worker.service import alias
 from tests.api.test_jobs_stream import LiveApp, _events, _submit, _token
 from workers.analysis.tasks import analyze_dataset
 
@@ -177,7 +178,7 @@ def test_the_workers_stream_shows_live_and_silent_workers_and_the_queue(live: Li
         assert (empty["items"], empty["queued"]) == ([], 0)
         registry.register(name, "studio")  # what a worker does when it starts
         state = _next(events, "workers")
-        assert [(w["name"], w["live"], w["queue"]) for w in state["items"]] == [(name, True, "studio")]
+        assert [(w["name"], w["live"], w["queue"]) for w in state["items"]] == [(alias(name, "studio"), True, "studio")]
         assert state["now"]
         # A worker that stopped beating long ago publishes nothing: the stream notices by time.
         with session_scope() as s:

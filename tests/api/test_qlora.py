@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from backend.db import Model, User, Worker, session_scope, utcnow
 from backend.queue import ANALYSIS_QUEUE, QUEUE
+from backend.worker.service import alias
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -85,10 +86,12 @@ def test_workers_are_listed_with_liveness(client: TestClient) -> None:
     add_worker("worker-1@gpu-box", cuda=True, bitsandbytes=True)
     add_worker("worker-2@gone", cuda=False, bitsandbytes=False, age_seconds=3600)
     items = client.get("/api/workers").json()["items"]
+    # A non-admin sees each worker under an alias: a Celery node name holds the host and the pid.
     by_name = {w["name"]: w for w in items}
-    assert set(by_name) == {"worker-1@gpu-box", "worker-2@gone"}
-    assert by_name["worker-1@gpu-box"]["live"] and not by_name["worker-2@gone"]["live"]
-    assert by_name["worker-1@gpu-box"]["details"]["bitsandbytes"] is True
-    assert by_name["worker-1@gpu-box"]["device_memory_bytes"] == 80 * 1024**3
+    gpu, gone = alias("worker-1@gpu-box", QUEUE), alias("worker-2@gone", QUEUE)
+    assert set(by_name) == {gpu, gone}
+    assert by_name[gpu]["live"] and not by_name[gone]["live"]
+    assert by_name[gpu]["details"]["bitsandbytes"] is True
+    assert by_name[gpu]["device_memory_bytes"] == 80 * 1024**3
     client.headers.pop("Authorization")
     assert client.get("/api/workers").status_code == 401

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from backend.auth.service import issue_token
 from backend.db import Job, Model, User, Worker, session_scope, utcnow
 from backend.queue import QUEUE
+from backend.worker.service import alias
 from tests.api.test_jobs_stream import LiveApp
 from tests.support import password_hash
 
@@ -76,7 +77,9 @@ def shared(client: TestClient) -> Shared:
 
 def shown(name: str) -> str:
     """The alias other users see a worker under: its queue and a digest of its node name (host and pid inside)."""
-    return f"{QUEUE}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    shown = f"{QUEUE}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    assert shown == alias(name, QUEUE)
+    return shown
 
 
 def _seen(items: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
