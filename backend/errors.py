@@ -5,6 +5,7 @@ from typing import Any
 
 class DomainError(Exception):
     status_code = 400
+    headers: dict[str, str] | None = None  # response headers that go with it (Retry-After on a 429)
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)

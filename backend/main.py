@@ -81,7 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     if request.url.path.startswith("/api"):
-        return JSONResponse({"detail": exc.message, **exc.details}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.message, **exc.details}, status_code=exc.status_code, headers=exc.headers)
     return render(request, "error.html", _page_user(request), status_code=exc.status_code, message=exc.message)
 
 

@@ -4,7 +4,7 @@ layers (`freeze`) or every weight (`full`). Shared by every fine-tuning recipe (
 classification).
 """
 
-import importlib
+import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,7 @@ def apply_full(ctx: JobContext, model: PreTrainedModel, task_type: TaskType) -> 
 
 def method_function(method: Method) -> Callable[[JobContext, PreTrainedModel, TaskType], Tuned]:
     """The worker function the registry names for `method` ("module:function")."""
-    module, name = method.worker.split(":")
-    function: Callable[[JobContext, PreTrainedModel, TaskType], Tuned] = getattr(importlib.import_module(module), name)
+    function: Callable[[JobContext, PreTrainedModel, TaskType], Tuned] = pkgutil.resolve_name(method.worker)
     return function
 
 

@@ -1,5 +1,4 @@
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from backend.auth import service, throttle
 from backend.auth.schemas import (
@@ -34,10 +33,9 @@ def set_session_cookie(response: Response, secret: str) -> None:
         # Cross-site POSTs carry no cookie; a page on another port of this host is same-site, though, which the
         # CSRF middleware's Origin and token checks cover.
         samesite="lax",
-        secure=settings.cookie_secure,
     )
     # A new token per login: one planted before it (by another page of this host) is not the one in use.
-    response.set_cookie(CSRF_COOKIE, new_token(), httponly=False, samesite="lax", secure=settings.cookie_secure)
+    response.set_cookie(CSRF_COOKIE, new_token(), httponly=False, samesite="lax")
 
 
 @router.post(
@@ -45,13 +43,9 @@ def set_session_cookie(response: Response, secret: str) -> None:
     response_model=UserRead,
     responses={429: {"description": "Too many failed logins; `Retry-After` says how many seconds to wait"}},
 )
-def login(body: LoginRequest, request: Request, session: SessionDep, response: Response) -> UserRead | JSONResponse:
+def login(body: LoginRequest, request: Request, session: SessionDep, response: Response) -> UserRead:
     client = throttle.client_address(request)
-    try:
-        user = throttle.login(session, email=body.email, password=body.password, client=client)
-    except throttle.Throttled as exc:
-        headers = {"Retry-After": str(exc.retry_after)}
-        return JSONResponse({"detail": exc.message, **exc.details}, status_code=429, headers=headers)
+    user = throttle.login(session, email=body.email, password=body.password, client=client)
     set_session_cookie(response, service.issue_token(session, user=user, kind="session"))
     return UserRead(id=user.id, email=user.email, is_admin=user.is_admin)
 
@@ -69,10 +63,6 @@ def logout(request: Request, session: SessionDep, response: Response, user: Curr
 @router.get("/me", response_model=UserRead)
 def me(user: CurrentUser) -> UserRead:
     return UserRead(id=user.id, email=user.email, is_admin=user.is_admin)
-
-
-def _client(request: Request) -> str | None:
-    return client_host(request.scope)
 
 
 def _token_read(token: Token) -> TokenRead:
@@ -103,7 +93,7 @@ def list_tokens(session: SessionDep, user: CurrentUser) -> TokenList:
 @router.delete("/tokens/{token_id}", status_code=204)
 def revoke_token(token_id: IdPath, request: Request, session: SessionDep, user: CurrentUser) -> None:
     """Revoke one of the caller's API tokens (an administrator: anyone's); it stops working at once."""
-    service.revoke_api_token(session, actor=user, token_id=token_id, client=_client(request))
+    service.revoke_api_token(session, actor=user, token_id=token_id, client=client_host(request.scope))
 
 
 def _user_admin_read(user: User, api_tokens: int) -> UserAdminRead:
@@ -135,8 +125,7 @@ def user_tokens(user_id: IdPath, session: SessionDep, user: CurrentUser) -> Toke
 @router.post("/users/{user_id}/disable", response_model=UserAdminRead)
 def disable_user(user_id: IdPath, request: Request, session: SessionDep, user: CurrentUser) -> UserAdminRead:
     """The account can no longer log in, and its sessions and tokens stop working at once (administrators)."""
-    target = service.admin_set_disabled(session, actor=user, user_id=user_id, disabled=True, client=_client(request))
-    return _user_admin_read(target, len(service.api_tokens(session, user_id=target.id)))
+    return _set_disabled(session, user, user_id, request, disabled=True)
 
 
 @router.post("/users/{user_id}/unblock", status_code=204)
@@ -144,11 +133,16 @@ def unblock_user(user_id: IdPath, request: Request, session: SessionDep, user: C
     """Forget the account's failed logins, so it can log in at once (administrators)."""
     service.require_admin(user)
     target = service.get_user(session, user_id)
-    throttle.unblock(session, email=target.email, by=user.email, client=_client(request))
+    throttle.unblock(session, email=target.email, by=user.email, client=client_host(request.scope))
 
 
 @router.post("/users/{user_id}/enable", response_model=UserAdminRead)
 def enable_user(user_id: IdPath, request: Request, session: SessionDep, user: CurrentUser) -> UserAdminRead:
     """A disabled account works again, its unexpired tokens included (administrators)."""
-    target = service.admin_set_disabled(session, actor=user, user_id=user_id, disabled=False, client=_client(request))
+    return _set_disabled(session, user, user_id, request, disabled=False)
+
+
+def _set_disabled(session: SessionDep, actor: User, user_id: int, request: Request, *, disabled: bool) -> UserAdminRead:
+    client = client_host(request.scope)
+    target = service.admin_set_disabled(session, actor=actor, user_id=user_id, disabled=disabled, client=client)
     return _user_admin_read(target, len(service.api_tokens(session, user_id=target.id)))

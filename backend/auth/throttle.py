@@ -22,7 +22,6 @@ from backend.security.origin import client_host
 BLOCKING_FAILURE = 5  # the failure that first blocks (for 1 s; 2 s after the next, then 4, ...)
 MAX_BLOCK = timedelta(minutes=15)
 FORGET_AFTER = timedelta(hours=1)  # a key with no failure for this long starts counting afresh
-MAX_CLIENT_CHARS = 200  # the length of SecurityEvent.client; a forwarded header could be longer
 
 
 class Throttled(DomainError):
@@ -33,6 +32,7 @@ class Throttled(DomainError):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"too many failed logins: try again in {retry_after} s", code="throttled")
         self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 def now() -> datetime:
@@ -41,13 +41,13 @@ def now() -> datetime:
 
 
 def client_address(request: Request) -> str:
-    """The address a login came from (backend.security.origin.client_address), an IPv6 one as its /64: one
+    """The address a login came from (backend.security.origin.client_host), an IPv6 one as its /64: one
     subscriber holds a whole /64, so counting single addresses there would count nothing."""
     address = client_host(request.scope)
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return address[:MAX_CLIENT_CHARS]
+        return address
     if ip.version == 6 and not ip.is_loopback:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)

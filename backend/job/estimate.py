@@ -167,12 +167,13 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
     total = stored_total or shape.total_parameters()
     trainable = min(total, settings.trainable_parameters(shape, total))
     notes: list[str] = []
-    seq_len = hp.max_length + settings.extra_positions()
+    extra = settings.extra_positions()
+    seq_len = hp.max_length + extra
     # Refused when the virtual tokens are what push a sequence past the base's positions (a max_length already
     # past them is every method's matter, and runs on rotary bases).
-    if settings.extra_positions() and hp.max_length <= shape.positions < seq_len:
+    if extra and hp.max_length <= shape.positions < seq_len:
         raise Invalid(
-            f"max_length {hp.max_length} plus {settings.extra_positions()} virtual tokens is {seq_len} positions; "
+            f"max_length {hp.max_length} plus {extra} virtual tokens is {seq_len} positions; "
             f"the base model takes at most {shape.positions}: lower one of them",
             field="method_config.num_virtual_tokens",
         )

@@ -6,6 +6,7 @@ is all (its settings give the PEFT config's keywords), else a function in worker
 model named test_<method>_... under tests/workers/ (tests/test_architecture.py checks all three exist).
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -337,8 +338,10 @@ def split_legacy(hyperparameters: dict[str, Any], method_name: str | None, objec
     return out
 
 
+@functools.cache
 def catalog() -> dict[str, Any]:
-    """The registry as JSON: what GET /api/methods serves and the job form renders."""
+    """The registry as JSON: what GET /api/methods serves and the job form renders (built once: the registry is
+    constant; callers copy what they change)."""
     return {
         "objectives": [
             {

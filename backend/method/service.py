@@ -1,5 +1,6 @@
 """The Methods view's choices: which methods a user can compare here, the settings the runs share."""
 
+import functools
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -29,6 +30,7 @@ def _input(schema: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+@functools.cache
 def shared_settings() -> list[dict[str, Any]]:
     """The shared settings' form fields: name, default, bounds and help, from Hyperparameters itself."""
     properties = Hyperparameters.model_json_schema()["properties"]

@@ -113,10 +113,10 @@ class IA3Settings(MethodSettings):
 
     @model_validator(mode="after")
     def _feedforward_among_targets(self) -> "IA3Settings":
-        targets, feedforward = self.target_modules or IA3_TARGETS, self.feedforward_modules or []
-        if self.feedforward_modules is not None and not set(feedforward) <= set(targets):
-            extra = ", ".join(sorted(set(feedforward) - set(targets)))
-            raise ValueError(f"feedforward_modules {extra} must also be in target_modules")
+        if self.feedforward_modules is not None:
+            extra = set(self.feedforward_modules) - set(self.target_modules or IA3_TARGETS)
+            if extra:
+                raise ValueError(f"feedforward_modules {', '.join(sorted(extra))} must also be in target_modules")
         return self
 
     def _targets(self) -> tuple[list[str], list[str]]:

@@ -16,8 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.auth.service import SESSION_COOKIE
-from backend.config import get_settings
-from backend.security.origin import is_https, own_origin, parse_origin, show
+from backend.security.origin import own_origin, parse_origin, show
 
 CSRF_COOKIE = "studio_csrf"
 CSRF_HEADER = "x-csrf-token"
@@ -41,13 +40,12 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def csrf_cookie(token: str, *, secure: bool) -> str:
+def csrf_cookie(token: str) -> str:
     """The Set-Cookie value: readable by the page's scripts (they echo it), never sent by another site's pages."""
-    flags = "; Secure" if secure else ""
     # Lax, not Strict: a Strict cookie is not sent on an arrival from another site's link, so the page would hand
     # out a new token and the forms of the tabs already open would fail. Other sites cannot read it either way,
     # and a same-site page (another port of this host) is stopped by the Origin check.
-    return f"{CSRF_COOKIE}={token}; Path=/; SameSite=Lax{flags}"
+    return f"{CSRF_COOKIE}={token}; Path=/; SameSite=Lax"
 
 
 def check_origin(scope: Scope) -> None:
@@ -157,8 +155,8 @@ class CsrfMiddleware:
                 headers = MutableHeaders(scope=message)
                 sets_it = any(v.startswith(f"{CSRF_COOKIE}=") for v in headers.getlist("set-cookie"))
                 if headers.get("content-type", "").startswith("text/html") and not sets_it:
-                    secure = is_https(scope) or get_settings().cookie_secure
-                    headers.append("set-cookie", csrf_cookie(scope["state"]["csrf_token"], secure=secure))
+                    # The Secure flag, when due, is added by SecurityHeadersMiddleware (outermost) to every cookie.
+                    headers.append("set-cookie", csrf_cookie(scope["state"]["csrf_token"]))
             await send(message)
 
         return sending

@@ -37,7 +37,6 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        secure = is_https(scope) or get_settings().cookie_secure
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -45,8 +44,8 @@ class SecurityHeadersMiddleware:
                 for name, value in SECURITY_HEADERS.items():
                     if name not in headers:
                         headers[name] = value
-                if secure:
-                    cookies = headers.getlist("set-cookie")
+                cookies = headers.getlist("set-cookie")
+                if cookies and (is_https(scope) or get_settings().cookie_secure):
                     del headers["set-cookie"]
                     for cookie in cookies:
                         headers.append("set-cookie", _secure(cookie))

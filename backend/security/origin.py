@@ -8,6 +8,7 @@ from starlette.types import Scope
 from backend.config import get_settings
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_CLIENT_CHARS = 200  # the length of SecurityEvent.client; a forwarded header could be longer
 
 Origin = tuple[str, str, int]
 
@@ -57,10 +58,9 @@ def own_origin(scope: Scope) -> Origin | None:
 def client_host(scope: Scope) -> str:
     """Who sent the request: the first X-Forwarded-For entry behind a trusted proxy, else the peer's address."""
     forwarded = _forwarded(Headers(scope=scope), "x-forwarded-for")
-    if forwarded:
-        return forwarded
     client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+    host = forwarded or (str(client[0]) if client else "unknown")
+    return host[:MAX_CLIENT_CHARS]
 
 
 def show(origin: Origin | None) -> str:

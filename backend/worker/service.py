@@ -64,7 +64,11 @@ def list_workers(session: Session, viewer: Viewer) -> list[WorkerRead]:
     since = live_since(session)
     rows = list(session.scalars(select(Worker).order_by(Worker.queue, Worker.name)))
     running = {w.current_job_id for w in rows if w.current_job_id is not None}
-    own = set(session.scalars(select(Job.id).where(Job.id.in_(running), Job.owner_id == viewer.user_id)))
+    own = (
+        set()
+        if viewer.is_admin or not running  # an admin sees every job; an idle fleet runs none
+        else set(session.scalars(select(Job.id).where(Job.id.in_(running), Job.owner_id == viewer.user_id)))
+    )
     seen = [
         WorkerRead.model_validate(w).model_copy(
             update={"live": w.last_seen_at >= since, "busy": w.current_job_id is not None}

@@ -3,7 +3,6 @@ schema; a job's method_config and objective_config are validated by the entry's 
 unknown keys are a 422 naming the field, old flat keys still land in their place); the estimate counts what each
 method trains as its settings do; and the new-job form offers every entry with an input for each of its settings."""
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from fastapi.testclient import TestClient
 from backend.db import Model, User, session_scope
 from backend.method import registry
 from backend.method.shape import model_shape
+from tests.api.test_job_objectives import finetune, upload
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 # A small Llama-style config (GQA: 2 key/value heads of 4), enough for every method's count of its parameters.
@@ -41,19 +41,9 @@ def base_model(client: TestClient, tmp_path: Path) -> int:
     return int(client.get("/api/models").json()["items"][0]["id"])
 
 
-def upload(client: TestClient, path: Path) -> int:
-    res = client.post("/api/datasets", files={"file": (path.name, io.BytesIO(path.read_bytes()))})
-    assert res.status_code == 201, res.text
-    return int(res.json()["id"])
-
-
 @pytest.fixture
 def sft_data(client: TestClient) -> int:
     return upload(client, FIXTURES / "alpaca_small.json")
-
-
-def finetune(dataset_id: int, base_model: int, **fields: Any) -> dict[str, Any]:
-    return {"kind": "finetune", "dataset_id": dataset_id, "base_model": base_model, **fields}
 
 
 def refused(client: TestClient, body: dict[str, Any], field: str) -> str:

@@ -10,19 +10,13 @@ from fastapi.testclient import TestClient
 
 from backend.db import Artifact, Job, JobMetric, session_scope, utcnow
 from backend.method import registry
+from tests.api.test_compare import _job
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def _dataset(client: TestClient) -> int:
     res = client.post("/api/datasets", files={"file": ("tiny.txt", io.BytesIO((FIXTURES / "tiny.txt").read_bytes()))})
-    assert res.status_code == 201, res.text
-    return int(res.json()["id"])
-
-
-def _job(client: TestClient, dataset_id: int) -> int:
-    body = {"kind": "pretrain", "architecture": "tiny", "dataset_id": dataset_id, "hyperparameters": {"max_steps": 4}}
-    res = client.post("/api/jobs", json=body)
     assert res.status_code == 201, res.text
     return int(res.json()["id"])
 
@@ -53,7 +47,7 @@ def _record(job_id: int, *, method: str, trainable: int, accuracy_key: str | Non
 
 def test_compare_reports_each_methods_costs_and_results(client: TestClient) -> None:
     dataset_id = _dataset(client)
-    lora, full, fresh = _job(client, dataset_id), _job(client, dataset_id), _job(client, dataset_id)
+    lora, full, fresh = (_job(client, dataset_id, max_steps=4) for _ in range(3))
     # A LoRA run's output is its adapter (the merged copy beside it is not what it trained); a full run's, model.zip.
     _record(lora, method="lora", trainable=4_200, accuracy_key="eval_token_accuracy",
             artifacts={"adapter.zip": 12_345, "merged.zip": 9_999_999})  # fmt: skip
@@ -106,7 +100,7 @@ def test_methods_page_renders_a_checkbox_per_finetune_method(client: TestClient)
 
 def test_methods_results_view_takes_the_runs_in_its_address(client: TestClient) -> None:
     dataset_id = _dataset(client)
-    a, b = _job(client, dataset_id), _job(client, dataset_id)
+    a, b = _job(client, dataset_id, max_steps=4), _job(client, dataset_id, max_steps=4)
     page = client.get("/methods", params={"ids": f"{a},{b},{a}"})
     assert page.status_code == 200 and 'id="methods-results"' in page.text
     assert f'<script type="application/json" id="methods-ids">[{a}, {b}]</script>' in page.text

@@ -164,7 +164,7 @@ def test_cookies_are_secure_over_https_or_when_configured(client: TestClient, mo
     monkeypatch.setenv("STUDIO_TRUST_PROXY", "true")
     get_settings.cache_clear()
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "studio.example"}
-    cookies = set_cookies(Origin="https://studio.example", **{k: v for k, v in forwarded.items()})
+    cookies = set_cookies(Origin="https://studio.example", **forwarded)
     assert len(cookies) == 2 and all(c.endswith("; Secure") or "; Secure;" in c for c in cookies)
     monkeypatch.delenv("STUDIO_TRUST_PROXY")
     monkeypatch.setenv("STUDIO_COOKIE_SECURE", "true")

@@ -23,7 +23,7 @@ from backend.db import Artifact, Export, User, session_scope
 from backend.export.lifecycle import exports_dir
 from backend.export.schemas import ExportCreate
 from backend.export.service import create_export
-from tests.workers.support import Pretrained, Seed, create_job, studio_env
+from tests.workers.support import Pretrained, Seed, create_job, sft_job, studio_env
 from workers.tasks import run_job
 
 LORA_HP = {
@@ -271,16 +271,8 @@ def test_a_prompt_tuning_adapter_exports_as_adapter_and_never_merged(
 
     from backend.errors import Invalid
 
-    job_id = create_job(
-        seed,
-        kind="finetune",
-        method="prompt_tuning",
-        objective="sft",
-        dataset_id=seed.alpaca_dataset_id,
-        base_model_id=pretrained.model_id,
-        hyperparameters={"max_steps": 4, "max_length": 64, "batch_size": 4, "learning_rate": 3e-2, "seed": 0},
-        method_config={"num_virtual_tokens": 4},
-    )
+    hp = {"max_steps": 4, "max_length": 64, "batch_size": 4, "learning_rate": 3e-2, "seed": 0}
+    job_id = sft_job(seed, pretrained, "prompt_tuning", hyperparameters=hp, method_config={"num_virtual_tokens": 4})
     assert run_job(job_id) == "succeeded"
     export_id = queue_export(seed, job_id, format="adapter", dtype="float32")
     assert worker.export_weights(export_id) == "done", row(export_id).error

@@ -5,9 +5,9 @@ the numbers and the highlighted tokens are what training will see. Statistics st
 keep one length per record, so memory grows by a few bytes per record whatever the text sizes.
 """
 
-import importlib
 import itertools
 import math
+import pkgutil
 import random
 from array import array
 from collections import Counter
@@ -120,9 +120,9 @@ def token_stats(
     pre-flight check the job would run (`preflight`, a `backend.job.preflight.DataCheck`).
     `progress("tokenizing", records done)` is called before each record (it throttles itself)."""
     if (own := registry.objective(objective).dry_run) is not None:
-        module, name = own.split(":")
-        stats: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+        stats: Callable[..., dict[str, Any]] = pkgutil.resolve_name(own)
         return stats(tokenizer, records, max_length=max_length, batch_size=batch_size, progress=progress)
+    cut = not _packed(objective)  # examples cut at max_length (SFT, KTO), or text packed into blocks
     totals = Totals()
     for number, record in enumerate(records, start=1):
         progress("tokenizing", number - 1)
@@ -133,10 +133,10 @@ def token_stats(
         totals.records += 1
         totals.roles.update(rendered.roles)
         totals.lengths.append(len(rendered.ids))
-        if not _packed(objective):
+        if cut:
             totals.add_sft(rendered, max_length)
     lengths = np.frombuffer(totals.lengths, dtype=np.int64) if totals.records else np.zeros(0, dtype=np.int64)
-    if not _packed(objective):
+    if cut:
         examples = len(totals.kept)
         efficiency, _ = padding_efficiency(totals.kept, batch_size)
     else:
@@ -172,7 +172,7 @@ def token_stats(
             "p95": int(np.percentile(lengths, 95)) if lengths.size else 0,
         },
         "histogram": histogram(lengths),
-        "preflight": _sft_check(totals, max_length) if not _packed(objective) else _packed_check(totals, max_length),
+        "preflight": _sft_check(totals, max_length) if cut else _packed_check(totals, max_length),
     }
 
 
