@@ -22,6 +22,8 @@ from backend.config import get_settings
 from backend.db import Worker, session_scope
 from backend.events import publish_worker
 from backend.job.lifecycle import db_now
+from backend.queue import QUEUE
+from workers.flops import device_peak
 from workers.ranks import data_parallel_processes
 from workers.training import device_description, use_bf16
 
@@ -49,8 +51,9 @@ def ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def describe() -> dict[str, Any]:
-    """The columns that say what this machine can train with: device, precision, memory, libraries."""
+def describe(queue: str = "") -> dict[str, Any]:
+    """The columns that say what this machine can train with: device, precision, memory, libraries, and for a
+    training worker (one consuming `queue` studio) the peak matmul throughput its jobs' MFU is measured against."""
     cuda = torch.cuda.is_available()
     gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())] if cuda else []
     try:
@@ -69,6 +72,10 @@ def describe() -> dict[str, Any]:
         "python": platform.python_version(),
         "pid": os.getpid(),
     }
+    if QUEUE in queue.split(","):
+        # Measured here, in the pool child that trains, with its threads and device (a second or two, in the
+        # registry's thread); an analysis worker trains nothing and keeps its cores for its own work.
+        details["peak_matmul"] = device_peak().details()
     return {
         "device": device_description(),
         "cuda": cuda,
@@ -91,7 +98,7 @@ def register(name: str, queue: str) -> None:
                 current_job_id=None,
                 started_at=now,
                 last_seen_at=now,
-                **describe(),
+                **describe(queue),
             )
         )
     publish_worker(name)

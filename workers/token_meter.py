@@ -1,5 +1,5 @@
 """What each logged training point carries besides the Trainer's loss, learning rate and grad norm: token
-counts, throughput and memory."""
+counts, throughput, model FLOPs utilisation and memory."""
 
 import json
 import time
@@ -11,6 +11,9 @@ import psutil
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from workers.flops import Peak, device_peak
+from workers.ranks import world_size
 
 # A checkpoint's token counts, beside the Trainer's files: a resumed or rolled-back run continues from them.
 TOKENS_FILE = "studio_tokens.json"
@@ -51,17 +54,27 @@ class TokenMeter(TrainerCallback):
     The trainer hands it each micro-batch (`count`); `point()` turns what accumulated since the previous point
     into metric values: `tokens_seen` (non-padding input tokens, cumulative), `supervised_tokens` (tokens whose
     prediction carries loss, cumulative), `tokens_per_second` (input tokens over the time spent in training
-    steps, so evaluations and checkpoint saves do not count as slowness), and `memory_mb`: on a GPU the peak
-    CUDA memory allocated since the previous point (what decides an out-of-memory error), on a CPU worker the
-    process's resident memory. One key for both, so a chart compares runs; the job's device says which.
+    steps, so evaluations and checkpoint saves do not count as slowness), `model_tflops` and `mfu` (below), and
+    `memory_mb`: on a GPU the peak CUDA memory allocated since the previous point (what decides an out-of-memory
+    error), on a CPU worker the process's resident memory. One key for both, so a chart compares runs; the job's
+    device says which.
 
     `peak_memory_bytes` is the job's peak so far, counted from the meter's creation (the trainer's, once the
     model is loaded and wrapped; a resumed run counts from its resume): on a GPU the most CUDA memory allocated,
     on a CPU the process's peak resident memory (VmHWM, reset through /proc/self/clear_refs). Where that reset
     is refused, VmHWM would hold an earlier job's peak in a long-lived worker, so the meter keeps the largest
-    resident memory it saw at its own points instead (a peak between two points goes unseen)."""
+    resident memory it saw at its own points instead (a peak between two points goes unseen).
 
-    def __init__(self) -> None:
+    Given the job's training FLOPs per token (`backend.job.estimate.flops_per_token`), a point also carries
+    `model_tflops`, the model FLOP/s its tokens per second imply (in TFLOP/s, every process together), and `mfu`,
+    model FLOPs utilisation: that figure over the device's measured matmul peak (`workers.flops`), times the
+    processes of a data-parallel run. Padding is no model FLOP: only real tokens count, so padding shows as
+    lost utilisation."""
+
+    def __init__(self, flops_per_token: float | None = None, peak: Peak | None = None) -> None:
+        self.flops_per_token = flops_per_token
+        # Measured once per process (the worker did when it registered); only a meter that computes MFU needs it.
+        self.peak = peak or (device_peak() if flops_per_token else None)
         self.tokens_seen = 0
         self.supervised_tokens = 0
         # [input, supervised] tokens since the previous point, kept on the batch's device: reading a GPU
@@ -100,6 +113,7 @@ class TokenMeter(TrainerCallback):
         values = {"tokens_seen": float(self.tokens_seen), "supervised_tokens": float(self.supervised_tokens)}
         if self._seconds > 0:
             values["tokens_per_second"] = n_input / self._seconds
+            values |= self._utilisation(values["tokens_per_second"])
         self._seconds = 0.0
         if torch.cuda.is_available():
             interval_peak = torch.cuda.max_memory_allocated()
@@ -114,6 +128,15 @@ class TokenMeter(TrainerCallback):
             self.peak_memory = max(self.peak_memory, rss, peak or 0)
         values["peak_memory_bytes"] = float(self.peak_memory)
         return values
+
+    def _utilisation(self, tokens_per_second: float) -> dict[str, float]:
+        if not self.flops_per_token or self.peak is None:
+            return {}
+        model_flops = self.flops_per_token * tokens_per_second
+        # The tokens are every process's together, the peak this process's own: a data-parallel rank runs in a
+        # process of its own that measures its GPU, or on a CPU its share of the cores (`workers.distributed`).
+        peak = self.peak.flops_per_second * world_size()
+        return {"model_tflops": model_flops / 1e12, "mfu": model_flops / peak}
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

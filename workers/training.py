@@ -21,6 +21,7 @@ from workers.context import JobContext
 from workers.data import PadCollator
 from workers.eval_metrics import argmax_logits, bits_per_byte, perplexity, token_accuracy, tokens_per_byte
 from workers.examples import Example
+from workers.flops import lookup_weights
 from workers.metrics import Cancelled, Diverged, Guards, JobCallback, OverfitWatch, Paused, ShuttingDown, Watch
 from workers.ranks import is_main, per_device_batch_size, world_size
 from workers.token_meter import TokenMeter
@@ -268,7 +269,7 @@ def build_trainer(
         checkpoint_minutes=ctx.hp.checkpoint_minutes,
         overfit=OverfitWatch(evals=ctx.hp.overfit_warning_evals),
     )
-    meter = TokenMeter()
+    meter = TokenMeter(flops_per_token=model_flops_per_token(ctx, model))
     pad_id = tokenizer.pad_token_id
     assert pad_id is not None, "the recipe must give the tokenizer a pad token"
     next_token = "eval_perplexity" in ctx.objective_spec.metrics
@@ -332,16 +333,22 @@ def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = No
         trainer.evaluate()  # logs eval_loss at the last step, so final_eval_loss describes the saved model
 
 
+def model_flops_per_token(ctx: JobContext, model: nn.Module) -> float:
+    """Training FLOPs per token of `model` as it will train (frozen weights, the embedding lookup), by the same
+    accounting as the estimate before launch, so estimate, compare page, run and its MFU agree."""
+    trainable, total = parameter_counts(model)
+    model_config = getattr(model, "config", None)  # a PeftModel forwards to its base's config
+    shape = model_shape(model_config.to_dict() if model_config is not None else {})
+    return flops_per_token(shape, total, trainable, ctx.hp.max_length, lookup=lookup_weights(model))
+
+
 def record_resolved_config(ctx: JobContext, model: nn.Module, **extra: Any) -> None:
     """Store what will actually run: resolved hyperparameters, data hash, versions, parameter counts."""
     trainable, total = parameter_counts(model)
-    # The same accounting as the estimate before launch, so estimate, compare page and run agree.
-    model_config = getattr(model, "config", None)  # a PeftModel forwards to its base's config
-    shape = model_shape(model_config.to_dict() if model_config is not None else {})
     config = {
         **ctx.summary(),
         "parameters": {"trainable": trainable, "total": total},
-        "flops_per_token": flops_per_token(shape, total, trainable, ctx.hp.max_length),
+        "flops_per_token": model_flops_per_token(ctx, model),
         "libraries": {
             name: version(name) for name in ("torch", "transformers", "peft", "trl", "accelerate", "tokenizers")
         },

@@ -32,10 +32,18 @@ BYTES_PER_TOKEN = 4.0
 GIB = 1024**3
 
 
-def flops_per_token(s: ModelShape, total: int, trainable: int, seq_len: int) -> float:
-    """Training FLOPs per token: forward 2N, backward 2N for activation gradients plus 2 per *trained* weight
-    (6N for full training, ~4N with LoRA), plus attention scores, 12·L·d·T (PaLM's accounting)."""
-    return 4.0 * total + 2.0 * trainable + 12.0 * s.layers * s.hidden * seq_len
+def flops_per_token(s: ModelShape, total: int, trainable: int, seq_len: int, *, lookup: int | None = None) -> float:
+    """Training FLOPs per token of the model's matmuls, as model FLOPs utilisation counts them (PaLM, Megatron,
+    NeMo). Every weight costs 2 in the forward pass and 2 in the backward pass for the gradient of its input; a
+    *trained* weight 2 more for its own gradient: 6 per weight in full training, 4 per frozen weight, so LoRA
+    costs about 2/3 of 6·N (as NeMo counts it). `lookup` weights (an untied input embedding, by default from the
+    shape) are a table lookup, no multiply-adds: they cost nothing, trained or not. Attention's scores and
+    weighted sum add 4·L·q·T forward and twice that backward: 12·L·q·T for sequences of T positions."""
+    if lookup is None:
+        lookup = 0 if s.tied else s.vocab * s.hidden
+    weights = max(0, total - lookup)
+    trained = min(trainable, weights)  # a trained input embedding is in both counts, and costs nothing in either
+    return 4.0 * weights + 2.0 * trained + 12.0 * s.layers * (s.q or s.hidden) * seq_len
 
 
 def weight_bytes(method: Method, cuda: bool) -> float:

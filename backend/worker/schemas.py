@@ -16,7 +16,9 @@ class WorkerRead(BaseModel):
     device_memory_bytes: int = Field(description="The first GPU's memory, or RAM on a CPU worker.")
     details: dict[str, Any] = Field(
         description="gpu_count, gpus, cpu_count, ram_bytes, torch, cuda_version, bitsandbytes, "
-        "data_parallel_processes; admins also see pid and python"
+        "data_parallel_processes, and on a training worker peak_matmul (flops_per_second, dtype fp32 or bf16, "
+        "device, threads, size: the fastest square matmul it measured at start, the denominator of its jobs' "
+        "mfu); admins also see pid and python"
     )
     current_job_id: int | None = Field(description="The job it runs; null for another user's job (except to admins).")
     busy: bool = Field(False, description="Running a job, whoever's it is.")

@@ -17,7 +17,17 @@ from backend.worker.schemas import WorkerRead, WorkersLive
 # What a worker's details say about its hardware and libraries, which every user may see; the rest (pid,
 # python) is for admins.
 SHARED_DETAILS = frozenset(
-    ("gpu_count", "gpus", "cpu_count", "ram_bytes", "torch", "cuda_version", "bitsandbytes", "data_parallel_processes")
+    (
+        "gpu_count",
+        "gpus",
+        "cpu_count",
+        "ram_bytes",
+        "torch",
+        "cuda_version",
+        "bitsandbytes",
+        "data_parallel_processes",
+        "peak_matmul",
+    )
 )
 
 

@@ -264,6 +264,8 @@ window.StudioJobCharts = (function () {
     ["logps/rejected", "Log-prob of rejected / undesirable"],
     ["grad_norm", "Gradient norm"],
     ["tokens_per_second", "Tokens per second"],
+    ["mfu", "Model FLOPs utilisation (of the worker's peak matmul)"],
+    ["model_tflops", "Model TFLOP/s"],
     ["supervised_tokens", "Supervised tokens seen"],
     ["tokens_seen", "Tokens seen"],
     ["memory_mb", "Memory (MB)"],

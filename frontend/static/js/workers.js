@@ -39,6 +39,14 @@
     return cell;
   }
 
+  function peakCell(w) {
+    // A training worker's fastest matmul at start (workers/flops.py), in its jobs' precision; none on analysis ones.
+    const peak = (w.details || {}).peak_matmul;
+    if (!peak) return el("td", { className: "num" }, el("span", { className: "muted", textContent: "–" }));
+    const rate = Math.round(peak.flops_per_second / 1e9).toLocaleString("en-US");
+    return el("td", { className: "num" }, `${rate} GFLOP/s `, el("span", { className: "muted small", textContent: peak.dtype }));
+  }
+
   function jobCell(w) {
     // Another user's job is theirs: the worker shows as busy, without its id.
     if (!w.current_job_id) return el("td", {}, el("span", { className: "muted", textContent: w.busy ? "busy" : "idle" }));
@@ -54,6 +62,7 @@
       [el("td", { textContent: w.queue === "studio" ? "training" : "analysis, imports" }), "Serves"],
       [deviceCell(w), "Device"],
       [el("td", { className: "num", textContent: `${(w.device_memory_bytes / GIB).toFixed(1)} GiB` }), "Memory"],
+      [peakCell(w), "Peak matmul"],
       [jobCell(w), "Current job"],
       [seenCell(w), "Last heartbeat"],
       [el("td", {}, state), "State"],
