@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.db.base import Base, UTCDateTime, utcnow
@@ -91,6 +91,40 @@ class JobMetric(Base):
     step: Mapped[int]
     values: Mapped[dict[str, float]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # A step range of one job (a rollup bucket rebuilt, a step span measured) without reading the job's other rows.
+    __table_args__ = (Index("ix_job_metrics_job_id_step", "job_id", "step"),)
+
+
+class JobMetricRollup(Base):
+    """One series (a key of the points' values) of one job over one bucket of steps: how many points, and the
+    first, lowest, highest and last of them (value, point id, step, time), so a chart of a million points reads
+    a thousand buckets instead (backend/db/metric_rollup.py keeps them as points are written)."""
+
+    __tablename__ = "job_metric_rollups"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    level: Mapped[int] = mapped_column(primary_key=True)  # buckets of 4**level steps
+    bucket: Mapped[int] = mapped_column(primary_key=True)  # step // 4**level
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int]
+    # Times as UTC epoch seconds: a read turns thousands of them into datetimes, cheaper from a float.
+    first_value: Mapped[float]
+    first_id: Mapped[int]
+    first_step: Mapped[int]
+    first_at: Mapped[float]
+    min_value: Mapped[float]
+    min_id: Mapped[int]
+    min_step: Mapped[int]
+    min_at: Mapped[float]
+    max_value: Mapped[float]
+    max_id: Mapped[int]
+    max_step: Mapped[int]
+    max_at: Mapped[float]
+    last_value: Mapped[float]
+    last_id: Mapped[int]
+    last_step: Mapped[int]
+    last_at: Mapped[float]
 
 
 class Artifact(Base):

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from backend.db import Job, JobMetric, JobSample, User
+from backend.db import Job, JobMetric, JobSample, User, metric_rollup
 from backend.errors import Conflict, Invalid
 from backend.job.checkpoints import (
     Checkpoint,
@@ -65,6 +65,7 @@ def drop_after(session: Session, job: Job, step: int) -> str | None:
     """Forget what the run did after `step`: the resumed run logs those steps again, and a curve must hold one
     value per step (the worker plots only steps after the last stored one). Says what was dropped."""
     metrics = session.execute(delete(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step > step))
+    metric_rollup.truncate_after(session.connection(), job.id, step)  # the charts' buckets past it go too
     samples = session.execute(delete(JobSample).where(JobSample.job_id == job.id, JobSample.step > step))
     removed = remove_checkpoints_after(job.id, step)
     n_metrics, n_samples = metrics.rowcount, samples.rowcount  # type: ignore[attr-defined]

@@ -1,6 +1,8 @@
-from typing import Annotated
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
@@ -25,11 +27,13 @@ from backend.job.schemas import (
     SampleRead,
 )
 from backend.job.stream import job_events, jobs_list_events, metric_dict, parse_cursor
-from backend.schemas import DbId, IdPath, Text
+from backend.schemas import MAX_ID, DbId, IdPath, Text
 from backend.work.kinds import JOB
 from backend.work.send import send
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+JOBS_PAGE, MAX_JOBS_PAGE = 100, 500
+METRICS_PAGE, MAX_METRICS_PAGE = 10_000, 100_000
 
 
 def _enqueue(session: SessionDep, job: Job) -> JobRead:
@@ -62,8 +66,16 @@ def estimate_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> Est
 
 
 @router.get("", response_model=JobList)
-def list_jobs(session: SessionDep, user: CurrentUser) -> JobList:
-    return JobList(items=[service.to_read(session, j) for j in service.list_jobs(session, user=user)])
+def list_jobs(
+    session: SessionDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=MAX_JOBS_PAGE)] = JOBS_PAGE,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> JobList:
+    """Newest first, `limit` at a time; `cursor` (the last page's `next_cursor`) goes on to older jobs."""
+    jobs = service.list_jobs(session, user=user, limit=limit, before=cursor)
+    next_cursor = jobs[-1].id if len(jobs) == limit else None
+    return JobList(items=service.to_reads(session, jobs), next_cursor=next_cursor)
 
 
 @router.get("/compare", response_model=CompareRead)
@@ -138,9 +150,29 @@ def job_samples(job_id: IdPath, session: SessionDep, user: CurrentUser) -> list[
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricRead])
-def job_metrics(job_id: IdPath, session: SessionDep, user: CurrentUser) -> list[MetricRead]:
+def job_metrics(
+    job_id: IdPath,
+    session: SessionDep,
+    user: CurrentUser,
+    resolution: Literal["chart", "full"] = "chart",
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_METRICS_PAGE)] = METRICS_PAGE,
+) -> Response:
+    """Logged points, by step. `chart`: every point of a short run, else at most 2,000 per series keeping each
+    bucket's lowest and highest. `full`: every point in the order written, `limit` after point id `after`; a full
+    page links the next (Link: rel="next")."""
     service.get_job(session, user=user, job_id=job_id)
-    return [MetricRead.model_validate(metric_dict(m)) for m in service.metrics_after(session, job_id)]
+    headers = {}
+    if resolution == "chart":
+        points: Sequence[Any] = service.chart_metrics(session, job_id)
+    else:
+        points = service.metrics_after(session, job_id, after, limit)
+        if len(points) == limit:
+            url = f"/api/jobs/{job_id}/metrics?resolution=full&after={points[-1].id}&limit={limit}"
+            headers["Link"] = f'<{url}>; rel="next"'
+    # Serialized here: validating thousands of points as models would cost more than reading them.
+    body = json.dumps([metric_dict(p) for p in points], allow_nan=False)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get("/{job_id}/events", response_model=list[EventRead])

@@ -56,6 +56,13 @@ class Hyperparameters(BaseModel):
     validation_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of the records held out to measure eval loss."
     )
+    tokenizer_sample_mb: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Pretraining with a tokenizer of its own: megabytes of training text, documents drawn across "
+        "the whole corpus, that the BPE tokenizer learns from (more: a slightly better vocabulary, slower start).",
+    )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for initialization, shuffling and the split.")
     checkpoint_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="Save a checkpoint every N steps (empty: only at the end)."
@@ -68,7 +75,31 @@ class Hyperparameters(BaseModel):
         "restart loses at most about that much training (0: off).",
     )
     eval_steps: int | None = Field(
-        None, ge=1, le=10_000_000, description="Evaluate every N steps (empty: about ten times per run)."
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Evaluate every N steps on the eval sample (empty: up to ten times per run, fewer when a short "
+        "run's evaluations would cost more than eval_budget of its training).",
+    )
+    eval_max_examples: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="Evaluations during the run use a fixed sample of at most this many held-out examples; the "
+        "whole held-out set is evaluated once at the end.",
+    )
+    eval_budget: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="When eval_steps is empty: the share of the training compute all evaluations together may "
+        "take (base and final included); a short run then evaluates fewer times, on a smaller sample.",
+    )
+    packing: bool | None = Field(
+        None,
+        description="SFT: lay each batch's examples out several per row of max_length, each attending only to "
+        "itself (the same examples and loss, far less padding). Empty: on wherever the objective and method "
+        "allow it.",
     )
     logging_steps: int = Field(1, ge=1, le=100_000, description="Log loss and learning rate every N steps.")
     keep_checkpoints: int = Field(
@@ -336,6 +367,8 @@ class JobRead(BaseModel):
 
 class JobList(BaseModel):
     items: list[JobRead]
+    # The `cursor` of the next page (older jobs), or None on the last one.
+    next_cursor: int | None = None
 
 
 class EventRead(BaseModel):

@@ -9,7 +9,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, JobSample, Model, User, utcnow
+from backend.db import Artifact, Dataset, Job, JobEvent, JobMetric, JobSample, Model, User, metric_rollup, utcnow
+from backend.db.metric_rollup import ChartPoint
 from backend.errors import Invalid, NotFound
 from backend.job.lifecycle import add_event
 from backend.job.schemas import JobCreate, JobRead, batch_problem
@@ -31,9 +32,11 @@ def get_job(session: Session, *, user: User, job_id: int) -> Job:
     return job
 
 
-def list_jobs(session: Session, *, user: User, limit: int = 200) -> list[Job]:
-    """Newest first; admins see everyone's."""
+def list_jobs(session: Session, *, user: User, limit: int = 200, before: int | None = None) -> list[Job]:
+    """Newest first, the `limit` newest with an id below `before` if given; admins see everyone's."""
     q = select(Job).order_by(Job.id.desc()).limit(limit)
+    if before is not None:
+        q = q.where(Job.id < before)
     if not user.is_admin:
         q = q.where(Job.owner_id == user.id)
     return list(session.scalars(q))
@@ -117,6 +120,12 @@ def job_settings(data: JobCreate, objective: str) -> tuple[MethodSettings, BaseM
         raise Invalid(
             f"method {method.name} cannot recompute activations (gradient_checkpointing): turn it off",
             field="hyperparameters.gradient_checkpointing",
+        )
+    if data.hyperparameters.packing and not registry.packs_examples(data.kind, method.name, objective):
+        raise Invalid(
+            f"packing is for SFT with a method that changes weights; {objective} with {method.name} cannot pack "
+            "examples into shared rows: leave packing empty or off",
+            field="hyperparameters.packing",
         )
     legacy = registry.split_legacy(data._legacy, method.name, objective)
     if legacy.foreign:
@@ -242,6 +251,29 @@ def to_read(session: Session, job: Job) -> JobRead:
     return out
 
 
+def to_reads(session: Session, jobs: list[Job]) -> list[JobRead]:
+    """The API views of many jobs (a list page): what `to_read` adds, read in one query per table."""
+    ids = [j.id for j in jobs]
+    outputs = dict(session.execute(select(Model.job_id, Model.id).where(Model.job_id.in_(ids))).tuples().all())
+    dataset_ids = {j.dataset_id for j in jobs}
+    datasets = dict(session.execute(select(Dataset.id, Dataset.name).where(Dataset.id.in_(dataset_ids))).tuples().all())
+    base_ids = {j.base_model_id for j in jobs if j.base_model_id is not None}
+    bases = dict(session.execute(select(Model.id, Model.name).where(Model.id.in_(base_ids))).tuples().all())
+    now, max_attempts = utcnow(), get_settings().max_attempts
+    out = []
+    for job in jobs:
+        view = JobRead.model_validate(job)
+        view.output_model_id = outputs.get(job.id)
+        view.eta_seconds = eta_seconds(job, now)
+        view.attempt_limit = job.attempt_base + max_attempts
+        view.dataset_name = datasets.get(job.dataset_id)
+        view.base_model_name = bases.get(job.base_model_id) if job.base_model_id is not None else None
+        if job.started_at:
+            view.duration_seconds = max(0.0, ((job.finished_at or now) - job.started_at).total_seconds())
+        out.append(view)
+    return out
+
+
 def eta_seconds(job: Job, now: datetime) -> float | None:
     """Seconds left at this attempt's pace: time since it started over the steps it has run since."""
     # A resumed job's clock restarts at its claim while its step count continues from start_step.
@@ -252,9 +284,16 @@ def eta_seconds(job: Job, now: datetime) -> float | None:
     return max(0.0, per_step * (job.total_steps - job.current_step))
 
 
-def metrics_after(session: Session, job_id: int, after_id: int = 0) -> list[JobMetric]:
+def metrics_after(session: Session, job_id: int, after_id: int = 0, limit: int | None = None) -> list[JobMetric]:
+    """The job's points written after point `after_id`, in the order they were written (at most `limit`)."""
     q = select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.id > after_id).order_by(JobMetric.id)
-    return list(session.scalars(q))
+    return list(session.scalars(q.limit(limit)))
+
+
+def chart_metrics(session: Session, job_id: int) -> list[ChartPoint]:
+    """The job's points for a chart, by step: all of them for a short run, else at most 2,000 per series with
+    the lowest and highest point of every bucket of steps kept (a loss spike stays visible)."""
+    return metric_rollup.chart_points(session, job_id)
 
 
 def events_after(session: Session, job_id: int, after_id: int = 0) -> list[JobEvent]:
