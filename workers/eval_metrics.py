@@ -2,6 +2,7 @@
 positions."""
 
 import math
+from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
@@ -46,7 +47,7 @@ def token_accuracy(prediction: EvalPrediction) -> dict[str, float]:
     return {"token_accuracy": float((predicted[supervised] == target[supervised]).mean())}
 
 
-def tokens_per_byte(examples: list[dict[str, list[int]]], tokenizer: PreTrainedTokenizerBase) -> float | None:
+def tokens_per_byte(examples: Sequence[dict[str, list[int]]], tokenizer: PreTrainedTokenizerBase) -> float | None:
     """Supervised tokens per UTF-8 byte of the text they spell, over `examples` (an evaluation set).
 
     eval_loss is in nats per token, and a token is a different amount of text under each tokenizer: a run

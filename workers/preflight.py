@@ -3,7 +3,7 @@ data the recipe built is checked, and a run that could not give a meaningful res
 to change, instead of "succeeding" on a handful of examples."""
 
 from collections import Counter
-from collections.abc import Iterable, Sized
+from collections.abc import Iterable, Sequence, Sized
 
 from backend.job.lifecycle import log_event
 from backend.job.preflight import DataCheck, keep_curve, problems, untrainable
@@ -38,15 +38,18 @@ def sft_check(ctx: JobContext, stats: SFTStats, eval_set: Sized, unit: str = "re
     )
 
 
-def packed_check(ctx: JobContext, texts: int, train_set: list[Example], eval_set: Sized) -> DataCheck:
-    """The check of packed text (causal_lm): nothing is dropped, but an empty corpus or held-out part is."""
+def packed_check(
+    ctx: JobContext, texts: int, train_set: Sequence[Example], eval_set: Sized, *, tokens: int | None = None
+) -> DataCheck:
+    """The check of packed text (causal_lm): nothing is dropped, but an empty corpus or held-out part is.
+    `tokens`: the training blocks' tokens when known (a token file's blocks are not walked to count them)."""
     asked, source = evaluation_asked(ctx)
     return DataCheck(
         unit="texts",
         total=texts,
         kept=texts if train_set else 0,
         max_length=ctx.hp.max_length,
-        supervised_tokens=sum(len(e["input_ids"]) for e in train_set),
+        supervised_tokens=tokens if tokens is not None else sum(len(e["input_ids"]) for e in train_set),
         validation=len(eval_set) if asked else None,
         validation_source=source,
     )
