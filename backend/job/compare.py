@@ -4,22 +4,22 @@ The "pretrain vs fine-tune" question is answered by the same data: data used, ti
 validation loss of each run, next to each other.
 """
 
-import math
+import bisect
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db import Artifact, Dataset, Job, JobMetric, Model, User
+from backend.db import Artifact, Dataset, Job, Model, User
+from backend.db.metric_rollup import ChartPoint, chart_points
 from backend.errors import Invalid
 from backend.job.schemas import CompareCurvePoint, CompareRead, CompareRun, Hyperparameters
 from backend.job.service import get_job
 from backend.method import registry
 
 MAX_RUNS = 8
-# Curves keep at most this many points per run: a chart is ~1000 px wide, more points only cost bytes.
-MAX_POINTS = 1000
 CURVE_KEYS = ("loss", "eval_loss", "eval_bits_per_byte", "learning_rate")
 # The accuracy an objective's evaluations log, if any: a classifier's share of right labels, an SFT run's share
 # of completion tokens predicted right.
@@ -43,43 +43,57 @@ def _flops_per_token(job: Job) -> float | None:
     return 6.0 * total if total else None
 
 
-def _downsample(points: list[JobMetric]) -> list[JobMetric]:
-    if len(points) <= MAX_POINTS:
-        return points
-    stride = math.ceil(len(points) / MAX_POINTS)
-    # Eval points are rare and matter most: keep all of them, thin only the training points.
-    return [p for i, p in enumerate(points) if i % stride == 0 or "eval_loss" in p.values or i == len(points) - 1]
+def _metrics(session: Session, job: Job) -> list[ChartPoint]:
+    """The run's points as its dashboard charts them: all of a short run, a long one's thinned keeping extremes."""
+    return chart_points(session, job.id)
 
 
-def _metrics(session: Session, job: Job) -> list[JobMetric]:
-    return list(session.scalars(select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)))
+def _tokens_at(metrics: list[ChartPoint]) -> Callable[[int], float | None]:
+    """Tokens seen by a step, from the worker's counts (between two logged counts, on the line joining them:
+    a thinned curve keeps only some of them). None before the first count."""
+    logged = [(m.step, float(m.values["tokens_seen"])) for m in metrics if "tokens_seen" in m.values]
+    steps = [step for step, _ in logged]
+
+    def at(step: int) -> float | None:
+        i = bisect.bisect_right(steps, step)
+        if i == 0:
+            return None
+        (s0, t0), following = logged[i - 1], logged[i] if i < len(logged) else None
+        if following is None or s0 == step or following[0] == s0:
+            return t0
+        return t0 + (following[1] - t0) * (step - s0) / (following[0] - s0)
+
+    return at
 
 
-def _curve(job: Job, metrics: list[JobMetric]) -> tuple[list[CompareCurvePoint], float | None]:
+def _curve(job: Job, metrics: list[ChartPoint]) -> tuple[list[CompareCurvePoint], float | None, float | None]:
+    """The curve, the tokens seen by its end and the seconds from the first point to the last."""
     per_step = _tokens_per_step(job)
     flops_per_token = _flops_per_token(job)
-    start = metrics[0].created_at if metrics else None
+    start = min((m.created_at for m in metrics), default=None)
     curve: list[CompareCurvePoint] = []
     tokens_seen: float | None = None
-    # Training points carry the worker's count of real (unpadded) tokens; eval points at the same step take
-    # the last count. Only a run that never logged a count falls back to steps x batch x max_length.
+    # Training points carry the worker's count of real (unpadded) tokens; eval points take the count at their
+    # step. Only a run that never logged a count falls back to steps x batch x max_length.
     logs_tokens = any("tokens_seen" in m.values for m in metrics)
-    last_logged: float | None = None
-    for m in _downsample(metrics):
-        if "tokens_seen" in m.values:
-            last_logged = float(m.values["tokens_seen"])
-        tokens = last_logged if logs_tokens else (per_step * m.step if per_step else None)
+    tokens_at = _tokens_at(metrics)
+    for m in metrics:
+        tokens = tokens_at(m.step) if logs_tokens else (per_step * m.step if per_step else None)
         tokens_seen = tokens if tokens is not None else tokens_seen
+        values = {k: m.values[k] for k in CURVE_KEYS if k in m.values}
+        if not values:
+            continue  # a point a thinned chart kept for another series draws nothing here
         curve.append(
             CompareCurvePoint(
                 step=m.step,
                 seconds=(m.created_at - start).total_seconds() if start else 0.0,
                 tokens=tokens,
                 flops=tokens * flops_per_token if tokens is not None and flops_per_token else None,
-                values={k: m.values[k] for k in CURVE_KEYS if k in m.values},
+                values=values,
             )
         )
-    return curve, tokens_seen
+    end = max((m.created_at for m in metrics), default=None)
+    return curve, tokens_seen, (end - start).total_seconds() if start and end else None
 
 
 # How deep a chain of models trained from models is followed to find whose tokenizer a run uses.
@@ -104,7 +118,7 @@ def _job_tokenizer(session: Session, job: Job, depth: int = 0) -> tuple[str, str
     return f"job:{job.id}", f"trained by {job.name}"
 
 
-def _last(metrics: list[JobMetric], keys: tuple[str, ...]) -> float | None:
+def _last(metrics: list[ChartPoint], keys: tuple[str, ...]) -> float | None:
     """The latest logged value of the first of `keys` a point holds."""
     for m in reversed(metrics):
         value = next((m.values[k] for k in keys if isinstance(m.values.get(k), int | float)), None)
@@ -129,14 +143,13 @@ def _run(session: Session, job: Job) -> CompareRun:
     dataset = session.get(Dataset, job.dataset_id)
     base = session.get(Model, job.base_model_id) if job.base_model_id else None
     metrics = _metrics(session, job)
-    curve, tokens = _curve(job, metrics)
+    curve, tokens, seconds = _curve(job, metrics)
     flops_per_token = _flops_per_token(job)
     evals = [p.values["eval_loss"] for p in curve if "eval_loss" in p.values]
     bits = [p.values["eval_bits_per_byte"] for p in curve if "eval_bits_per_byte" in p.values]
     config = job.resolved_config or {}
     trainable = (config.get("parameters") or {}).get("trainable")
     total = (config.get("parameters") or {}).get("total")
-    seconds = curve[-1].seconds if curve else None
     # A PEFT model's total counts its adapter too; the share is of the base's own parameters, as the estimate
     # and the registry's usual ranges give it.
     base_total = total - trainable if total and trainable and registry.method(job.method).adapter else total

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
@@ -284,10 +284,22 @@ def eta_seconds(job: Job, now: datetime) -> float | None:
     return max(0.0, per_step * (job.total_steps - job.current_step))
 
 
-def metrics_after(session: Session, job_id: int, after_id: int = 0, limit: int | None = None) -> list[JobMetric]:
-    """The job's points written after point `after_id`, in the order they were written (at most `limit`)."""
-    q = select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.id > after_id).order_by(JobMetric.id)
-    return list(session.scalars(q.limit(limit)))
+def metrics_after(session: Session, job_id: int, after_id: int = 0, limit: int | None = None) -> list[Row[Any]]:
+    """The job's points written after point `after_id`, in the order they were written (at most `limit`), as
+    plain rows (id, step, created_at, values): a page of thousands loads several times faster than as objects."""
+    m = JobMetric
+    q = select(m.id, m.step, m.created_at, m.values).where(m.job_id == job_id, m.id > after_id).order_by(m.id)
+    return list(session.execute(q.limit(limit)))
+
+
+def newest_metric_id(session: Session, job_id: int) -> int:
+    """The id of the job's latest point (0 if none): where a live follower starts."""
+    return session.scalar(select(func.max(JobMetric.id)).where(JobMetric.job_id == job_id)) or 0
+
+
+def newest_event_id(session: Session, job_id: int) -> int:
+    """The id of the job's latest log line (0 if none)."""
+    return session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id)) or 0
 
 
 def chart_metrics(session: Session, job_id: int) -> list[ChartPoint]:

@@ -4,9 +4,12 @@ The event id is "<last metric id>:<last event id>", so a reconnect resumes exact
 """
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+import logging
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, NamedTuple
 
 from anyio import to_thread
 from sqlalchemy import select
@@ -17,6 +20,7 @@ from backend.job import service
 from backend.job.schemas import EventRead
 from backend.schemas import MAX_ID
 
+log = logging.getLogger(__name__)
 # How long to wait for a Redis wake-up before looking at the database anyway.
 SAFETY_POLL_SECONDS = 5.0
 
@@ -29,16 +33,32 @@ def parse_cursor(value: str | None) -> tuple[int, int]:
         return 0, 0
 
 
-def _read(job_id: int, cursor: tuple[int, int]) -> tuple[dict[str, Any], list[Any], list[Any]]:
+class Batch(NamedTuple):
+    """One read of a job's new rows after `start` up to `end` (cursors), serialized once for every listener."""
+
+    start: tuple[int, int]
+    end: tuple[int, int]
+    snapshot: dict[str, Any]
+    snapshot_json: str
+    metrics: list[tuple[int, str]]  # (id, JSON)
+    events: list[tuple[int, str]]
+
+
+def _read(job_id: int, cursor: tuple[int, int] | None) -> Batch:
+    """The job's snapshot and its rows after `cursor`; None: none, the cursor is the newest row now (a feed's start)."""
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert job is not None
         snapshot = service.to_read(s, job).model_dump(mode="json")
-        metrics = [metric_dict(m) for m in service.metrics_after(s, job_id, cursor[0])]
+        if cursor is None:
+            newest = (service.newest_metric_id(s, job_id), service.newest_event_id(s, job_id))
+            return Batch(newest, newest, snapshot, json.dumps(snapshot), [], [])
+        metrics = [(m.id, json.dumps(metric_dict(m))) for m in service.metrics_after(s, job_id, cursor[0])]
         events = [
-            EventRead.model_validate(e).model_dump(mode="json") for e in service.events_after(s, job_id, cursor[1])
+            (e.id, EventRead.model_validate(e).model_dump_json()) for e in service.events_after(s, job_id, cursor[1])
         ]
-    return snapshot, metrics, events
+    end = (metrics[-1][0] if metrics else cursor[0], events[-1][0] if events else cursor[1])
+    return Batch(cursor, end, snapshot, json.dumps(snapshot), metrics, events)
 
 
 def metric_dict(m: Any) -> dict[str, Any]:
@@ -50,40 +70,108 @@ def _progress_key(snapshot: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(snapshot[k] for k in keys)
 
 
+# A listener this far behind the feed stops queueing its batches and catches up with a read of its own.
+MAX_QUEUED = 64
+
+
+class _Feed:
+    """Every dashboard on one job in this process, fed by one database read per wake-up: fifty open pages cost
+    one read of the new rows, not fifty. Listeners keep their own cursors (a reconnect resumes anywhere) and
+    read on their own only to replay, to catch up, or past the end."""
+
+    def __init__(self, job_id: int, broadcaster: Broadcaster, feeds: dict[int, "_Feed"]) -> None:
+        self.job_id, self.broadcaster, self.feeds = job_id, broadcaster, feeds
+        self.queues: set[asyncio.Queue[Batch | None]] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        try:
+            with self.broadcaster.listen(self.job_id) as wake:
+                cursor: tuple[int, int] | None = None  # from the newest rows at the first read
+                while self.queues:
+                    try:
+                        batch = await to_thread.run_sync(_read, self.job_id, cursor)
+                    except Exception as exc:  # the database is away: each listener reads (and fails) for itself
+                        log.warning("job %s feed could not read: %s", self.job_id, exc)
+                        self._send(None)
+                    else:
+                        if cursor is not None:
+                            self._send(batch)
+                        cursor = batch.end
+                    await self.broadcaster.wait(wake, SAFETY_POLL_SECONDS)
+        finally:
+            if self.feeds.get(self.job_id) is self:
+                del self.feeds[self.job_id]
+
+    def _send(self, batch: Batch | None) -> None:
+        for queue in self.queues:
+            # A listener far behind (a stalled client) gets None: catch up with a read of your own.
+            queue.put_nowait(batch if queue.qsize() < MAX_QUEUED else None)
+
+    @contextlib.contextmanager
+    def listen(self) -> Iterator[asyncio.Queue[Batch | None]]:
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+        self.queues.add(queue)
+        if self.task is None:
+            self.task = asyncio.create_task(self.run())
+        try:
+            yield queue
+        finally:
+            self.queues.discard(queue)
+
+
+_feeds: "weakref.WeakKeyDictionary[Broadcaster, dict[int, _Feed]]" = weakref.WeakKeyDictionary()
+
+
+def _feed(job_id: int, broadcaster: Broadcaster) -> _Feed:
+    feeds = _feeds.setdefault(broadcaster, {})
+    if job_id not in feeds:
+        feeds[job_id] = _Feed(job_id, broadcaster, feeds)
+    return feeds[job_id]
+
+
+def _covers(batch: Batch, cursor: tuple[int, int]) -> bool:
+    """Whether `batch` holds every row after `cursor` up to its end (it read from no later than the cursor)."""
+    return batch.start[0] <= cursor[0] and batch.start[1] <= cursor[1]
+
+
 async def job_events(job_id: int, cursor: tuple[int, int], broadcaster: Broadcaster) -> AsyncIterator[dict[str, str]]:
     """Yield SSE dicts (event, id, data) until the job has ended and everything was sent."""
-    with broadcaster.listen(job_id) as wake:
-        async for item in _follow(job_id, cursor, broadcaster, wake):
+    # Registered before the replay read, so no batch read after it is missed; ids already sent are skipped.
+    with _feed(job_id, broadcaster).listen() as queue:
+        async for item in _follow(job_id, cursor, queue):
             yield item
 
 
 async def _follow(
-    job_id: int, cursor: tuple[int, int], broadcaster: Broadcaster, wake: asyncio.Event
+    job_id: int, cursor: tuple[int, int], queue: "asyncio.Queue[Batch | None]"
 ) -> AsyncIterator[dict[str, str]]:
     last_key: tuple[Any, ...] | None = None
+    batch: Batch | None = await to_thread.run_sync(_read, job_id, cursor)
     while True:
-        snapshot, metrics, events = await to_thread.run_sync(_read, job_id, cursor)
-        for m in metrics:
-            cursor = (m["id"], cursor[1])
-            yield {"event": "metric", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps(m)}
-        for e in events:
-            cursor = (cursor[0], e["id"])
-            yield {"event": "log", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps(e)}
-        key = _progress_key(snapshot)
-        if key != last_key or metrics:
+        if batch is None or not _covers(batch, cursor):
+            batch = await to_thread.run_sync(_read, job_id, cursor)
+        sent = False
+        for metric_id, data in batch.metrics:
+            if metric_id > cursor[0]:
+                cursor, sent = (metric_id, cursor[1]), True
+                yield {"event": "metric", "id": f"{cursor[0]}:{cursor[1]}", "data": data}
+        for event_id, data in batch.events:
+            if event_id > cursor[1]:
+                cursor, sent = (cursor[0], event_id), True
+                yield {"event": "log", "id": f"{cursor[0]}:{cursor[1]}", "data": data}
+        key = _progress_key(batch.snapshot)
+        if key != last_key or sent:
             last_key = key
-            yield {"event": "job", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps(snapshot)}
+            yield {"event": "job", "id": f"{cursor[0]}:{cursor[1]}", "data": batch.snapshot_json}
         # A paused job rests until someone resumes it: end the stream, the page reconnects on resume.
-        final = snapshot["status"] in (*FINAL_STATUSES, "paused")
-        if final and not metrics and not events:
-            yield {
-                "event": "end",
-                "id": f"{cursor[0]}:{cursor[1]}",
-                "data": json.dumps({"status": snapshot["status"]}),
-            }
+        final = batch.snapshot["status"] in (*FINAL_STATUSES, "paused")
+        if final and not sent:
+            status = batch.snapshot["status"]
+            yield {"event": "end", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps({"status": status})}
             return
-        if not final:  # once final, read again at once: only the tail is left to send
-            await broadcaster.wait(wake, SAFETY_POLL_SECONDS)
+        # Once final, read again at once: only the tail is left to send. Else the feed's next batch.
+        batch = None if final else await queue.get()
 
 
 # The jobs list: what a row shows that can change. Jobs have no updated_at column, so each look compares this
@@ -115,8 +203,8 @@ def _changed_jobs(user_id: int, is_admin: bool, seen: dict[int, tuple[Any, ...]]
                 changed.append(row.id)
         if not changed:
             return []
-        jobs = s.scalars(select(Job).where(Job.id.in_(changed)).order_by(Job.id.desc()))
-        return [service.to_read(s, job).model_dump(mode="json") for job in jobs]
+        jobs = list(s.scalars(select(Job).where(Job.id.in_(changed)).order_by(Job.id.desc())))
+        return [view.model_dump(mode="json") for view in service.to_reads(s, jobs)]
 
 
 async def jobs_list_events(user_id: int, is_admin: bool, broadcaster: Broadcaster) -> AsyncIterator[dict[str, str]]:

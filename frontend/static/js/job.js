@@ -1,5 +1,6 @@
 // Job page: one EventSource feeds the status, progress, loss chart and event log.
-// The server replays everything on a fresh connection, so a reload rebuilds the whole curve.
+// The curves' history comes from the metrics API (a long run's thinned to what a chart shows, every bucket's
+// extremes kept); the stream then replays only the points after the newest one it held, and follows live.
 "use strict";
 
 (function () {
@@ -283,8 +284,23 @@
     }
   }
 
-  function connect() {
-    source = new EventSource(`/api/jobs/${job.id}/stream`);
+  // The newest point id drawn (0 if none could be read: the stream then replays every point itself).
+  async function loadMetrics() {
+    let newest = 0;
+    try {
+      for (const m of await Studio.fetchJSON(`/api/jobs/${job.id}/metrics`)) {
+        charts.addMetric(m);
+        newest = Math.max(newest, m.id);
+      }
+    } catch (err) {
+      /* the stream below replays from the start */
+    }
+    return newest;
+  }
+
+  async function connect() {
+    const after = await loadMetrics();
+    source = new EventSource(`/api/jobs/${job.id}/stream?after=${after}:0`);
     source.addEventListener("open", () => setLive("live", ACTIVE.has(job.status) ? "Live" : ""));
     source.addEventListener("metric", (e) => {
       const m = parse(e);
