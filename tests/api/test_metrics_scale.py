@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, event, insert, select
+from sqlalchemy import delete, event, insert, select, update
 
 from backend.db import Dataset, Job, JobMetric, User, get_engine, metric_rollup, session_scope, utcnow
 
@@ -188,3 +188,61 @@ def test_jobs_list_pages_with_a_cursor_and_no_query_per_job(client: TestClient) 
     statements.clear()
     client.get("/api/jobs", params={"limit": 7})
     assert len(statements) == few  # the same queries for 2 jobs as for 7
+
+
+def test_dashboards_on_one_job_share_reads_and_miss_nothing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five SSE followers of a running job, two of them joining late from a cursor of their own: each gets every
+    point once and in order, while the feed reads the new rows once per look for all of them."""
+    import asyncio
+
+    from backend.events import Broadcaster
+    from backend.job import stream
+
+    (job_id,) = _jobs(1)
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status="running"))
+        s.add_all(JobMetric(job_id=job_id, step=i, values={"loss": 1.0}) for i in range(3))
+    reads: list[tuple[int, int] | None] = []
+    real_read = stream._read
+
+    def counted(job: int, cursor: tuple[int, int] | None) -> stream.Batch:
+        reads.append(cursor)
+        return real_read(job, cursor)
+
+    monkeypatch.setattr(stream, "_read", counted)
+    broadcaster = Broadcaster("")  # no Redis: the feed looks every poll_seconds
+
+    async def follow(after: str, got: list[int]) -> None:
+        async for item in stream.job_events(job_id, stream.parse_cursor(after), broadcaster):
+            if item["event"] == "metric":
+                got.append(int(item["id"].split(":")[0]))
+
+    def write(first: int, last: int) -> None:
+        with session_scope() as s:
+            s.add_all(JobMetric(job_id=job_id, step=i, values={"loss": 1.0}) for i in range(first, last))
+
+    async def scenario() -> list[list[int]]:
+        got: list[list[int]] = [[] for _ in range(5)]
+        early = [asyncio.create_task(follow("0:0", got[i])) for i in range(3)]
+        await asyncio.sleep(0.7)
+        await asyncio.to_thread(write, 3, 10)
+        await asyncio.sleep(0.7)
+        late = [asyncio.create_task(follow(f"{got[0][4]}:0", got[i])) for i in (3, 4)]
+        await asyncio.to_thread(write, 10, 20)
+        await asyncio.sleep(1.5)
+        with session_scope() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
+        await asyncio.wait_for(asyncio.gather(*early, *late), 10)
+        return got
+
+    got = asyncio.run(scenario())
+    with session_scope() as s:
+        ids = list(s.scalars(select(JobMetric.id).where(JobMetric.job_id == job_id).order_by(JobMetric.id)))
+    assert got[:3] == [ids] * 3
+    assert got[3] == got[4] == ids[5:]
+    looks = sum(1 for cursor in reads if cursor is not None and cursor != (0, 0))
+    # Five listeners polling every 0.5 s for ~4 s would read ~35 times on their own; the feed reads ~8 times,
+    # and each late joiner once to replay.
+    assert looks < 16
