@@ -138,22 +138,38 @@ def _pick(kind: str, cond: Any, ex: Any) -> dict[str, Any]:
     return {n: case((cond, ex[n]), else_=c[n]) for n in names}
 
 
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert_statement(dialect_name: str) -> Any:
+    """The merging upsert for one dialect, built once: constructing it costs more than running it."""
+    if dialect_name not in _UPSERTS:
+        stmt = {"sqlite": sqlite, "postgresql": postgresql}[dialect_name].insert(ROLLUP)
+        c, ex = ROLLUP.c, stmt.excluded
+        set_ = {
+            "count": c.count + ex.count,
+            **_pick("first", ex.first_id < c.first_id, ex),
+            **_pick("min", ex.min_value < c.min_value, ex),
+            **_pick("max", ex.max_value > c.max_value, ex),
+            **_pick("last", ex.last_id > c.last_id, ex),
+        }
+        keys = ["job_id", "level", "bucket", "key"]
+        _UPSERTS[dialect_name] = stmt.on_conflict_do_update(index_elements=keys, set_=set_)
+    return _UPSERTS[dialect_name]
+
+
 def _upsert(conn: Connection, job_id: int, level: int, summaries: dict[Key, Summary]) -> None:
     """Merge `summaries` into the stored buckets of `level` (one statement; buckets new to it are inserted)."""
-    if not summaries:
-        return
-    dialect = {"sqlite": sqlite, "postgresql": postgresql}[conn.dialect.name]
-    stmt = dialect.insert(ROLLUP)
-    c, ex = ROLLUP.c, stmt.excluded
-    set_ = {
-        "count": c.count + ex.count,
-        **_pick("first", ex.first_id < c.first_id, ex),
-        **_pick("min", ex.min_value < c.min_value, ex),
-        **_pick("max", ex.max_value > c.max_value, ex),
-        **_pick("last", ex.last_id > c.last_id, ex),
-    }
-    upsert = stmt.on_conflict_do_update(index_elements=["job_id", "level", "bucket", "key"], set_=set_)
-    conn.execute(upsert, [_row(job_id, level, k, s) for k, s in summaries.items()])
+    if summaries:
+        rows = [_row(job_id, level, k, s) for k, s in summaries.items()]
+        conn.execute(_upsert_statement(conn.dialect.name), rows)
+
+
+def _upsert_levels(conn: Connection, job_id: int, levels: dict[int, dict[Key, Summary]]) -> None:
+    """`_upsert` of several levels in one statement."""
+    rows = [_row(job_id, level, k, s) for level, summaries in levels.items() for k, s in summaries.items()]
+    if rows:
+        conn.execute(_upsert_statement(conn.dialect.name), rows)
 
 
 def _stored(conn: Connection, job_id: int, level: int, buckets: tuple[int, int] | None = None) -> dict[Key, Summary]:
@@ -187,9 +203,11 @@ def add_points(conn: Connection, job_id: int, rows: Sequence[tuple[int, int, dat
     if top < MIN_LEVEL and stored is None:
         return
     summaries = summarise(rows, MIN_LEVEL)
+    levels: dict[int, dict[Key, Summary]] = {}
     for level in range(MIN_LEVEL, (stored or MIN_LEVEL - 1) + 1):
-        _upsert(conn, job_id, level, summaries)
+        levels[level] = summaries
         summaries = coarsen(summaries)
+    _upsert_levels(conn, job_id, levels)
     # A level new to the job starts from the one below (the points themselves for the first), which holds the
     # new points already.
     for level in range((stored or MIN_LEVEL - 1) + 1, top + 1):

@@ -26,7 +26,7 @@ def home() -> Response:
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request, session: SessionDep, user: OptionalUser) -> Response:
     user = require(user)
-    jobs = [service.to_read(session, j) for j in service.list_jobs(session, user=user)]
+    jobs = service.to_reads(session, service.list_jobs(session, user=user))
     return render(request, "job/list.html", user, jobs=jobs)
 
 
