@@ -1,8 +1,10 @@
 """Long runs on the dashboard: downsampled metric curves that keep every bucket's extremes, full-resolution pages,
 rollups kept in step with writes and resumes, and the jobs list in pages without a query per job."""
 
+import contextlib
 import math
 import random
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -165,10 +167,18 @@ def test_bad_metric_queries_name_the_field(client: TestClient, params: dict[str,
     assert res.status_code == 422 and field in res.text
 
 
-def _count_queries() -> list[str]:
+@contextlib.contextmanager
+def _counted_queries() -> Iterator[list[str]]:
     statements: list[str] = []
-    event.listen(get_engine(), "before_cursor_execute", lambda *a: statements.append(a[2]))
-    return statements
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(get_engine(), "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", count)
 
 
 def test_jobs_list_pages_with_a_cursor_and_no_query_per_job(client: TestClient) -> None:
@@ -182,12 +192,12 @@ def test_jobs_list_pages_with_a_cursor_and_no_query_per_job(client: TestClient) 
     assert first["items"][0]["dataset_name"] == "corpus"
     assert client.get("/api/jobs", params={"limit": 0}).status_code == 422
 
-    statements = _count_queries()
-    client.get("/api/jobs", params={"limit": 2})
-    few = len(statements)
-    statements.clear()
-    client.get("/api/jobs", params={"limit": 7})
-    assert len(statements) == few  # the same queries for 2 jobs as for 7
+    with _counted_queries() as statements:
+        client.get("/api/jobs", params={"limit": 2})
+        few = len(statements)
+        statements.clear()
+        client.get("/api/jobs", params={"limit": 7})
+        assert len(statements) == few  # the same queries for 2 jobs as for 7
 
 
 def test_dashboards_on_one_job_share_reads_and_miss_nothing(
