@@ -36,16 +36,20 @@ def reset_peak_memory() -> bool:
     return True
 
 
-def resident_peak_bytes() -> int | None:
-    """The process's peak resident memory (VmHWM) since it started or since the last reset; None off Linux."""
+def _status_bytes(*fields: str) -> dict[str, int]:
+    """Sizes from /proc/self/status ("VmHWM:   123456 kB"), by field; empty off Linux."""
     try:
         lines = STATUS.read_text().splitlines()
     except OSError:
-        return None
-    for line in lines:
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * KB  # "VmHWM:   123456 kB"
-    return None
+        return {}
+    return {
+        name: int(rest.split()[0]) * KB for name, _, rest in (line.partition(":") for line in lines) if name in fields
+    }
+
+
+def resident_peak_bytes() -> int | None:
+    """The process's peak resident memory (VmHWM) since it started or since the last reset; None off Linux."""
+    return _status_bytes("VmHWM").get("VmHWM")
 
 
 class TokenMeter(TrainerCallback):
@@ -122,9 +126,12 @@ class TokenMeter(TrainerCallback):
             torch.cuda.reset_peak_memory_stats()
             self.peak_memory = max(self.peak_memory, interval_peak)
         else:
-            rss = psutil.Process().memory_info().rss
+            # One read of /proc/self/status gives both (psutil's Process costs ~0.3 ms a point; a tiny model's
+            # step is a few tens of ms): psutil only where there is no such file.
+            status = _status_bytes("VmRSS", "VmHWM")
+            rss = status.get("VmRSS") or psutil.Process().memory_info().rss
             values["memory_mb"] = rss / MB
-            peak = resident_peak_bytes() if self._resettable else None
+            peak = status.get("VmHWM") if self._resettable else None
             self.peak_memory = max(self.peak_memory, rss, peak or 0)
         values["peak_memory_bytes"] = float(self.peak_memory)
         return values

@@ -161,6 +161,21 @@ def record_metrics(job_id: int, step: int, values: dict[str, float]) -> None:
     outbox.put(_written(job_id, lambda s: s.add(JobMetric(job_id=job_id, step=step, values=values))))
 
 
+@main_rank_only
+def record_points(job_id: int, points: list[tuple[int, dict[str, float]]], **job_values: Any) -> None:
+    """Store logged points (step, values) and set `job_values` on the job row in one transaction, then publish
+    once: a trainer logging every few milliseconds writes once a second, not once a step."""
+
+    def write(s: Session) -> None:
+        s.add_all(JobMetric(job_id=job_id, step=step, values=values) for step, values in points)
+        if job_values:
+            s.execute(
+                update(Job).where(Job.id == job_id).values(**job_values).execution_options(synchronize_session=False)
+            )
+
+    outbox.put(_written(job_id, write))
+
+
 def last_metric_step(job_id: int) -> int:
     """The highest step with a stored metric (0 if none): a resumed run logs only the steps after it."""
 
