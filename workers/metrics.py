@@ -14,7 +14,7 @@ from backend.job.checkpoints import complete_checkpoints
 from backend.job.lifecycle import beat, heartbeat, log_event, record_points, record_samples, update_job
 from workers import shutdown
 from workers.ranks import agree, any_rank, is_main
-from workers.watch import answer
+from workers.watch import answers
 
 # Keys of the one summary dict the Trainer logs when `train()` returns; they describe the run, not a step.
 SUMMARY_KEYS = frozenset(
@@ -190,6 +190,9 @@ class JobCallback(TrainerCallback):
         self._points: list[tuple[int, dict[str, float]]] = []
         self._final: dict[str, float] = {}
         self._last_write = time.monotonic()
+        # Evaluations whose watch prompts are skipped: generation may not hold training up longer than the
+        # evaluation it follows does (see _answer_watch_prompts).
+        self._watch_skips = 0
 
     @property
     def cancelled(self) -> bool:
@@ -311,8 +314,30 @@ class JobCallback(TrainerCallback):
             and self.guards.is_new(state.global_step)  # at step 0 too: what the base model answers
             and is_main()  # generation needs no other rank, and only rank 0 stores the answers
         ):
-            answers = [(p, answer(model, tokenizer, p, sft=self.watch.sft)) for p in self.watch.prompts]
-            record_samples(self.job_id, state.global_step, answers)
+            self._answer_watch_prompts(state, control, model, tokenizer, (metrics or {}).get("eval_runtime"))
+
+    def _answer_watch_prompts(
+        self, state: TrainerState, control: TrainerControl, model: Any, tokenizer: Any, eval_seconds: float | None
+    ) -> None:
+        """Answer the watch prompts, except at evaluations skipped so that generation costs no more than the
+        evaluations themselves; the base model (step 0) and the end of the run are always answered."""
+        ending = state.global_step == 0 or state.global_step >= state.max_steps or control.should_training_stop
+        if self._watch_skips > 0 and not ending:
+            self._watch_skips -= 1
+            return
+        began = time.monotonic()
+        answered = answers(model, tokenizer, list(self.watch.prompts), sft=self.watch.sft)
+        took = time.monotonic() - began
+        record_samples(self.job_id, state.global_step, list(zip(self.watch.prompts, answered, strict=True)))
+        if eval_seconds and took > eval_seconds:
+            skips = math.ceil(took / eval_seconds) - 1
+            if skips and not self._watch_skips:
+                log_event(
+                    self.job_id,
+                    f"watch prompts took {took:.1f} s to answer against {eval_seconds:.1f} s for the evaluation: "
+                    f"answering them at every {skips + 1}th evaluation from now on (and at the end)",
+                )
+            self._watch_skips = skips
 
     def _check_divergence(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, loss: float, scheduler: Any

@@ -2,19 +2,31 @@
 
 import gc
 import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from peft import PeftModel, PeftType
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments
+from transformers import (
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from backend.job.estimate import flops_per_token
 from backend.job.lifecycle import last_metric_step, log_event, update_job
+from backend.method.registry import packs_examples
 from backend.method.shape import model_shape
 from workers.checkpointing import remove_leftovers, save_whole
 from workers.context import JobContext
@@ -23,8 +35,11 @@ from workers.eval_metrics import argmax_logits, bits_per_byte, perplexity, token
 from workers.examples import Example
 from workers.flops import lookup_weights
 from workers.metrics import Cancelled, Diverged, Guards, JobCallback, OverfitWatch, Paused, ShuttingDown, Watch
+from workers.packing import REAL_TOKENS, PackingCollator, packing_preserves_losses, padding_efficiency
 from workers.ranks import is_main, per_device_batch_size, world_size
 from workers.token_meter import TokenMeter
+
+T = TypeVar("T")
 
 
 def use_bf16() -> bool:
@@ -88,12 +103,81 @@ def projected_prefix_encoder(model: nn.Module | None) -> nn.Module | None:
     return encoder
 
 
-def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> TrainingArguments:
+# Evaluations a run makes unless eval_steps says otherwise (the last one on the whole held-out set): enough
+# points for a curve.
+DEFAULT_EVALS = 10
+# The smallest eval sample the budget may shrink to: fewer examples make one point too noisy to set against the
+# previous one.
+MIN_EVAL_SAMPLE = 16
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """When the run evaluates and on how much of the held-out set."""
+
+    every: int | None  # steps between evaluations; None without a held-out set
+    sample: int  # held-out examples each evaluation before the final one reads (a fixed, seeded sample)
+    total: int  # held-out examples: the final evaluation reads them all
+    note: str = ""  # what the budget changed, for the events log
+
+    @property
+    def sampled(self) -> bool:
+        return self.sample < self.total
+
+
+def eval_plan(ctx: JobContext, *, n_train: int, n_eval: int, sampled: bool = True) -> EvalPlan:
+    """How often to evaluate and on how many examples, so that evaluation stays a small share of the run.
+
+    Evaluations before the last read a fixed sample of at most eval_max_examples held-out examples; the last
+    reads the whole set. With eval_steps empty the evaluations together (a fine-tune's base evaluation and the
+    final one included) may cost eval_budget of the training compute: a short run with a large held-out set
+    evaluates on a smaller sample (down to MIN_EVAL_SAMPLE), then fewer times. `sampled=False` (trl's trainers,
+    which prepare their eval set when built): every evaluation reads the whole set, only the count may shrink."""
+    hp = ctx.hp
+    if n_eval == 0:
+        return EvalPlan(None, 0, 0)
+    steps = total_steps(ctx, n_train)
+    sample = min(n_eval, hp.eval_max_examples) if sampled else n_eval
+    if hp.eval_steps:
+        return EvalPlan(hp.eval_steps, sample, n_eval)
+    # An evaluated example costs one forward pass; a trained one forward and backward: about a third of a full
+    # fine-tune's step, half of an adapter's (no weight gradients of the frozen base).
+    ratio = 0.5 if ctx.method_spec.adapter else 1 / 3
+    examples_trained = steps * hp.batch_size * hp.gradient_accumulation_steps
+    affordable = hp.eval_budget * examples_trained / ratio  # held-out examples all evaluations may read
+    remaining = affordable - n_eval  # after the final evaluation on the whole set
+    base = 1 if ctx.kind == "finetune" and ctx.resume_checkpoint is None else 0  # eval_on_start
+    middle = min(DEFAULT_EVALS - 1, steps - 1)  # evaluations strictly before the last step
+    if (middle + base) * sample > remaining:
+        if sampled:
+            share = int(max(0.0, remaining) // max(1, middle + base))
+            sample = max(min(sample, MIN_EVAL_SAMPLE), min(sample, share))
+        middle = min(middle, max(0, int(remaining // sample) - base))
+    every = max(1, math.ceil(steps / (middle + 1)))
+    note = ""
+    if middle < min(DEFAULT_EVALS - 1, steps - 1) or sample < min(n_eval, hp.eval_max_examples):
+        during = f"{middle} time{'s' if middle != 1 else ''}" if middle else "not at all"
+        note = (
+            f"evaluating {during} during the run on {sample} of {n_eval} held-out examples, and on all of them at "
+            f"the end: a run of {steps} steps affords evaluations worth {hp.eval_budget:.0%} of its training "
+            "compute (eval_budget; set eval_steps to choose yourself)"
+        )
+    return EvalPlan(every, sample, n_eval, note)
+
+
+def eval_sample(ctx: JobContext, eval_set: Sequence[T], plan: EvalPlan) -> Sequence[T]:
+    """The fixed sample the evaluations before the last read: the same examples at every one (and after a
+    resume), so points on the curve differ only by the model."""
+    if not plan.sampled:
+        return eval_set
+    return random.Random(ctx.hp.seed).sample(eval_set, plan.sample)
+
+
+def training_arguments(ctx: JobContext, *, n_train: int, n_eval: int, sampled: bool = True) -> TrainingArguments:
     """Map the job's hyperparameters onto the Trainer's arguments."""
     hp = ctx.hp
-    steps = total_steps(ctx, n_train)
-    # About ten evaluations per run unless asked otherwise: enough points for a curve, little extra compute.
-    eval_steps = hp.eval_steps or max(1, steps // 10)
+    plan = eval_plan(ctx, n_train=n_train, n_eval=n_eval, sampled=sampled)
+    has_eval = plan.every is not None
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(ctx.output_dir / "checkpoints"),
@@ -108,7 +192,7 @@ def training_arguments(ctx: JobContext, *, n_train: int, has_eval: bool) -> Trai
         per_device_eval_batch_size=per_device_batch_size(hp.batch_size),
         logging_steps=hp.logging_steps,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps if has_eval else None,
+        eval_steps=plan.every,
         # A fine-tune evaluates its base model before the first step (logged at step 0), so its curve answers
         # "would the base model, prompted, have done as well?". Not on a resume: that point is stored already.
         eval_on_start=has_eval and ctx.kind == "finetune" and ctx.resume_checkpoint is None,
@@ -149,6 +233,10 @@ class MeteredTrainer(Trainer):
 
     # While a checkpoint is being saved: the staging folder the Trainer's own save writes into.
     _staging: Path | None = None
+    # The whole held-out set, when the evaluations during the run read a sample of it: the final one reads this.
+    final_eval_dataset: Sequence[Example] | None = None
+    # How many held-out examples the evaluation being logged read (eval points carry it as eval_examples).
+    _evaluated: int | None = None
 
     def __init__(
         self,
@@ -166,13 +254,34 @@ class MeteredTrainer(Trainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        self.meter.count(inputs)  # every micro-batch, gradient accumulation included
+        real = inputs.get(REAL_TOKENS)
+        # A packed batch has no attention mask: its real-token mask tells the meter what is padding.
+        self.meter.count(inputs if real is None else {**inputs, "attention_mask": real})
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        # Training and evaluation both pass here before the model: the meter's mask is not the model's input.
+        if REAL_TOKENS not in inputs:
+            return super()._prepare_inputs(inputs)
+        # A packed batch must not open a key/value cache (transformers does whenever use_cache is on, training
+        # included): with one, the attention mask ignores where packed examples begin and end.
+        packed = {k: v for k, v in inputs.items() if k != REAL_TOKENS}
+        return super()._prepare_inputs({**packed, "use_cache": False})
+
+    def evaluate(self, eval_dataset: Any = None, *args: Any, **kwargs: Any) -> dict[str, float]:
+        evaluated = eval_dataset if eval_dataset is not None else self.eval_dataset
+        self._evaluated = len(evaluated) if evaluated is not None and hasattr(evaluated, "__len__") else None
+        try:
+            return super().evaluate(eval_dataset, *args, **kwargs)
+        finally:
+            self._evaluated = None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training point (an eval point has eval_loss, the end-of-run summary train_loss)
             # Data parallel: each process counted its own share of the batches; the point reports their sum.
             logs.update(self.meter.point(lambda t: self.accelerator.reduce(t.to(self.args.device), reduction="sum")))
+        if self._evaluated is not None and "eval_loss" in logs:
+            logs["eval_examples"] = float(self._evaluated)
         if self.report_perplexity and "eval_loss" in logs:
             value = perplexity(logs["eval_loss"])
             if value is not None:
@@ -239,8 +348,8 @@ def build_trainer(
     ctx: JobContext,
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    train_set: list[Example],
-    eval_set: list[Example],
+    train_set: Sequence[Example],
+    eval_set: Sequence[Example],
     *,
     trainer_class: type[Trainer] = Trainer,
     **options: Any,
@@ -273,12 +382,17 @@ def build_trainer(
     pad_id = tokenizer.pad_token_id
     assert pad_id is not None, "the recipe must give the tokenizer a pad token"
     next_token = "eval_perplexity" in ctx.objective_spec.metrics
+    # trl's trainers prepare their eval set when built: their evaluations read it whole (see eval_plan).
+    sampled = trainer_class is Trainer
+    plan = eval_plan(ctx, n_train=len(train_set), n_eval=len(eval_set), sampled=sampled)
+    if plan.note and is_main():
+        log_event(ctx.job_id, plan.note)
     defaults: dict[str, Any] = {
         "model": model,
-        "args": training_arguments(ctx, n_train=len(train_set), has_eval=bool(eval_set)),
-        "data_collator": PadCollator(pad_id),
+        "args": training_arguments(ctx, n_train=len(train_set), n_eval=len(eval_set), sampled=sampled),
+        "data_collator": collator(ctx, model, train_set, pad_id) if "data_collator" not in options else None,
         "train_dataset": train_set,  # a list is a map-style dataset
-        "eval_dataset": eval_set or None,
+        "eval_dataset": eval_sample(ctx, eval_set, plan) or None,
         "processing_class": tokenizer,
         "callbacks": [callback, meter],
         "meter": meter,
@@ -293,7 +407,46 @@ def build_trainer(
     trainer = metered(trainer_class)(**(defaults | options))
     # With tqdm disabled the Trainer prints every log dict to stdout; the database already holds them all.
     trainer.remove_callback(PrinterCallback)
+    if plan.sampled:
+        trainer.final_eval_dataset = eval_set
+        trainer.add_callback(FinalEvalOnWholeSet())
     return trainer, callback
+
+
+def collator(ctx: JobContext, model: nn.Module, train_set: Sequence[Example], pad_id: int) -> Any:
+    """Packed rows where the job allows it and this model keeps packed examples apart, else padded rows."""
+    padded = PadCollator(pad_id)
+    if ctx.hp.packing is False or not packs_examples(ctx.kind, ctx.method, ctx.objective):
+        return padded
+    ok, compared = packing_preserves_losses(model, train_set, pad_id)
+    if not ok:
+        # Attention leaking across examples would train each on its neighbours' text, silently.
+        if is_main():
+            log_event(
+                ctx.job_id,
+                f"packing off: this model's attention does not keep packed examples apart ({compared}); "
+                "batches are padded instead",
+                "warning",
+            )
+        return padded
+    lengths = [len(e["input_ids"]) for e in train_set]
+    before, after = padding_efficiency(lengths, per_device_batch_size(ctx.hp.batch_size), ctx.hp.max_length)
+    if is_main():
+        log_event(
+            ctx.job_id,
+            f"packing each batch into rows of up to {ctx.hp.max_length} tokens: {after:.0%} of the tokens computed "
+            f"are real instead of {before:.0%} padded (same examples and loss per step; packing=false turns it off)",
+        )
+    return PackingCollator(pad_id, row_length=ctx.hp.max_length)
+
+
+class FinalEvalOnWholeSet(TrainerCallback):
+    """Skips the Trainer's evaluation at the last step when `train` evaluates the whole held-out set there next
+    (the evaluations before read a sample of it): one eval point per step."""
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = False
 
 
 def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = None) -> None:
@@ -329,7 +482,12 @@ def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = No
     if callback.outcome == "diverged":
         raise Diverged(callback.reason)
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
-    if trainer.eval_dataset is not None and (not evaluated or evaluated[-1] != trainer.state.global_step):
+    # A list is a map-style dataset to the Trainer, whose annotation names torch's Dataset class only.
+    whole: Any = trainer.final_eval_dataset if isinstance(trainer, MeteredTrainer) else None
+    if whole is not None:
+        # The evaluations during the run read a sample: the final one, which final_eval_loss reports, reads all.
+        trainer.evaluate(whole)
+    elif trainer.eval_dataset is not None and (not evaluated or evaluated[-1] != trainer.state.global_step):
         trainer.evaluate()  # logs eval_loss at the last step, so final_eval_loss describes the saved model
 
 

@@ -46,6 +46,8 @@ class Objective:
     min_batch_size: int = 1
     min_batch_reason: str = ""
     packed: bool = False  # text packed into blocks of max_length (nothing cut) instead of examples cut at it
+    # A batch's examples may share rows, each attending only to itself (hyperparameter `packing`; workers/packing.py)
+    packs_examples: bool = False
     dry_run: str | None = None  # "module:function" of its own token statistics (default: workers.analysis.tokens)
 
     @property
@@ -79,6 +81,8 @@ class Method:
     requires: Literal["cuda_bitsandbytes"] | None = None  # what a worker needs to run it
     quantized_base: bool = False  # the base is loaded in 4 bits (QLoRA)
     gradient_checkpointing: bool = True  # whether activations may be recomputed in the backward pass
+    # Whether examples may share a row: virtual tokens (prompt, prefix) come before the whole row, not each example
+    packs_examples: bool = True
 
     @property
     def short_label(self) -> str:
@@ -112,6 +116,7 @@ OBJECTIVES: dict[str, Objective] = {
         recipes={"finetune": "workers.recipes.finetune"},
         metrics=("eval_loss", "eval_perplexity", "eval_bits_per_byte", "eval_token_accuracy"),
         chat=True,
+        packs_examples=True,
     ),
     "dpo": Objective(
         name="dpo",
@@ -221,6 +226,7 @@ METHODS: dict[str, Method] = {
         adapter=True,
         merge_note="prompt tuning learns virtual tokens placed before the input, not a change of the weights: "
         "there is nothing to fold into the base, so it ships as an adapter only",
+        packs_examples=False,
     ),
     "prefix_tuning": Method(
         name="prefix_tuning",
@@ -239,6 +245,7 @@ METHODS: dict[str, Method] = {
         "weights: there is nothing to fold into the base, so it ships as an adapter only",
         # Its prefixes enter as a key/value cache, which recomputing activations does not support.
         gradient_checkpointing=False,
+        packs_examples=False,
     ),
     "freeze": Method(
         name="freeze",
@@ -284,6 +291,11 @@ def default_objective(shape: str) -> str | None:
 
 def default_method(kind: str) -> str:
     return "full" if kind == "pretrain" else "lora"
+
+
+def packs_examples(kind: str, method_name: str | None, objective_name: str) -> bool:
+    """Whether a job's batches may be packed, several examples per row (hyperparameter `packing`)."""
+    return kind == "finetune" and OBJECTIVES[objective_name].packs_examples and method(method_name).packs_examples
 
 
 # Settings that a flat `hyperparameters` object held before each method and objective had its own (API bodies

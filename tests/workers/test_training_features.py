@@ -110,7 +110,7 @@ def test_total_steps_divides_the_batches_by_accumulation(seed: Seed) -> None:
     # 41 examples → 11 batches of 4 → 4 optimizer steps per epoch (3 + 3 + 3 + 2 batches) → 8 in two epochs.
     assert training.total_steps(ctx, 41) == 8
     assert training.total_steps(ctx, 36) == 6  # 9 batches → 3 steps per epoch
-    args = training.training_arguments(ctx, n_train=41, has_eval=False)
+    args = training.training_arguments(ctx, n_train=41, n_eval=0)
     assert args.gradient_accumulation_steps == 3
 
 

@@ -246,7 +246,7 @@ def run(ctx: JobContext) -> None:
 
     # --- train -----------------------------------------------------------------------------------------
     record_resolved_config(ctx, model, train_examples=len(train_set), eval_examples=len(eval_set), labels=names)
-    args = training_arguments(ctx, n_train=len(train_set), has_eval=bool(eval_set))
+    args = training_arguments(ctx, n_train=len(train_set), n_eval=len(eval_set))
     # Accuracy and F1 need the predictions, not only the loss (logits are batch x classes here: small).
     args.prediction_loss_only = False
     args.label_names = ["labels"]

@@ -150,9 +150,9 @@ class PreferenceTrainer(DPOTrainer):
         return dataset  # already prompt_ids / chosen_ids / rejected_ids, cut at max_length
 
 
-def dpo_config(ctx: JobContext, *, n_train: int, has_eval: bool) -> DPOConfig:
+def dpo_config(ctx: JobContext, *, n_train: int, n_eval: int) -> DPOConfig:
     """The job's TrainingArguments (checkpoints, logging, eval, seed, precision) plus DPO's own settings."""
-    base = training_arguments(ctx, n_train=n_train, has_eval=has_eval)
+    base = training_arguments(ctx, n_train=n_train, n_eval=n_eval, sampled=False)
     # Every TrainingArguments field is copied, which also overrides trl's own defaults for them (trl turns on
     # gradient checkpointing and bf16 by default; the job's settings decide here).
     same = {f.name: getattr(base, f.name) for f in fields(TrainingArguments) if f.init}
@@ -228,7 +228,7 @@ def run(ctx: JobContext) -> None:
         train_set,
         eval_set,
         trainer_class=PreferenceTrainer,
-        args=dpo_config(ctx, n_train=len(train_set), has_eval=bool(eval_set)),
+        args=dpo_config(ctx, n_train=len(train_set), n_eval=len(eval_set)),
         # Chosen and rejected sequences of a batch go through the model together: [chosen..., rejected...].
         data_collator=DataCollatorForPreference(pad_token_id=pad_id, max_length=hp.max_length),
         ref_model=reference,

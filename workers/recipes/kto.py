@@ -190,10 +190,10 @@ class UnpairedTrainer(KTOTrainer):
         return dataset  # already prompt_ids / completion_ids / KL_completion_ids / label, cut at max_length
 
 
-def kto_config(ctx: JobContext, *, n_train: int, has_eval: bool) -> KTOConfig:
+def kto_config(ctx: JobContext, *, n_train: int, n_eval: int) -> KTOConfig:
     """The job's TrainingArguments (checkpoints, logging, eval, seed, precision) plus KTO's own settings."""
     settings = ctx.objective_settings(KtoSettings)
-    base = training_arguments(ctx, n_train=n_train, has_eval=has_eval)
+    base = training_arguments(ctx, n_train=n_train, n_eval=n_eval, sampled=False)
     # Every TrainingArguments field is copied, which also overrides trl's own defaults for them (trl turns on
     # gradient checkpointing and bf16 and sets a learning rate of 1e-6 by default; the job's settings decide).
     same = {f.name: getattr(base, f.name) for f in fields(TrainingArguments) if f.init}
@@ -245,7 +245,7 @@ def run(ctx: JobContext) -> None:
     held_out = list(ctx.validation_dataset.records()) if ctx.validation_dataset else None
     train_set, eval_set, check = unpaired_split(ctx, tokenizer, records, held_out)
     enforce(ctx, check)
-    args = kto_config(ctx, n_train=len(train_set), has_eval=bool(eval_set))
+    args = kto_config(ctx, n_train=len(train_set), n_eval=len(eval_set))
     if args.per_device_train_batch_size < 2:  # the job form refuses it; data parallel can still split it to 1
         raise ValueError(
             f"objective kto needs at least 2 records per batch on each process, got {args.per_device_train_batch_size}"
