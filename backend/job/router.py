@@ -1,9 +1,9 @@
-import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
+from pydantic_core import to_json
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
@@ -26,7 +26,7 @@ from backend.job.schemas import (
     MetricRead,
     SampleRead,
 )
-from backend.job.stream import job_events, jobs_list_events, metric_dict, parse_cursor
+from backend.job.stream import job_events, jobs_list_events, parse_cursor
 from backend.schemas import MAX_ID, DbId, IdPath, Text
 from backend.work.kinds import JOB
 from backend.work.send import send
@@ -170,8 +170,9 @@ def job_metrics(
         if len(points) == limit:
             url = f"/api/jobs/{job_id}/metrics?resolution=full&after={points[-1].id}&limit={limit}"
             headers["Link"] = f'<{url}>; rel="next"'
-    # Serialized here: validating thousands of points as models would cost more than reading them.
-    body = json.dumps([metric_dict(p) for p in points], allow_nan=False)
+    # Serialized here, by pydantic's serializer without models: validating thousands of points as MetricRead
+    # would cost more than reading them, and the json module takes several times longer.
+    body = to_json([{"id": p.id, "step": p.step, "created_at": p.created_at, "values": p.values} for p in points])
     return Response(body, media_type="application/json", headers=headers)
 
 
