@@ -10,11 +10,12 @@ time is measured from the start of the first step after a few warm-up steps to t
 after the last step (its logged point, the final beat) counts. Prints BENCH lines and writes
 tests/bench/results/overhead.json.
 
+`test_mfu` measures the model FLOPs utilisation of `small` pretraining and of LoRA on it (tests/bench/results/mfu.json);
 `test_torch_compile_pretrain` times `small` pretraining eager vs `torch.compile` (compile time included) on this
 device, to decide whether the job option pays off here.
 
 Environment: BENCH_OVERHEAD_PRESET (tiny), BENCH_OVERHEAD_STEPS (40), BENCH_OVERHEAD_REPEATS (5 pairs),
-BENCH_COMPILE_STEPS (30).
+BENCH_COMPILE_STEPS (30), BENCH_MFU_STEPS (20).
 """
 
 import dataclasses
@@ -30,6 +31,8 @@ from typing import Any
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -50,13 +53,15 @@ from workers.context import load_context
 from workers.data import PadCollator
 from workers.examples import Example
 from workers.flops import device_peak
-from workers.training import build_trainer, training_arguments
+from workers.training import build_trainer, model_flops_per_token, training_arguments
 
 RESULTS = Path(__file__).parent / "results"
 PRESET = os.environ.get("BENCH_OVERHEAD_PRESET", "tiny")
 STEPS = int(os.environ.get("BENCH_OVERHEAD_STEPS", "40"))
 REPEATS = int(os.environ.get("BENCH_OVERHEAD_REPEATS", "5"))
 COMPILE_STEPS = int(os.environ.get("BENCH_COMPILE_STEPS", "30"))
+MFU_STEPS = int(os.environ.get("BENCH_MFU_STEPS", "20"))
+LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 WARMUP = 5  # steps left out of the timing: the first ones allocate the optimizer state and warm the allocator
 BATCH, LENGTH = 8, 128
 TARGET = 0.02
@@ -138,11 +143,15 @@ def fresh_model(preset: str) -> LlamaForCausalLM:
     return LlamaForCausalLM(LlamaConfig(**PRESETS[preset]))
 
 
-def run(job: int, studio: bool, preset: str = PRESET, steps: int = STEPS, **overrides: Any) -> float:
+def run(
+    job: int, studio: bool, preset: str = PRESET, steps: int = STEPS, lora: bool = False, **overrides: Any
+) -> float:
     """Seconds per step of one short run: the studio's trainer, or a plain Trainer with the same arguments."""
     ctx = load_context(job)
     ctx = dataclasses.replace(ctx, hp=ctx.hp.model_copy(update={"max_steps": steps}))
-    model = fresh_model(preset)
+    model: nn.Module = fresh_model(preset)
+    if lora:  # the studio's LoRA defaults: rank 8 on every linear layer of the blocks
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LINEARS, task_type="CAUSAL_LM"))
     train_set = blocks(steps * BATCH, PRESETS[preset]["vocab_size"])
     args = dataclasses.replace(
         training_arguments(ctx, n_train=len(train_set), n_eval=0), save_strategy="no", **overrides
@@ -200,6 +209,29 @@ def test_studio_overhead_per_step(job_id: int) -> None:
         },
     )
     assert overhead <= TARGET, f"the studio adds {overhead:.1%} to a step"
+
+
+def test_mfu(job_id: int) -> None:
+    """Model FLOPs utilisation of `small` pretraining and of LoRA on the same model, from the step time and the
+    FLOPs per token the studio counts (a frozen weight 4, a trained one 6), against the peak matmul a worker
+    measures at start. Full blocks, no padding: what the model's arithmetic reaches, before any data effects."""
+    peak = device_peak()
+    ctx = load_context(job_id)
+    tokens_per_step = BATCH * LENGTH
+    figures: dict[str, Any] = {"peak_flops_per_second": peak.flops_per_second, "peak_dtype": peak.dtype}
+    for name, lora in (("small pretraining", False), ("small LoRA r=8, all linear layers", True)):
+        model: nn.Module = fresh_model("small")
+        if lora:
+            model = get_peft_model(model, LoraConfig(r=8, target_modules=LINEARS, task_type="CAUSAL_LM"))
+        per_token = model_flops_per_token(ctx, model)
+        per_step = run(job_id, True, preset="small", steps=MFU_STEPS, lora=lora)
+        mfu = per_token * tokens_per_step / per_step / peak.flops_per_second
+        figures[name] = {"flops_per_token": per_token, "ms_per_step": per_step * 1000, "mfu": mfu}
+        print(
+            f"BENCH {name}: {per_step * 1000:.0f} ms/step, {per_token / 1e6:.1f} MFLOP/token, "
+            f"MFU {mfu:.1%} of {peak.flops_per_second / 1e9:.0f} GFLOP/s ({peak.dtype}, {peak.threads} threads)"
+        )
+    write_result("mfu", figures)
 
 
 def test_torch_compile_pretrain(job_id: int) -> None:
