@@ -205,6 +205,7 @@ def training_arguments(ctx: JobContext, *, n_train: int, n_eval: int, sampled: b
         # checkpointing also works when no input needs a gradient (LoRA's frozen embeddings).
         activation_checkpointing=hp.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
+        torch_compile=hp.torch_compile,
         # The Trainer would log a NaN/inf loss as the average of earlier ones, hiding it from the divergence
         # guard: a model whose weights became NaN would go on "training" at a plausible loss.
         logging_nan_inf_filter=False,

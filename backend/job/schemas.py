@@ -53,6 +53,13 @@ class Hyperparameters(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: much less memory for ~30% more time."
     )
+    torch_compile: bool = Field(
+        False,
+        description="Compile the model with torch.compile (TorchInductor) before the first step. Faster steps "
+        "after a compilation of a minute or two: on this project's 2-core CPU, small pretraining took 1.8x less per "
+        "step and 1.14x less wall time over 30 steps, compilation included; on GPUs the usual gain is larger. Pays "
+        "off on long runs; batches of changing length (unpacked SFT) may compile again.",
+    )
     validation_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of the records held out to measure eval loss."
     )

@@ -9,16 +9,17 @@ import pytest
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from sqlalchemy import select
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from backend.db import JobMetric, session_scope
+from backend.db import JobMetric, Model, session_scope
 from backend.job.estimate import flops_per_token
 from backend.method.shape import model_shape
 from backend.model.presets import PRESETS
-from tests.workers.support import Pretrained, get_job
+from tests.workers.support import Pretrained, Seed, create_job, get_job, messages
 from workers import flops as flops_module
 from workers import registry
 from workers.flops import Peak, lookup_weights, measure_peak
+from workers.tasks import run_job
 from workers.token_meter import TokenMeter
 from workers.training import parameter_counts
 
@@ -113,3 +114,18 @@ def test_a_run_charts_mfu_on_every_training_point(pretrained: Pretrained) -> Non
         assert math.isclose(v["mfu"], per_token * v["tokens_per_second"] / peak, rel_tol=1e-9)
         assert math.isclose(v["model_tflops"], per_token * v["tokens_per_second"] / 1e12, rel_tol=1e-9)
     assert not any("mfu" in v for v in points if "eval_loss" in v)
+
+
+@pytest.mark.slow
+def test_a_compiled_job_trains_and_saves_a_plain_model(seed: Seed) -> None:
+    """torch_compile: the Trainer wraps the model in torch.compile; the saved model is the plain one (no
+    `_orig_mod.` prefixes), loads with from_pretrained, and the run's points still carry mfu."""
+    hp = {"max_steps": 4, "max_length": 32, "batch_size": 4, "torch_compile": True, "validation_fraction": 0}
+    job_id = create_job(seed, kind="pretrain", architecture="tiny", hyperparameters=hp)
+    assert run_job(job_id) == "succeeded", messages(job_id)
+    with session_scope() as s:
+        model = s.scalars(select(Model).where(Model.job_id == job_id)).one()
+        points = [m.values for m in s.scalars(select(JobMetric).where(JobMetric.job_id == job_id))]
+    reloaded = AutoModelForCausalLM.from_pretrained(model.path)
+    assert not any("_orig_mod" in name for name, _ in reloaded.named_parameters())
+    assert all(v["mfu"] > 0 for v in points if "loss" in v)
