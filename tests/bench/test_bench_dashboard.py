@@ -53,7 +53,8 @@ def _record(section: str, figures: dict[str, Any]) -> None:
     RESULTS.parent.mkdir(exist_ok=True)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"figures": {}}
     data.update(date=datetime.now(UTC).isoformat(timespec="seconds"), machine=_machine())
-    data["figures"][section] = figures
+    # The machine is shared: the load when the figures were taken says how far to trust them.
+    data["figures"][section] = {**figures, "load_average_1m": round(os.getloadavg()[0], 2)}
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
