@@ -1,5 +1,8 @@
 """Token ids → training batches: tokenizer training, packed blocks, held-out splits and the padding collator.
 
+Pretraining corpora, of any size, go to memory-mapped token files instead (`workers.corpus`); `pack_blocks` and
+`split_text_holdout` serve the fine-tune path's causal_lm corpora, small enough for lists.
+
 Records become token ids in `workers.examples`. Every example is a dict of plain lists,
 `{"input_ids": [...], "labels": [...]}`, where a label of -100 means "no loss here" (the value
 `torch.nn.CrossEntropyLoss` ignores by default). Models shift labels by one position internally, so labels
