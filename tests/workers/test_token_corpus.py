@@ -5,18 +5,21 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from backend.dataset.formats import summarize
+from backend.job import lifecycle
 from tests.workers.support import PRETRAIN_HP, Seed, create_job, get_job, messages
 from tests.workers.tokenizers import FABLES, plain_tokenizer
-from workers import corpus
+from workers import corpus, metrics, training
 from workers.context import DatasetRef
 from workers.corpus import EVAL, TRAIN, Encoder, Holdout, TokenBlocks, token_dtype, tokenize_corpus
 from workers.data import train_tokenizer
+from workers.recipes import pretrain
 from workers.tasks import run_job
 
 
@@ -129,18 +132,18 @@ def test_held_out_documents_are_never_in_the_training_file(
     built, _ = tokenize_corpus(write_docs(tmp_path / "docs.jsonl", docs), tokenizer, Holdout(0.1, seed=3))
     assert built.eval_source == "documents"
     eos = tokenizer.eos_token_id
-    decode = tokenizer.decode
-    train = {decode(d) for d in split_on_eos(np.asarray(built.stream(TRAIN)), eos)}
-    held = {decode(d) for d in split_on_eos(np.asarray(built.stream(EVAL)), eos)}
+
+    def texts(part: str) -> set[str]:
+        return {str(tokenizer.decode(d)) for d in split_on_eos(np.asarray(built.stream(part)), eos)}
+
+    train, held = texts(TRAIN), texts(EVAL)
     assert not train & held
     assert train | held == set(docs)  # every document whole, in one part or the other
     held_chars = sum(len(d) for d in held)
     assert 0.08 < held_chars / sum(map(len, docs)) < 0.12  # about the fraction, counted in text
     # Seeded: the same documents again; another seed, others.
     again = Holdout(0.1, seed=3)
-    assert [i for i, d in enumerate(docs) if again.take(i, len(d))] == [
-        docs.index(d) for d in sorted(held, key=docs.index)
-    ]
+    assert [i for i, d in enumerate(docs) if again.take(i, len(d))] == sorted(docs.index(d) for d in held)
     other = Holdout(0.1, seed=4)
     assert {docs[i] for i, d in enumerate(docs) if other.take(i, len(d))} != held
 
@@ -231,3 +234,34 @@ def test_pretrain_job_reports_its_sample_and_reuses_the_token_files(seed: Seed) 
     configs = [get_job(j).resolved_config for j in (first, second)]
     assert configs[0]["token_files"] == configs[1]["token_files"]
     assert configs[0]["token_files"]["dtype"] == "uint16" and configs[0]["eval_blocks"] > 0
+
+
+def test_a_resumed_pretrain_job_maps_the_same_blocks(seed: Seed, monkeypatch: pytest.MonkeyPatch) -> None:
+    hp = {**PRETRAIN_HP, "max_steps": 8, "eval_steps": 8, "checkpoint_steps": 4, "seed": 11}
+    seen: list[tuple[Path, list[list[int]]]] = []
+
+    def probed(ctx: Any, model: Any, tokenizer: Any, train_set: Any, eval_set: Any, **options: Any) -> Any:
+        blocks = [train_set[i]["input_ids"] for i in range(0, len(train_set), max(1, len(train_set) // 7))]
+        seen.append((train_set.path, blocks))
+        return training.build_trainer(ctx, model, tokenizer, train_set, eval_set, **options)
+
+    monkeypatch.setattr(pretrain, "build_trainer", probed)
+    monkeypatch.setattr(metrics, "HEARTBEAT_SECONDS", 0.0)
+    real_beat = lifecycle.beat
+
+    def pause_at_4(job: int, *, step: int, total_steps: int | None) -> str:
+        if step == 4:  # what POST /pause does, at a known step
+            lifecycle.update_job(job, pause_requested=True)
+        return real_beat(job, step=step, total_steps=total_steps)
+
+    monkeypatch.setattr(metrics, "beat", pause_at_4)
+    job_id = create_job(seed, kind="pretrain", architecture="tiny", hyperparameters=hp)
+    assert run_job(job_id) == "paused"
+    monkeypatch.setattr(metrics, "beat", real_beat)
+    lifecycle.update_job(job_id, status="queued", attempt_base=1)  # as POST /resume: lease.requeue
+    assert run_job(job_id) == "succeeded"
+
+    said = messages(job_id)
+    assert "reloaded the tokenizer from checkpoint-4" in said
+    assert said.count("reusing the token files of fables tokenized by an earlier job") == 1  # the resumed run
+    assert len(seen) == 2 and seen[0] == seen[1]  # the same file, the same ids in every block
