@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, case, delete, event, func, select
+from sqlalchemy import Connection, Table, case, delete, event, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, UOWTransaction
 
@@ -263,28 +263,35 @@ def _chart(summaries: dict[Key, Summary]) -> list[ChartPoint]:
 
 
 def _stored_chart(conn: Connection, job_id: int, level: int) -> list[ChartPoint]:
-    """`_chart` of a stored level, straight from its rows: the read a dashboard waits on, kept lean."""
+    """`_chart` of a stored level, straight from its rows: the read a dashboard waits on, kept lean (the lowest and
+    highest of every bucket in one query, the first and last of each series' end buckets in a second)."""
     c = ROLLUP.c
-    columns = [c.bucket, c.key, *(c[f"{k}_{f}"] for k in KINDS for f in ("value", "id", "step", "at"))]
-    rows = conn.execute(select(*columns).where(c.job_id == job_id, c.level == level).order_by(c.bucket)).all()
+    fields = ("value", "id", "step", "at")
+    extremes = [c.bucket, c.key, *(c[f"{k}_{f}"] for k in ("min", "max") for f in fields)]
+    of_level = (c.job_id == job_id, c.level == level)
+    rows = conn.execute(select(*extremes).where(*of_level).order_by(c.bucket)).all()
     picked: dict[int, tuple[int, float, dict[str, float]]] = {}
-    last: dict[str, Any] = {}
-    # In bucket order, a series' first row is its first bucket and its last row its last. Inlined: this loop
-    # runs ~15,000 times for a long run, and a function call per point would double its cost.
+    ends: dict[str, list[int]] = {}
+    # Inlined: this loop runs ~10,000 times for a long run, and a function call per point would double its cost.
     for r in rows:
         name = r[1]
-        offsets = (6, 10) if name in last else (2, 6, 10)
-        last[name] = r
-        for o in offsets:
+        ends.setdefault(name, [r[0], r[0]])[1] = r[0]  # in bucket order: the first bucket, then the latest
+        for o in (2, 6):
             entry = picked.get(r[o + 1])
             if entry is None:
                 picked[r[o + 1]] = entry = (r[o + 2], r[o + 3], {})
             entry[2][name] = r[o]
-    for name, r in last.items():
-        entry = picked.get(r[15])
-        if entry is None:
-            picked[r[15]] = entry = (r[16], r[17], {})
-        entry[2][name] = r[14]
+    if ends:
+        pairs = [(bucket, name) for name, buckets in ends.items() for bucket in buckets]
+        first_last = [c.bucket, c.key, *(c[f"{k}_{f}"] for k in ("first", "last") for f in fields)]
+        q = select(*first_last).where(*of_level, tuple_(c.bucket, c.key).in_(pairs))
+        for r in conn.execute(q):
+            for o, end in ((2, 0), (6, 1)):
+                if r[0] == ends[r[1]][end]:
+                    entry = picked.get(r[o + 1])
+                    if entry is None:
+                        picked[r[o + 1]] = entry = (r[o + 2], r[o + 3], {})
+                    entry[2][r[1]] = r[o]
     return [
         ChartPoint(i, step, datetime.fromtimestamp(at, UTC), values)
         for i, (step, at, values) in sorted(picked.items(), key=lambda item: (item[1][0], item[0]))

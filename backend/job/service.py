@@ -121,12 +121,6 @@ def job_settings(data: JobCreate, objective: str) -> tuple[MethodSettings, BaseM
             f"method {method.name} cannot recompute activations (gradient_checkpointing): turn it off",
             field="hyperparameters.gradient_checkpointing",
         )
-    if data.hyperparameters.packing and not registry.packs_examples(data.kind, method.name, objective):
-        raise Invalid(
-            f"packing is for SFT with a method that changes weights; {objective} with {method.name} cannot pack "
-            "examples into shared rows: leave packing empty or off",
-            field="hyperparameters.packing",
-        )
     legacy = registry.split_legacy(data._legacy, method.name, objective)
     if legacy.foreign:
         raise Invalid(
@@ -258,7 +252,11 @@ def to_reads(session: Session, jobs: list[Job]) -> list[JobRead]:
     dataset_ids = {j.dataset_id for j in jobs}
     datasets = dict(session.execute(select(Dataset.id, Dataset.name).where(Dataset.id.in_(dataset_ids))).tuples().all())
     base_ids = {j.base_model_id for j in jobs if j.base_model_id is not None}
-    bases = dict(session.execute(select(Model.id, Model.name).where(Model.id.in_(base_ids))).tuples().all())
+    bases = (
+        dict(session.execute(select(Model.id, Model.name).where(Model.id.in_(base_ids))).tuples().all())
+        if base_ids
+        else {}
+    )
     now, max_attempts = utcnow(), get_settings().max_attempts
     out = []
     for job in jobs:
