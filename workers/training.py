@@ -417,7 +417,9 @@ def build_trainer(
 def collator(ctx: JobContext, model: nn.Module, train_set: Sequence[Example], pad_id: int) -> Any:
     """Packed rows where the job allows it and this model keeps packed examples apart, else padded rows."""
     padded = PadCollator(pad_id)
-    if ctx.hp.packing is False or not packs_examples(ctx.kind, ctx.method, ctx.objective):
+    if not ctx.hp.packing or not packs_examples(ctx.kind, ctx.method, ctx.objective):
+        if ctx.hp.packing and ctx.objective_spec.packs_examples and is_main():
+            log_event(ctx.job_id, f"packing off: {ctx.method}'s virtual tokens go before a whole row, not each example")
         return padded
     ok, compared = packing_preserves_losses(model, train_set, pad_id)
     if not ok:

@@ -102,11 +102,11 @@ class Hyperparameters(BaseModel):
         description="When eval_steps is empty: the share of the training compute all evaluations together may "
         "take (base and final included); a short run then evaluates fewer times, on a smaller sample.",
     )
-    packing: bool | None = Field(
-        None,
+    packing: bool = Field(
+        True,
         description="SFT: lay each batch's examples out several per row of max_length, each attending only to "
-        "itself (the same examples and loss, far less padding). Empty: on wherever the objective and method "
-        "allow it.",
+        "itself (the same examples and loss, far less padding). Not used by methods with virtual tokens "
+        "(prompt and prefix tuning): the job's log says so.",
     )
     logging_steps: int = Field(1, ge=1, le=100_000, description="Log loss and learning rate every N steps.")
     keep_checkpoints: int = Field(
