@@ -53,6 +53,8 @@ METRIC_WRITE_SECONDS = 1.0
 MIN_IMPROVEMENT = 1e-4
 # The divergence guard also needs the loss this far (nats) above its best smoothed value.
 MIN_SPIKE = 0.5
+# Answering the watch prompts for less than this long never makes later evaluations skip them.
+WATCH_FREE_SECONDS = 5.0
 
 
 def check_in(job_id: int) -> None:
@@ -319,8 +321,9 @@ class JobCallback(TrainerCallback):
     def _answer_watch_prompts(
         self, state: TrainerState, control: TrainerControl, model: Any, tokenizer: Any, eval_seconds: float | None
     ) -> None:
-        """Answer the watch prompts, except at evaluations skipped so that generation costs no more than the
-        evaluations themselves; the base model (step 0) and the end of the run are always answered."""
+        """Answer the watch prompts, except at evaluations skipped so that generation (once it takes more than
+        WATCH_FREE_SECONDS) costs no more than the evaluations themselves; the base model (step 0) and the end of
+        the run are always answered."""
         ending = state.global_step == 0 or state.global_step >= state.max_steps or control.should_training_stop
         if self._watch_skips > 0 and not ending:
             self._watch_skips -= 1
@@ -329,7 +332,7 @@ class JobCallback(TrainerCallback):
         answered = answers(model, tokenizer, list(self.watch.prompts), sft=self.watch.sft)
         took = time.monotonic() - began
         record_samples(self.job_id, state.global_step, list(zip(self.watch.prompts, answered, strict=True)))
-        if eval_seconds and took > eval_seconds:
+        if eval_seconds and took > max(eval_seconds, WATCH_FREE_SECONDS):
             skips = math.ceil(took / eval_seconds) - 1
             if skips and not self._watch_skips:
                 log_event(

@@ -88,6 +88,9 @@ def check_run(job_id: int, method: str, pretrained: Pretrained) -> int:
         samples = list(s.scalars(select(JobSample).where(JobSample.job_id == job_id).order_by(JobSample.id)))
     assert [(r.step, r.prompt) for r in samples] == [(0, WATCH), (2, WATCH), (4, WATCH)]
 
+    # Virtual tokens go before a whole row: prompt and prefix tuning pad their batches, and say so.
+    packs = METHODS[method].packs_examples
+    assert any(m.startswith("packing each batch" if packs else "packing off") for m in messages(job_id))
     job = get_job(job_id)
     counts = job.resolved_config["parameters"]
     found = [m for m in messages(job_id) if m.startswith(f"{method}: training ")]

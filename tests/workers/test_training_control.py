@@ -2,6 +2,7 @@
 
 import copy
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,9 @@ def test_divergence_guard_fails_a_run_with_a_huge_learning_rate(seed: Seed) -> N
     assert "lower learning rate" in messages(job_id)[-1]
 
 
-def test_watch_prompts_are_answered_at_every_eval(seed: Seed, pretrained: Pretrained) -> None:
-    hp = {"max_steps": 4, "eval_steps": 2, "max_length": 64, "batch_size": 4, "validation_fraction": 0.2}
-    job_id = create_job(
+def watch_job(seed: Seed, pretrained: Pretrained, max_steps: int) -> int:
+    hp = {"max_steps": max_steps, "eval_steps": 2, "max_length": 64, "batch_size": 4, "validation_fraction": 0.2}
+    return create_job(
         seed,
         kind="finetune",
         objective="sft",
@@ -162,9 +163,21 @@ def test_watch_prompts_are_answered_at_every_eval(seed: Seed, pretrained: Pretra
         hyperparameters=hp,
         watch_prompts=["Name a colour.", "Count to three."],
     )
-    assert run_job(job_id) == "succeeded"
+
+
+def watch_rows(job_id: int) -> list[JobSample]:
     with session_scope() as s:
-        rows = list(s.scalars(select(JobSample).where(JobSample.job_id == job_id).order_by(JobSample.id)))
+        return list(s.scalars(select(JobSample).where(JobSample.job_id == job_id).order_by(JobSample.id)))
+
+
+def test_watch_prompts_are_answered_at_every_eval(
+    seed: Seed, pretrained: Pretrained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However slow a loaded machine makes the answers, none is skipped here (skipping is tested below).
+    monkeypatch.setattr(metrics, "WATCH_FREE_SECONDS", math.inf)
+    job_id = watch_job(seed, pretrained, max_steps=4)
+    assert run_job(job_id) == "succeeded"
+    rows = watch_rows(job_id)
     # Step 0 first: what the base model answers, before the fine-tune's first step.
     assert [(r.step, r.prompt) for r in rows] == [
         (0, "Name a colour."),
@@ -175,6 +188,23 @@ def test_watch_prompts_are_answered_at_every_eval(seed: Seed, pretrained: Pretra
         (4, "Count to three."),
     ]
     assert all(isinstance(r.output, str) for r in rows)
+
+
+def test_slow_watch_prompts_skip_evaluations_but_never_the_base_or_the_end(
+    seed: Seed, pretrained: Pretrained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer_all = metrics.answers
+
+    def slow(*args: Any, **kwargs: Any) -> list[str]:
+        time.sleep(metrics.WATCH_FREE_SECONDS + 0.5)  # longer than the free allowance and a tiny evaluation
+        return answer_all(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "answers", slow)
+    job_id = watch_job(seed, pretrained, max_steps=8)
+    assert run_job(job_id) == "succeeded"
+    steps = sorted({r.step for r in watch_rows(job_id)})
+    assert steps[0] == 0 and steps[-1] == 8 and 2 not in steps  # step 2's evaluation went without answers
+    assert any("watch prompts took" in m for m in messages(job_id))
 
 
 def test_lora_finetune_pauses_and_resumes_its_adapter(
