@@ -61,12 +61,16 @@ HP = {
     "seed": 0,
 }
 
-# The worker, alone in its process: run the job, then report the process's peak resident memory.
+# The worker, alone in its process: run the job, then report the process's peak resident memory since it started.
 CHILD = """
 import json, sys
 from pathlib import Path
+from workers import token_meter
 from workers.tasks import run_job
 from workers.token_meter import resident_peak_bytes
+# The job's meter resets VmHWM when the trainer starts (its own peak counts from there): kept whole here, so the
+# figure covers the tokenizer's training and the tokenizing too.
+token_meter.CLEAR_REFS = Path("/nonexistent/clear_refs")
 status = run_job(int(sys.argv[1]))
 peak = resident_peak_bytes()
 print("RESULT " + json.dumps({"status": status, "peak_rss": peak}))
