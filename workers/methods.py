@@ -14,6 +14,7 @@ import torch
 from peft import PeftConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.utils import is_flash_attn_2_available
 
 from backend.job.lifecycle import log_event
 from backend.method.registry import Method
@@ -52,6 +53,10 @@ def load_options(ctx: JobContext) -> dict[str, Any]:
         # under an adapter the base is frozen, so on a bf16 GPU it is stored in bf16 at half the memory, while
         # PEFT keeps the small adapter weights in fp32.
         options["dtype"] = torch.bfloat16 if ctx.method_spec.adapter and use_bf16() else torch.float32
+    if options.get("dtype") == torch.bfloat16 and is_flash_attn_2_available():
+        # FlashAttention-2 (half-precision weights only) reads packed batches' restarting position ids as
+        # variable-length spans: no padding and no materialized block mask. Elsewhere sdpa builds the mask.
+        options["attn_implementation"] = "flash_attention_2"
     return options
 
 

@@ -96,7 +96,7 @@ def test_packed_and_padded_batches_give_the_same_losses_and_gradients(adapter: b
         inputs = {k: v for k, v in batch.items() if k != REAL_TOKENS}
         loss = model(**inputs, use_cache=False).loss
         loss.backward()
-        grads.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        grads.append((loss.item(), [torch.clone(p.grad) for p in model.parameters() if p.grad is not None]))
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
     for a, b in zip(grads[0][1], grads[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -123,7 +123,7 @@ def test_the_check_refuses_a_model_that_lets_packed_examples_see_each_other() ->
 
 def context(**hp: Any) -> JobContext:
     """Enough of a job's context for eval_plan: kind, method and hyperparameters."""
-    unused = {f.name: None for f in fields(JobContext)}
+    unused: dict[str, Any] = {f.name: None for f in fields(JobContext)}
     return JobContext(**unused | {"kind": "finetune", "method": "lora", "hp": Hyperparameters(**hp)})
 
 
