@@ -4,6 +4,7 @@ packed rows as variable-length spans)."""
 
 import pytest
 import torch
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import is_flash_attn_2_available
 
@@ -33,9 +34,10 @@ def test_packed_rows_keep_examples_apart_on_cuda(implementation: str) -> None:
         num_key_value_heads=2,
         max_position_embeddings=256,
         pad_token_id=0,
-        attn_implementation=implementation,
     )
-    model = LlamaForCausalLM(config).to(device="cuda", dtype=torch.bfloat16)
+    config._attn_implementation = implementation
+    model = LlamaForCausalLM(config)
+    nn.Module.to(model, device="cuda", dtype=torch.bfloat16)
     batch = examples([30, 7, 12, 25, 3, 18, 9, 40])
     packed = {k: v.cuda() for k, v in PackingCollator(pad_token_id=0, row_length=48)(batch).items()}
     order = [i for row in pack_rows([len(e["input_ids"]) for e in batch], 48) for i in row]
