@@ -186,7 +186,7 @@ def test_generation_stops_at_eos_after_sft(seed: Seed, pretrained: Pretrained, t
         objective="sft",
         dataset_id=add_dataset(seed.user_id, source),
         base_model_id=pretrained.model_id,
-        hyperparameters={**FINETUNE_HP, "max_steps": 60, "learning_rate": 3e-3, "validation_fraction": 0.0},
+        hyperparameters={**FINETUNE_HP, "max_steps": 100, "learning_rate": 3e-3, "validation_fraction": 0.0},
     )
     assert run_job(job_id) == "succeeded"
     unzip_artifact(job_id, "model.zip", tmp_path / "model")
