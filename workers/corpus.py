@@ -40,6 +40,10 @@ META = "meta.json"
 BATCH_CHARS = 4 * 2**20
 # A staging folder untouched this long belongs to a worker that died: its space is taken back.
 STALE_SECONDS = 3600.0
+# The most text held out for evaluation (Holdout.limit): about a million tokens of English.
+EVAL_MAX_CHARS = 4 * 2**20
+# Characters per token, roughly, for a byte-level BPE on English: to cap a held-out token tail like a text one.
+CHARS_PER_TOKEN = 4
 
 # (characters of the corpus read so far, tokens written so far): called after every batch.
 ProgressFn = Callable[[int, int], None]
@@ -95,6 +99,9 @@ class Holdout:
 
     fraction: float
     seed: int
+    # At most this much text is held out, whatever the fraction: the final evaluation reads it all, and past a
+    # million tokens or so the loss it measures is no more precise (10% of a 1 GB corpus would be 100 MB).
+    limit: int = EVAL_MAX_CHARS
     seen: int = 0  # characters of the documents so far
     held: int = 0  # characters of those held out
 
@@ -106,6 +113,7 @@ class Holdout:
             and chars > 0
             and _unit("eval", index, self.seed) < 2 * self.fraction
             and self.held + chars / 2 <= self.fraction * self.seen
+            and self.held + chars <= self.limit
         )
         if held:
             self.held += chars
@@ -113,7 +121,7 @@ class Holdout:
 
     def fresh(self) -> "Holdout":
         """The same rule from the stream's start (each pass over the corpus replays it)."""
-        return Holdout(self.fraction, self.seed)
+        return Holdout(self.fraction, self.seed, self.limit)
 
 
 # --- the tokenizer's sample -------------------------------------------------------------------------------
@@ -256,7 +264,7 @@ def write_corpus(
             f.close()
     eval_source = "documents" if files[EVAL].count else "none"
     if holdout.fraction > 0 and not files[EVAL].count:
-        move_tail(files, holdout.fraction)
+        move_tail(files, holdout.fraction, holdout.limit // CHARS_PER_TOKEN)
         eval_source = "tail"
     progress(holdout.seen, batches.tokens)
     return {
@@ -270,10 +278,11 @@ def write_corpus(
     }
 
 
-def move_tail(files: dict[str, TokenFile], fraction: float) -> None:
-    """Make the last `fraction` of the training stream the eval part (a corpus too short in documents)."""
+def move_tail(files: dict[str, TokenFile], fraction: float, most: int) -> None:
+    """Make the last `fraction` of the training stream, up to `most` tokens, the eval part (a corpus too short in
+    documents)."""
     train = files[TRAIN]
-    n = min(max(2, round(train.count * fraction)), train.count - 2)
+    n = min(max(2, round(train.count * fraction)), train.count - 2, most)
     if n < 2:
         return  # too short to split: no evaluation (the pre-flight check says so)
     tail = np.fromfile(train.path, dtype=train.dtype, offset=(train.count - n) * train.dtype.itemsize)
@@ -380,6 +389,7 @@ def tokenize_corpus(
         tokenizer=tokenizer_fingerprint(tokenizer),
         fraction=holdout.fraction,
         seed=holdout.seed if holdout.fraction > 0 else 0,
+        limit=holdout.limit,
     )
     folder = root / key
 

@@ -148,6 +148,14 @@ def test_held_out_documents_are_never_in_the_training_file(
     assert {docs[i] for i, d in enumerate(docs) if other.take(i, len(d))} != held
 
 
+def test_the_held_out_text_is_capped_whatever_the_fraction() -> None:
+    docs = numbered_docs(400)
+    total = sum(map(len, docs))
+    capped = Holdout(0.5, seed=3, limit=total // 20)
+    held = sum(len(d) for i, d in enumerate(docs) if capped.take(i, len(d)))
+    assert 0 < held <= total // 20  # not the half the fraction asks for
+
+
 def test_one_long_document_falls_back_to_the_streams_tail(
     own_cache: Path, tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:

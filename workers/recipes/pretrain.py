@@ -138,6 +138,7 @@ def own_tokenizer(ctx: JobContext, vocab_size: int, holdout: Holdout) -> Path:
             sample=budget,
             fraction=holdout.fraction,
             seed=hp.seed,
+            limit=holdout.limit,
         )
     )
 
