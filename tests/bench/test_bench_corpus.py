@@ -17,7 +17,6 @@ BENCH_CORPUS_BASELINE_MB shrinks the baseline while developing.
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -35,9 +34,10 @@ import pytest
 from sqlalchemy import select
 
 from backend.config import REPO_ROOT
-from backend.db import Dataset, JobEvent, User, session_scope
+from backend.db import Dataset, JobEvent, session_scope
 from backend.migrate import upgrade
-from tests.workers.support import Seed, create_job, studio_env
+from tests.bench.support import machine
+from tests.workers.support import Seed, add_user, create_job, studio_env
 
 MB = 10**6
 BASELINE_MB = int(os.environ.get("BENCH_CORPUS_BASELINE_MB", "100"))
@@ -88,18 +88,6 @@ peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("V
 print("RESULT " + json.dumps({"records": summary.record_count, "shape": summary.shape, "format": summary.format,
                               "options": summary.options, "peak_rss": peak}))
 """
-
-
-def machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return {"cores": os.cpu_count(), "cpu": model}
 
 
 def generate(path: Path, n_bytes: int, seed: int) -> None:
@@ -213,11 +201,7 @@ def test_bench_corpus_peak_rss_does_not_grow_with_the_corpus(workdir: Path) -> N
     began = time.perf_counter()
     with studio_env(data_dir):
         upgrade()
-        with session_scope() as s:
-            user = User(email="bench@example.com", password_hash="not-a-hash")
-            s.add(user)
-            s.flush()
-            owner = user.id
+        owner = add_user("bench@example.com")
         seed = Seed(data_dir=data_dir, user_id=owner, text_dataset_id=0, alpaca_dataset_id=0)
 
         small_path = tmp_path / f"corpus-{BASELINE_MB}mb.txt"

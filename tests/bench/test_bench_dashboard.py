@@ -12,7 +12,6 @@ Figures go to tests/bench/results/dashboard.json. BENCH_DASHBOARD_POINTS / _JOBS
 import asyncio
 import json
 import os
-import platform
 import random
 import statistics
 import threading
@@ -28,6 +27,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, update
 
 from backend.db import Dataset, Job, JobMetric, User, metric_rollup, session_scope, utcnow
+from tests.bench.support import machine
 from tests.support import StudioProcess
 
 POINTS = int(os.environ.get("BENCH_DASHBOARD_POINTS", "1000000"))
@@ -36,23 +36,11 @@ DASHBOARDS = 50
 RESULTS = Path(__file__).parent / "results" / "dashboard.json"
 
 
-def _machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return {"cores": os.cpu_count(), "cpu": model}
-
-
 def _record(section: str, figures: dict[str, Any]) -> None:
     """Merge one benchmark's figures into the results file (each test writes its own section)."""
     RESULTS.parent.mkdir(exist_ok=True)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"figures": {}}
-    data.update(date=datetime.now(UTC).isoformat(timespec="seconds"), machine=_machine())
+    data.update(date=datetime.now(UTC).isoformat(timespec="seconds"), machine=machine())
     # The machine is shared: the load when the figures were taken says how far to trust them.
     data["figures"][section] = {**figures, "load_average_1m": round(os.getloadavg()[0], 2)}
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")

@@ -21,14 +21,10 @@ BENCH_COMPILE_STEPS (30), BENCH_MFU_STEPS (20).
 """
 
 import dataclasses
-import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,10 +42,11 @@ from transformers import (
     TrainingArguments,
 )
 
-from backend.db import Job, User, session_scope
+from backend.db import Job, session_scope
 from backend.migrate import upgrade
 from backend.model.presets import PRESETS
-from tests.workers.support import FIXTURES, add_dataset, studio_env
+from tests.bench.support import write_result
+from tests.workers.support import FIXTURES, add_dataset, add_user, studio_env
 from tests.workers.tokenizers import byte_tokenizer
 from workers.context import load_context
 from workers.data import PadCollator
@@ -57,7 +54,6 @@ from workers.examples import Example
 from workers.flops import device_peak
 from workers.training import MeteredTrainer, build_trainer, model_flops_per_token, training_arguments
 
-RESULTS = Path(__file__).parent / "results"
 PRESET = os.environ.get("BENCH_OVERHEAD_PRESET", "tiny")
 STEPS = int(os.environ.get("BENCH_OVERHEAD_STEPS", "40"))
 REPEATS = int(os.environ.get("BENCH_OVERHEAD_REPEATS", "5"))
@@ -67,24 +63,6 @@ LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 WARMUP = 5  # steps left out of the timing: the first ones allocate the optimizer state and warm the allocator
 BATCH, LENGTH = 8, 128
 TARGET = 0.02
-
-
-def machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_model": model}
-
-
-def write_result(name: str, figures: dict[str, Any]) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    record = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), **figures}
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 class Clock(TrainerCallback):
@@ -134,11 +112,7 @@ def job_id(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     data_dir = tmp_path_factory.mktemp("overhead")
     with studio_env(data_dir):
         upgrade()
-        with session_scope() as s:
-            user = User(email="bench@example.com", password_hash="not-a-hash")
-            s.add(user)
-            s.flush()
-            user_id = user.id
+        user_id = add_user("bench@example.com")
         dataset_id = add_dataset(user_id, FIXTURES / "fables.txt")  # the row a job needs; the data is made here
         with session_scope() as s:
             hp = {"max_steps": STEPS, "batch_size": BATCH, "max_length": LENGTH, "logging_steps": 1, "seed": 0}

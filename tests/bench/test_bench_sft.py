@@ -16,10 +16,8 @@ Environment: BENCH_SFT_STEPS (40), BENCH_SFT_RECORDS (600), BENCH_SFT_PRETRAIN_S
 
 import json
 import os
-import platform
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +27,11 @@ from peft import LoraConfig, get_peft_model
 from sqlalchemy import select
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
 
-from backend.db import Job, JobEvent, JobMetric, Model, User, session_scope
+from backend.db import Job, JobEvent, JobMetric, Model, session_scope
 from backend.method.settings import LoraSettings
 from backend.migrate import upgrade
-from tests.workers.support import Seed, add_dataset, create_job, studio_env
+from tests.bench.support import write_result
+from tests.workers.support import Seed, add_dataset, add_user, create_job, studio_env
 from workers import training
 from workers.data import split_holdout
 from workers.examples import build_sft_examples, load_tokenizer
@@ -40,7 +39,6 @@ from workers.tasks import run_job
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 ALPACA = SHARED / "instruct" / "alpaca_en_demo.json"
-RESULTS = Path(__file__).parent / "results"
 STEPS = int(os.environ.get("BENCH_SFT_STEPS", "40"))
 RECORDS = int(os.environ.get("BENCH_SFT_RECORDS", "600"))
 PRETRAIN_STEPS = int(os.environ.get("BENCH_SFT_PRETRAIN_STEPS", "60"))
@@ -73,11 +71,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     subset.write_text("".join(json.dumps(canonical(r)) + "\n" for r in records[:RECORDS]))
     with studio_env(data_dir):
         upgrade()
-        with session_scope() as s:
-            user = User(email="bench@example.com", password_hash="not-a-hash")
-            s.add(user)
-            s.flush()
-            user_id = user.id
+        user_id = add_user("bench@example.com")
         seed = Seed(data_dir, user_id, add_dataset(user_id, corpus), add_dataset(user_id, subset))
         job_id = create_job(
             seed,
@@ -210,19 +204,14 @@ def test_sft_against_a_plain_trainer(studio: dict[str, Any], tmp_path: Path) -> 
     print(f"BENCH sft evaluation cost: defaults run at {default / off:.2f}x the speed of evaluations off")
     for note in rows["studio defaults"]["notes"]:
         print(f"  {note}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sft.json").write_text(
-        json.dumps(
-            {
-                "date": datetime.now(UTC).date().isoformat(),
-                "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
-                "device": training.device_description(),
-                "settings": HP,
-                "runs": figures,
-                "defaults_vs_evaluations_off": default / off,
-            },
-            indent=2,
-        )
+    write_result(
+        "sft",
+        {
+            "device": training.device_description(),
+            "settings": HP,
+            "runs": figures,
+            "defaults_vs_evaluations_off": default / off,
+        },
     )
     # The studio must not trail the baseline it is measured against (the targets live in the README).
     assert figures["studio, evaluations off"]["vs_plain_trainer"] > 1.0

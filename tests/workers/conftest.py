@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from backend.db import Model, User, session_scope
+from backend.db import Model, session_scope
 from backend.migrate import upgrade
-from tests.workers.support import FIXTURES, PRETRAIN_HP, Pretrained, Seed, add_dataset, create_job, studio_env
+from tests.workers.support import FIXTURES, PRETRAIN_HP, Pretrained, Seed, add_dataset, add_user, create_job, studio_env
 from workers.tasks import run_job
 
 
@@ -23,11 +23,7 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Seed:
     data_dir = tmp_path_factory.mktemp("studio")
     with studio_env(data_dir):
         upgrade()
-        with session_scope() as s:
-            user = User(email="worker-tests@example.com", password_hash="not-a-hash")
-            s.add(user)
-            s.flush()
-            user_id = user.id
+        user_id = add_user("worker-tests@example.com")
         return Seed(
             data_dir=data_dir,
             user_id=user_id,

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from backend.config import get_settings
 from backend.dataset.formats import summarize
-from backend.db import Dataset, Job, JobEvent, session_scope
+from backend.db import Dataset, Job, JobEvent, User, session_scope
 from tests.support import reset_process_state
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -60,6 +60,15 @@ class Pretrained:
     job_id: int
     model_id: int
     model_path: Path
+
+
+def add_user(email: str) -> int:
+    """A user row (no password: worker tests and benchmarks never log in)."""
+    with session_scope() as s:
+        user = User(email=email, password_hash="not-a-hash")
+        s.add(user)
+        s.flush()
+        return user.id
 
 
 def add_dataset(owner_id: int, source: Path) -> int:
