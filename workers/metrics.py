@@ -195,6 +195,9 @@ class JobCallback(TrainerCallback):
         # Evaluations whose watch prompts are skipped: generation may not hold training up longer than the
         # evaluation it follows does (see _answer_watch_prompts).
         self._watch_skips = 0
+        # Set by `train` around the final evaluation on the whole held-out set (the others read a sample).
+        self.whole_set_evaluation = False
+        self._answered_step: int | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -293,6 +296,8 @@ class JobCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         eval_loss = (metrics or {}).get("eval_loss")
+        if self.whole_set_evaluation:
+            eval_loss = None  # not comparable with the sampled evaluations the guards have seen
         if eval_loss is not None:
             warning = self.overfit.eval_loss(state.global_step, float(eval_loss))
             if warning and is_main():
@@ -324,6 +329,8 @@ class JobCallback(TrainerCallback):
         """Answer the watch prompts, except at evaluations skipped so that generation (once it takes more than
         WATCH_FREE_SECONDS) costs no more than the evaluations themselves; the base model (step 0) and the end of
         the run are always answered."""
+        if self._answered_step == state.global_step:
+            return  # an early stop's step: answered at its sampled evaluation, before the whole set's
         ending = state.global_step == 0 or state.global_step >= state.max_steps or control.should_training_stop
         if self._watch_skips > 0 and not ending:
             self._watch_skips -= 1
@@ -332,6 +339,7 @@ class JobCallback(TrainerCallback):
         answered = answers(model, tokenizer, list(self.watch.prompts), sft=self.watch.sft)
         took = time.monotonic() - began
         record_samples(self.job_id, state.global_step, list(zip(self.watch.prompts, answered, strict=True)))
+        self._answered_step = state.global_step
         if eval_seconds and took > max(eval_seconds, WATCH_FREE_SECONDS):
             skips = math.ceil(took / eval_seconds) - 1
             if skips and not self._watch_skips:

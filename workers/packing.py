@@ -13,6 +13,7 @@ one's first token. `packing_preserves_losses` checks that on the loaded model be
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from torch import nn
@@ -126,7 +127,7 @@ def packing_preserves_losses(model: nn.Module, examples: Sequence[Example], pad_
     """Whether this model, fed a packed row, gives each example the loss it gets alone (attention kept within
     each example). A model whose attention ignores restarting position ids would let examples see each other:
     training must then fall back to padding. Returns (ok, what was compared)."""
-    sample = [e for e in examples if any(label != IGNORE_INDEX for label in e["labels"][1:])][:3]
+    sample = list(islice((e for e in examples if any(label != IGNORE_INDEX for label in e["labels"][1:])), 3))
     if len(sample) < 2:
         return True, "fewer than two supervised examples to compare"
     device = next(model.parameters()).device

@@ -146,7 +146,8 @@ def eval_plan(ctx: JobContext, *, n_train: int, n_eval: int, sampled: bool = Tru
     examples_trained = steps * hp.batch_size * hp.gradient_accumulation_steps
     affordable = hp.eval_budget * examples_trained / ratio  # held-out examples all evaluations may read
     remaining = affordable - n_eval  # after the final evaluation on the whole set
-    base = 1 if ctx.kind == "finetune" and ctx.resume_checkpoint is None else 0  # eval_on_start
+    # eval_on_start: counted on a resume too (which skips it), so every attempt plans the same sample and schedule
+    base = 1 if ctx.kind == "finetune" else 0
     middle = min(DEFAULT_EVALS - 1, steps - 1)  # evaluations strictly before the last step
     if (middle + base) * sample > remaining:
         if sampled:
@@ -468,7 +469,12 @@ def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = No
             log_event(callback.job_id, f"removed what an interrupted save left: {', '.join(removed)}")
     checkpoint = resume_from
     while True:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            # An error mid-loop (out of memory, a lost lease) must not take the last points, the ones that
+            # explain it, with it.
+            callback.write_points()
         if callback.outcome != "rollback":
             break
         checkpoint = callback.begin_rollback(trainer.state)
@@ -489,6 +495,8 @@ def train(trainer: Trainer, callback: JobCallback, resume_from: Path | None = No
     whole: Any = trainer.final_eval_dataset if isinstance(trainer, MeteredTrainer) else None
     if whole is not None:
         # The evaluations during the run read a sample: the final one, which final_eval_loss reports, reads all.
+        # Its loss is on other examples than the curve's: the guards that compare evaluations leave it out.
+        callback.whole_set_evaluation = True
         trainer.evaluate(whole)
     elif trainer.eval_dataset is not None and (not evaluated or evaluated[-1] != trainer.state.global_step):
         trainer.evaluate()  # logs eval_loss at the last step, so final_eval_loss describes the saved model

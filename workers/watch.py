@@ -13,17 +13,12 @@ MAX_NEW_TOKENS = 64
 
 
 def answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, sft: bool) -> list[str]:
-    """Greedy continuations of `prompts`, generated together in one left-padded batch (one pass per new token
-    for all of them, not one per prompt); prompt and prefix tuning answer one prompt at a time, as their
-    virtual tokens do not sit well beside padding."""
+    """Greedy continuations of `prompts` (laid out as SFT examples were when `sft`), generated together in one
+    left-padded batch (one pass per new token for all of them, not one per prompt); prompt and prefix tuning
+    answer one prompt at a time, as their virtual tokens do not sit well beside padding."""
     if isinstance(model, PeftModel) and model.active_peft_config.is_prompt_learning:
         return [_generate(model, tokenizer, [p], sft=sft)[0] for p in prompts]
     return _generate(model, tokenizer, prompts, sft=sft) if prompts else []
-
-
-def answer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str, *, sft: bool) -> str:
-    """The model's greedy continuation of `prompt`, formatted the way SFT examples were when `sft`."""
-    return answers(model, tokenizer, [prompt], sft=sft)[0]
 
 
 @torch.no_grad()

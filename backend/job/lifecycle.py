@@ -156,12 +156,6 @@ def update_job(job_id: int, **values: Any) -> None:
 
 
 @main_rank_only
-def record_metrics(job_id: int, step: int, values: dict[str, float]) -> None:
-    """Store one logged point (durable first), then publish it."""
-    outbox.put(_written(job_id, lambda s: s.add(JobMetric(job_id=job_id, step=step, values=values))))
-
-
-@main_rank_only
 def record_points(job_id: int, points: list[tuple[int, dict[str, float]]], **job_values: Any) -> None:
     """Store logged points (step, values) and set `job_values` on the job row in one transaction, then publish
     once: a trainer logging every few milliseconds writes once a second, not once a step."""

@@ -230,25 +230,19 @@ def note_unsent(session: Session, *, job: Job) -> None:
 
 def to_read(session: Session, job: Job) -> JobRead:
     """The API view of a job, with its output model and an ETA from the pace so far."""
-    out = JobRead.model_validate(job)
-    out.output_model_id = session.scalar(select(Model.id).where(Model.job_id == job.id))
-    now = utcnow()
-    out.eta_seconds = eta_seconds(job, now)
-    out.attempt_limit = job.attempt_base + get_settings().max_attempts
-    # session.get reads the identity map first: a list of jobs on a few datasets costs a few queries.
-    dataset = session.get(Dataset, job.dataset_id)
-    out.dataset_name = dataset.name if dataset else None
-    base = session.get(Model, job.base_model_id) if job.base_model_id else None
-    out.base_model_name = base.name if base else None
-    if job.started_at:
-        out.duration_seconds = max(0.0, ((job.finished_at or now) - job.started_at).total_seconds())
-    return out
+    return to_reads(session, [job])[0]
 
 
 def to_reads(session: Session, jobs: list[Job]) -> list[JobRead]:
     """The API views of many jobs (a list page): what `to_read` adds, read in one query per table."""
     ids = [j.id for j in jobs]
-    outputs = dict(session.execute(select(Model.job_id, Model.id).where(Model.job_id.in_(ids))).tuples().all())
+    # A job registers one output model; ordered so that, were there more, every view names the same (the first).
+    outputs: dict[int, int] = {}
+    for job_id, model_id in session.execute(
+        select(Model.job_id, Model.id).where(Model.job_id.in_(ids)).order_by(Model.id)
+    ).tuples():
+        if job_id is not None:
+            outputs.setdefault(job_id, model_id)
     dataset_ids = {j.dataset_id for j in jobs}
     datasets = dict(session.execute(select(Dataset.id, Dataset.name).where(Dataset.id.in_(dataset_ids))).tuples().all())
     base_ids = {j.base_model_id for j in jobs if j.base_model_id is not None}

@@ -123,6 +123,14 @@ class _Feed:
 _feeds: "weakref.WeakKeyDictionary[Broadcaster, dict[int, _Feed]]" = weakref.WeakKeyDictionary()
 
 
+async def _next_batch(queue: asyncio.Queue[Batch | None]) -> Batch | None:
+    """The feed's next batch; None (read for yourself) when none came in two of the feed's safety polls."""
+    try:
+        return await asyncio.wait_for(queue.get(), 2 * SAFETY_POLL_SECONDS)
+    except TimeoutError:
+        return None
+
+
 def _feed(job_id: int, broadcaster: Broadcaster) -> _Feed:
     feeds = _feeds.setdefault(broadcaster, {})
     if job_id not in feeds:
@@ -170,8 +178,9 @@ async def _follow(
             status = batch.snapshot["status"]
             yield {"event": "end", "id": f"{cursor[0]}:{cursor[1]}", "data": json.dumps({"status": status})}
             return
-        # Once final, read again at once: only the tail is left to send. Else the feed's next batch.
-        batch = None if final else await queue.get()
+        # Once final, read again at once: only the tail is left to send. Else the feed's next batch, or a read of
+        # its own should the feed fall silent (its task ended by an error nobody awaited).
+        batch = None if final else await _next_batch(queue)
 
 
 # The jobs list: what a row shows that can change. Jobs have no updated_at column, so each look compares this

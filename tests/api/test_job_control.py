@@ -155,12 +155,12 @@ def test_another_user_cannot_control_the_job(client: TestClient, job: dict) -> N
 
 
 def test_resume_from_an_older_checkpoint_drops_what_came_after(client: TestClient, job: dict) -> None:
-    from backend.job.lifecycle import claim_job, finish_job, record_metrics, record_samples, update_job
+    from backend.job.lifecycle import claim_job, finish_job, record_points, record_samples, update_job
 
     claim_job(job["id"], "w1")
     for step in range(1, 31):
         values = {"loss": 5.0 - step / 10} | ({"eval_loss": 6.0 - step / 10} if step % 10 == 0 else {})
-        record_metrics(job["id"], step, values)
+        record_points(job["id"], [(step, values)])
     for step in (10, 20, 30):
         record_samples(job["id"], step, [("Once upon a time", f"answer at {step}")])
     update_job(job["id"], current_step=30, final_loss=2.0, final_eval_loss=3.0)
@@ -207,11 +207,11 @@ def test_resume_names_an_unknown_checkpoint(client: TestClient, job: dict) -> No
 
 
 def test_resume_from_the_latest_keeps_every_point(client: TestClient, job: dict) -> None:
-    from backend.job.lifecycle import claim_job, finish_job, record_metrics
+    from backend.job.lifecycle import claim_job, finish_job, record_points
 
     claim_job(job["id"], "w1")
     for step in range(1, 6):
-        record_metrics(job["id"], step, {"loss": 1.0})
+        record_points(job["id"], [(step, {"loss": 1.0})])
     fake_checkpoint(job["id"], 5)
     finish_job(job["id"], "paused")
     res = client.post(f"/api/jobs/{job['id']}/resume", json={})

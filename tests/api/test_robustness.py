@@ -106,7 +106,7 @@ def _messages(client: TestClient, job_id: int) -> list[str]:
 
 
 def test_a_lost_job_is_queued_again_until_its_attempts_are_spent(client: TestClient, text_dataset: int) -> None:
-    from backend.job.lifecycle import claim_job, finish_job, heartbeat, record_metrics
+    from backend.job.lifecycle import claim_job, finish_job, heartbeat, record_points
     from backend.work.lease import LeaseLost, holding
     from backend.work.reaper import sweep
 
@@ -131,7 +131,7 @@ def test_a_lost_job_is_queued_again_until_its_attempts_are_spent(client: TestCli
         with pytest.raises(LeaseLost):
             heartbeat(job_id, step=5, total_steps=10)
         with pytest.raises(LeaseLost):
-            record_metrics(job_id, 5, {"loss": 1.0})
+            record_points(job_id, [(5, {"loss": 1.0})])
         finish_job(job_id, "succeeded")
     assert client.get(f"/api/jobs/{job_id}").json()["status"] == "queued"
     assert client.get(f"/api/jobs/{job_id}/metrics").json() == []
@@ -248,7 +248,7 @@ def test_a_job_its_worker_could_not_checkpoint_in_the_grace_resumes_from_its_new
     """A shutdown whose grace ran out mid-step hands the job back as the reaper would: from the newest complete
     checkpoint, the points after it dropped, and the attempt not counted against STUDIO_MAX_ATTEMPTS."""
     from backend.job.checkpoints import MARKER, checkpoint_dir
-    from backend.job.lifecycle import claim_job, heartbeat, record_metrics
+    from backend.job.lifecycle import claim_job, heartbeat, record_points
     from backend.work.lease import holding
     from backend.work.reaper import hand_back
 
@@ -259,7 +259,7 @@ def test_a_job_its_worker_could_not_checkpoint_in_the_grace_resumes_from_its_new
     assert leaving is not None
     with holding(leaving):
         for step in range(1, 28):
-            record_metrics(job_id, step, {"loss": 1.0})
+            record_points(job_id, [(step, {"loss": 1.0})])
         heartbeat(job_id, step=27, total_steps=60)
         newest = checkpoint_dir(job_id) / "checkpoint-20"
         newest.mkdir(parents=True)

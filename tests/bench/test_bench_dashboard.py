@@ -254,13 +254,13 @@ async def _dashboard(
 
 def _writer(job_id: int, points: int, start: threading.Event, writes: list[float]) -> None:
     """The worker's side: a beat and a point every 100 ms, stamped with the time before the write."""
-    from backend.job.lifecycle import beat, record_metrics
+    from backend.job.lifecycle import beat, record_points
 
     start.wait()
     for step in range(1, points + 1):
         beat(job_id, step=step, total_steps=points)
         t = time.time()
-        record_metrics(job_id, step, {"loss": 1.0 / step, "written_at": t})
+        record_points(job_id, [(step, {"loss": 1.0 / step, "written_at": t})])
         writes.append(time.time() - t)  # the commit and the publish: the part of the latency that is the writer's
         time.sleep(0.1)
     with session_scope() as s:

@@ -271,8 +271,9 @@ window.StudioJobCharts = (function () {
     ["memory_mb", "Memory (MB)"],
   ];
   const PANEL_TITLES = new Map(PANELS);
-  // Not worth a chart: the main chart's series, the epoch (the x axis says as much) and eval timing noise.
-  const SKIP = new Set(["loss", "learning_rate", "epoch", "runtime", "samples_per_second", "steps_per_second"]);
+  // Not worth a chart: the main chart's series, the epoch (the x axis says as much), eval timing noise and how many
+  // held-out examples an evaluation read.
+  const SKIP = new Set(["loss", "learning_rate", "epoch", "runtime", "samples_per_second", "steps_per_second", "examples"]);
   const panels = new Map(); // quantity → { train: [], smoothed: [], eval: [], chart, canvas, value }
 
   function quantity(key) {
