@@ -45,7 +45,8 @@ def _train(studio: StudioProcess) -> tuple[int, int]:
             studio,
             client,
             {"name": "pg-lora", "kind": "finetune", "dataset_id": alpaca_id, "base_model": str(base_id),
-             "method": "lora", "objective": "sft", "hyperparameters": {**hp, "max_steps": 6, "checkpoint_steps": 3, "max_length": 128}},
+             "method": "lora", "objective": "sft",
+             "hyperparameters": {**hp, "max_steps": 6, "checkpoint_steps": 3, "max_length": 128}},
         )  # fmt: skip
     return base_id, finetune
 
