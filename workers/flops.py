@@ -10,6 +10,7 @@ demonstrably does, not from a number on a box: 100% would mean every step ran at
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,23 +45,31 @@ class Peak:
         return asdict(self)
 
 
-def _cpu_peak(size: int, seconds: float) -> Peak:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
-    torch.mm(a, b, out=out)  # warm-up: the BLAS's thread pool and buffers
+def _fastest(timed: Callable[[], float], seconds: float) -> float:
+    """The shortest of the durations `timed` returns, called for about `seconds` (at least MIN_REPEATS times)."""
     best = math.inf
     repeats = 0
     end = time.perf_counter() + seconds
     while repeats < MIN_REPEATS or time.perf_counter() < end:
+        best = min(best, timed())
+        repeats += 1
+    return best
+
+
+def _cpu_peak(size: int, seconds: float) -> Peak:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    torch.mm(a, b, out=out)  # warm-up: the BLAS's thread pool and buffers
+
+    def once() -> float:
         began = time.perf_counter()
         torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - began)
-        repeats += 1
-    return Peak(2.0 * size**3 / best, "fp32", "cpu", torch.get_num_threads(), size)
+        return time.perf_counter() - began
+
+    return Peak(2.0 * size**3 / _fastest(once, seconds), "fp32", "cpu", torch.get_num_threads(), size)
 
 
-def _cuda_peak(size: int, seconds: float) -> Peak:
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
+def _cuda_matmul_seconds(size: int, dtype: torch.dtype, seconds: float) -> float:
     a = torch.randn(size, size, device="cuda", dtype=dtype)
     b = torch.randn(size, size, device="cuda", dtype=dtype)
     out = torch.empty(size, size, device="cuda", dtype=dtype)
@@ -68,18 +77,21 @@ def _cuda_peak(size: int, seconds: float) -> Peak:
         torch.mm(a, b, out=out)
     torch.cuda.synchronize()
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = math.inf
-    repeats = 0
-    end = time.perf_counter() + seconds
-    while repeats < MIN_REPEATS or time.perf_counter() < end:
+
+    def burst() -> float:
         start.record()
         for _ in range(CUDA_BURST):
             torch.mm(a, b, out=out)
         stop.record()
         stop.synchronize()
-        best = min(best, start.elapsed_time(stop) / 1000 / CUDA_BURST)
-        repeats += 1
-    del a, b, out
+        return start.elapsed_time(stop) / 1000 / CUDA_BURST
+
+    return _fastest(burst, seconds)
+
+
+def _cuda_peak(size: int, seconds: float) -> Peak:
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
+    best = _cuda_matmul_seconds(size, dtype, seconds)  # its operands are freed when it returns
     torch.cuda.empty_cache()  # the next job's memory is its own
     return Peak(
         2.0 * size**3 / best, "bf16" if dtype == torch.bfloat16 else "fp32", "cuda", torch.get_num_threads(), size
