@@ -3,11 +3,12 @@
 A batch padded to its longest example spends most of its compute on padding when lengths vary (Alpaca-style
 data at max_length 256: ~60% real tokens). `PackingCollator` keeps the batch the Trainer drew (the same
 examples, the same loss: a mean over the same supervised tokens) but lays it out in rows of up to max_length
-tokens, several examples per row (first-fit decreasing), with position ids that restart at 0 for each example
-and no attention mask. transformers 5 reads restarting position ids as packed sequences and builds a
-block-diagonal causal mask (sdpa, eager, flex) or varlen spans (FlashAttention-2), so no token attends across
-an example's border; the first label of each example is -100, so no example is trained to predict the next
-one's first token. `packing_preserves_losses` checks that on the loaded model before the first step.
+tokens, several examples per row (as few rows as first-fit decreasing finds, filled evenly), with position ids
+that restart at 0 for each example and no attention mask. transformers 5 reads restarting position ids as
+packed sequences and builds a block-diagonal causal mask (sdpa, eager, flex) or varlen spans (FlashAttention-2),
+so no token attends across an example's border; the first label of each example is -100, so no example is
+trained to predict the next one's first token. `packing_preserves_losses` checks that on the loaded model
+before the first step.
 """
 
 import math
@@ -28,11 +29,13 @@ TOLERANCE = 1e-3
 
 
 def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
-    """Example indices grouped into rows of at most `row_length` tokens, longest first (first-fit decreasing:
-    within 22% of the fewest rows possible, in n log n)."""
+    """Example indices grouped into as few rows of at most `row_length` tokens as first-fit decreasing finds
+    (within 22% of the fewest possible), then spread evenly over that many rows: the batch is as wide as its
+    fullest row, and first fit leaves one row full and the last nearly empty."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     rows: list[list[int]] = []
     room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    for i in order:
         n = lengths[i]
         slot = next((r for r, free in enumerate(room) if free >= n), None)
         if slot is None:  # an example longer than a row (not cut by the recipe) gets a row of its own
@@ -41,6 +44,16 @@ def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
         else:
             rows[slot].append(i)
             room[slot] -= n
+    # Longest first, each to the emptiest row (LPT): kept when its fullest row is narrower and within the length.
+    even: list[list[int]] = [[] for _ in rows]
+    totals = [0] * len(rows)
+    for i in order:
+        r = totals.index(min(totals))
+        even[r].append(i)
+        totals[r] += lengths[i]
+    first_fit_width = max((row_length - free for free in room), default=0)
+    if rows and max(totals) < first_fit_width and max(totals) <= row_length:
+        return even
     return rows
 
 

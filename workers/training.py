@@ -37,6 +37,7 @@ from workers.flops import lookup_weights
 from workers.metrics import Cancelled, Diverged, Guards, JobCallback, OverfitWatch, Paused, ShuttingDown, Watch
 from workers.packing import REAL_TOKENS, PackingCollator, packing_preserves_losses, padding_efficiency
 from workers.ranks import is_main, per_device_batch_size, world_size
+from workers.supervised_logits import supervised_logits_match, supervised_only, worth_it
 from workers.token_meter import TokenMeter
 
 T = TypeVar("T")
@@ -239,6 +240,8 @@ class MeteredTrainer(Trainer):
     final_eval_dataset: Sequence[Example] | None = None
     # How many held-out examples the evaluation being logged read (eval points carry it as eval_examples).
     _evaluated: int | None = None
+    # Logits at the supervised positions only (workers.supervised_logits), where build_trainer found it safe.
+    supervised_logits = False
 
     def __init__(
         self,
@@ -260,6 +263,20 @@ class MeteredTrainer(Trainer):
         # A packed batch has no attention mask: its real-token mask tells the meter what is padding.
         self.meter.count(inputs if real is None else {**inputs, "attention_mask": real})
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        labels = inputs.get("labels")
+        # An evaluation that scores token accuracy needs every position's logits.
+        wants_logits = return_outputs and not self.args.prediction_loss_only
+        if self.supervised_logits and not wants_logits and labels is not None and worth_it(labels):
+            inputs = {**inputs, **supervised_only(labels)}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         # Training and evaluation both pass here before the model: the meter's mask is not the model's input.
@@ -407,6 +424,9 @@ def build_trainer(
         # Token accuracy on the response tokens; the Trainer keeps each batch's argmax, not its logits.
         defaults |= {"compute_metrics": token_accuracy, "preprocess_logits_for_metrics": argmax_logits}
     trainer = metered(trainer_class)(**(defaults | options))
+    # DataParallel (several GPUs, one process) would split the kept targets unlike the batch: not there.
+    if trainer_class is Trainer and trainer.args.n_gpu <= 1:
+        trainer.supervised_logits = supervised_logits(ctx, model, train_set, pad_id)
     # With tqdm disabled the Trainer prints every log dict to stdout; the database already holds them all.
     trainer.remove_callback(PrinterCallback)
     if plan.sampled:
@@ -442,6 +462,18 @@ def collator(ctx: JobContext, model: nn.Module, train_set: Sequence[Example], pa
             f"are real instead of {before:.0%} padded (same examples and loss per step; packing=false turns it off)",
         )
     return PackingCollator(pad_id, row_length=ctx.hp.max_length)
+
+
+def supervised_logits(ctx: JobContext, model: nn.Module, train_set: Sequence[Example], pad_id: int) -> bool:
+    """Whether the head may run at the supervised positions only: rows of next-token labels aligned with the
+    inputs (not behind prompt or prefix tuning's virtual tokens), shapes that stay put for torch.compile, and the
+    model's loss unchanged by it."""
+    if not packs_examples(ctx.kind, ctx.method, ctx.objective) or ctx.hp.torch_compile:
+        return False
+    ok, compared = supervised_logits_match(model, train_set, pad_id)
+    if not ok and is_main():
+        log_event(ctx.job_id, f"logits computed at every position: this model's loss changes without them ({compared})")
+    return ok
 
 
 class FinalEvalOnWholeSet(TrainerCallback):

@@ -134,54 +134,56 @@ def _write_point(job_id: int, step: int) -> None:
         s.add(JobMetric(job_id=job_id, step=step, values={"loss": 2.0, "learning_rate": 1e-4, "grad_norm": 1.0}))
 
 
-def test_bench_metrics_chart(client: TestClient, app_env: dict[str, str]) -> None:
-    backend = "postgres" if "STUDIO_DATABASE_URL" in app_env else "sqlite"
-    owner_id, dataset_id = _owner_and_dataset("owner@example.com")
-    job_id = _job(owner_id, dataset_id)
-    t = time.perf_counter()
-    _seed_points(job_id)
-    seeded = time.perf_counter() - t
-    t = time.perf_counter()
-    with session_scope() as s:
-        metric_rollup.rebuild(s.connection(), job_id)
-    built = time.perf_counter() - t
-    print(f"BENCH seed {POINTS} points ({backend}): {seeded:.1f} s insert, {built:.1f} s rollups from scratch")
+def test_bench_metrics_chart(shared_studio: StudioProcess) -> None:
+    """The chart read is timed against the studio's own API process over HTTP (a browser's view of it), so the
+    figure is that process's work, not this test process's (whose heap, full of the seeding, a garbage
+    collection would walk)."""
+    studio = shared_studio
+    backend = "postgres" if studio.server_mode else "sqlite"
+    with studio.configured():
+        owner_id, dataset_id = _owner_and_dataset(studio.email)
+        job_id = _job(owner_id, dataset_id, status="succeeded")
+        t = time.perf_counter()
+        _seed_points(job_id)
+        seeded = time.perf_counter() - t
+        t = time.perf_counter()
+        with session_scope() as s:
+            metric_rollup.rebuild(s.connection(), job_id)
+        built = time.perf_counter() - t
+        print(f"BENCH seed {POINTS} points ({backend}): {seeded:.1f} s insert, {built:.1f} s rollups from scratch")
+        url = f"/api/jobs/{job_id}/metrics"
+        with studio.client() as client:
+            points = client.get(url).json()
+            for key in ("loss", "learning_rate", "grad_norm", "tokens_seen"):
+                assert sum(key in p["values"] for p in points) <= 2000
+            assert 50.0 in [p["values"].get("loss") for p in points]  # the spike is kept
+            chart = _ms(_timed(lambda: client.get(url).raise_for_status(), 50))
+            page = _ms(_timed(lambda: client.get(url, params={"resolution": "full", "limit": 10_000}), 10))
+        baseline = _ms(_timed(lambda: _old_metrics_read(job_id), 1 if POINTS >= 200_000 else 3))
+        _line(f"metrics chart read, {POINTS} points ({backend})", chart, baseline, "every point, the old read")
+        _line(f"metrics full-resolution page of 10,000 ({backend})", page, baseline, "every point, the old read")
 
-    url = f"/api/jobs/{job_id}/metrics"
-    points = client.get(url).json()
-    for key in ("loss", "learning_rate", "grad_norm", "tokens_seen"):
-        assert sum(key in p["values"] for p in points) <= 2000
-    assert 50.0 in [p["values"].get("loss") for p in points]  # the spike is kept
-    chart_cpu: list[float] = []
-    chart = _ms(_timed(lambda: client.get(url).raise_for_status(), 30, chart_cpu))
-    print(f"BENCH metrics chart read, CPU time of the process ({backend}): {_ms(chart_cpu)}")
-    page = _ms(_timed(lambda: client.get(url, params={"resolution": "full", "limit": 10_000}), 10))
-    baseline = _ms(_timed(lambda: _old_metrics_read(job_id), 1 if POINTS >= 200_000 else 3))
-    _line(f"metrics chart read, {POINTS} points ({backend})", chart, baseline, "every point, the old read")
-    _line(f"metrics full-resolution page of 10,000 ({backend})", page, baseline, "every point, the old read")
-
-    # A point's write keeps the rollups of every level the run needs: against a short run that has none.
-    small = _job(owner_id, dataset_id)
-    plain = _ms(_timed(lambda: _write_point(small, 1), 100))
-    step = iter(range(POINTS + 1, POINTS + 1000))
-    rolled = _ms(_timed(lambda: _write_point(job_id, next(step)), 100))
-    _line(f"metric point write with rollups ({backend})", rolled, plain, "a short run's write, no rollups")
-    _record(
-        f"metrics_{backend}",
-        {
-            "points": POINTS,
-            "chart_points_returned": len(points),
-            "chart_read": chart,
-            "chart_read_cpu": _ms(chart_cpu),
-            "full_page_10000": page,
-            "baseline_every_point": baseline,
-            "write_with_rollups": rolled,
-            "write_without_rollups": plain,
-            "seed_insert_s": round(seeded, 1),
-            "rollup_build_from_scratch_s": round(built, 1),
-        },
-    )
-    assert chart["p95_ms"] < 100
+        # A point's write keeps the rollups of every level the run needs: against a short run that has none.
+        small = _job(owner_id, dataset_id, status="succeeded")
+        plain = _ms(_timed(lambda: _write_point(small, 1), 100))
+        step = iter(range(POINTS + 1, POINTS + 1000))
+        rolled = _ms(_timed(lambda: _write_point(job_id, next(step)), 100))
+        _line(f"metric point write with rollups ({backend})", rolled, plain, "a short run's write, no rollups")
+        _record(
+            f"metrics_{backend}",
+            {
+                "points": POINTS,
+                "chart_points_returned": len(points),
+                "chart_read": chart,
+                "full_page_10000": page,
+                "baseline_every_point": baseline,
+                "write_with_rollups": rolled,
+                "write_without_rollups": plain,
+                "seed_insert_s": round(seeded, 1),
+                "rollup_build_from_scratch_s": round(built, 1),
+            },
+        )
+        assert chart["p95_ms"] < 100
 
 
 def _old_jobs_list(email: str) -> None:
