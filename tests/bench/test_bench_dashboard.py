@@ -276,7 +276,8 @@ async def _measure_sse(
     studio: StudioProcess, job_id: int, clients: int, points: int, writes: list[float]
 ) -> list[float]:
     latencies: list[float] = []
-    connected, ready, start = asyncio.Event(), [], threading.Event()
+    connected, start = asyncio.Event(), threading.Event()
+    ready: list[int] = []
     tasks = [
         asyncio.create_task(_dashboard(studio, job_id, latencies, connected, ready, clients)) for _ in range(clients)
     ]

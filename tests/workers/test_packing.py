@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from backend.db import JobEvent, JobMetric, session_scope
 from backend.job.schemas import Hyperparameters
 from tests.workers.support import Pretrained, Seed, sft_job
+from workers import training
 from workers.context import JobContext
 from workers.data import PadCollator
 from workers.examples import IGNORE_INDEX, Example, build_sft_examples, load_tokenizer
@@ -24,6 +25,7 @@ from workers.packing import (
     packing_preserves_losses,
     per_example_losses,
 )
+from workers.supervised_logits import supervised_logits_match, supervised_only
 from workers.tasks import run_job
 from workers.training import DEFAULT_EVALS, MIN_EVAL_SAMPLE, eval_plan
 
@@ -89,17 +91,48 @@ def test_packed_and_padded_batches_give_the_same_losses_and_gradients(adapter: b
     alone = per_example_losses(model, padded, owners_of(padded, 0))
     together = per_example_losses(model, packed, owners_of(packed, 0))
     assert together == pytest.approx([alone[i] for i in order], abs=1e-5)
-    # The batch's loss (a mean over the same supervised tokens) and so every gradient are the same.
+    # The batch's loss (a mean over the same supervised tokens) and so every gradient are the same, with logits
+    # at every position or at the supervised ones only (workers.supervised_logits).
     grads = []
     for batch in (padded, packed):
-        model.zero_grad()
-        inputs = {k: v for k, v in batch.items() if k != REAL_TOKENS}
-        loss = model(**inputs, use_cache=False).loss
-        loss.backward()
-        grads.append((loss.item(), [torch.clone(p.grad) for p in model.parameters() if p.grad is not None]))
-    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
-    for a, b in zip(grads[0][1], grads[1][1], strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        for head in ({}, supervised_only(batch["labels"])):
+            model.zero_grad()
+            inputs = {k: v for k, v in batch.items() if k != REAL_TOKENS}
+            out = model(**inputs, **head, use_cache=False)
+            out.loss.backward()
+            grads.append((out.loss.item(), [torch.clone(p.grad) for p in model.parameters() if p.grad is not None]))
+            assert out.logits.shape[:-1] == (int(head["logits_to_keep"].sum()),) if head else batch["labels"].shape
+    for loss, grad in grads[1:]:
+        assert loss == pytest.approx(grads[0][0], abs=1e-5)
+        for a, b in zip(grads[0][1], grad, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+class SlicesItsOwnWay(nn.Module):
+    """A model whose forward picks logits by the older convention (`hidden[:, logits_to_keep]`)."""
+
+    def __init__(self, inner: LlamaForCausalLM) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, logits_to_keep: Any = 0, shift_labels: Any = None, **kwargs: Any) -> Any:
+        if isinstance(logits_to_keep, torch.Tensor):
+            logits_to_keep = int(logits_to_keep.sum())  # read as "the last n positions"
+        return self.inner(**kwargs, logits_to_keep=logits_to_keep, shift_labels=shift_labels)
+
+
+def test_logits_at_supervised_positions_only_are_checked_on_the_model() -> None:
+    model = tiny_llama()
+    batch = examples([20, 15, 12], supervised_from=6)
+    ok, compared = supervised_logits_match(model, batch, pad_token_id=0)
+    assert ok and "gap" in compared
+    ok, compared = supervised_logits_match(SlicesItsOwnWay(model), batch, pad_token_id=0)
+    assert not ok
+    # Pretraining rows supervise every position: nothing to skip, nothing to check.
+    assert supervised_logits_match(model, examples([20, 15], supervised_from=0), pad_token_id=0) == (
+        True,
+        "no example masks any label",
+    )
 
 
 class IgnoresPositions(nn.Module):
@@ -144,11 +177,25 @@ def test_a_short_run_with_a_large_held_out_set_evaluates_less() -> None:
     assert whole.sample == 60 and whole.every == 40
 
 
-def test_a_packed_run_trains_like_a_padded_one(seed: Seed, pretrained: Pretrained) -> None:
+def test_a_packed_run_trains_like_a_padded_one(
+    seed: Seed, pretrained: Pretrained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The packed run computes logits at supervised positions only; the padded one, as a plain Trainer, at all.
+    heads: list[torch.Tensor] = []
+    kept = training.supervised_only
+
+    def counted(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        heads.append(labels)
+        return kept(labels)
+
+    monkeypatch.setattr(training, "supervised_only", counted)
     runs = {}
     for packing in (True, False):
         job_id = sft_job(seed, pretrained, "lora", hyperparameters={**HP, "packing": packing, "eval_max_examples": 3})
         assert run_job(job_id) == "succeeded"
+        if packing:
+            assert heads, "the packed run computed logits at every position"
+            monkeypatch.setattr(training, "supervised_logits", lambda *args: False)
         with session_scope() as s:
             points = [m.values for m in s.scalars(select(JobMetric).where(JobMetric.job_id == job_id))]
             events = [e.message for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
