@@ -18,7 +18,7 @@ COPY workers ./workers
 COPY migrations ./migrations
 COPY frontend ./frontend
 # Editable, at the same /app path in the runtime stage: the app finds frontend/ and migrations/ beside backend/.
-RUN pip install --no-deps -e . && python -c "import backend.main"
+RUN pip install --no-deps -e . && STUDIO_DATA_DIR=/tmp/studio-build python -c "import backend.main"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \

@@ -27,7 +27,8 @@ COPY backend ./backend
 COPY workers ./workers
 COPY migrations ./migrations
 COPY frontend ./frontend
-RUN pip install --no-deps -e . && python -c "import workers.main"
+# The import check reads the settings, which create the data directory: keep it out of /app.
+RUN pip install --no-deps -e . && STUDIO_DATA_DIR=/tmp/studio-build python -c "import workers.main"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG TORCH_VARIANT=cuda
@@ -35,6 +36,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \
     STUDIO_DATA_DIR=/data HF_HOME=/home/studio/.cache/huggingface \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 LABEL org.opencontainers.image.description="Fine-Tuning Studio worker (torch ${TORCH_VARIANT})"
+# torch.compile (a job's torch_compile setting) compiles at run time: Triton builds its CUDA launcher with a C
+# compiler, and Inductor's CPU kernels need g++.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 studio \
     && useradd --system --uid 10001 --gid studio --create-home --home-dir /home/studio studio \
     && mkdir -p /data && chown studio:studio /data
