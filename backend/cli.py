@@ -54,10 +54,17 @@ def ensure_admin() -> str | None:
 
 def _serve(host: str, port: int) -> None:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     # uvicorn rewrites the client address and scheme from X-Forwarded-* for loopback peers by default: only the
     # one setting (STUDIO_TRUST_PROXY) may make the app believe those headers.
-    trust = get_settings().trust_proxy
+    settings = get_settings()
+    trust = settings.trust_proxy
+    json_logs = settings.log_format == "json"
+    if json_logs:
+        from backend.observability.logs import configure
+
+        configure()
     uvicorn.run(
         "backend.main:create_app",
         factory=True,
@@ -66,6 +73,8 @@ def _serve(host: str, port: int) -> None:
         log_level="info",
         proxy_headers=trust,
         forwarded_allow_ips="*" if trust else None,
+        # JSON: uvicorn's loggers keep no handlers of their own and reach the root's JSON handler.
+        log_config=None if json_logs else LOGGING_CONFIG,
     )
 
 
@@ -78,6 +87,7 @@ def worker_command(name: str | None = None, *, analysis: bool = False) -> list[s
         sys.executable, "-m", "celery", "-A", "workers.main", "worker",
         "-Q", queue, "--concurrency", "1", "--prefetch-multiplier", "1",
         "-n", name, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        *(["--quiet"] if get_settings().log_format == "json" else []),  # JSON lines only: no banner
     ]  # fmt: skip
 
 
@@ -113,6 +123,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         subprocess.Popen(
             worker_command(args.worker_name and f"{args.worker_name}-analysis", analysis=True),
             start_new_session=True,
+            env=_analysis_worker_env(settings.worker_metrics_port),
         ),
     ]
     shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
@@ -128,6 +139,13 @@ def cmd_up(args: argparse.Namespace) -> None:
         print("  stopping the workers (a running job checkpoints and goes back to the queue)...", flush=True)
         # The workers' own grace to checkpoint, plus the time to save it and exit.
         stop_process_groups(workers, grace_seconds=settings.shutdown_grace_seconds + 15)
+
+
+def _analysis_worker_env(metrics_port: int) -> dict[str, str] | None:
+    """The analysis worker serves its metrics on the port after the training worker's (both on one machine)."""
+    if not metrics_port:
+        return None
+    return {**os.environ, "STUDIO_WORKER_METRICS_PORT": str(metrics_port + 1)}
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

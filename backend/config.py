@@ -3,6 +3,7 @@
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,6 +96,22 @@ class Settings(BaseSettings):
         description="Believe X-Forwarded-Proto, X-Forwarded-Host and X-Forwarded-For: turn on only behind a "
         "reverse proxy that sets them (and strips what clients send). The app's own origin (CSRF check), Secure "
         "cookies and the client address (login throttling) then come from them instead of the connection.",
+    )
+
+    metrics_token: str = Field(
+        "",
+        description="Bearer token Prometheus sends to scrape the API's /metrics (Authorization: Bearer ...). Empty: "
+        "/metrics answers only direct requests from this machine (loopback, no X-Forwarded-For).",
+    )
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of a worker's own /metrics (Prometheus); 0 means none. `studio up` gives its analysis "
+        "worker the next port.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: the usual human lines; json: one JSON object per line (with job_id in a job)."
     )
 
     @model_validator(mode="after")

@@ -38,6 +38,8 @@ from backend.method import pages as method_pages
 from backend.method import router as method_router
 from backend.model import pages as model_pages
 from backend.model import router as model_router
+from backend.observability import router as metrics_router
+from backend.observability.metrics import count_expiries
 from backend.playground import pages as playground_pages
 from backend.playground import router as playground_router
 from backend.security import docs as security_docs
@@ -57,6 +59,7 @@ async def _reaper() -> None:
     while True:
         try:
             swept = await to_thread.run_sync(sweep)
+            count_expiries(swept.requeued, swept.ended)
             if swept:
                 log.warning("recovered background work: %s", swept)
         except Exception as exc:
@@ -181,6 +184,7 @@ def create_app() -> FastAPI:
         worker_router,
         playground_router,
         export_router,
+        metrics_router,
     )
     for module in routers:
         app.include_router(module.router)

@@ -4,6 +4,8 @@ import logging
 from typing import Any
 
 from celery.signals import (
+    setup_logging,
+    task_postrun,
     task_prerun,
     worker_process_init,
     worker_process_shutdown,
@@ -12,9 +14,11 @@ from celery.signals import (
     worker_shutting_down,
 )
 
+from backend.config import get_settings
 from backend.db.base import reset_engine
+from backend.observability import logs
 from backend.queue import celery_app
-from workers import registry, shutdown
+from workers import observability, registry, shutdown
 
 log = logging.getLogger(__name__)
 app = celery_app()
@@ -38,6 +42,29 @@ def _fresh_engine(sender: str | None = None, **_: object) -> None:
     under the Celery node name (`sender`), as the process that runs the tasks and owns the device."""
     reset_engine()
     registry.start(name=str(sender), queue=_queues())
+    port = get_settings().worker_metrics_port
+    if port:
+        observability.serve(port)
+
+
+def _json_logging(loglevel: int | None = None, **_: object) -> None:
+    """Celery leaves its own logging set-up alone when this answers: the root logger writes JSON lines, with the
+    running job's id (its loggers propagate there)."""
+    logs.configure(loglevel or logging.INFO)
+
+
+if get_settings().log_format == "json":  # else Celery's own human lines, as always
+    setup_logging.connect(_json_logging)
+
+
+@task_prerun.connect
+def _task_started(task_id: str = "", **_: object) -> None:
+    observability.task_started(task_id)
+
+
+@task_postrun.connect
+def _task_finished(task_id: str = "", task: Any = None, **_: object) -> None:
+    observability.task_finished(task_id, str(getattr(task, "name", "unknown")))
 
 
 @task_prerun.connect

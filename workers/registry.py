@@ -23,6 +23,7 @@ from backend.db import Worker, session_scope
 from backend.events import publish_worker
 from backend.job.lifecycle import db_now
 from backend.queue import QUEUE
+from workers import observability
 from workers.flops import device_peak
 from workers.ranks import data_parallel_processes
 from workers.training import device_description, use_bf16
@@ -143,6 +144,7 @@ def _beat() -> None:
     while not _State.stop.wait(get_settings().heartbeat_seconds):
         try:
             touch()
+            observability.HEARTBEATS.inc()
         except Exception as exc:  # a missed beat is retried; liveness allows a lease's worth of them
             log.warning("worker registry beat failed: %s", exc)
 

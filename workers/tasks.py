@@ -8,13 +8,14 @@ from celery import shared_task
 
 from backend.job.checkpoints import latest_checkpoint
 from backend.job.lifecycle import claim_job, finish_job, give_back_job, log_event, update_job
+from backend.observability.logs import job_logging
 from backend.queue import RUN_JOB
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import JOB
 from backend.work.lease import Lease, LeaseLost
 from backend.work.retry import outbox
 from backend.work.send import send
-from workers import registry, shutdown
+from workers import observability, registry, shutdown
 from workers.claims import take
 from workers.context import JobContext, load_context
 from workers.distributed import RankFailed, run_data_parallel
@@ -81,13 +82,20 @@ def run_job(job_id: int) -> str:
 
     Never raises for a training error: the job is marked failed and the worker goes on to the next task.
     """
+    with job_logging(job_id):  # every line logged while the job runs carries its id (STUDIO_LOG_FORMAT=json)
+        outcome = _claim_and_run(job_id)
+    observability.job_ended(outcome)
+    return outcome
+
+
+def _claim_and_run(job_id: int) -> str:
     won = take(JOB, job_id, claim_job)
     if won is None:
         return "skipped"
     registry.set_current_job(job_id)
     _training.append(job_id)
     try:
-        with heartbeat(won) as lease_gone:
+        with heartbeat(won) as lease_gone, observability.training(job_id):
             return _run(won, lease_gone)
     finally:
         _training.clear()
@@ -114,10 +122,12 @@ def _run(won: Lease, lease_gone: threading.Event) -> str:
     except ShuttingDown as exc:
         return give_back(job_id, str(exc))
     except Diverged as exc:
+        observability.FAILURES.labels(kind="diverged").inc()
         finish_job(job_id, "failed", error=str(exc), message=f"failed: diverged: {exc}")
         return "failed"
     except PreflightFailed as exc:
         # The data, not the code: the reasons are already in the events log, no traceback helps.
+        observability.FAILURES.labels(kind="preflight").inc()
         finish_job(job_id, "failed", error=str(exc), message="failed before the first step: the pre-flight check")
         return "failed"
     except Exception as exc:
@@ -128,6 +138,7 @@ def _run(won: Lease, lease_gone: threading.Event) -> str:
             return give_back(job_id, f"worker {won.worker} shutting down")
         log.exception("job %s failed", job_id)
         error_type, tail = failure(exc)
+        observability.FAILURES.labels(kind=error_type).inc()
         log_event(job_id, tail.rstrip(), "error")
         finish_job(job_id, "failed", error=str(exc), message=f"failed: {error_type}: {exc}")
         return "failed"
