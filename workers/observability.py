@@ -47,7 +47,13 @@ class TrainingCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         with self.lock:  # a run that ends meanwhile moves its steps to done_steps: never counted twice or dropped
             job_id, done = self.job_id, self.done_steps
-            step, trained, rate = live_steps(job_id)
+            try:
+                step, trained, rate = live_steps(job_id)
+            except Exception as exc:
+                # Left out rather than reported low (a counter that fell would read as a restart); the counters
+                # kept in this process still answer.
+                log.warning("worker metrics: the database could not be read: %s", exc)
+                return
         yield CounterMetricFamily("studio_worker_steps", "Optimizer steps this worker trained.", value=done + trained)
         current = GaugeMetricFamily("studio_worker_job_step", "Step of the job this worker trains.", labels=["job_id"])
         if job_id is not None:

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from backend.db import Job, session_scope
 from backend.observability.logs import handler
 from backend.queue import ANALYSIS_QUEUE
-from tests.support import free_port
+from tests.support import free_port, reset_process_state
 from tests.workers.support import Seed, create_job, get_job
 from workers import observability, registry
 from workers.tasks import run_job
@@ -135,3 +135,21 @@ def test_heartbeats_are_counted(port: int, monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         registry.stop()
     assert total(scrape(port), "studio_worker_heartbeats_total") >= before + 3
+
+
+def test_a_database_outage_leaves_the_jobs_figures_out_not_low(
+    seed: Seed, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = create_job(seed, kind="pretrain", architecture="tiny")
+    with observability.training(job_id):
+        assert scrape(port)[("studio_worker_job_step", (("job_id", str(job_id)),))] == 0  # read: not started yet
+        monkeypatch.setenv("STUDIO_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:9/nowhere")
+        reset_process_state()
+        try:
+            during = scrape(port)
+        finally:
+            monkeypatch.undo()
+            reset_process_state()
+    names = {name for name, _ in during}
+    assert "studio_worker_heartbeats_total" in names  # what this process counts itself still answers
+    assert not names & {"studio_worker_steps_total", "studio_worker_job_step", "studio_worker_tokens_per_second"}
