@@ -143,6 +143,17 @@ def test_scrape_reports_jobs_failures_durations_and_throughput(scrape: Scrape) -
     assert value(now, "studio_tokens_per_second") == 1234.5
 
 
+def test_an_unreachable_database_is_reported_not_a_failed_scrape(
+    scrape: Scrape, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STUDIO_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:9/nowhere")
+    samples = scrape()
+    assert value(samples, "studio_up", source="database") == 0
+    assert value(samples, "studio_up", source="broker") == 1  # the other source's families still arrive
+    assert value(samples, "studio_queue_depth", queue=QUEUE) == 0
+    assert not any(s.name == "studio_jobs" for s in samples)  # left out, never reported as zero jobs
+
+
 def test_queue_depth_counts_what_waits_in_the_broker(scrape: Scrape) -> None:
     """Embedded: kombu's SQLite tables; server mode: the Redis lists (no worker consumes them here)."""
     owner = _owner()
