@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How long a worker waits for the Hub to answer before a hub import fails."
     )
     worker_name: str = ""
+    max_running_jobs_per_user: int = Field(
+        0,
+        ge=0,
+        description="Training jobs one user may have running at once; more wait queued (0: no limit).",
+    )
     data_parallel_processes: int = Field(
         0,
         ge=0,
@@ -101,7 +106,7 @@ class Settings(BaseSettings):
     metrics_token: str = Field(
         "",
         description="Bearer token Prometheus sends to scrape the API's /metrics (Authorization: Bearer ...). Empty: "
-        "/metrics answers only direct requests from this machine (loopback, no X-Forwarded-For).",
+        "/metrics is closed.",
     )
     worker_metrics_port: int = Field(
         0,
@@ -109,6 +114,11 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of a worker's own /metrics (Prometheus); 0 means none. `studio up` gives its analysis "
         "worker the next port.",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address a worker's /metrics listens on: this machine only by default (it has no token); "
+        "0.0.0.0 on a private network Prometheus scrapes from.",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="text: the usual human lines; json: one JSON object per line (with job_id in a job)."

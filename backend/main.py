@@ -81,6 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     yield
+    gc.unfreeze()  # a process that starts several apps (the tests) must let each one's garbage go
     reaper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reaper

@@ -55,6 +55,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# What the studios the tests start take as their /metrics bearer token.
+METRICS_TOKEN = "test-metrics-token"
+
+
 class StudioProcess:
     """The studio as a user runs it. Embedded: `studio up`. Server: `studio api` + `studio worker`."""
 
@@ -71,6 +75,7 @@ class StudioProcess:
             "STUDIO_LEASE_SECONDS": "10",
             "STUDIO_HEARTBEAT_SECONDS": "1",
             "STUDIO_REAP_INTERVAL_SECONDS": "1",
+            "STUDIO_METRICS_TOKEN": METRICS_TOKEN,
             "PYTHONUNBUFFERED": "1",
         }
         self.backend_env = dict(env)

@@ -4,6 +4,7 @@ import logging
 from typing import Any
 
 from celery.signals import (
+    celeryd_after_setup,
     setup_logging,
     task_postrun,
     task_prerun,
@@ -17,7 +18,7 @@ from celery.signals import (
 from backend.config import get_settings
 from backend.db.base import reset_engine
 from backend.observability import logs
-from backend.queue import celery_app
+from backend.queue import QUEUE, WORKER_QUEUE_PREFIX, celery_app, worker_queue
 from workers import observability, registry, shutdown
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,24 @@ import workers.tasks  # noqa: E402, F401
 
 
 def _queues() -> str:
-    """The queues this worker consumes (-Q), e.g. "studio" for training, "studio.analysis" for analysis."""
-    return ",".join(sorted(app.amqp.queues.consume_from or ())) or str(app.conf.task_default_queue)
+    """The queues this worker was started on (-Q), e.g. "studio" for training, "studio.analysis" for analysis:
+    its own queue (`studio.worker.<name>`) is recorded as "studio", the role the API lists workers by."""
+    names = app.amqp.queues.consume_from or ()
+    roles = {QUEUE if name.startswith(WORKER_QUEUE_PREFIX) else name for name in names}
+    return ",".join(sorted(roles)) or str(app.conf.task_default_queue)
+
+
+@celeryd_after_setup.connect
+def _own_queue(sender: str, instance: Any, **_: object) -> None:
+    """A training worker (-Q studio) consumes a queue of its own instead of the shared one: the API places each
+    job on a worker it fits (backend/work/placement.py) and sends it there. Nothing is lost by not consuming
+    "studio": the database, not the broker, says which jobs wait, and placement sends them again."""
+    queues = instance.app.amqp.queues
+    if QUEUE in (queues.consume_from or ()):
+        # Looked up by name first, so it is declared as the API's send_task declares it (an exchange of its own
+        # name): a plain select_add(name) would bind it to the default exchange, where no message arrives.
+        queues.select_add(queues[worker_queue(sender)])
+        queues.deselect(QUEUE)
 
 
 @worker_process_init.connect
@@ -44,7 +61,7 @@ def _fresh_engine(sender: str | None = None, **_: object) -> None:
     registry.start(name=str(sender), queue=_queues())
     port = get_settings().worker_metrics_port
     if port:
-        observability.serve(port)
+        observability.serve(port, get_settings().worker_metrics_host)
 
 
 def _json_logging(loglevel: int | None = None, **_: object) -> None:

@@ -83,18 +83,18 @@ class _State:
     started: dict[str, float] = {}  # Celery task id -> when it started
 
 
-def serve(port: int) -> bool:
-    """Serve this process's metrics on `port`, on every interface (Prometheus scrapes from another machine); False
-    when the port is taken: a worker without metrics still trains."""
+def serve(port: int, host: str = "127.0.0.1") -> bool:
+    """Serve this process's metrics on `host`:`port` (no token guards them: a private address only); False when
+    the port is taken: a worker without metrics still trains."""
     if not _State.registered:
         REGISTRY.register(COLLECTOR)
         _State.registered = True
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:
-        log.warning("worker metrics: cannot listen on port %s (%s); serving none", port, exc)
+        log.warning("worker metrics: cannot listen on %s:%s (%s); serving none", host, port, exc)
         return False
-    log.info("worker metrics on port %s", port)
+    log.info("worker metrics on %s:%s", host, port)
     return True
 
 

@@ -18,8 +18,8 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, Float, and_, case, func, select
 from sqlalchemy.orm import Session
 
-from backend.db import DatasetAnalysis, Export, Job, JobMetric, session_scope
-from backend.queue import ANALYSIS_QUEUE, QUEUE, celery_app
+from backend.db import DatasetAnalysis, Export, Job, JobMetric, Worker, session_scope
+from backend.queue import ANALYSIS_QUEUE, QUEUE, celery_app, worker_queue
 from backend.work.kinds import KINDS
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,26 @@ def tokens_per_second(session: Session) -> Iterator[GaugeMetricFamily]:
     yield GaugeMetricFamily("studio_tokens_per_second", "Training throughput of all running jobs together.", total)
 
 
+def worker_queues() -> list[str]:
+    """The own queue of each registered training worker (placement sends jobs there); none when the database
+    cannot be read (its own `studio_up` says so)."""
+    try:
+        with session_scope() as s:
+            return [worker_queue(name) for name in s.scalars(select(Worker.name).where(Worker.queue == QUEUE))]
+    except Exception:
+        return []
+
+
 def queue_depths() -> dict[str, int]:
-    """Messages waiting in each broker queue (Redis lists in server mode, kombu's SQLite tables when embedded)."""
+    """Messages waiting in each broker queue (Redis lists in server mode, kombu's SQLite tables when embedded):
+    the shared ones and each training worker's own."""
     depths: dict[str, int] = {}
+    queues = [QUEUE, ANALYSIS_QUEUE, *worker_queues()]
     with celery_app().connection_for_read() as conn:
-        conn.ensure_connection(max_retries=1)  # a broker that is down fails this scrape's depths, at once
+        conn.ensure_connection(max_retries=0)  # a broker that is down fails this scrape's depths after one try
         channel = conn.channel()
         try:
-            for queue in (QUEUE, ANALYSIS_QUEUE):
+            for queue in queues:
                 try:
                     depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
                 except ChannelError:  # Redis drops an emptied queue's key: nothing waits

@@ -23,11 +23,12 @@ from starlette.requests import Request
 from backend.db import DatasetAnalysis, Export, Job, JobMetric, User, session_scope, utcnow
 from backend.observability.logs import handler, job_logging
 from backend.observability.router import may_scrape
-from backend.queue import ANALYSIS_QUEUE, QUEUE
+from backend.queue import ANALYSIS_QUEUE, QUEUE, worker_queue
 from backend.work.kinds import JOB
 from backend.work.send import send
+from tests.api.live_workers import register_worker
 from tests.api.test_metrics_scale import _dataset
-from tests.support import STUDIO, StudioProcess, free_port
+from tests.support import METRICS_TOKEN, STUDIO, StudioProcess, free_port
 
 TOKEN = "scrape-secret-0123456789"
 Scrape = Callable[[], list[Sample]]
@@ -155,13 +156,18 @@ def test_an_unreachable_database_is_reported_not_a_failed_scrape(
 
 
 def test_queue_depth_counts_what_waits_in_the_broker(scrape: Scrape) -> None:
-    """Embedded: kombu's SQLite tables; server mode: the Redis lists (no worker consumes them here)."""
+    """Embedded: kombu's SQLite tables; server mode: the Redis lists (no worker consumes them here). Each job is
+    placed on a free registered training worker and waits in that worker's own queue."""
     owner = _owner()
     dataset = _dataset(owner)
+    names = [f"w-depth-{i}" for i in range(3)]
+    for name in names:
+        register_worker(QUEUE, name=name)
     for _ in range(3):
         assert send(JOB, _job(owner, dataset, "queued"))
     samples = scrape()
-    assert value(samples, "studio_queue_depth", queue=QUEUE) == 3
+    assert [value(samples, "studio_queue_depth", queue=worker_queue(name)) for name in names] == [1, 1, 1]
+    assert value(samples, "studio_queue_depth", queue=QUEUE) == 0
     assert value(samples, "studio_queue_depth", queue=ANALYSIS_QUEUE) == 0
 
 
@@ -203,15 +209,14 @@ def _request(host: str, headers: dict[str, str] | None = None) -> Request:
 
 
 def test_who_may_scrape(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    # No token set: this machine only, and never through a proxy (which would make every visitor local).
-    assert may_scrape(_request("127.0.0.1")) and may_scrape(_request("::1"))
-    assert not may_scrape(_request("10.0.0.7"))
-    assert not may_scrape(_request("127.0.0.1", {"X-Forwarded-For": "203.0.113.9"}))
-    refused = client.get("/metrics")  # the test client is no loopback peer; a user's session is no scrape token
+    # No token set: closed to everyone, this machine included (a proxy on the host would make every visitor local).
+    monkeypatch.delenv("STUDIO_METRICS_TOKEN", raising=False)
+    assert not may_scrape(_request("127.0.0.1")) and not may_scrape(_request("::1"))
+    refused = client.get("/metrics")  # a user's session is no scrape token
     assert refused.status_code == 403 and "STUDIO_METRICS_TOKEN" in refused.text
 
     monkeypatch.setenv("STUDIO_METRICS_TOKEN", TOKEN)
-    assert not may_scrape(_request("127.0.0.1"))  # a token, once set, is the only way in
+    assert not may_scrape(_request("127.0.0.1"))  # the token is the only way in
     assert may_scrape(_request("10.0.0.7", {"Authorization": f"Bearer {TOKEN}"}))
     wrong = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}x"})
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
@@ -250,8 +255,9 @@ def server(server_studio: StudioProcess) -> Iterator[StudioProcess]:
 
 
 def test_a_server_mode_api_reports_its_redis_queues(server: StudioProcess) -> None:
-    """`studio api` on PostgreSQL + Redis, scraped over HTTP from this machine (no token needed)."""
-    res = httpx.get(f"{server.url}/metrics", timeout=10)
+    """`studio api` on PostgreSQL + Redis, scraped over HTTP as Prometheus would."""
+    assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 401  # without the token, no metrics
+    res = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
     assert res.status_code == 200, res.text
     samples = parse(res.text)
     assert value(samples, "studio_up", source="broker") == 1 and value(samples, "studio_up", source="database") == 1

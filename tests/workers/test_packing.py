@@ -63,6 +63,10 @@ def test_rows_hold_every_example_once_within_the_row_length() -> None:
     assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
     assert len(rows) < len(lengths)  # fewer rows than a padded batch
     assert pack_rows([80, 3], 64) == [[0], [1]]  # a longer example still gets a row of its own
+    # First fit fills a row to 48 and leaves the last nearly empty; spread over as many rows, none passes 40.
+    lengths = [30, 7, 12, 25, 3, 18, 9, 40]
+    rows = pack_rows(lengths, 48)
+    assert len(rows) == 4 and max(sum(lengths[i] for i in row) for row in rows) == 40
 
 
 def test_packed_rows_restart_positions_and_never_predict_across_examples() -> None:
@@ -101,7 +105,8 @@ def test_packed_and_padded_batches_give_the_same_losses_and_gradients(adapter: b
             out = model(**inputs, **head, use_cache=False)
             out.loss.backward()
             grads.append((out.loss.item(), [torch.clone(p.grad) for p in model.parameters() if p.grad is not None]))
-            assert out.logits.shape[:-1] == (int(head["logits_to_keep"].sum()),) if head else batch["labels"].shape
+            positions = (int(head["logits_to_keep"].sum()),) if head else batch["labels"].shape
+            assert out.logits.shape[:-1] == positions
     for loss, grad in grads[1:]:
         assert loss == pytest.approx(grads[0][0], abs=1e-5)
         for a, b in zip(grads[0][1], grad, strict=True):
