@@ -50,7 +50,8 @@ COPY docker/worker_healthcheck.py /app/docker/worker_healthcheck.py
 WORKDIR /app
 USER studio
 VOLUME ["/data"]
-# The Celery worker is PID 1 (`studio worker` execs it): if it dies the container stops. The check adds what a
+# The Celery worker is the container's main process (`studio worker` execs it; under an init such as compose's
+# `init: true`, its only child): if it dies the container stops. The check adds what a
 # live process can still lack: the broker and the database it takes work from and reports to.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "/app/docker/worker_healthcheck.py"]
