@@ -15,6 +15,14 @@ QUEUE = "studio"
 # Short tasks (token statistics, dry-run renders, hygiene) get their own queue and worker process, so they
 # never wait behind an hours-long training job.
 ANALYSIS_QUEUE = "studio.analysis"
+# Training jobs go to one worker's own queue, chosen by placement (backend/work/placement.py); a training worker
+# started with `-Q studio` consumes `studio.worker.<its node name>` instead (workers/main.py).
+WORKER_QUEUE_PREFIX = "studio.worker."
+
+
+def worker_queue(name: str) -> str:
+    """The queue only training worker `name` (its Celery node name) consumes."""
+    return WORKER_QUEUE_PREFIX + name
 
 
 def make_celery() -> Celery:

@@ -3,6 +3,9 @@
 import logging
 from collections.abc import Callable
 
+from backend.db import session_scope
+from backend.events import publish
+from backend.work import placement
 from backend.work.lease import Kind, Lease
 from backend.work.reaper import reclaim_own
 from backend.work.send import send
@@ -15,12 +18,29 @@ def take(kind: Kind, row_id: int, claim: Callable[[int, str], Lease | None]) -> 
     """This worker's lease on queued work, claimed with `claim(row_id, worker)`; None when another delivery has
     it (Celery may deliver a task twice), it has ended, or this worker is shutting down (the task is sent on to
     the next worker), and the task has nothing to do."""
-    if shutdown.requested():
-        send(kind, row_id)
-        return None
     worker = registry.worker_name()
+    if shutdown.requested():
+        send(kind, row_id, avoid=worker)
+        return None
     reclaim_own(kind, row_id, worker)
+    if kind.placed and _turned_away(kind, row_id, worker):
+        return None
     won = claim(row_id, worker)
     if won is None:
         log.info("%s %s is not waiting (claimed by another delivery, or ended); skipping", kind.name, row_id)
     return won
+
+
+def _turned_away(kind: Kind, row_id: int, worker: str) -> bool:
+    """A job routed here that this worker must not run (it fits no more: the routing is stale, or its owner hit
+    the per-user limit meanwhile) stays queued, not failed, and is placed again elsewhere or later."""
+    with session_scope() as s:
+        reason = placement.refusal(s, row_id, worker)
+        if reason is not None:
+            placement.turn_away(s, row_id, worker, reason)
+    if reason is None:
+        return False
+    log.info("%s %s not taken by %s: %s", kind.name, row_id, worker, reason)
+    publish(row_id)
+    send(kind, row_id, avoid=worker)
+    return True

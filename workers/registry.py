@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import platform
+import shutil
 import threading
 from typing import Any
 
@@ -23,6 +24,7 @@ from backend.db import Worker, session_scope
 from backend.events import publish_worker
 from backend.job.lifecycle import db_now
 from backend.queue import QUEUE
+from backend.work.send import place
 from workers import observability
 from workers.flops import device_peak
 from workers.ranks import data_parallel_processes
@@ -52,6 +54,23 @@ def ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def disk_free_bytes() -> int | None:
+    """Free bytes on the data folder's disk (None when it cannot be read): checkpoints and artifacts land there,
+    so an operator sees a machine running short (placement does not judge it: no job estimates its disk yet)."""
+    try:
+        return shutil.disk_usage(get_settings().data_dir).free
+    except OSError:
+        return None
+
+
+def compute_capability() -> str | None:
+    """The first GPU's CUDA compute capability, e.g. "8.0" (bf16 and fast kernels start at 8.0), None without."""
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"{major}.{minor}"
+
+
 def describe(queue: str = "") -> dict[str, Any]:
     """The columns that say what this machine can train with: device, precision, memory, libraries, and for a
     training worker (one consuming `queue` studio) the peak matmul throughput its jobs' MFU is measured against."""
@@ -73,7 +92,7 @@ def describe(queue: str = "") -> dict[str, Any]:
         "python": platform.python_version(),
         "pid": os.getpid(),
     }
-    if QUEUE in queue.split(","):
+    if training(queue):
         # Measured here, in the pool child that trains, with its threads and device (a second or two, in the
         # registry's thread); an analysis worker trains nothing and keeps its cores for its own work.
         details["peak_matmul"] = device_peak().details()
@@ -83,6 +102,8 @@ def describe(queue: str = "") -> dict[str, Any]:
         "bf16": use_bf16(),
         # What a model must fit in: the first GPU's memory, or RAM on a CPU worker.
         "device_memory_bytes": gpus[0].total_memory if gpus else ram_bytes(),
+        "disk_free_bytes": disk_free_bytes(),
+        "compute_capability": compute_capability(),
         "details": details,
     }
 
@@ -103,6 +124,13 @@ def register(name: str, queue: str) -> None:
             )
         )
     publish_worker(name)
+    if training(queue):
+        place()  # jobs that waited for a worker like this one start now, not at the next sweep
+
+
+def training(queue: str) -> bool:
+    """Whether a worker consuming `queue` (comma-separated) trains: jobs are placed on it."""
+    return QUEUE in queue.split(",")
 
 
 def touch(**values: Any) -> None:
@@ -114,7 +142,7 @@ def touch(**values: Any) -> None:
         res = s.execute(
             update(Worker)
             .where(Worker.name == name)
-            .values(last_seen_at=db_now(s), **values)
+            .values(last_seen_at=db_now(s), disk_free_bytes=disk_free_bytes(), **values)
             .execution_options(synchronize_session=False)
         )
         found = res.rowcount == 1  # type: ignore[attr-defined]
@@ -130,6 +158,8 @@ def set_current_job(job_id: int | None) -> None:
     """Say which job this worker runs now (None: idle). Never fails the job: the registry is informative."""
     try:
         touch(current_job_id=job_id)
+        if job_id is None and training(_State.queue):
+            place()  # free again: the waiting job with the highest priority that fits a free worker goes now
     except Exception as exc:
         log.warning("could not record job %s in the worker registry: %s", job_id, exc)
 

@@ -54,6 +54,13 @@ class Job(Leased, Base):
     error: Mapped[str | None] = mapped_column(Text)
     final_loss: Mapped[float | None]
     final_eval_loss: Mapped[float | None]
+    # Placement (backend/work/placement.py): higher first among queued jobs; what the job needs of a worker
+    # (memory on CUDA and on CPU, from the estimate it was admitted on); why it still waits, while it does.
+    priority: Mapped[int] = mapped_column(default=0, server_default="0")
+    needs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    waiting_reason: Mapped[str | None] = mapped_column(Text)
+    # The worker it was last sent to: while that message waits to be claimed, the worker counts as taken.
+    placed_on: Mapped[str | None] = mapped_column(String(200))
 
 
 class JobSample(Base):

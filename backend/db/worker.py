@@ -20,6 +20,10 @@ class Worker(Base):
     bf16: Mapped[bool] = mapped_column(default=False)
     device_memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Free bytes on the data folder's disk (refreshed with each heartbeat) and the first GPU's CUDA compute
+    # capability ("8.0"), None on a CPU worker.
+    disk_free_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    compute_capability: Mapped[str | None] = mapped_column(String(16))
     current_job_id: Mapped[int | None]
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -128,6 +128,7 @@ def inputs_of(job: Job) -> dict[str, Any]:
         "method_config": job.method_config or {},
         "objective_config": job.objective_config or {},
         "watch_prompts": job.watch_prompts,
+        "priority": job.priority,
     }
 
 

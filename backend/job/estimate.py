@@ -272,6 +272,8 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
         device=worker.device if worker else None,
         device_memory_bytes=available,
         fits=fits,
+        memory_bytes_cuda=need_on(True) if known else None,
+        memory_bytes_cpu=need_on(False) if known else None,
         advice=advice,
         notes=notes,
         dry_run=stats,

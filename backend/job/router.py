@@ -41,6 +41,7 @@ def _enqueue(session: SessionDep, job: Job) -> JobRead:
     if not send(JOB, job.id):
         service.note_unsent(session, job=job)
         session.commit()
+    session.refresh(job)  # placement (in its own transaction) may have said why it waits
     publish(job.id)  # the live jobs lists show the new (or re-queued) job without waiting for the worker
     return service.to_read(session, job)
 
@@ -57,6 +58,9 @@ def _admit(session: Session, user: User, body: JobCreate, job: Job) -> None:
     admitted = estimate.admit(session, user=user, body=body)
     # The planned steps until the worker counts its own: a queued job reads "0 / 120" in every list, not "0 / ?".
     job.total_steps = admitted.steps
+    # What placement routes it by; a forced job's memory is not judged there either (the person overrode it).
+    cuda, cpu = admitted.memory_bytes_cuda, admitted.memory_bytes_cpu
+    job.needs = {} if body.force or cuda is None or cpu is None else {"memory_cuda": cuda, "memory_cpu": cpu}
 
 
 @router.post("/estimate", response_model=EstimateRead)

@@ -244,7 +244,14 @@ class JobCreate(BaseModel):
     )
     force: bool = Field(
         False,
-        description="Queue the job even when its memory estimate exceeds every live worker's memory (not stored).",
+        description="Queue the job even when its memory estimate exceeds every live worker's memory (not stored); "
+        "placement then does not judge its memory either.",
+    )
+    priority: int = Field(
+        0,
+        ge=-1000,
+        le=1000,
+        description="Among queued jobs, a higher priority is placed on a free worker first (then the oldest).",
     )
 
     # Old-style settings of a method or objective found in `hyperparameters` (lora_r, dpo_beta, ...): applied by
@@ -364,6 +371,10 @@ class JobRead(BaseModel):
     base_model_name: str | None = None
     duration_seconds: float | None = Field(
         None, description="Training time of the latest attempt: start to finish, or to now while it runs."
+    )
+    priority: int = Field(0, description="Higher is placed first among queued jobs.")
+    waiting_reason: str | None = Field(
+        None, description="Why a queued job is not on a worker yet (no live worker fits it, all are busy, ...)."
     )
 
     @field_validator("resume_checkpoint")
@@ -539,6 +550,10 @@ class EstimateRead(BaseModel):
     device: str | None
     device_memory_bytes: int | None
     fits: bool | None = Field(None, description="Whether memory_bytes fits in 90% of the device memory.")
+    memory_bytes_cuda: int | None = Field(
+        None, description="The peak on a CUDA worker (null when the config lacks the sizes to count it)."
+    )
+    memory_bytes_cpu: int | None = Field(None, description="The peak on a CPU worker (null likewise).")
     advice: list[str] = Field(description="What to change when it does not fit.")
     notes: list[str]
     dry_run: dict[str, Any] | None = Field(None, description="The dataset's token statistics for these settings.")

@@ -181,6 +181,7 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
         method_config=method_settings.model_dump(),
         objective_config=objective_settings.model_dump(),
         watch_prompts=list(data.watch_prompts),
+        priority=data.priority,
     )
     if data.cloned_from is not None:
         source = session.get(Job, data.cloned_from)

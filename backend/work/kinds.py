@@ -12,7 +12,7 @@ from backend.queue import (
 )
 from backend.work.lease import Kind
 
-JOB = Kind("job", Job, RUN_JOB, QUEUE)
+JOB = Kind("job", Job, RUN_JOB, QUEUE, placed=True)
 EXPORT = Kind("export", Export, EXPORT_WEIGHTS, ANALYSIS_QUEUE)
 GENERATION = Kind("generation", Generation, GENERATE, ANALYSIS_QUEUE)
 ANALYSIS = Kind("analysis", DatasetAnalysis, ANALYZE_DATASET, ANALYSIS_QUEUE)

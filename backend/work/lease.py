@@ -43,6 +43,8 @@ class Kind:
     queued: str = "queued"
     running: str = "running"
     failed: str = "failed"
+    # Sent to the queue of a worker it fits, chosen by backend.work.placement, instead of to `queue` (jobs).
+    placed: bool = False
 
     @property
     def status(self) -> Any:

@@ -27,7 +27,7 @@ from backend.work import lease
 from backend.work.kinds import ANALYSIS, EXPORT, GENERATION, IMPORT, JOB
 from backend.work.lease import Expired, Kind, Lease
 from backend.work.retry import transient
-from backend.work.send import send
+from backend.work.send import place, send
 from backend.worker.service import live_workers
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,10 @@ def resend(recovery: Recovery, swept: Swept) -> None:
     restart, a worker killed before it acknowledged). A duplicate costs one refused claim."""
     after = timedelta(seconds=get_settings().redeliver_seconds)
     swept.resent[recovery.kind.name] = []
+    if recovery.kind.placed:
+        # Jobs go only to a free worker they fit, by priority: placement re-sends the unclaimed ones with the rest.
+        swept.resent[recovery.kind.name] = place().delivered
+        return
     with session_scope() as s:
         if not can_take(s, recovery.kind):
             return  # re-sending would only pile copies up in the broker
@@ -95,12 +99,8 @@ def resend(recovery: Recovery, swept: Swept) -> None:
 
 
 def can_take(session: Session, kind: Kind) -> bool:
-    """Whether a live worker consumes the kind's queue and, for jobs, one is idle: re-sent work could be taken now.
-    (Jobs queued behind hours of training wait in line in the broker; they are not lost.)"""
-    live = live_workers(session, kind.queue)
-    if kind is JOB:
-        return any(w.current_job_id is None for w in live)
-    return bool(live)
+    """Whether a live worker consumes the kind's queue: re-sent work could be taken now."""
+    return bool(live_workers(session, kind.queue))
 
 
 def sweep() -> Swept:

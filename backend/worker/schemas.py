@@ -20,6 +20,8 @@ class WorkerRead(BaseModel):
         "device, threads, size: the fastest square matmul it measured at start, the denominator of its jobs' "
         "mfu); admins also see pid and python"
     )
+    disk_free_bytes: int | None = Field(None, description="Free bytes on its data folder's disk, at its last beat.")
+    compute_capability: str | None = Field(None, description='The first GPU\'s CUDA compute capability ("8.0").')
     current_job_id: int | None = Field(description="The job it runs; null for another user's job (except to admins).")
     busy: bool = Field(False, description="Running a job, whoever's it is.")
     started_at: datetime

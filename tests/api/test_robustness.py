@@ -183,6 +183,7 @@ def test_broker_down_keeps_the_job_queued_until_the_sweep_sends_it(client: TestC
     from backend.work.reaper import sweep
     from tests.api.live_workers import register_worker
 
+    register_worker(QUEUE)  # a live worker it fits: placement sends it (no broker is asked while none is live)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STUDIO_BROKER_URL", "redis://127.0.0.1:9/0")  # nothing listens on port 9
         get_settings.cache_clear()

@@ -55,6 +55,10 @@
     tick();
 
     Studio.showError($("job-error"), job.error || "");
+    // Placement says why a queued job is on no worker yet (none fits, all busy, the per-user limit).
+    const waiting = job.status === "queued" ? job.waiting_reason || "" : "";
+    $("job-waiting-reason").textContent = waiting;
+    $("job-waiting").hidden = !waiting;
     $("job-final-loss").textContent = Studio.formatLoss(job.final_loss);
     $("job-final-loss-label").textContent = active ? "Latest loss" : "Final loss";
     $("job-final-eval-loss").textContent = Studio.formatLoss(job.final_eval_loss);
