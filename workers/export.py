@@ -26,7 +26,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from backend.config import get_settings
 from backend.errors import DomainError
@@ -57,7 +62,8 @@ from workers.artifacts import (
 )
 from workers.claims import take
 from workers.context import load_context
-from workers.examples import load_tokenizer
+from workers.examples import end_of_turn, load_tokenizer, training_template
+from workers.gguf_export import modelfile, write_gguf
 from workers.recipes.classification import ADAPTER_LOADING, LOADING
 from workers.training import release_memory
 
@@ -177,7 +183,7 @@ def load_model(spec: ExportSpec, report: Reporter) -> PreTrainedModel:
     report("loading", 0, 1, "files")
     model: PreTrainedModel = auto.from_pretrained(
         spec.target.path,
-        dtype=DTYPES[spec.dtype],
+        dtype=DTYPES.get(spec.dtype, torch.float32),  # a GGUF export converts from fp32
         use_safetensors=True,  # never unpickle weights
         local_files_only=True,
         trust_remote_code=spec.target.trust_remote_code,
@@ -262,12 +268,24 @@ def _losses(spec: ExportSpec) -> tuple[float | None, float | None]:
     return last["loss"], last["eval_loss"]
 
 
+GGUF_LOADING = """# Ollama, in the unzipped folder: ollama create my-model -f Modelfile && ollama run my-model
+# llama.cpp: llama-cli -m {gguf_file}
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained(".", gguf_file="{gguf_file}")
+tokenizer = AutoTokenizer.from_pretrained(".", gguf_file="{gguf_file}")
+"""
+
+
 def write_card(spec: ExportSpec, directory: Path) -> None:
     """The job's model card (how it was trained, how to load it), and what this export is."""
     labels = dict(enumerate(spec.target.labels))
     loading = None
     if registry.objective(spec.objective).classifier:
         loading = ADAPTER_LOADING.format(labels=labels) if spec.format == "adapter" else LOADING
+    if spec.format == "gguf":
+        gguf_file = next(directory.glob("*.gguf")).name
+        loading = GGUF_LOADING.format(gguf_file=gguf_file)
     loss, eval_loss = _losses(spec)
     write_model_card(
         directory,
@@ -286,6 +304,32 @@ def write_card(spec: ExportSpec, directory: Path) -> None:
         )
 
 
+def save_gguf(spec: ExportSpec, tokenizer: PreTrainedTokenizerBase, directory: Path, report: Reporter) -> None:
+    """The model (an adapter merged into its base first) as one GGUF file of type `spec.dtype`, and an Ollama
+    Modelfile beside it. A chat model's template is the one training rendered conversations with."""
+    model = load_merged(spec, report) if spec.target.kind == "adapter" else load_model(spec, report)
+    template = training_template(tokenizer) if tokenizer.chat_template or spec.target.sft else None
+    if template is not None and not isinstance(template, str):
+        template = None  # a dict of named templates: llama.cpp takes one string
+    name = f"job{spec.job_id}-{spec.checkpoint or 'final'}-{spec.dtype}.gguf"
+    if template is not None:
+        tokenizer.chat_template = template  # end_of_turn reads the marker off this template
+    stops = [end_of_turn(tokenizer) if template else "", tokenizer.eos_token or ""]
+    write_gguf(
+        model,
+        tokenizer,
+        directory / name,
+        spec.dtype,
+        name=name.removesuffix(".gguf"),
+        chat_template=template,
+        report=report,
+    )
+    context = int(model.config.max_position_embeddings)
+    del model
+    release_memory()
+    (directory / "Modelfile").write_text(modelfile(tokenizer, name, template, stops, context), encoding="utf-8")
+
+
 def build(spec: ExportSpec, report: Reporter) -> Path:
     """Write the export's directory in its work folder and zip it; the zip's path."""
     shutil.rmtree(spec.work_dir, ignore_errors=True)  # this attempt starts from an empty folder
@@ -294,13 +338,16 @@ def build(spec: ExportSpec, report: Reporter) -> Path:
     tokenizer = load_tokenizer(spec.target.tokenizer_path)
     if spec.format == "adapter":
         save_adapter(spec, staging, report)
+    elif spec.format == "gguf":
+        save_gguf(spec, tokenizer, staging, report)
     else:
         model = load_merged(spec, report) if spec.format == "merged" else load_model(spec, report)
         ready_to_serve(model, tokenizer)
         save_model(model, DTYPES[spec.dtype], staging, report)
         del model
         release_memory()
-    save_tokenizer(tokenizer, staging)  # with the chat template training used (tool fallback)
+    if spec.format != "gguf":  # a GGUF file holds its tokenizer
+        save_tokenizer(tokenizer, staging)  # with the chat template training used (tool fallback)
     write_card(spec, staging)  # last: PEFT's and transformers' saves may write a README of their own
     archive = zip_directory(
         staging,

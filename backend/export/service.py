@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from backend.db import Artifact, Export, Job, User
 from backend.errors import Invalid, NotFound
+from backend.export.gguf import NotConvertible, check_convertible
 from backend.export.schemas import ACTIVE, FORMATS, ExportCreate, ExportRead
 from backend.job.checkpoints import named_checkpoint
 from backend.job.service import get_job
@@ -34,15 +35,39 @@ def export_target(session: Session, job: Job, checkpoint: str | None) -> Target:
 def check_format(job: Job, target: Target, fmt: str) -> None:
     """Refuse a format the weights cannot take (merging a full model, or exporting an adapter's 'model')."""
     method = registry.method(job.method)
-    allowed = tuple(f for f in FORMATS[target.kind] if f != "merged" or method.mergeable)
-    if fmt == "merged" and target.kind == "adapter" and not method.mergeable:
-        raise Invalid(f"format 'merged' does not apply: {method.merge_note}; export it as adapter", field="format")
+    # GGUF, like merged, folds an adapter into its base first: neither applies to an adapter that cannot merge.
+    unmergeable = target.kind == "adapter" and not method.mergeable
+    allowed = tuple(f for f in FORMATS[target.kind] if not (unmergeable and f in ("merged", "gguf")))
+    if unmergeable and fmt in ("merged", "gguf"):
+        raise Invalid(f"format {fmt!r} does not apply: {method.merge_note}; export it as adapter", field="format")
     if fmt not in allowed:
         what = f"a {method.label} adapter" if target.kind == "adapter" else "a full model"
         raise Invalid(
             f"format {fmt!r} does not apply: job {job.id} trained {what}; export it as {' or '.join(allowed)}",
             field="format",
         )
+
+
+def check_gguf(job: Job, target: Target, data: ExportCreate) -> None:
+    """Refuse at once what the worker could not write as GGUF (a 422 naming the field), and a type given to
+    the wrong format."""
+    if data.format != "gguf":
+        if data.gguf_type is not None:
+            raise Invalid("gguf_type applies to format 'gguf' only", field="gguf_type")
+        return
+    if "dtype" in data.model_fields_set:
+        raise Invalid("a gguf export takes gguf_type (f16, bf16, q8_0, q4_0), not dtype", field="dtype")
+    if registry.objective(job.objective).classifier:
+        raise Invalid(
+            f"format 'gguf' does not apply: job {job.id} trained a sequence classifier, which llama.cpp cannot "
+            "run (its head scores labels, not tokens)",
+            field="format",
+        )
+    model_dir = target.base_path if target.kind == "adapter" and target.base_path is not None else target.path
+    try:
+        check_convertible(model_dir, target.tokenizer_path)
+    except NotConvertible as exc:
+        raise Invalid(f"format 'gguf' does not apply: {exc}", field="format") from None
 
 
 def artifact_exists(session: Session, job_id: int, name: str | None) -> bool:
@@ -68,7 +93,7 @@ def reusable_export(session: Session, job_id: int, data: ExportCreate) -> Export
     same = (
         Export.checkpoint.is_(None) if data.checkpoint is None else Export.checkpoint == data.checkpoint,
         Export.format == data.format,
-        Export.dtype == data.dtype,
+        Export.dtype == data.stored_dtype,
     )
     q = select(Export).where(Export.job_id == job_id, *same, Export.status.in_((*ACTIVE, "done")))
     for row in session.scalars(q.order_by(Export.id.desc())):
@@ -83,6 +108,7 @@ def create_export(session: Session, *, user: User, job_id: int, data: ExportCrea
     job = get_job(session, user=user, job_id=job_id)
     target = export_target(session, job, data.checkpoint)
     check_format(job, target, data.format)
+    check_gguf(job, target, data)
     existing = reusable_export(session, job.id, data)
     if existing is not None:
         return existing, False
@@ -91,7 +117,7 @@ def create_export(session: Session, *, user: User, job_id: int, data: ExportCrea
         owner_id=user.id,
         checkpoint=data.checkpoint,
         format=data.format,
-        dtype=data.dtype,
+        dtype=data.stored_dtype,
         status="queued",
     )
     session.add(row)

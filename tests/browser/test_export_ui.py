@@ -59,7 +59,14 @@ def test_export_a_checkpoint_merged_as_float16(page, studio: StudioProcess, tmp_
     page.goto(f"/jobs/{job_id}")
     expect(page.locator("#export-list")).to_contain_text("No exports yet")
     # Only the forms a LoRA job's weights can take, and its checkpoints beside the final output.
-    assert page.locator("#export-format option").evaluate_all("o => o.map(x => x.value)") == ["merged", "adapter"]
+    formats = page.locator("#export-format option").evaluate_all("o => o.map(x => x.value)")
+    assert formats == ["merged", "adapter", "gguf"]
+    # GGUF offers its own types in the precision list, the float dtypes come back with another format.
+    shown = "o => o.filter(x => !x.hidden && !x.disabled).map(x => x.value)"
+    page.select_option("#export-format", "gguf")
+    assert page.locator("#export-dtype option").evaluate_all(shown) == ["f16", "bf16", "q8_0", "q4_0"]
+    page.select_option("#export-format", "adapter")
+    assert page.locator("#export-dtype option").evaluate_all(shown) == ["float32", "float16", "bfloat16"]
     expect(page.locator("#export-source option[value='checkpoint-3']")).to_have_count(1)
     expect(page.locator("#export-source option[value='checkpoint-6']")).to_have_count(1)
     page.select_option("#export-source", "checkpoint-3")

@@ -11,12 +11,17 @@
   if (!panel) return;
   const jobId = panel.dataset.jobId;
   const ACTIVE = new Set(["queued", "running"]);
-  const PHASES = { loading: "Loading", merging: "Merging", saving: "Saving", zipping: "Zipping" };
+  const PHASES = { loading: "Loading", merging: "Merging", saving: "Saving", converting: "Converting",
+    zipping: "Zipping" };
   const STEPS = { adapter: ["loading", "saving", "zipping"], merged: ["loading", "merging", "saving", "zipping"],
-    model: ["loading", "saving", "zipping"] };
+    model: ["loading", "saving", "zipping"],
+    // A GGUF of an adapter merges it first.
+    gguf: panel.dataset.adapterLabel
+      ? ["loading", "merging", "converting", "zipping"]
+      : ["loading", "converting", "zipping"] };
   // The adapter is named by the job's method (the page has it from the registry: LoRA, IA³, Prompt tuning ...).
   const adapter = panel.dataset.adapterLabel ? `${panel.dataset.adapterLabel} adapter` : "adapter";
-  const FORMATS = { adapter, merged: "merged model", model: "full model" };
+  const FORMATS = { adapter, merged: "merged model", model: "full model", gguf: "GGUF" };
   const form = $("export-form");
   const source = $("export-source");
   let stream = null;
@@ -178,12 +183,34 @@
 
   function markInvalid(field) {
     form.querySelectorAll("select").forEach((s) => s.removeAttribute("aria-invalid"));
-    const control = field && form.querySelector(`[name="${field}"]`);
+    // A GGUF type is picked in the precision list, which is named after dtype.
+    const name = field === "gguf_type" ? "dtype" : field;
+    const control = name && form.querySelector(`[name="${name}"]`);
     if (control) {
       control.setAttribute("aria-invalid", "true");
       control.focus();
     }
   }
+
+  /* ---------- the precision list: float dtypes, or GGUF types for format gguf ---------- */
+
+  const dtype = $("export-dtype");
+  const format = $("export-format");
+
+  function showPrecisions() {
+    const gguf = format.value === "gguf";
+    for (const option of dtype.options) {
+      const fits = option.hasAttribute("data-gguf") === gguf;
+      option.hidden = !fits;
+      option.disabled = !fits;
+    }
+    if (dtype.selectedOptions[0] && dtype.selectedOptions[0].disabled) {
+      dtype.value = [...dtype.options].find((o) => !o.disabled).value;
+    }
+  }
+
+  format.addEventListener("change", showPrecisions);
+  showPrecisions();
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -191,7 +218,8 @@
     button.disabled = true;
     Studio.showError($("export-error"), "");
     markInvalid(null);
-    const body = { checkpoint: source.value || null, format: $("export-format").value, dtype: $("export-dtype").value };
+    const body = { checkpoint: source.value || null, format: format.value };
+    body[format.value === "gguf" ? "gguf_type" : "dtype"] = dtype.value;
     try {
       const created = await Studio.fetchJSON(`/api/jobs/${jobId}/exports`, { method: "POST", body });
       upsert(created);
