@@ -3,8 +3,13 @@ written in each type reads back with the `gguf` package (llama.cpp's metadata ke
 loads in transformers with the logits of the original within the type's tolerance, and its tokenizer encodes as
 the original; a tied head is left out as llama.cpp expects. Through the worker: the session's pretrained model
 and a LoRA SFT job merged first, each zip holding the GGUF, a Modelfile and a card. Refusals are 422s naming the
-field. llama-cpp-python, where installed, loads the file and generates."""
+field. The Modelfile's template, run by Go's text/template as Ollama runs it, renders as the chat template
+does. llama-cpp-python, where installed, loads the file and generates."""
 
+import json
+import os
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -144,6 +149,68 @@ def test_modelfile_of_the_fallback_template_and_of_a_plain_model() -> None:
     assert 'PARAMETER stop "<|endoftext|>"\n' in chat and "num_ctx 1024" in chat
     plain = modelfile(tokenizer, "m.gguf", None, ["<|endoftext|>"], 1024)
     assert 'TEMPLATE """{{ .Prompt }}"""' in plain
+
+
+# Renders an Ollama TEMPLATE with Go's text/template, as Ollama does, over {"Messages": [{Role, Content}...]}.
+GO_RENDER = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"text/template"
+)
+
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+func main() {
+	text, _ := os.ReadFile(os.Args[1])
+	raw, _ := os.ReadFile(os.Args[2])
+	var messages []Message
+	if err := json.Unmarshal(raw, &messages); err != nil {
+		panic(err)
+	}
+	t := template.Must(template.New("modelfile").Parse(string(text)))
+	if err := t.Execute(os.Stdout, map[string]any{"Messages": messages}); err != nil {
+		panic(err)
+	}
+}
+"""
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi there"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Tell me a fable."},
+    ],
+]
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="no Go toolchain to run Ollama's template engine")
+@pytest.mark.parametrize("which", ["chatml", "fallback"])
+def test_the_modelfile_template_renders_as_the_chat_template_in_go(which: str, tmp_path: Path) -> None:
+    tokenizer, template = (chat_tokenizer(), CHATML) if which == "chatml" else (plain_tokenizer(), CHATML_TEMPLATE)
+    text = modelfile(tokenizer, "m.gguf", template, [], 1024)
+    (tmp_path / "template.txt").write_text(text.split('TEMPLATE """', 1)[1].split('"""', 1)[0])
+    (tmp_path / "render.go").write_text(GO_RENDER)
+    env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath")}
+    subprocess.run(["go", "build", "-o", str(tmp_path / "render"), str(tmp_path / "render.go")], check=True, env=env)
+    for i, messages in enumerate(CONVERSATIONS):
+        (tmp_path / f"{i}.json").write_text(json.dumps(messages))
+        got = subprocess.run(
+            [str(tmp_path / "render"), str(tmp_path / "template.txt"), str(tmp_path / f"{i}.json")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        expected = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+        assert got == expected, (messages, got, expected)
 
 
 def test_what_cannot_be_converted(tmp_path: Path) -> None:
