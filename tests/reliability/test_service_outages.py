@@ -28,7 +28,7 @@ def test_redis_restart_loses_no_queued_job(database: str, redis_server: RedisSer
         client = studio.client()
         running = submit(client, max_steps=400, checkpoint_steps=None)
         wait_running(client, running["id"], 2)
-        waiting = submit(client, max_steps=20)  # its message sits in Redis behind the running job
+        waiting = submit(client, max_steps=20)  # the only worker is busy: it waits in the database, not in Redis
 
         redis_server.kill()  # nothing kept on disk: the queued message is gone
         time.sleep(10)
@@ -39,7 +39,11 @@ def test_redis_restart_loses_no_queued_job(database: str, redis_server: RedisSer
         done = studio.wait_job(client, waiting["id"], ("succeeded", "failed"), timeout=180)
         assert done["status"] == "succeeded", events(client, waiting["id"])
 
-        # Submitted while Redis is down: accepted and queued, then sent once Redis is back.
+        # Submitted while Redis is down to a free worker: accepted and queued, then sent once Redis is back.
+        # (While the worker is still busy the job is not sent at all: placement waits in the database.)
+        deadline = time.monotonic() + 30
+        while any(w["busy"] for w in client.get("/api/workers").json()["items"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
         redis_server.kill()
         late = submit(client, max_steps=10)
         assert late["status"] == "queued"
