@@ -158,9 +158,10 @@ def add_tensors(writer: gguf.GGUFWriter, model: PreTrainedModel, gguf_type: str,
         if name is None:
             raise NotConvertible(f"tensor {hf_name} has no GGUF name for llama")
         w = tensor.detach().to("cpu", torch.float32)
-        if hf_name.endswith("q_proj.weight"):
+        # Biases too, as llama.cpp's converter does: a model with attention_bias would otherwise rotate wrongly.
+        if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             w = permute(w, n_head)
-        elif hf_name.endswith("k_proj.weight"):
+        elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             w = permute(w, n_kv)
         qtype = _tensor_type(name, w, gguf_type, tied)
         array = w.numpy()

@@ -25,7 +25,7 @@ from backend.events import publish_worker
 from backend.job.lifecycle import db_now
 from backend.queue import QUEUE
 from backend.work.send import place
-from workers import observability
+from workers import observability, shutdown
 from workers.flops import device_peak
 from workers.ranks import data_parallel_processes
 from workers.training import device_description, use_bf16
@@ -38,6 +38,11 @@ class _State:
     queue = ""
     stop = threading.Event()
     thread: threading.Thread | None = None
+    # The job this process runs (None: idle), written again by every beat: one failed write (a database blip)
+    # must not leave the row saying "busy" for good, which placement would believe and send nothing here.
+    current: int | None = None
+    # Freed, but the placement that hands this worker its next job has not run yet (it failed, or was skipped).
+    owes_placement = False
 
 
 def registered_name() -> str | None:
@@ -155,13 +160,23 @@ def touch(**values: Any) -> None:
 
 
 def set_current_job(job_id: int | None) -> None:
-    """Say which job this worker runs now (None: idle). Never fails the job: the registry is informative."""
+    """Say which job this worker runs now (None: idle). Never fails the job: the registry is informative, and
+    the next beat writes it again."""
+    _State.current = job_id
+    _State.owes_placement = job_id is None and training(_State.queue)
     try:
-        touch(current_job_id=job_id)
-        if job_id is None and training(_State.queue):
-            place()  # free again: the waiting job with the highest priority that fits a free worker goes now
+        _report()
     except Exception as exc:
-        log.warning("could not record job %s in the worker registry: %s", job_id, exc)
+        log.warning("could not record job %s in the worker registry (the next beat will): %s", job_id, exc)
+
+
+def _report() -> None:
+    """Write this worker's current job, then, once it is free, place the waiting jobs (the one with the highest
+    priority that fits a free worker goes now). A worker that is stopping takes no new job."""
+    touch(current_job_id=_State.current)
+    if _State.owes_placement and _State.current is None and not shutdown.requested():
+        place()
+        _State.owes_placement = False
 
 
 def _beat() -> None:
@@ -173,7 +188,7 @@ def _beat() -> None:
         log.warning("worker registration failed (retrying): %s", exc)
     while not _State.stop.wait(get_settings().heartbeat_seconds):
         try:
-            touch()
+            _report()
             observability.HEARTBEATS.inc()
         except Exception as exc:  # a missed beat is retried; liveness allows a lease's worth of them
             log.warning("worker registry beat failed: %s", exc)

@@ -62,7 +62,7 @@ def give_back(job_id: int, why: str) -> str:
     where = f"{checkpoint.name} saved; " if checkpoint else "no checkpoint yet; "
     message = f"{why}: {where}the job is back in the queue to resume on any worker"
     if give_back_job(job_id, message, resume_checkpoint=str(checkpoint.path) if checkpoint else None):
-        send(JOB, job_id)
+        send(JOB, job_id, avoid=registry.worker_name())  # not to this worker: it is leaving
         return "requeued"
     return "lost"
 

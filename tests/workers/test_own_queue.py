@@ -8,7 +8,7 @@ from celery import Celery
 from kombu import Queue
 
 from backend.queue import ANALYSIS_QUEUE, QUEUE, worker_queue
-from workers import main
+from workers import main, registry
 
 
 def app() -> Celery:
@@ -40,3 +40,29 @@ def test_its_own_queue_is_recorded_as_the_training_role(monkeypatch: pytest.Monk
     queues = SimpleNamespace(consume_from={worker_queue("w@h"): None})
     monkeypatch.setattr(main, "app", SimpleNamespace(amqp=SimpleNamespace(queues=queues), conf=main.app.conf))
     assert main._queues() == QUEUE
+
+
+def test_a_failed_write_of_a_freed_worker_is_mended_by_the_next_beat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database blip as the worker frees up must not leave its row "busy" for good (placement would send it
+    nothing more): every beat writes the current job again, and runs the placement the freed worker owes."""
+    writes: list[dict[str, object]] = []
+    placements: list[int] = []
+    blips = [False, True]  # the second write (the worker freeing up) fails
+
+    def touch(**values: object) -> None:
+        if blips.pop(0) if blips else False:
+            raise ConnectionError("database unreachable")
+        writes.append(values)
+
+    monkeypatch.setattr(registry, "touch", touch)
+    monkeypatch.setattr(registry, "place", lambda: placements.append(1))
+    monkeypatch.setattr(registry._State, "queue", QUEUE)
+    monkeypatch.setattr(registry._State, "current", None)
+    monkeypatch.setattr(registry._State, "owes_placement", False)
+    registry.set_current_job(7)
+    registry.set_current_job(None)  # the write fails: logged, not raised
+    assert writes == [{"current_job_id": 7}] and placements == []
+    registry._report()  # the next beat
+    assert writes[-1] == {"current_job_id": None} and placements == [1]
+    registry._report()
+    assert placements == [1]  # placed once
