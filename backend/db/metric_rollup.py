@@ -243,23 +243,31 @@ def truncate_after(conn: Connection, job_id: int, step: int) -> None:
         _upsert(conn, job_id, level, partial)
 
 
+Picked = dict[int, tuple[int, float, dict[str, float]]]  # point id -> (step, at, the values it stands for)
+
+
+def _by_step(picked: Picked) -> list[ChartPoint]:
+    """The picked points as a chart reads them: by step, then id."""
+    return [
+        ChartPoint(i, step, datetime.fromtimestamp(at, UTC), values)
+        for i, (step, at, values) in sorted(picked.items(), key=lambda item: (item[1][0], item[0]))
+    ]
+
+
 def _chart(summaries: dict[Key, Summary]) -> list[ChartPoint]:
     """The lowest and highest point of every bucket, and each series' first and last, merged by point."""
     ends: dict[str, tuple[int, int]] = {}
     for bucket, name in summaries:
         lo, hi = ends.get(name, (bucket, bucket))
         ends[name] = (min(lo, bucket), max(hi, bucket))
-    picked: dict[int, tuple[int, float, dict[str, float]]] = {}
+    picked: Picked = {}
     for (bucket, name), s in summaries.items():
         points = [s.low, s.high]
         points += [s.first] if bucket == ends[name][0] else []
         points += [s.last] if bucket == ends[name][1] else []
         for p in points:
             picked.setdefault(p.id, (p.step, p.at, {}))[2][name] = p.value
-    return [
-        ChartPoint(i, step, datetime.fromtimestamp(at, UTC), values)
-        for i, (step, at, values) in sorted(picked.items(), key=lambda item: (item[1][0], item[0]))
-    ]
+    return _by_step(picked)
 
 
 def _stored_chart(conn: Connection, job_id: int, level: int) -> list[ChartPoint]:
@@ -270,7 +278,7 @@ def _stored_chart(conn: Connection, job_id: int, level: int) -> list[ChartPoint]
     extremes = [c.bucket, c.key, *(c[f"{k}_{f}"] for k in ("min", "max") for f in fields)]
     of_level = (c.job_id == job_id, c.level == level)
     rows = conn.execute(select(*extremes).where(*of_level).order_by(c.bucket)).all()
-    picked: dict[int, tuple[int, float, dict[str, float]]] = {}
+    picked: Picked = {}
     ends: dict[str, list[int]] = {}
     # Inlined: this loop runs ~10,000 times for a long run, and a function call per point would double its cost.
     for r in rows:
@@ -292,10 +300,7 @@ def _stored_chart(conn: Connection, job_id: int, level: int) -> list[ChartPoint]
                     if entry is None:
                         picked[r[o + 1]] = entry = (r[o + 2], r[o + 3], {})
                     entry[2][r[1]] = r[o]
-    return [
-        ChartPoint(i, step, datetime.fromtimestamp(at, UTC), values)
-        for i, (step, at, values) in sorted(picked.items(), key=lambda item: (item[1][0], item[0]))
-    ]
+    return _by_step(picked)
 
 
 def chart_points(session: Session, job_id: int) -> list[ChartPoint]:
