@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import hashlib
 import os
 import secrets
 import signal
@@ -91,6 +92,16 @@ def worker_command(name: str | None = None, *, analysis: bool = False) -> list[s
     ]  # fmt: skip
 
 
+def installation_worker_name(role: str) -> str:
+    """The name `studio up` gives its worker: the same at every start of one installation (its database and broker),
+    so a restarted studio consumes the queue its previous worker was sent jobs on and recovers at once the job that
+    worker held (a name with the pid would strand both until the lease and the redelivery ran out), and different
+    for two installations on one host sharing a broker."""
+    settings = get_settings()
+    digest = hashlib.sha256(f"{settings.database_url}|{settings.broker_url}".encode()).hexdigest()[:8]
+    return f"{role}-{digest}@{socket.gethostname()}"
+
+
 def cmd_api(args: argparse.Namespace) -> None:
     settings = get_settings()
     if not args.no_migrate:
@@ -119,9 +130,15 @@ def cmd_up(args: argparse.Namespace) -> None:
     hint = ensure_admin()
     # Each worker in a session of its own, so `up` can stop its whole tree (Celery's pool children included).
     workers = [
-        subprocess.Popen(worker_command(args.worker_name), start_new_session=True),
         subprocess.Popen(
-            worker_command(args.worker_name and f"{args.worker_name}-analysis", analysis=True),
+            worker_command(args.worker_name or settings.worker_name or installation_worker_name("worker")),
+            start_new_session=True,
+        ),
+        subprocess.Popen(
+            worker_command(
+                (args.worker_name and f"{args.worker_name}-analysis") or installation_worker_name("analysis"),
+                analysis=True,
+            ),
             start_new_session=True,
             env=_analysis_worker_env(settings.worker_metrics_port),
         ),

@@ -155,3 +155,25 @@ def test_tokens_list_revoke_and_users_disable(app_env: dict[str, str]) -> None:
     with session_scope() as s:
         kinds = [e.kind for e in s.query(SecurityEvent).order_by(SecurityEvent.id)]
     assert kinds == ["token_revoked", "user_disabled", "user_enabled"]
+
+
+def test_studio_up_names_its_workers_the_same_at_every_start_of_one_installation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from backend.cli import installation_worker_name
+    from backend.config import get_settings
+
+    def name_for(data_dir: Path) -> tuple[str, str]:
+        monkeypatch.setenv("STUDIO_DATA_DIR", str(data_dir))
+        get_settings.cache_clear()
+        return installation_worker_name("worker"), installation_worker_name("analysis")
+
+    try:
+        first = name_for(tmp_path / "a")
+        # A restart finds the queue its previous worker was sent jobs on, and the leases it held.
+        assert name_for(tmp_path / "a") == first
+        assert first[0] != first[1] and first[0].startswith("worker-")
+        # Another installation on this host (its own database and broker) never shares a queue with it.
+        assert name_for(tmp_path / "b")[0] != first[0]
+    finally:
+        get_settings.cache_clear()

@@ -23,12 +23,24 @@ def take(kind: Kind, row_id: int, claim: Callable[[int, str], Lease | None]) -> 
         send(kind, row_id, avoid=worker)
         return None
     reclaim_own(kind, row_id, worker)
-    if kind.placed and _turned_away(kind, row_id, worker):
+    if kind.placed and (_stale(kind, row_id, worker) or _turned_away(kind, row_id, worker)):
         return None
     won = claim(row_id, worker)
-    if won is None:
+    # A claim refused by the per-user limit (another of the owner's jobs started between the check and the
+    # claim) leaves the job queued: say why and place it again, as a refusal before the claim would.
+    if won is None and not (kind.placed and _turned_away(kind, row_id, worker)):
         log.info("%s %s is not waiting (claimed by another delivery, or ended); skipping", kind.name, row_id)
     return won
+
+
+def _stale(kind: Kind, row_id: int, worker: str) -> bool:
+    """A copy of a delivery the job no longer answers to: it was placed on another worker since. That worker's
+    queue holds the live message; this one is dropped (the job, not this copy, is the source of truth)."""
+    with session_scope() as s:
+        elsewhere = placement.placed_elsewhere(s, row_id, worker)
+    if elsewhere is not None:
+        log.info("%s %s is placed on %s now; dropping this stale delivery", kind.name, row_id, elsewhere)
+    return elsewhere is not None
 
 
 def _turned_away(kind: Kind, row_id: int, worker: str) -> bool:

@@ -24,6 +24,8 @@ from backend.db import Worker, session_scope
 from backend.events import publish_worker
 from backend.job.lifecycle import db_now
 from backend.queue import QUEUE
+from backend.work.kinds import JOB
+from backend.work.reaper import recover_orphans
 from backend.work.send import place
 from workers import observability, shutdown
 from workers.flops import device_peak
@@ -174,6 +176,8 @@ def _report() -> None:
     """Write this worker's current job, then, once it is free, place the waiting jobs (the one with the highest
     priority that fits a free worker goes now). A worker that is stopping takes no new job."""
     touch(current_job_id=_State.current)
+    if _State.current is None and training(_State.queue) and _State.name is not None:
+        recover_orphans(JOB, _State.name)
     if _State.owes_placement and _State.current is None and not shutdown.requested():
         place()
         _State.owes_placement = False

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, func, select, true, update
+from sqlalchemy.orm import Session, aliased
 
-from backend.db import Artifact, Job, JobEvent, JobMetric, JobSample, session_scope, utcnow
+from backend.config import get_settings
+from backend.db import Artifact, Job, JobEvent, JobMetric, JobSample, User, session_scope, utcnow
 from backend.events import publish
 from backend.work import lease
 from backend.work.kinds import JOB
@@ -80,7 +81,7 @@ def claim_job(job_id: int, worker: str) -> Lease | None:
         with session_scope() as s:
             # start_step: a resumed job continues its step count; the ETA measures this attempt's pace from here.
             won = lease.claim(
-                s, JOB, job_id, worker, where=Job.cancel_requested.is_(False),
+                s, JOB, job_id, worker, where=and_(Job.cancel_requested.is_(False), _room_for_one_more(s, job_id)),
                 worker=worker, started_at=db_now(s), start_step=Job.current_step, finished_at=None,
             )  # fmt: skip
             if won is not None:
@@ -91,6 +92,21 @@ def claim_job(job_id: int, worker: str) -> Lease | None:
     if won is not None:
         publish(job_id)
     return won
+
+
+def _room_for_one_more(session: Session, job_id: int) -> ColumnElement[bool]:
+    """The claim's condition that the job's owner may start another job under STUDIO_MAX_RUNNING_JOBS_PER_USER.
+    The count is part of the claim's UPDATE (atomic on SQLite, which writes one at a time), and PostgreSQL claims
+    lock the owner's row first, so two workers claiming one owner's jobs at once count one after the other
+    instead of both seeing room for one more."""
+    limit = get_settings().max_running_jobs_per_user
+    owner = session.scalar(select(Job.owner_id).where(Job.id == job_id)) if limit else None
+    if owner is None:
+        return true()
+    session.execute(select(User.id).where(User.id == owner).with_for_update())
+    other = aliased(Job)
+    running = select(func.count()).select_from(other).where(other.owner_id == owner, other.status == JOB.running)
+    return running.scalar_subquery() < limit
 
 
 def heartbeat(job_id: int, *, step: int | None, total_steps: int | None) -> bool:

@@ -251,7 +251,8 @@ class JobCreate(BaseModel):
         0,
         ge=-1000,
         le=1000,
-        description="Among queued jobs, a higher priority is placed on a free worker first (then the oldest).",
+        description="Among queued jobs, a higher priority is placed on a free worker first (then the oldest). "
+        "Above 0: administrators only; anyone may lower their own job's.",
     )
 
     # Old-style settings of a method or objective found in `hyperparameters` (lora_r, dpo_beta, ...): applied by

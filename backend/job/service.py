@@ -163,6 +163,9 @@ def create_job(session: Session, *, user: User, data: JobCreate) -> Job:
                 f"validation dataset {validation.id} is {validation.shape}, the training data is {dataset.shape}",
                 field="validation_dataset_id",
             )
+    if data.priority > 0 and not user.is_admin:
+        # A raised priority jumps every other user's queue: an operator's call, not a job owner's.
+        raise Invalid("only an administrator may raise a job's priority above 0", field="priority")
     method_settings, objective_settings = job_settings(data, objective)
     if registry.method(data.method).requires == "cuda_bitsandbytes":
         require_qlora_worker(session)  # 4-bit weights need CUDA and bitsandbytes; a CPU worker would fail it

@@ -135,6 +135,16 @@ def route(
     return out
 
 
+def placed_elsewhere(session: Session, job_id: int, worker_name: str) -> str | None:
+    """The worker a queued job is placed on now, when that is not `worker_name`: this delivery is a stale copy
+    (the job was placed again since, on another worker whose queue holds the live message), and claiming it would
+    let it overtake the jobs placement ranked before it. None when this worker may claim it."""
+    job = session.get(Job, job_id)
+    if job is None or job.status != JOB.queued or job.placed_on in (None, worker_name):
+        return None
+    return job.placed_on
+
+
 def refusal(session: Session, job_id: int, worker_name: str) -> str | None:
     """Why worker `worker_name` must not claim queued job `job_id` (a stale routing: the worker changed, or the
     owner reached the per-user limit meanwhile), or None. A worker not in the registry is not judged."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
@@ -133,6 +133,30 @@ def hand_back(held: Lease) -> None:
     if requeued:
         send(held.kind, held.id)
     recovery.publish(held.id)
+
+
+def recover_orphans(kind: Kind, worker: str) -> list[int]:
+    """Called by an idle worker at each beat: the kind's running work still held under its own name was held by
+    a previous process of this worker (`studio up` restarted, a container replaced), and is recovered as soon as
+    its heartbeat has been silent a few beats, instead of after the whole lease. Returns the ids queued again."""
+    settings = get_settings()
+    recovery = RECOVERIES[kind.name]
+    quiet = timedelta(seconds=3 * settings.heartbeat_seconds)
+    t = kind.table
+    requeued: list[int] = []
+    with session_scope() as s:
+        held = list(s.scalars(select(t.id).where(kind.is_running(), t.lease_worker == worker)))
+    for row_id in held:
+        with session_scope() as s:
+            row = lease.orphaned(s, kind, row_id, worker, quiet)
+            again = isinstance(row, Expired) and recovery.recover(s, row, settings.max_attempts)
+        if isinstance(row, Expired):
+            log.warning("%s %s was held by a previous process of %s; recovered", kind.name, row_id, worker)
+            if again:
+                requeued.append(row_id)
+                send(kind, row_id)
+            recovery.publish(row_id)
+    return requeued
 
 
 def reclaim_own(kind: Kind, row_id: int, worker: str) -> None:

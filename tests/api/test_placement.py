@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from backend.config import get_settings
-from backend.db import Job, JobEvent, Worker, session_scope, utcnow
+from backend.db import Job, JobEvent, User, Worker, session_scope, utcnow
 from backend.queue import QUEUE, RUN_JOB, worker_queue
 from backend.work import placement, send
 from backend.work.reaper import sweep
@@ -158,6 +158,13 @@ def test_priority_then_age_decides_which_waiting_job_a_freed_worker_takes(
     client: TestClient, broker: Broker, text_dataset: int
 ) -> None:
     add_worker("only", memory=64 * GIB, job_id=10_000)  # busy with someone's job
+    refused = client.post(
+        "/api/jobs", json={"kind": "pretrain", "architecture": "tiny", "dataset_id": text_dataset, "priority": 5}
+    )
+    assert refused.status_code == 422 and "only an administrator may raise" in refused.text, refused.text
+    assert "priority" in refused.text
+    with session_scope() as s:  # an operator may raise it
+        s.execute(update(User).values(is_admin=True))
     low = create(client, text_dataset)
     high = create(client, text_dataset, priority=5)
     later = create(client, text_dataset, priority=5)
@@ -219,3 +226,79 @@ def test_a_worker_that_registers_reports_its_capabilities_and_takes_the_waiting_
         assert "bitsandbytes" in row["details"]
     finally:
         registry.remove(name)
+
+
+def test_a_stale_delivery_on_a_worker_the_job_is_no_longer_placed_on_is_dropped(
+    client: TestClient, broker: Broker, text_dataset: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.job.lifecycle import claim_job
+    from backend.work.kinds import JOB
+    from workers import claims, registry
+
+    add_worker("w1", memory=64 * GIB)
+    job = create(client, text_dataset)
+    assert broker.take() == [(job["id"], worker_queue("w1"))]
+    # w2 holds an older copy of the message (the job was placed on w2 once, then again on w1): claiming it would
+    # let the job overtake what placement ranked before it, so w2 drops it and leaves the placement alone.
+    monkeypatch.setattr(registry, "worker_name", lambda: "w2")
+    assert claims.take(JOB, job["id"], claim_job) is None
+    after = client.get(f"/api/jobs/{job['id']}").json()
+    assert after["status"] == "queued" and after["waiting_reason"] is None
+    with session_scope() as s:
+        row = s.get(Job, job["id"])
+        assert row is not None and row.placed_on == "w1" and row.sent_at is not None
+    assert not [e for e in events(job["id"]) if "not taken" in e]
+    assert broker.take() == []
+
+    monkeypatch.setattr(registry, "worker_name", lambda: "w1")  # the worker it is placed on claims it
+    won = claims.take(JOB, job["id"], claim_job)
+    assert won is not None and won.worker == "w1"
+
+
+def test_two_workers_claiming_one_owners_jobs_at_once_start_no_more_than_the_limit(
+    client: TestClient, broker: Broker, text_dataset: int, limit: None
+) -> None:
+    import threading
+
+    from backend.job.lifecycle import claim_job
+
+    jobs = [create(client, text_dataset)["id"] for _ in range(4)]
+    start = threading.Barrier(len(jobs))
+    won: list[object] = []
+
+    def claim(job_id: int) -> None:
+        start.wait()
+        won.append(claim_job(job_id, f"w{job_id}"))
+
+    threads = [threading.Thread(target=claim, args=(job_id,)) for job_id in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(won) == len(jobs)
+    assert sum(w is not None for w in won) == 1  # the owner's row lock lets the claims count one at a time
+    with session_scope() as s:
+        statuses = sorted(s.scalars(select(Job.status).where(Job.id.in_(jobs))))
+    assert statuses == ["queued", "queued", "queued", "running"]
+
+
+def test_an_idle_worker_recovers_at_once_the_job_its_previous_process_held(
+    client: TestClient, broker: Broker, text_dataset: int
+) -> None:
+    from backend.job.lifecycle import claim_job
+    from backend.work.kinds import JOB
+    from backend.work.reaper import recover_orphans
+
+    add_worker("same-name", memory=64 * GIB)
+    job = create(client, text_dataset)
+    assert broker.take() == [(job["id"], worker_queue("same-name"))]
+    assert claim_job(job["id"], "same-name") is not None
+    assert recover_orphans(JOB, "same-name") == []  # it still beats: a live process holds it
+    quiet = 3 * get_settings().heartbeat_seconds
+    with session_scope() as s:  # silent for longer than a few beats, well within the lease
+        s.execute(update(Job).where(Job.id == job["id"]).values(heartbeat_at=utcnow() - timedelta(seconds=quiet + 5)))
+    assert quiet + 5 < get_settings().lease_seconds
+    assert recover_orphans(JOB, "other-name") == []  # not another worker's to recover
+    assert recover_orphans(JOB, "same-name") == [job["id"]]
+    assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "queued"
+    assert broker.take() == [(job["id"], worker_queue("same-name"))]  # placed again, on the worker now free

@@ -172,3 +172,35 @@ def test_sigterm_to_studio_up_stops_every_process_it_started(tmp_path: Path) -> 
         assert done["status"] == "succeeded" and done["attempt"] == 2, events(client, job["id"])
     finally:
         studio.__exit__(None, None, None)
+
+
+def test_studio_up_killed_outright_resumes_its_job_at_the_next_start_without_waiting_for_the_lease(
+    tmp_path: Path,
+) -> None:
+    # A lease far longer than the test: only the restarted worker's recovery of what its name held brings the job
+    # back in time (a worker named anew at each start would leave it for the whole lease).
+    studio = StudioProcess({"STUDIO_DATA_DIR": str(tmp_path / "data")}, log_dir=tmp_path / "logs")
+    studio.env.update({"STUDIO_LEASE_SECONDS": "600"})
+    studio.__enter__()
+    try:
+        client = studio.client()
+        job = submit(client)
+        wait_for_step(studio, client, job["id"], 25)  # checkpoint-20 is on disk
+        up = studio.procs.pop("up")
+        tree = [up.pid, *children(up.pid)]
+        tree += [c for pid in tree[1:] for c in children(pid)]
+        for pid in tree:  # the machine lost power: no checkpoint, no goodbye, the lease still held
+            subprocess.run(["kill", "-KILL", str(pid)], check=False)
+        up.wait(timeout=30)
+
+        restarted = time.monotonic()
+        studio.start("up", "up", "--worker-name", f"embedded-{studio.port}")
+        studio.wait_healthy()
+        client = studio.client()
+        done = studio.wait_job(client, job["id"], ("succeeded", "failed"), timeout=240)
+        assert done["status"] == "succeeded" and done["attempt"] == 2, events(client, job["id"])
+        assert time.monotonic() - restarted < 300  # well inside the 600 s lease
+        assert any("resuming from checkpoint-20 (attempt 2 of 4)" in m for m in events(client, job["id"]))
+        assert loss_steps(client, job["id"]) == list(range(1, HP["max_steps"] + 1))
+    finally:
+        studio.__exit__(None, None, None)

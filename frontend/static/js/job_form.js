@@ -25,6 +25,7 @@
   // Server field names → the control whose error line shows the message.
   const FIELD_INPUTS = {
     name: "job-name",
+    priority: "job-priority",
     kind: "job-kind",
     dataset_id: "job-dataset",
     validation_dataset_id: "job-validation-dataset",
@@ -274,6 +275,8 @@
     const body = { kind: kind(), dataset_id: Number(dataset.value), hyperparameters: {} };
     const name = document.getElementById("job-name").value.trim();
     if (name) body.name = name;
+    const priority = document.getElementById("job-priority").value.trim();
+    if (priority && Number(priority) !== 0) body.priority = Number(priority);
     if (validation && validation.value) body.validation_dataset_id = Number(validation.value);
     const prompts = document.getElementById("job-watch-prompts").value.split("\n").map((l) => l.trim());
     if (prompts.some(Boolean)) body.watch_prompts = prompts.filter(Boolean);
@@ -343,6 +346,7 @@
 
   function prefill(job) {
     document.getElementById("job-name").value = `${job.name} (clone)`.slice(0, 200);
+    setInput(document.getElementById("job-priority"), job.priority ?? 0);
     const radio = document.getElementById(`job-kind-${job.kind}`);
     if (radio) radio.checked = true;
     if (!choose(dataset, job.dataset_id)) markField("job-dataset", `Dataset ${job.dataset_id} is no longer available.`);
