@@ -185,6 +185,7 @@ def test_workers_page_shows_live_workers_and_the_queue(page, studio: StudioProce
     expect(training).to_have_attribute("data-live", "true")
     expect(table.locator("tbody tr", has_text="analysis")).to_have_attribute("data-live", "true")
     expect(training.locator(".seen-cell")).to_contain_text("ago")
+    expect(training.locator('td[data-label="Free disk"]')).to_contain_text(" GiB")  # what placement reads
     expect(page.locator("#workers-empty")).to_be_hidden()
     expect(page.locator("#queue-depth")).to_have_attribute("data-queued", "0")
 

@@ -36,7 +36,18 @@
     if (w.bf16) cell.append(" ", el("span", { className: "muted small", textContent: "bf16" }));
     const gpus = (w.details || {}).gpu_count;
     if (gpus > 1) cell.append(" ", el("span", { className: "muted small", textContent: `× ${gpus}` }));
+    if (w.compute_capability) {
+      cell.append(" ", el("span", { className: "muted small", title: "CUDA compute capability", textContent: `sm ${w.compute_capability}` }));
+    }
+    if ((w.details || {}).bitsandbytes) {
+      cell.append(" ", el("span", { className: "muted small", title: "can train 4-bit (QLoRA)", textContent: "bitsandbytes" }));
+    }
     return cell;
+  }
+
+  function diskCell(w) {
+    if (w.disk_free_bytes == null) return el("td", { className: "num" }, el("span", { className: "muted", textContent: "–" }));
+    return el("td", { className: "num", textContent: `${(w.disk_free_bytes / GIB).toFixed(1)} GiB` });
   }
 
   function peakCell(w) {
@@ -62,6 +73,7 @@
       [el("td", { textContent: w.queue === "studio" ? "training" : "analysis, imports" }), "Serves"],
       [deviceCell(w), "Device"],
       [el("td", { className: "num", textContent: `${(w.device_memory_bytes / GIB).toFixed(1)} GiB` }), "Memory"],
+      [diskCell(w), "Free disk"],
       [peakCell(w), "Peak matmul"],
       [jobCell(w), "Current job"],
       [seenCell(w), "Last heartbeat"],
