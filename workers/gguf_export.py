@@ -15,7 +15,9 @@ worker could not serve is refused at POST.
 """
 
 import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,32 +148,63 @@ def _tensor_type(gguf_name: str, w: torch.Tensor, gguf_type: str, tied: bool) ->
     return wanted if w.shape[-1] % block == 0 else gguf.GGMLQuantizationType.F16
 
 
-def add_tensors(writer: gguf.GGUFWriter, model: PreTrainedModel, gguf_type: str, report: Report) -> None:
+@dataclass(frozen=True)
+class Planned:
+    """One tensor of the file: where it comes from, its name and type there."""
+
+    hf_name: str
+    name: str
+    qtype: gguf.GGMLQuantizationType
+
+
+def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    return math.prod(shape) // block * type_size
+
+
+def plan_tensors(writer: gguf.GGUFWriter, model: PreTrainedModel, gguf_type: str) -> list[Planned]:
+    """Declare every tensor (name, shape, type, size) before any is converted: the file's header lists them all,
+    and the data is then written one tensor at a time (`write_tensors`), so converting a model never holds a
+    second copy of it in memory nor in a temporary file."""
     config = model.config
-    n_head = config.num_attention_heads
-    n_kv = _config_value(config, "num_key_value_heads", default=n_head)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    state = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
-    for i, (hf_name, tensor) in enumerate(state.items(), 1):
+    plan = []
+    for hf_name, tensor in model.state_dict().items():
+        if tied and hf_name == "lm_head.weight":
+            continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise NotConvertible(f"tensor {hf_name} has no GGUF name for llama")
-        w = tensor.detach().to("cpu", torch.float32)
+        qtype = _tensor_type(name, tensor, gguf_type, tied)
+        shape = tuple(tensor.shape)
+        dtype = np.float16 if qtype == gguf.GGMLQuantizationType.F16 else np.float32
+        raw = None if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else qtype
+        writer.add_tensor_info(name, shape, np.dtype(dtype), _nbytes(shape, qtype), raw_dtype=raw)
+        plan.append(Planned(hf_name, name, qtype))
+    return plan
+
+
+def write_tensors(writer: gguf.GGUFWriter, model: PreTrainedModel, plan: list[Planned], report: Report) -> None:
+    """Convert and write each planned tensor, in the header's order."""
+    config = model.config
+    n_head = config.num_attention_heads
+    n_kv = _config_value(config, "num_key_value_heads", default=n_head)
+    state = model.state_dict()
+    for i, t in enumerate(plan, 1):
+        w = state[t.hf_name].detach().to("cpu", torch.float32)
         # Biases too, as llama.cpp's converter does: a model with attention_bias would otherwise rotate wrongly.
-        if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+        if t.hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             w = permute(w, n_head)
-        elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+        elif t.hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             w = permute(w, n_kv)
-        qtype = _tensor_type(name, w, gguf_type, tied)
         array = w.numpy()
-        if qtype == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(name, array)
-        elif qtype == gguf.GGMLQuantizationType.F16:
-            writer.add_tensor(name, array.astype(np.float16))
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
-        report("converting", i, len(state), "tensors")
+        if t.qtype == gguf.GGMLQuantizationType.F16:
+            array = array.astype(np.float16)
+        elif t.qtype != gguf.GGMLQuantizationType.F32:
+            array = gguf.quants.quantize(array, t.qtype)
+        writer.write_tensor_data(array)
+        report("converting", i, len(plan), "tensors")
 
 
 def write_gguf(
@@ -193,10 +226,11 @@ def write_gguf(
     add_hyperparameters(writer, model, gguf_type)
     add_tokenizer(writer, tokenizer, model.config.vocab_size, chat_template)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tensors(writer, model, gguf_type, report)
+    plan = plan_tensors(writer, model, gguf_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    write_tensors(writer, model, plan, report)
     writer.close()
     return out
 

@@ -60,17 +60,30 @@ def rope_scaling(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _split_names(pre: dict[str, Any] | None) -> list[str]:
-    """The pre-tokenizer's llama.cpp name candidates, from its regex splits (a Sequence is searched)."""
+    """The pre-tokenizer's llama.cpp name candidates, from its regex splits (a Sequence is searched). Any step
+    llama.cpp would not take ("Digits", "Whitespace", "Metaspace", a Split on another regex, ...) is "unknown":
+    it changes where the text is cut, so the same text would become other tokens there."""
     if not pre:
         return []
-    if pre.get("type") == "Sequence":
+    kind = pre.get("type")
+    if kind == "Sequence":
         return [n for p in pre.get("pretokenizers", []) for n in _split_names(p)]
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return ["gpt-2"]  # ByteLevel's own regex is GPT-2's
-    if pre.get("type") == "Split":
+    if kind == "ByteLevel":
+        # ByteLevel's own regex is GPT-2's; without it, it only maps bytes to characters (after a Split).
+        return ["gpt-2"] if pre.get("use_regex", True) else []
+    if kind == "Split":
         pattern = (pre.get("pattern") or {}).get("Regex")
         return [_SPLITS[pattern]] if pattern in _SPLITS else ["unknown"]
-    return []
+    return ["unknown"]
+
+
+def _normalizes(normalizer: dict[str, Any] | None) -> bool:
+    """Whether a tokenizer.json normalizer changes text before it is split (llama.cpp applies none)."""
+    if not normalizer:
+        return False
+    if normalizer.get("type") == "Sequence":
+        return any(_normalizes(n) for n in normalizer.get("normalizers", []))
+    return True
 
 
 def pre_tokenizer(tokenizer: dict[str, Any]) -> str:
@@ -83,11 +96,16 @@ def pre_tokenizer(tokenizer: dict[str, Any]) -> str:
             f"tokenizer model {model.get('type')!r}{' with byte fallback' if model.get('byte_fallback') else ''} "
             "is not converted: only byte-level BPE tokenizers (the studio's own) are"
         )
+    normalizer = tokenizer.get("normalizer")
+    if _normalizes(normalizer):
+        raise NotConvertible(
+            f"the tokenizer normalizes text first ({(normalizer or {}).get('type')}), which llama.cpp does not: "
+            "its tokens would differ there"
+        )
     names = _split_names(tokenizer.get("pre_tokenizer"))
-    known = [n for n in names if n != "unknown"]
-    if len(known) != 1 or len(names) != 1:
+    if len(names) != 1 or names[0] == "unknown":
         raise NotConvertible("the tokenizer's pre-tokenizer split matches none llama.cpp names (gpt-2, llama-bpe)")
-    return known[0]
+    return names[0]
 
 
 def check_convertible(model_dir: Path, tokenizer_dir: Path) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 import workers.export as worker
 from backend.db import Artifact, Export, User, session_scope
 from backend.errors import Invalid
-from backend.export.gguf import NotConvertible, check_convertible, pre_tokenizer
+from backend.export.gguf import _LLAMA3_REGEX, NotConvertible, check_convertible, pre_tokenizer
 from backend.export.schemas import ExportCreate
 from backend.export.service import create_export
 from tests.workers.support import Pretrained, Seed, create_job, sft_job
@@ -230,6 +230,18 @@ def test_what_cannot_be_converted(tmp_path: Path) -> None:
         pre_tokenizer({"model": {"type": "BPE", "byte_fallback": True}})
     with pytest.raises(NotConvertible, match="pre-tokenizer"):
         pre_tokenizer({"model": {"type": "BPE"}, "pre_tokenizer": {"type": "Metaspace"}})
+    # A step llama.cpp would not take, beside a split it names, still cuts the text elsewhere: refused.
+    digits_first = {"type": "Sequence", "pretokenizers": [{"type": "Digits"}, {"type": "ByteLevel"}]}
+    with pytest.raises(NotConvertible, match="pre-tokenizer"):
+        pre_tokenizer({"model": {"type": "BPE"}, "pre_tokenizer": digits_first})
+    byte_level = {"type": "ByteLevel"}
+    with pytest.raises(NotConvertible, match="normalizes text first \\(NFKC\\)"):
+        pre_tokenizer({"model": {"type": "BPE"}, "normalizer": {"type": "NFKC"}, "pre_tokenizer": byte_level})
+    llama3 = {"type": "Split", "pattern": {"Regex": _LLAMA3_REGEX}}
+    split_then_bytes = {"type": "Sequence", "pretokenizers": [llama3, {"type": "ByteLevel", "use_regex": False}]}
+    empty = {"type": "Sequence", "normalizers": []}
+    llama3_like = {"model": {"type": "BPE"}, "normalizer": empty, "pre_tokenizer": split_then_bytes}
+    assert pre_tokenizer(llama3_like) == "llama-bpe"
 
 
 # --- through the worker ---------------------------------------------------------------------------------------------
