@@ -64,6 +64,7 @@ CASES: list[tuple[str, Callable[[], bytes], dict[str, Any], str, str, int]] = [
     ("preference.jsonl", _fixture("preference.jsonl"), {}, "preference", "preference", 3),
     ("preference_messages.jsonl", _fixture("preference_messages.jsonl"), {}, "preference", "preference", 2),
     ("sharegpt_preference.json", _fixture("sharegpt_preference.json"), {}, "sharegpt_preference", "preference", 2),
+    ("openai_preference.jsonl", _fixture("openai_preference.jsonl"), {}, "openai_preference", "preference", 2),
     ("text_label.csv", _fixture("text_label.csv"), {}, "text_label", "classification", 4),
     ("sst2.tsv", _fixture("sst2.tsv"), {}, "sentence_label", "classification", 5),
     ("alpaca.parquet", _parquet(ALPACA_ROWS), {}, "alpaca", "prompt_completion", 3),

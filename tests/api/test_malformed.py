@@ -138,6 +138,22 @@ CASES: list[tuple[str, Callable[[], bytes], dict[str, Any], int, str]] = [
         "field 'conversations[1].value': a function_call value must be JSON",
     ),
     ("pref.jsonl", lambda: _lines({"prompt": "q", "chosen": "", "rejected": "b"}), {}, 422, "field 'chosen': empty"),
+    (
+        "oai_pref.jsonl",
+        lambda: _lines(
+            {"input": {"messages": [USER]}, "preferred_output": [BOT], "non_preferred_output": [{"role": "x"}]}
+        ),
+        {},
+        422,
+        "field 'non_preferred_output[0].role': unknown role",
+    ),
+    (
+        "oai_pref2.jsonl",
+        lambda: _lines({"input": [USER], "preferred_output": "a", "non_preferred_output": "b"}),
+        {},
+        422,
+        "field 'input': expected an object",
+    ),
     # classification labels
     (
         "float.jsonl",

@@ -118,6 +118,17 @@ def preference(obj: dict[str, Any], shape: str) -> Record:
     return _consistent(prompt, sides)
 
 
+def openai_preference(obj: dict[str, Any], shape: str) -> Record:
+    """OpenAI's DPO format: {"input": {"messages"}, "preferred_output": [...], "non_preferred_output": [...]}."""
+    given = obj.get("input")
+    if not isinstance(given, dict):
+        raise FormatError("expected an object with 'messages'", field="input")
+    prompt = chat.messages(given.get("messages"), "input.messages")
+    answers = {"preferred_output": "chosen", "non_preferred_output": "rejected"}
+    sides = {ours: _side(obj.get(theirs), theirs, chat.message) for theirs, ours in answers.items()}
+    return _consistent(prompt, sides)
+
+
 def sharegpt_preference(obj: dict[str, Any], shape: str) -> Record:
     prompt = chat.sharegpt(obj.get("conversations"), "conversations", obj.get("system"))
     sides = {key: _side(obj.get(key), key, chat.sharegpt_turn) for key in ("chosen", "rejected")}
@@ -238,6 +249,12 @@ LAYOUTS: dict[str, Layout] = {
             ("system",),
         ),
         Layout("preference", ("prompt", "chosen", "rejected"), ("preference",), preference),
+        Layout(
+            "openai_preference",
+            ("input", "preferred_output", "non_preferred_output"),
+            ("preference",),
+            openai_preference,
+        ),
         Layout(
             "sharegpt_unpaired",
             ("conversations", "label"),

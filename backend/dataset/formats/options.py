@@ -16,6 +16,7 @@ LayoutName = Literal[
     "prompt_completion",
     "preference",
     "sharegpt_preference",
+    "openai_preference",
     "openai_unpaired",
     "sharegpt_unpaired",
     "unpaired_preference",
