@@ -4,6 +4,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,27 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STUDIO_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(Path("data"), description="Datasets, models, checkpoints and the embedded database.")
+    storage_url: str = Field(
+        "",
+        description="Where datasets, models, checkpoints and artifacts are stored: empty for data_dir, or "
+        "s3://bucket/prefix for an S3-compatible bucket (credentials from the usual AWS_* variables).",
+    )
+    s3_endpoint_url: str = Field(
+        "", description="Endpoint of an S3-compatible server (MinIO: http://minio:9000); empty means AWS S3."
+    )
+    s3_presigned_downloads: bool = Field(
+        False,
+        description="Answer artifact downloads with a redirect to a presigned URL of the bucket (the browser "
+        "must reach the S3 endpoint) instead of streaming them through the API.",
+    )
+    cache_dir: str = Field(
+        "", description="Local copies of what a process reads from S3 storage; empty means data_dir/cache."
+    )
+    cache_max_bytes: int = Field(
+        50 * 1024**3,
+        ge=1024**2,
+        description="Size the cache may grow to before the least recently used copies are removed.",
+    )
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite in data_dir.")
     broker_url: str = Field("", description="Celery broker; empty means kombu's SQLAlchemy transport on SQLite.")
     redis_url: str = Field("", description="Redis for live event fan-out; empty means database polling.")
@@ -135,6 +157,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _storage_url_is_s3(self) -> "Settings":
+        url = urlsplit(self.storage_url)
+        if self.storage_url and (url.scheme != "s3" or not url.netloc):
+            raise ValueError(f"STUDIO_STORAGE_URL must be empty or s3://bucket/prefix, not {self.storage_url!r}")
+        return self
+
+    @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
         self.data_dir = self.data_dir.expanduser().resolve()
         if not self.database_url:
@@ -146,6 +175,11 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def cache_path(self) -> Path:
+        """Where this process keeps local copies of stored objects (and, with S3 storage, its work folders)."""
+        return Path(self.cache_dir).expanduser().resolve() if self.cache_dir else self.data_dir / "cache"
 
     def path(self, *parts: str) -> Path:
         """A directory under data_dir, created on first use."""

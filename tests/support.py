@@ -49,6 +49,15 @@ def reset_process_state() -> None:
     backend.events._publisher = None
 
 
+def stored(key: str) -> Path:
+    """The local file or folder of a stored key (a row's `path`) with local storage, the test default."""
+    from backend.storage import get_storage
+
+    local = get_storage().local_path(key)
+    assert local is not None, f"{key} is not stored locally"
+    return local
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import stored
+
 
 def studio(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -109,7 +111,7 @@ def test_models_import_demo(app_env: dict[str, str]) -> None:
             True,
         )
         assert 130e6 < model.parameters < 140e6
-        directory = Path(model.path)
+        directory = stored(model.path)
     assert directory.parent == Path(app_env["STUDIO_DATA_DIR"]).resolve() / "models"
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
         p.name for p in directory.iterdir()

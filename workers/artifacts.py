@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from backend.db import Job, Model, session_scope
 from backend.job.lifecycle import add_artifact, log_event
 from backend.model.service import register_model
+from backend.storage import get_storage
 from workers.context import JobContext
 from workers.examples import training_template
 from workers.ranks import is_main
@@ -131,9 +132,12 @@ def zip_directory(directory: Path, destination: Path, progress: Callable[[int, i
 
 
 def publish_directory(ctx: JobContext, directory: Path, zip_name: str) -> Path:
-    """Zip `directory` next to it in the job folder and register the zip as the job's artifact."""
+    """Zip `directory` next to it in the job folder, store the zip (whole: it is complete) and register it as the
+    job's artifact."""
     archive = zip_directory(directory, ctx.output_dir / zip_name)
-    add_artifact(ctx.job_id, archive)
+    key = f"jobs/{ctx.job_id}/{zip_name}"
+    get_storage().put_file(key, archive)
+    add_artifact(ctx.job_id, archive, key)
     return archive
 
 
@@ -141,8 +145,11 @@ def register_base_model(ctx: JobContext, directory: Path) -> int | None:
     """Add the saved model directory to the owner's base-model list, so it can be fine-tuned next."""
     if not is_main():
         return None  # data parallel: rank 0 saved the directory and registers it
+    key = f"jobs/{ctx.job_id}/{directory.name}"  # stored by `export` before this is called
     with session_scope() as s:
-        model = register_model(s, owner_id=ctx.owner_id, path=directory, name=ctx.name, source="job", job_id=ctx.job_id)
+        model = register_model(
+            s, owner_id=ctx.owner_id, path=directory, name=ctx.name, source="job", job_id=ctx.job_id, key=key
+        )
         model_id = model.id
     log_event(ctx.job_id, f"registered as base model #{model_id}")
     return model_id
@@ -215,6 +222,8 @@ def export(
         metrics=metrics,
         loading=loading,
     )
+    # Stored whole (the playground and exports read jobs/<id>/<what>), then zipped for download.
+    get_storage().put_tree(f"jobs/{ctx.job_id}/{what}", directory)
     publish_directory(ctx, directory, f"{what}.zip")
     return directory
 

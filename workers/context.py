@@ -5,19 +5,19 @@ Recipes never hold an ORM session while they train (hours): they get this snapsh
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from backend.config import get_settings
 from backend.dataset.formats import Record, read_records
 from backend.db import Dataset, Job, Model, session_scope
 from backend.job.schemas import Hyperparameters
 from backend.method import registry
 from backend.method.registry import Method, Objective
 from backend.method.settings import MethodSettings
+from backend.storage import get_cache, work_dir
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -28,7 +28,7 @@ class DatasetRef:
 
     id: int
     name: str
-    path: Path
+    key: str  # where the file is stored
     filename: str
     sha256: str
     shape: str
@@ -39,12 +39,17 @@ class DatasetRef:
         return cls(
             id=row.id,
             name=row.name,
-            path=Path(row.path),
+            key=row.path,
             filename=row.filename,
             sha256=row.sha256,
             shape=row.shape,
             options=dict(row.options or {}),
         )
+
+    @property
+    def path(self) -> Path:
+        """The file on this machine: its own with local storage, else a cached copy (fetched at the first use)."""
+        return get_cache().file(self.key)
 
     def records(self) -> Iterator[Record]:
         """Canonical records, streamed in file order (record indices count from 0 in this order)."""
@@ -70,7 +75,7 @@ class JobContext:
     validation_dataset: DatasetRef | None  # a separate eval file, used instead of a held-out fraction
     base_model_name: str | None
     base_model_path: Path | None
-    output_dir: Path  # data_dir/jobs/<id>: checkpoints/, model/ or adapter/, and the zip
+    output_dir: Path  # the work folder of jobs/<id>: checkpoints/, model/ or adapter/, and the zip
     resume_checkpoint: Path | None = None  # a checkpoint-<step> folder to continue from (a resumed job)
     watch_prompts: tuple[str, ...] = ()  # generated at every eval, stored as JobSample rows
     tokenizer_model_path: Path | None = None  # pretrain: reuse this model's tokenizer
@@ -112,7 +117,19 @@ class JobContext:
 
 
 def load_context(job_id: int) -> JobContext:
-    """Snapshot job `job_id`, its dataset and base model; create its output directory."""
+    """Snapshot job `job_id`, its dataset and base model (local copies of what is stored remotely, fetched once the
+    session is closed); create its output directory."""
+    context, keys = _snapshot(job_id)
+    cache = get_cache()
+    return replace(
+        context,
+        base_model_path=cache.tree(keys["base"]) if keys["base"] else None,
+        resume_checkpoint=cache.tree(keys["resume"]) if keys["resume"] else None,
+        tokenizer_model_path=cache.tree(keys["tokenizer"]) if keys["tokenizer"] else None,
+    )
+
+
+def _snapshot(job_id: int) -> tuple[JobContext, dict[str, str | None]]:
     with session_scope() as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -133,6 +150,11 @@ def load_context(job_id: int) -> JobContext:
         legacy = registry.split_legacy(stored, method.name, objective.name)
         method_config = method.settings.model_validate({**legacy.method, **(job.method_config or {})})
         assert isinstance(method_config, MethodSettings)
+        keys = {
+            "base": base.path if base else None,
+            "resume": job.resume_checkpoint,
+            "tokenizer": tokenizer_model.path if tokenizer_model else None,
+        }
         return JobContext(
             job_id=job.id,
             owner_id=job.owner_id,
@@ -147,10 +169,8 @@ def load_context(job_id: int) -> JobContext:
             dataset=DatasetRef.of(dataset),
             validation_dataset=DatasetRef.of(validation) if validation else None,
             base_model_name=base.name if base else None,
-            base_model_path=Path(base.path) if base else None,
-            output_dir=get_settings().path("jobs", str(job.id)),
-            resume_checkpoint=Path(job.resume_checkpoint) if job.resume_checkpoint else None,
+            base_model_path=None,
+            output_dir=work_dir(f"jobs/{job.id}"),
             watch_prompts=tuple(job.watch_prompts or ()),
-            tokenizer_model_path=Path(tokenizer_model.path) if tokenizer_model else None,
             trust_remote_code=bool(base and (base.details or {}).get("trust_remote_code")),
-        )
+        ), keys

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 from backend.config import get_settings
 from backend.model.imports import ImportSpec, claim_import, fail_import, finish_import, load_import, record_progress
 from backend.queue import IMPORT_MODEL
+from backend.storage import scratch_dir
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import IMPORT
 from workers.claims import take
@@ -191,7 +192,7 @@ def _import(model_id: int) -> str:
     spec = load_import(model_id)
     if spec is None:
         return "skipped"
-    staged = get_settings().path("tmp") / f"import-{model_id}-{uuid.uuid4().hex[:8]}"
+    staged = scratch_dir() / f"import-{model_id}-{uuid.uuid4().hex[:8]}"
     try:
         details = run_import(spec, staged)
     except Exception as exc:

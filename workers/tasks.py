@@ -61,7 +61,7 @@ def give_back(job_id: int, why: str) -> str:
     checkpoint = latest_checkpoint(job_id)
     where = f"{checkpoint.name} saved; " if checkpoint else "no checkpoint yet; "
     message = f"{why}: {where}the job is back in the queue to resume on any worker"
-    if give_back_job(job_id, message, resume_checkpoint=str(checkpoint.path) if checkpoint else None):
+    if give_back_job(job_id, message, resume_checkpoint=checkpoint.key if checkpoint else None):
         send(JOB, job_id, avoid=registry.worker_name())  # not to this worker: it is leaving
         return "requeued"
     return "lost"
@@ -114,7 +114,7 @@ def _run(won: Lease, lease_gone: threading.Event) -> str:
     except Paused as exc:
         checkpoint = latest_checkpoint(job_id)
         where = f"; resume continues from {checkpoint.name}" if checkpoint else ""
-        resume = str(checkpoint.path) if checkpoint else None
+        resume = checkpoint.key if checkpoint else None
         finish_job(
             job_id, "paused", message=f"{exc}{where}".replace(": saving a checkpoint", ""), resume_checkpoint=resume
         )

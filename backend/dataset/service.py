@@ -26,7 +26,8 @@ from backend.dataset.formats.plan import check_options_for
 from backend.dataset.formats.values import display
 from backend.db import Dataset, Job, Model, User
 from backend.errors import Conflict, Invalid, NotFound, TooLarge, Unsupported
-from backend.model.service import has_chat_template
+from backend.model.service import stored_chat_template
+from backend.storage import get_cache, get_storage, scratch_dir
 
 CHUNK = 1 << 20
 PREVIEW_CHARS = 100_000
@@ -61,7 +62,7 @@ def _sha256(path: Path) -> str:
 
 
 def _temp_path() -> Path:
-    return get_settings().path("tmp") / f"{uuid.uuid4().hex}.part"
+    return scratch_dir() / f"{uuid.uuid4().hex}.part"
 
 
 def options_from_form(raw: str) -> dict[str, Any]:
@@ -135,9 +136,9 @@ def ingest_file(
     parent: Dataset | None = None,
     note: str = "",
 ) -> Dataset:
-    """Validate the complete temp file `path` whole; when valid, move it into place and insert its row.
+    """Validate the complete temp file `path` whole; when valid, store it and insert its row.
 
-    `path` must be under data_dir (an atomic rename); it is gone afterwards, kept or not."""
+    `path` is best in `scratch_dir()` (with local storage, a rename); it is gone afterwards, kept or not."""
     return _ingest(
         session, user=user, path=path, filename=filename, name=name, options=options, parent=parent, note=note
     )
@@ -167,16 +168,17 @@ def _ingest(
             )
         summary = validate_file(path, clean, options)
         sha256 = sha256 or _sha256(path)
-        final = settings.path("datasets", str(user.id)) / f"{sha256[:16]}-{clean}"
-        shared = final.exists()  # the same bytes under the same name, already kept for another dataset
-        path.replace(final)
+        key = f"datasets/{user.id}/{sha256[:16]}-{clean}"
+        storage = get_storage()
+        shared = storage.exists(key)  # the same bytes under the same name, already kept for another dataset
+        storage.put_file(key, path, move=True)
     finally:
         path.unlink(missing_ok=True)
     dataset = Dataset(
         owner_id=user.id,
         name=(name or Path(clean).stem)[:200],
         filename=clean,
-        path=str(final),
+        path=key,
         size_bytes=size,
         sha256=sha256,
         format=summary.format,
@@ -196,7 +198,7 @@ def _ingest(
         session.flush()
     except Exception:
         if not shared:
-            final.unlink(missing_ok=True)
+            storage.delete(key)
         raise
     return dataset
 
@@ -262,13 +264,13 @@ def list_datasets(session: Session, *, user: User) -> list[Dataset]:
 
 def preview(dataset: Dataset, rows: int = 20) -> list[dict[str, Any]]:
     """The first records as the trainer will read them (very long strings cut for display)."""
-    records = read_records(Path(dataset.path), dataset.filename, dataset.options or None, head_only=True)
+    records = read_records(get_cache().file(dataset.path), dataset.filename, dataset.options or None, head_only=True)
     return [display(r, PREVIEW_CHARS) for r in itertools.islice(records, rows)]
 
 
 def chat_models(models: list[Model]) -> set[int]:
     """Ids of the ready models whose tokenizer carries a chat template (read from their files)."""
-    return {m.id for m in models if m.status == "ready" and has_chat_template(Path(m.path))}
+    return {m.id for m in models if m.status == "ready" and stored_chat_template(m.path)}
 
 
 def dry_run_model(models: list[Model], *, shape: str, chat: set[int]) -> int | None:
@@ -293,9 +295,8 @@ def delete_dataset(session: Session, *, user: User, dataset_id: int) -> None:
     used = select(Job.id).where(or_(Job.dataset_id == ds.id, Job.validation_dataset_id == ds.id)).limit(1)
     if session.scalar(used) is not None:
         raise Conflict(f"dataset {ds.id} is used by jobs (training or validation data); delete them first")
-    path = Path(ds.path)
     session.delete(ds)
     session.flush()
     # Another upload of the same bytes by this user shares the file name; keep it if still referenced.
     if session.scalar(select(Dataset.id).where(Dataset.path == ds.path).limit(1)) is None:
-        path.unlink(missing_ok=True)
+        get_storage().delete(ds.path)

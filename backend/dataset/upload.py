@@ -6,6 +6,7 @@ the resume point (`received_bytes`) and goes on from there. A chunk that does no
 
 import fcntl
 import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
@@ -22,6 +23,7 @@ from backend.config import get_settings
 from backend.dataset import service as datasets
 from backend.db import Dataset, Upload, User, utcnow
 from backend.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
+from backend.storage import scratch_dir
 
 CHUNK_SIZE = 8 * 1024 * 1024  # what clients are told to send
 MAX_CHUNK = 64 * 1024 * 1024  # what one request may carry
@@ -205,14 +207,14 @@ def complete_upload(session: Session, *, user: User, upload_id: str) -> Dataset:
     """Validate the received file and store it as a dataset; the upload is consumed whether it is valid or not."""
     upload = get_upload(session, user=user, upload_id=upload_id)
     filename, name, options = upload.filename, upload.name, dict(upload.options or {})
-    tmp = get_settings().path("tmp") / f"{upload.id}.part"
+    tmp = scratch_dir() / f"{upload.id}.part"
     with locked_part(upload.id):  # no chunk is being written, and a second `complete` finds no part file
         received = received_bytes(session, upload.id)
         if received != upload.size_bytes:
             raise Conflict(
                 f"upload has {received} of {upload.size_bytes} bytes; send the rest first", received_bytes=received
             )
-        part_path(upload.id).replace(tmp)
+        shutil.move(part_path(upload.id), tmp)
     # Committed now, so a file refused below still ends the upload (the error rolls the session back).
     removed = discard_upload(session, upload_id)
     session.commit()

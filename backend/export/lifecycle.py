@@ -19,7 +19,8 @@ from backend.db import Artifact, Export, Job, session_scope, utcnow
 from backend.events import publish, publish_export
 from backend.export.service import artifact_name, export_target
 from backend.job.lifecycle import add_event, file_sha256
-from backend.playground.service import Target, job_output_dir
+from backend.playground.service import Target, job_output_dir, job_output_key
+from backend.storage import get_storage
 from backend.work import lease
 from backend.work.kinds import EXPORT
 from backend.work.lease import Expired, Lease, LeaseLost
@@ -148,6 +149,12 @@ def finish_export(export_id: int, archive: Path) -> bool:
     sha256, size = file_sha256(archive), archive.stat().st_size
     with session_scope() as s:
         row = s.get(Export, export_id)
+        job_id = row.job_id if row is not None else 0
+    key = f"{job_output_key(job_id)}/{archive.relative_to(job_output_dir(job_id)).as_posix()}"
+    storage = get_storage()
+    storage.put_file(key, archive)  # stored whole before a row names it
+    with session_scope() as s:
+        row = s.get(Export, export_id)
         finished = row is not None and _end(
             s, export_id, "done", artifact_name=archive.name, size_bytes=size, finished_at=utcnow()
         )
@@ -155,18 +162,16 @@ def finish_export(export_id: int, archive: Path) -> bool:
             return False
         job_id, owner_id = row.job_id, row.owner_id
         same_name = (Artifact.job_id == job_id, Artifact.name == archive.name)
-        replaced = [Path(p) for p in s.scalars(select(Artifact.path).where(*same_name))]
+        replaced = list(s.scalars(select(Artifact.path).where(*same_name)))
         s.execute(delete(Artifact).where(*same_name))
-        s.add(
-            Artifact(
-                job_id=job_id, owner_id=owner_id, name=archive.name, path=str(archive), size_bytes=size, sha256=sha256
-            )
-        )
+        s.add(Artifact(job_id=job_id, owner_id=owner_id, name=archive.name, path=key, size_bytes=size, sha256=sha256))
         add_event(s, job_id, f"export {archive.name} ready ({size / 1e6:.1f} MB)")
-    for path in replaced:
-        if path != archive and path.is_relative_to(exports_dir(job_id)):  # never a file the training run wrote
-            path.unlink(missing_ok=True)
-            remove_empty(path.parent, exports_dir(job_id))  # the earlier export's folders, now empty
+    exports = f"{job_output_key(job_id)}/exports/"
+    for old in replaced:
+        if old != key and old.startswith(exports):  # never a file the training run wrote
+            storage.delete(old)
+            if (local := storage.local_path(old)) is not None:
+                remove_empty(local.parent, exports_dir(job_id))  # the earlier export's folders, now empty
     publish(job_id)
     publish_export(export_id)
     return True
@@ -185,6 +190,7 @@ def recover_export(session: Session, row: Expired, max_attempts: int) -> bool:
     export = session.get(Export, row.id)
     assert export is not None
     shutil.rmtree(exports_dir(export.job_id) / str(row.id), ignore_errors=True)
+    get_storage().delete_prefix(f"{job_output_key(export.job_id)}/exports/{row.id}")
     if row.spent(max_attempts):
         error = (
             f"the worker ({row.lease_worker}) stopped responding while exporting, on {row.last_note(max_attempts)}; "

@@ -1,7 +1,5 @@
 """Weight exports as the web app sees them: checked against the job's weights on disk, deduplicated, listed."""
 
-from pathlib import Path
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -13,6 +11,7 @@ from backend.job.checkpoints import named_checkpoint
 from backend.job.service import get_job
 from backend.method import registry
 from backend.playground.service import Target, job_target
+from backend.storage import get_storage
 
 LIST_LIMIT = 50
 # The worker's sign of life inside `progress` (refreshed every few seconds, read by the reaper); not in the view.
@@ -74,7 +73,7 @@ def artifact_exists(session: Session, job_id: int, name: str | None) -> bool:
     if name is None:
         return False
     art = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
-    return art is not None and Path(art.path).is_file()
+    return art is not None and get_storage().exists(art.path)
 
 
 def _still_current(session: Session, row: Export) -> bool:

@@ -1,8 +1,9 @@
-"""A job's checkpoints on disk, as the Trainer writes them: data_dir/jobs/<id>/checkpoints/checkpoint-<step>/.
+"""A job's checkpoints, as the Trainer writes them, stored under jobs/<id>/checkpoints/checkpoint-<step>/.
 
 One rule says which folders are checkpoints (`is_complete`); the API, the resume and the worker's rollback all
 use it. The worker writes each checkpoint into a staging folder and renames it into place once every file is on
-disk and the marker is written (`workers.checkpointing`).
+disk and the marker is written (`workers.checkpointing`); with remote storage it then stores the folder, the
+marker last, so a stored checkpoint is complete exactly when its marker is there.
 """
 
 import json
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backend.config import get_settings
+from backend.storage import get_cache, get_storage, work_path
 
 PREFIX = "checkpoint-"
 # Written last into a checkpoint, after every other file was flushed to disk: the folder is whole.
@@ -26,14 +27,24 @@ STATE_FILE = "trainer_state.json"
 class Checkpoint:
     name: str
     step: int
-    path: Path
+    key: str  # jobs/<id>/checkpoints/checkpoint-<step>
     size_bytes: int
     created_at: datetime
 
+    @property
+    def path(self) -> Path:
+        """A local folder with the checkpoint (its own with local storage, else a cached copy)."""
+        return get_cache().tree(self.key)
+
+
+def checkpoints_key(job_id: int) -> str:
+    """Where job `job_id`'s checkpoints are stored."""
+    return f"jobs/{job_id}/checkpoints"
+
 
 def checkpoint_dir(job_id: int) -> Path:
-    """Where job `job_id`'s checkpoints go (not created here)."""
-    return get_settings().data_dir / "jobs" / str(job_id) / "checkpoints"
+    """The local folder the job's worker writes its checkpoints into (not created here)."""
+    return work_path(checkpoints_key(job_id))
 
 
 def step_of(path: Path) -> int | None:
@@ -74,12 +85,40 @@ def folder_bytes(path: Path) -> int:
 
 def list_checkpoints(job_id: int) -> list[Checkpoint]:
     """Complete checkpoints of the job, oldest step first."""
+    prefix = checkpoints_key(job_id)
+    local = get_storage().local_path(prefix)
+    if local is None:
+        return _stored_checkpoints(prefix)
     found = []
-    for step, path in complete_checkpoints(checkpoint_dir(job_id)):
+    for step, path in complete_checkpoints(local):
         written = path / MARKER if (path / MARKER).is_file() else path / STATE_FILE
         mtime = datetime.fromtimestamp(written.stat().st_mtime, UTC)
-        found.append(Checkpoint(name=path.name, step=step, path=path, size_bytes=folder_bytes(path), created_at=mtime))
+        key = f"{prefix}/{path.name}"
+        found.append(Checkpoint(name=path.name, step=step, key=key, size_bytes=folder_bytes(path), created_at=mtime))
     return found
+
+
+def _stored_checkpoints(prefix: str) -> list[Checkpoint]:
+    """Checkpoints in remote storage: a checkpoint-<step> folder whose marker is stored (it is stored last)."""
+    sizes: dict[str, int] = {}
+    marked: dict[str, float] = {}
+    for key, (size, mtime) in get_storage().scan(prefix).items():
+        name, _, rest = key.removeprefix(f"{prefix}/").partition("/")
+        sizes[name] = sizes.get(name, 0) + size
+        if rest == MARKER:
+            marked[name] = mtime
+    found = [
+        Checkpoint(
+            name=name,
+            step=step,
+            key=f"{prefix}/{name}",
+            size_bytes=sizes[name],
+            created_at=datetime.fromtimestamp(mtime, UTC),
+        )
+        for name, mtime in marked.items()
+        if (step := step_of(Path(name))) is not None
+    ]
+    return sorted(found, key=lambda c: c.step)
 
 
 def latest_checkpoint(job_id: int) -> Checkpoint | None:
@@ -95,7 +134,15 @@ def named_checkpoint(job_id: int, name: str) -> Checkpoint | None:
 
 def remove_checkpoints_after(job_id: int, step: int) -> list[str]:
     """Delete the checkpoints past `step` (a resume from an older one abandons them); their names."""
-    root = checkpoint_dir(job_id)
+    storage = get_storage()
+    prefix = checkpoints_key(job_id)
+    root = storage.local_path(prefix)
+    if root is None:
+        names = {key.removeprefix(f"{prefix}/").partition("/")[0] for key in storage.list(prefix)}
+        later = sorted(n for n in names if (found := step_of(Path(n))) is not None and found > step)
+        for name in later:
+            storage.delete_prefix(f"{prefix}/{name}")
+        return later
     if not root.is_dir():
         return []
     removed = []

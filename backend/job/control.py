@@ -95,7 +95,7 @@ def resume_job(session: Session, *, user: User, job_id: int, checkpoint: str | N
         where=Job.status == job.status,
         cancel_requested=False,
         pause_requested=False,
-        resume_checkpoint=str(chosen.path),
+        resume_checkpoint=chosen.key,
         current_step=chosen.step,
         finished_at=None,
         error=None,

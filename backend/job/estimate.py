@@ -6,10 +6,8 @@ that finished runs actually reached on the device; memory from the usual account
 state, activations, logits) against the live worker's device memory.
 """
 
-import json
 import math
 import statistics
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -24,7 +22,7 @@ from backend.method import registry
 from backend.method.registry import Method, Objective
 from backend.method.shape import ModelShape, model_shape
 from backend.model.presets import PRESETS
-from backend.model.service import ready_model
+from backend.model.service import read_model_json, ready_model
 from backend.worker.service import can_run_qlora, live_training_workers
 
 # A byte of UTF-8 text is about a quarter of a BPE token in English; only used until real statistics exist.
@@ -81,12 +79,7 @@ def memory_bytes(
 
 
 def _read_config(model: Model) -> dict[str, Any]:
-    path = Path(model.path) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+    return read_model_json(model.path, "config.json")
 
 
 def _config(session: Session, user: User, body: JobCreate) -> tuple[dict[str, Any], int | None]:
@@ -274,10 +267,19 @@ def estimate_job(session: Session, *, user: User, body: JobCreate) -> EstimateRe
         fits=fits,
         memory_bytes_cuda=need_on(True) if known else None,
         memory_bytes_cpu=need_on(False) if known else None,
+        disk_bytes=disk_bytes(total, trainable, adapter=method.adapter, keep=hp.keep_checkpoints) if known else None,
         advice=advice,
         notes=notes,
         dry_run=stats,
     )
+
+
+def disk_bytes(total: int, trainable: int, *, adapter: bool, keep: int) -> int:
+    """The most a run holds on the worker's disk: `keep` checkpoints plus the one being written (each the trained
+    weights in fp32 and AdamW's two fp32 moments per trainable parameter), and the final weights."""
+    weights = 4 * (trainable if adapter else total)
+    checkpoint = weights + 8 * trainable
+    return (keep + 1) * checkpoint + weights
 
 
 def preflight(stats: dict[str, Any] | None, body: JobCreate) -> list[Problem]:

@@ -215,18 +215,14 @@ def file_sha256(path: Path) -> str:
 
 
 @main_rank_only
-def add_artifact(job_id: int, path: Path) -> None:
-    """Register a finished file under the job; its name is the file name (e.g. adapter.zip)."""
+def add_artifact(job_id: int, path: Path, key: str) -> None:
+    """Register a finished file, stored under `key`, as the job's; its name is the file name (e.g. adapter.zip)."""
     sha256, size = file_sha256(path), path.stat().st_size
 
     def write(s: Session) -> None:
         job = s.get(Job, job_id)
         assert job is not None
-        s.add(
-            Artifact(
-                job_id=job_id, owner_id=job.owner_id, name=path.name, path=str(path), size_bytes=size, sha256=sha256
-            )
-        )
+        s.add(Artifact(job_id=job_id, owner_id=job.owner_id, name=path.name, path=key, size_bytes=size, sha256=sha256))
         add_event(s, job_id, f"artifact {path.name} ready ({size / 1e6:.1f} MB)")
 
     outbox.drain()  # the run's points and events first, in order

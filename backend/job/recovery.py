@@ -24,7 +24,7 @@ def recover_job(session: Session, row: Expired, max_attempts: int) -> bool:
             add_event(session, job.id, f"{lost} while cancelling; job cancelled")
         return False
     if job.pause_requested:
-        resume = str(checkpoint.path) if checkpoint else None
+        resume = checkpoint.key if checkpoint else None
         if lease.give_up(session, JOB, row, status="paused", finished_at=utcnow(), resume_checkpoint=resume):
             where = f"resume continues from {checkpoint.name}" if checkpoint else "no checkpoint to resume from"
             add_event(session, job.id, f"{lost} while pausing; paused ({where})", "warning")
@@ -39,7 +39,7 @@ def recover_job(session: Session, row: Expired, max_attempts: int) -> bool:
         session,
         JOB,
         row,
-        resume_checkpoint=str(checkpoint.path) if checkpoint else None,
+        resume_checkpoint=checkpoint.key if checkpoint else None,
         current_step=step,
         pause_requested=False,
     )

@@ -2,7 +2,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse
 from pydantic_core import to_json
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
@@ -28,6 +27,7 @@ from backend.job.schemas import (
 )
 from backend.job.stream import job_events, jobs_list_events, parse_cursor
 from backend.schemas import MAX_ID, DbId, IdPath, Text
+from backend.storage.responses import download
 from backend.work.kinds import JOB
 from backend.work.send import send
 
@@ -61,6 +61,8 @@ def _admit(session: Session, user: User, body: JobCreate, job: Job) -> None:
     # What placement routes it by; a forced job's memory is not judged there either (the person overrode it).
     cuda, cpu = admitted.memory_bytes_cuda, admitted.memory_bytes_cpu
     job.needs = {} if body.force or cuda is None or cpu is None else {"memory_cuda": cuda, "memory_cpu": cpu}
+    if admitted.disk_bytes is not None:
+        job.needs["disk"] = admitted.disk_bytes  # judged even when forced: a full disk fails the run for sure
 
 
 @router.post("/estimate", response_model=EstimateRead)
@@ -214,6 +216,6 @@ def list_artifacts(job_id: IdPath, session: SessionDep, user: CurrentUser) -> li
 
 
 @router.get("/{job_id}/artifacts/{name}")
-def download_artifact(job_id: IdPath, name: Text, session: SessionDep, user: CurrentUser) -> FileResponse:
+def download_artifact(job_id: IdPath, name: Text, session: SessionDep, user: CurrentUser) -> Response:
     art = service.get_artifact(session, user=user, job_id=job_id, name=name)
-    return FileResponse(art.path, filename=art.name, media_type="application/zip")
+    return download(art.path, filename=art.name, media_type="application/zip")

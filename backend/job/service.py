@@ -1,7 +1,6 @@
 """Jobs as the web app sees them: create, list, read, cancel, and the rows the worker wrote."""
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -17,6 +16,7 @@ from backend.job.schemas import JobCreate, JobRead, batch_problem
 from backend.method import registry
 from backend.method.settings import MethodSettings
 from backend.model.service import ready_model
+from backend.storage import get_storage
 from backend.worker.service import require_qlora_worker
 
 
@@ -322,6 +322,6 @@ def artifacts(session: Session, job_id: int) -> list[Artifact]:
 def get_artifact(session: Session, *, user: User, job_id: int, name: str) -> Artifact:
     get_job(session, user=user, job_id=job_id)
     art = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
-    if art is None or not Path(art.path).is_file():
+    if art is None or not get_storage().exists(art.path):
         raise NotFound(f"job {job_id} has no artifact {name!r}")
     return art

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from backend.db import Model, User, session_scope, utcnow
 from backend.errors import DomainError
 from backend.events import publish_model
-from backend.model.service import create_import, imports_dir, inspect_model_dir
+from backend.model.service import create_import, import_key, inspect_model_dir
+from backend.storage import get_cache, get_storage, join
 from backend.work import lease
 from backend.work.kinds import IMPORT
 from backend.work.lease import Expired, Lease, LeaseLost
@@ -28,10 +29,18 @@ ERROR_CHARS = 4000
 class ImportSpec:
     model_id: int
     source: str  # "gguf" | "hub"
-    target: Path  # data_dir/models/<id>: what the import fills
-    gguf_path: Path | None = None
+    target: str  # the key models/<id>: what the import fills
+    gguf_path: Path | None = None  # a local copy of the uploaded .gguf
     hub_id: str | None = None
     revision: str | None = None
+
+
+def _local_gguf(model_id: int, name: str) -> Path | None:
+    """The uploaded .gguf as a local file (a cached copy with remote storage); None when it is gone."""
+    try:
+        return get_cache().file(join(import_key(model_id), name))
+    except FileNotFoundError:
+        return None
 
 
 def create_hub_import(session: Session, *, user: User, hub_id: str, revision: str, name: str = "") -> Model:
@@ -70,8 +79,8 @@ def load_import(model_id: int) -> ImportSpec | None:
         return ImportSpec(
             model_id=model.id,
             source=model.source,
-            target=Path(model.path),
-            gguf_path=imports_dir(model.id) / gguf if gguf else None,
+            target=model.path,
+            gguf_path=_local_gguf(model.id, gguf) if gguf else None,
             hub_id=details.get("hub_id"),
             revision=model.revision,
         )
@@ -119,13 +128,13 @@ def finish_import(model_id: int, staged: Path, details: dict[str, Any] | None = 
         if model is None:
             shutil.rmtree(staged, ignore_errors=True)
             return False
-        target = Path(model.path)
-        shutil.rmtree(target, ignore_errors=True)  # what a killed earlier attempt left
-        staged.replace(target)
+        # Stored before the row says ready (and replacing what a killed earlier attempt stored), so a reader that
+        # sees "ready" finds every file.
+        get_storage().put_tree(model.path, staged, move=True)
         model.status, model.error, model.lease_worker = "ready", None, None
         model.architecture, model.parameters = architecture, parameters
         model.details = {**(model.details or {}), **(details or {})}
-    shutil.rmtree(imports_dir(model_id), ignore_errors=True)
+    get_storage().delete_prefix(import_key(model_id))
     publish_model(model_id)
     return True
 
@@ -138,7 +147,7 @@ def fail_import(model_id: int, error: str) -> None:
         if model is None:
             return
         model.status, model.error, model.lease_worker = "failed", error[:ERROR_CHARS], None
-    shutil.rmtree(imports_dir(model_id), ignore_errors=True)
+    get_storage().delete_prefix(import_key(model_id))
     publish_model(model_id)
 
 
@@ -151,6 +160,6 @@ def recover_import(session: Session, row: Expired, max_attempts: int) -> bool:
     if row.spent(max_attempts):
         error = f"the worker ({row.lease_worker}) stopped answering while importing, on {row.last_note(max_attempts)}"
         if lease.give_up(session, IMPORT, row, error=error, details=details):
-            shutil.rmtree(imports_dir(row.id), ignore_errors=True)
+            get_storage().delete_prefix(import_key(row.id))
         return False
     return lease.take_over(session, IMPORT, row, details=details)

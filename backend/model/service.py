@@ -5,7 +5,6 @@ Every function that adds, changes or removes a model publishes `model_key` once 
 commits it (a route, the CLI, a worker registering a trained model): the live models lists follow that."""
 
 import json
-import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,10 @@ from typing import Any
 from sqlalchemy import event, or_, select
 from sqlalchemy.orm import Session
 
-from backend.config import get_settings
 from backend.db import Job, Model, User
 from backend.errors import Conflict, Forbidden, Invalid, NotFound
 from backend.events import publish_model
+from backend.storage import get_storage, join, key_of
 
 # A safetensors header is JSON describing the tensors; real ones are kilobytes to a few megabytes.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -25,6 +24,33 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 def publish_on_commit(session: Session, model_id: int) -> None:
     """Wake the live models lists once `session` commits: published earlier, a reader would find nothing new."""
     event.listen(session, "after_commit", lambda _session: publish_model(model_id), once=True)
+
+
+def stored_chat_template(key: str) -> bool:
+    """`has_chat_template` for a stored model, reading only the tokenizer's small files (never the weights)."""
+    storage = get_storage()
+    local = storage.local_path(key)
+    if local is not None:
+        return has_chat_template(local)
+    names = {k.rsplit("/", 1)[-1] for k in storage.list(key)}
+    if {"chat_template.jinja", "chat_template.json"} & names:
+        return True
+    try:
+        with storage.open(join(key, "tokenizer_config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
+
+
+def read_model_json(key: str, name: str) -> dict[str, Any]:
+    """A stored model's small JSON file (config.json, ...), or {} when it is missing or not an object."""
+    try:
+        with get_storage().open(join(key, name)) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def has_chat_template(path: Path) -> bool:
@@ -38,9 +64,9 @@ def has_chat_template(path: Path) -> bool:
     return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
-def models_dir() -> Path:
-    """Where uploaded and imported models live: data_dir/models/<id>/."""
-    return get_settings().path("models")
+def model_key(model_id: int) -> str:
+    """Where an uploaded or imported model is stored: models/<id>/."""
+    return f"models/{model_id}"
 
 
 def _valid_shape(shape: object) -> bool:
@@ -111,15 +137,17 @@ def register_model(
     job_id: int | None = None,
     shared: bool = False,
     details: dict[str, Any] | None = None,
+    key: str = "",
 ) -> Model:
-    """Add a model directory, where it is, to the base-model list."""
+    """Add a model directory to the base-model list: stored under `key` when given (its files are stored there
+    by the caller), else where it is (a local directory, which only local storage can serve)."""
     path = path.resolve()
     architecture, parameters = inspect_model_dir(path)
     model = Model(
         owner_id=owner_id,
         name=name or path.name,
         source=source,
-        path=str(path),
+        path=key or key_of(path),
         architecture=architecture,
         parameters=parameters,
         shared=shared,
@@ -142,7 +170,7 @@ def adopt_model_dir(
     shared: bool = False,
     details: dict[str, Any] | None = None,
 ) -> Model:
-    """Register a checked directory the studio owns from now on: it moves to data_dir/models/<id>/."""
+    """Register a checked directory the studio owns from now on: it is stored as models/<id>/ (and removed)."""
     architecture, parameters = inspect_model_dir(staged)
     model = Model(
         owner_id=owner_id,
@@ -156,9 +184,8 @@ def adopt_model_dir(
     )
     session.add(model)
     session.flush()  # the id names the directory
-    final = models_dir() / str(model.id)
-    staged.replace(final)
-    model.path = str(final)
+    model.path = model_key(model.id)
+    get_storage().put_tree(model.path, staged, move=True)
     publish_on_commit(session, model.id)
     return model
 
@@ -173,7 +200,7 @@ def create_import(
     revision: str | None = None,
     shared: bool = False,
 ) -> Model:
-    """A Model row in status "importing"; a worker fills data_dir/models/<id>/ and marks it ready or failed."""
+    """A Model row in status "importing"; a worker stores models/<id>/ and marks it ready or failed."""
     model = Model(
         owner_id=owner_id,
         name=name,
@@ -186,7 +213,7 @@ def create_import(
     )
     session.add(model)
     session.flush()
-    model.path = str(models_dir() / str(model.id))
+    model.path = model_key(model.id)
     publish_on_commit(session, model.id)
     return model
 
@@ -254,10 +281,11 @@ def delete_model(session: Session, *, user: User, model_id: int) -> None:
     session.delete(model)
     session.flush()
     publish_on_commit(session, model_id)
-    for owned in (models_dir() / str(model_id), imports_dir(model_id)):
-        shutil.rmtree(owned, ignore_errors=True)
+    storage = get_storage()
+    for owned in (model_key(model_id), import_key(model_id)):
+        storage.delete_prefix(owned)
 
 
-def imports_dir(model_id: int) -> Path:
+def import_key(model_id: int) -> str:
     """Where the source of a running import waits (an uploaded .gguf), removed when the import ends."""
-    return get_settings().data_dir / "imports" / str(model_id)
+    return f"imports/{model_id}"

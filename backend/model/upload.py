@@ -30,7 +30,8 @@ from backend.dataset.upload import (
 )
 from backend.db import Model, Upload, User
 from backend.errors import Conflict, Invalid, TooLarge, Unsupported
-from backend.model.service import adopt_model_dir, create_import, imports_dir
+from backend.model.service import adopt_model_dir, create_import, import_key
+from backend.storage import get_storage, join, scratch_dir
 
 ACCEPTED = ".zip (a Hugging Face model directory: config.json, *.safetensors, tokenizer files) or .gguf"
 # Formats that unpickle (or may) when loaded: refused wherever they sit in the zip.
@@ -58,7 +59,7 @@ def _check_size(size: int) -> None:
 
 
 def _temp_path(suffix: str = ".part") -> Path:
-    return get_settings().path("tmp") / f"{uuid.uuid4().hex}{suffix}"
+    return scratch_dir() / f"{uuid.uuid4().hex}{suffix}"
 
 
 def import_stream(session: Session, *, user: User, source: BinaryIO, filename: str, name: str = "") -> Model:
@@ -110,9 +111,7 @@ def _import_gguf(session: Session, *, user: User, path: Path, filename: str, nam
         source="gguf",
         details={"gguf_file": stored, "size_bytes": path.stat().st_size},
     )
-    target = imports_dir(model.id)
-    target.mkdir(parents=True, exist_ok=True)
-    path.replace(target / stored)
+    get_storage().put_file(join(import_key(model.id), stored), path, move=True)
     return model
 
 
@@ -267,7 +266,7 @@ def complete_upload(session: Session, *, user: User, upload_id: str, name: str =
             raise Conflict(
                 f"upload has {received} of {upload.size_bytes} bytes; send the rest first", received_bytes=received
             )
-        part_path(upload.id).replace(tmp)
+        shutil.move(part_path(upload.id), tmp)
     removed = discard_upload(session, upload_id)
     session.commit()  # the upload is over even if the file is refused below (the error rolls back the rest)
     if not removed:

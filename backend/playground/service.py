@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.config import get_settings
 from backend.db import Generation, Job, Model, User
 from backend.errors import Invalid, NotFound
 from backend.job.checkpoints import list_checkpoints
@@ -17,6 +16,7 @@ from backend.method import registry
 from backend.model.service import has_chat_template, ready_model
 from backend.playground.schemas import GenerationCreate, GenerationRead
 from backend.playground.tool_calls import parse_tool_calls
+from backend.storage import get_cache, get_storage, join, work_dir
 
 HISTORY_LIMIT = 20
 
@@ -48,13 +48,42 @@ def weights_kind(path: Path) -> str | None:
     return None
 
 
+def stored_kind(key: str) -> str | None:
+    """`weights_kind` of a stored folder, read from its listing (nothing fetched)."""
+    storage = get_storage()
+    local = storage.local_path(key)
+    if local is not None:
+        return weights_kind(local)
+    names = {k.removeprefix(f"{key}/") for k in storage.list(key)}
+    weights = {n for n in names if n.endswith(".safetensors") and "/" not in n}
+    if "adapter_config.json" in names and any(n.startswith("adapter_model") for n in weights):
+        return "adapter"
+    if "config.json" in names and weights:
+        return "model"
+    return None
+
+
+def stored_tokenizer(key: str) -> bool:
+    """`has_tokenizer` of a stored folder."""
+    storage = get_storage()
+    local = storage.local_path(key)
+    if local is not None:
+        return has_tokenizer(local)
+    return any(storage.exists(join(key, name)) for name in ("tokenizer_config.json", "tokenizer.json"))
+
+
+def job_output_key(job_id: int) -> str:
+    """Where a job's adapter/ or model/ folder (and its zips and exports) are stored."""
+    return f"jobs/{job_id}"
+
+
 def job_output_dir(job_id: int) -> Path:
-    """Where a job's exported adapter/ or model/ folder lives (not created here)."""
-    return get_settings().data_dir / "jobs" / str(job_id)
+    """The local folder of `job_output_key` (local storage), or the work folder with remote storage."""
+    return work_dir(job_output_key(job_id))
 
 
 def model_target(model: Model) -> Target:
-    path = Path(model.path)
+    path = get_cache().tree(model.path)
     return Target(
         kind="model",
         path=path,
@@ -63,21 +92,21 @@ def model_target(model: Model) -> Target:
     )
 
 
-def _job_weights(job: Job, checkpoint: str | None) -> tuple[str, Path]:
-    """(kind, directory) of the job's final adapter/model, or of its checkpoint `checkpoint`."""
+def _job_weights(job: Job, checkpoint: str | None) -> tuple[str, str]:
+    """(kind, stored key) of the job's final adapter/model, or of its checkpoint `checkpoint`."""
     if checkpoint is not None:
-        found = {c.name: c.path for c in list_checkpoints(job.id)}
+        found = {c.name: c.key for c in list_checkpoints(job.id)}
         if checkpoint not in found:
             names = ", ".join(found) or "none yet"
             raise Invalid(f"job {job.id} has no checkpoint {checkpoint} (it has: {names})", field="checkpoint")
-        kind = weights_kind(found[checkpoint])
+        kind = stored_kind(found[checkpoint])
         if kind is None:
             raise Invalid(f"{checkpoint} of job {job.id} holds no loadable weights", field="checkpoint")
         return kind, found[checkpoint]
-    out = job_output_dir(job.id)
+    out = job_output_key(job.id)
     for name in ("adapter", "model"):
-        if (kind := weights_kind(out / name)) is not None:
-            return kind, out / name
+        if (kind := stored_kind(f"{out}/{name}")) is not None:
+            return kind, f"{out}/{name}"
     raise Invalid(
         f"job {job.id} ({job.status}) has no trained adapter or model yet; pick one of its checkpoints, "
         "or wait until it succeeds",
@@ -87,16 +116,20 @@ def _job_weights(job: Job, checkpoint: str | None) -> tuple[str, Path]:
 
 def job_target(session: Session, job: Job, checkpoint: str | None) -> Target:
     """The weights of job `job` (its final output, or `checkpoint`) and what they load on."""
-    kind, path = _job_weights(job, checkpoint)
+    kind, key = _job_weights(job, checkpoint)
     base = session.get(Model, job.base_model_id) if job.base_model_id is not None else None
     if kind == "adapter" and base is None:
         raise Invalid(f"job {job.id} trained an adapter but its base model is gone", field="job_id")
-    base_path = Path(base.path) if base is not None else None
     # A checkpoint holds the tokenizer when the Trainer saved it; else the job's export or its base has it.
-    candidates = [path, job_output_dir(job.id) / "adapter", job_output_dir(job.id) / "model", base_path]
-    tokenizer_path = next((p for p in candidates if p is not None and has_tokenizer(p)), None)
-    if tokenizer_path is None:
+    out = job_output_key(job.id)
+    candidates = [key, f"{out}/adapter", f"{out}/model", base.path if base is not None else None]
+    tokenizer_key = next((k for k in candidates if k is not None and stored_tokenizer(k)), None)
+    if tokenizer_key is None:
         raise Invalid(f"no tokenizer found for job {job.id}", field="job_id")
+    # Local folders for the loaders (the stored ones with local storage, cached copies otherwise).
+    cache = get_cache()
+    path, tokenizer_path = cache.tree(key), cache.tree(tokenizer_key)
+    base_path = cache.tree(base.path) if base is not None and kind == "adapter" else None
     classify = registry.objective(job.objective).classifier
     labels = [str(x) for x in (job.resolved_config or {}).get("labels", [])]
     if classify and kind == "adapter" and not labels:

@@ -2,7 +2,6 @@
 and a job whose memory estimate exceeds every live worker's memory is refused unless the body says `force`."""
 
 import json
-from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -11,6 +10,7 @@ from sqlalchemy import func, select
 from backend.db import Job, Model, Worker, session_scope, utcnow
 from backend.queue import QUEUE
 from tests.api.test_analysis import base_model, compute_queued, upload
+from tests.support import stored
 
 __all__ = ["base_model"]  # fixture shared with the analysis test
 
@@ -118,4 +118,4 @@ def write_config(model_id: int) -> None:
         model = s.get(Model, model_id)
         assert model is not None
         config = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "vocab_size": 8000}
-        (Path(model.path) / "config.json").write_text(json.dumps(config))
+        (stored(model.path) / "config.json").write_text(json.dumps(config))

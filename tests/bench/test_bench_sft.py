@@ -33,6 +33,7 @@ from backend.db import Job, JobEvent, JobMetric, Model, session_scope
 from backend.method.settings import LoraSettings
 from backend.migrate import upgrade
 from tests.bench.support import write_result
+from tests.support import stored
 from tests.workers.support import Seed, add_dataset, add_user, create_job, studio_env
 from workers import training
 from workers.data import split_holdout
@@ -84,7 +85,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         assert run_job(job_id) == "succeeded"
         with session_scope() as s:
             model = s.scalars(select(Model).where(Model.job_id == job_id)).one()
-            base_id, base_path = model.id, Path(model.path)
+            base_id, base_path = model.id, stored(model.path)
         yield {
             "seed": seed,
             "dataset_id": seed.alpaca_dataset_id,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.sse import read_events
-from tests.support import StudioProcess
+from tests.support import StudioProcess, stored
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 PRETRAIN_HP = {
@@ -149,7 +149,7 @@ def test_cancel_failure_and_duplicate_delivery(shared_studio: StudioProcess) -> 
     with studio.configured(), session_scope() as s:
         row = s.get(Model, model["id"])
         assert row is not None
-        shutil.rmtree(row.path)
+        shutil.rmtree(stored(row.path))
     bad = client.post(
         "/api/jobs",
         json={

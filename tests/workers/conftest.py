@@ -6,13 +6,13 @@ pretrained tiny model are built once per session: the fine-tuning tests start fr
 """
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from backend.db import Model, session_scope
 from backend.migrate import upgrade
+from tests.support import stored
 from tests.workers.support import FIXTURES, PRETRAIN_HP, Pretrained, Seed, add_dataset, add_user, create_job, studio_env
 from workers.tasks import run_job
 
@@ -48,4 +48,4 @@ def pretrained(seed: Seed) -> Pretrained:
         assert status == "succeeded", status
         with session_scope() as s:
             model = s.scalars(select(Model).where(Model.job_id == job_id)).one()
-            return Pretrained(job_id=job_id, model_id=model.id, model_path=Path(model.path))
+            return Pretrained(job_id=job_id, model_id=model.id, model_path=stored(model.path))

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
 
 from backend.db import Artifact, JobMetric, Model, session_scope
+from tests.support import stored
 from tests.workers.support import Pretrained, Seed, create_job, messages, studio_env
 from tests.workers.test_export import queue_export, row, unzip
 from workers.artifacts import base_reference
@@ -80,7 +81,7 @@ def test_adapter_names_its_base_model_not_a_server_path(
             select(Artifact).where(Artifact.job_id == lora_sft_job, Artifact.name == "adapter.zip")
         ).one()
         base_name = s.get_one(Model, pretrained.model_id).name
-    with zipfile.ZipFile(artifact.path) as zf:
+    with zipfile.ZipFile(stored(artifact.path)) as zf:
         zf.extractall(tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == base_name == "tiny-fables"

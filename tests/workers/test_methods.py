@@ -14,6 +14,7 @@ from sqlalchemy import select
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from backend.db import Artifact, session_scope
+from tests.support import stored
 from tests.workers.support import Pretrained, Seed, get_job, messages, sft_job
 from workers.methods import freeze_bottom
 from workers.tasks import run_job
@@ -28,7 +29,7 @@ def finetune_job(seed: Seed, pretrained: Pretrained, method: str, **hp: object) 
 def unzip(job_id: int, name: str, into: Path) -> Path:
     with session_scope() as s:
         artifact = s.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)).one()
-    with zipfile.ZipFile(artifact.path) as zf:
+    with zipfile.ZipFile(stored(artifact.path)) as zf:
         zf.extractall(into)
     return into
 

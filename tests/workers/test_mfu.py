@@ -15,6 +15,7 @@ from backend.db import JobMetric, Model, session_scope
 from backend.job.estimate import flops_per_token
 from backend.method.shape import model_shape
 from backend.model.presets import PRESETS
+from tests.support import stored
 from tests.workers.support import Pretrained, Seed, create_job, get_job, messages
 from workers import flops as flops_module
 from workers import registry
@@ -126,6 +127,6 @@ def test_a_compiled_job_trains_and_saves_a_plain_model(seed: Seed) -> None:
     with session_scope() as s:
         model = s.scalars(select(Model).where(Model.job_id == job_id)).one()
         points = [m.values for m in s.scalars(select(JobMetric).where(JobMetric.job_id == job_id))]
-    reloaded = AutoModelForCausalLM.from_pretrained(model.path)
+    reloaded = AutoModelForCausalLM.from_pretrained(stored(model.path))
     assert not any("_orig_mod" in name for name, _ in reloaded.named_parameters())
     assert all(v["mfu"] > 0 for v in points if "loss" in v)

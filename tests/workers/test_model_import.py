@@ -15,8 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from backend.config import get_settings
 from backend.db import Model, User, session_scope
 from backend.model.imports import create_hub_import
-from backend.model.service import imports_dir, safetensors_parameter_count
+from backend.model.service import import_key, safetensors_parameter_count
 from backend.model.upload import import_file
+from tests.support import stored
 from tests.workers.fake_hub import FakeHub, serve
 from tests.workers.gguf_writer import write_gguf
 from tests.workers.support import Pretrained, Seed
@@ -46,19 +47,22 @@ def _row(model_id: int) -> Model:
 def test_gguf_is_dequantized_into_a_loadable_model(seed: Seed, pretrained: Pretrained, tmp_path: Path) -> None:
     gguf = write_gguf(pretrained.model_path, tmp_path / "tiny.Q8_0.gguf")
     model_id = _upload(seed, gguf, "tiny-fables.Q8_0.gguf")
-    assert (imports_dir(model_id) / "tiny-fables.Q8_0.gguf").is_file()
+    assert (stored(import_key(model_id)) / "tiny-fables.Q8_0.gguf").is_file()
 
     assert import_model(model_id) == "ready"
     row = _row(model_id)
     assert (row.status, row.error, row.source, row.architecture) == ("ready", None, "gguf", "llama")
-    assert Path(row.path) == get_settings().data_dir / "models" / str(model_id)
+    assert row.path == f"models/{model_id}"
     assert row.parameters == safetensors_parameter_count(pretrained.model_path)
-    assert not imports_dir(model_id).exists()  # the uploaded GGUF is not kept once converted
+    assert not stored(import_key(model_id)).exists()  # the uploaded GGUF is not kept once converted
     assert import_model(model_id) == "skipped"  # a second delivery finds it done
 
     original = AutoModelForCausalLM.from_pretrained(pretrained.model_path, use_safetensors=True)
-    imported = AutoModelForCausalLM.from_pretrained(row.path, use_safetensors=True, local_files_only=True)
-    tok, imported_tok = AutoTokenizer.from_pretrained(pretrained.model_path), AutoTokenizer.from_pretrained(row.path)
+    imported = AutoModelForCausalLM.from_pretrained(stored(row.path), use_safetensors=True, local_files_only=True)
+    tok, imported_tok = (
+        AutoTokenizer.from_pretrained(pretrained.model_path),
+        AutoTokenizer.from_pretrained(stored(row.path)),
+    )
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
     assert imported_tok(PROMPT, return_tensors="pt")["input_ids"].tolist() == ids.tolist()
     assert imported_tok.eos_token == tok.eos_token and imported_tok.chat_template  # the GGUF's template came along
@@ -81,9 +85,9 @@ def test_broken_gguf_fails_with_the_error_and_leaves_nothing(seed: Seed, tmp_pat
     assert import_model(model_id) == "failed"
     row = _row(model_id)
     assert row.status == "failed" and row.error
-    assert not imports_dir(model_id).exists()
+    assert not stored(import_key(model_id)).exists()
     assert not list(get_settings().path("tmp").glob(f"import-{model_id}-*"))
-    assert not Path(row.path).exists()
+    assert not stored(row.path).exists()
 
 
 def _hub_import(seed: Seed, hub_id: str, revision: str) -> int:
@@ -116,8 +120,8 @@ def test_hub_import_downloads_a_pinned_snapshot(
     assert row.parameters == safetensors_parameter_count(pretrained.model_path)
     wanted = sorted(name for name in files if name.endswith((".json", ".safetensors")))
     assert hub.downloads() == wanted  # never the pickle, the readme or a subfolder
-    assert sorted(p.name for p in Path(row.path).iterdir()) == wanted  # huggingface_hub's .cache removed
-    model = AutoModelForCausalLM.from_pretrained(row.path, use_safetensors=True, local_files_only=True)
+    assert sorted(p.name for p in stored(row.path).iterdir()) == wanted  # huggingface_hub's .cache removed
+    model = AutoModelForCausalLM.from_pretrained(stored(row.path), use_safetensors=True, local_files_only=True)
     assert model.config.model_type == "llama"
     assert _row(missing).error == "fables/tiny-llama has no revision 'v2.0'"
     assert _row(unknown).error and _row(unknown).error.startswith("fables/other is not on the Hub")

@@ -21,6 +21,7 @@ from backend.job.checkpoints import list_checkpoints
 from backend.method.registry import METHODS
 from backend.method.settings import MethodSettings
 from backend.method.shape import model_shape
+from tests.support import stored
 from tests.workers.support import Pretrained, Seed, get_job, messages, sft_job
 from workers.prompt_learning import fix_generation
 from workers.tasks import run_job
@@ -52,7 +53,7 @@ def peft_job(seed: Seed, pretrained: Pretrained, method: str, config: dict[str, 
 
 def artifacts(job_id: int) -> dict[str, Path]:
     with session_scope() as s:
-        return {a.name: Path(a.path) for a in s.scalars(select(Artifact).where(Artifact.job_id == job_id))}
+        return {a.name: stored(a.path) for a in s.scalars(select(Artifact).where(Artifact.job_id == job_id))}
 
 
 def unzip(path: Path, into: Path) -> Path:

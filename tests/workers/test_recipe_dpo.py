@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from backend.db import Job, JobEvent, JobMetric, JobSample, Model, session_scope
 from backend.job import lifecycle
+from tests.support import stored
 from tests.workers.support import FIXTURES, Pretrained, Seed, add_dataset, create_job, studio_env
 from tests.workers.test_recipe_finetune import generate, unzip_artifact
 from workers import metrics
@@ -154,7 +155,7 @@ def test_full_and_freeze_dpo_on_conversations_write_a_new_base_model(
         registered = s.scalars(select(Model).where(Model.job_id == job_id)).one()
     names = unzip_artifact(job_id, "model.zip", tmp_path)
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
-    assert Path(registered.path) == seed.data_dir / "jobs" / str(job_id) / "model"
+    assert registered.path == f"jobs/{job_id}/model"
 
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path)
     base = AutoModelForCausalLM.from_pretrained(pretrained.model_path)
@@ -192,7 +193,7 @@ def test_lora_dpo_pauses_and_resumes_from_its_checkpoint(
         job = s.get(Job, job_id)
         assert job is not None and job.resume_checkpoint is not None
         assert job.resume_checkpoint.endswith("checkpoint-3")
-    assert sorted(n.name for n in Path(job.resume_checkpoint).iterdir() if n.is_dir()) == []  # one adapter, no "ref/"
+    assert sorted(n.name for n in stored(job.resume_checkpoint).iterdir() if n.is_dir()) == []  # one adapter, no "ref/"
 
     monkeypatch.setattr(metrics, "beat", real_beat)
     lifecycle.update_job(job_id, status="queued", attempt_base=1)  # as POST /resume: lease.requeue

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from backend.db import Artifact, Job, JobEvent, JobMetric, Model, session_scope
+from tests.support import stored
 from tests.workers.support import Pretrained, Seed, add_dataset, create_job, studio_env
 from workers.examples import ALPACA_TEMPLATE, format_prompt
 from workers.tasks import run_job
@@ -33,7 +34,7 @@ FINETUNE_HP = {
 def unzip_artifact(job_id: int, name: str, into: Path) -> set[str]:
     with session_scope() as s:
         artifact = s.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)).one()
-    with zipfile.ZipFile(artifact.path) as zf:
+    with zipfile.ZipFile(stored(artifact.path)) as zf:
         zf.extractall(into)
         return set(zf.namelist())
 
@@ -125,7 +126,7 @@ def test_full_causal_lm_finetune_writes_a_new_base_model(seed: Seed, pretrained:
         registered = s.scalars(select(Model).where(Model.job_id == job_id)).one()
     names = unzip_artifact(job_id, "model.zip", tmp_path)
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
-    assert Path(registered.path) == seed.data_dir / "jobs" / str(job_id) / "model"
+    assert registered.path == f"jobs/{job_id}/model"
 
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path)
     base = AutoModelForCausalLM.from_pretrained(pretrained.model_path)

@@ -167,7 +167,7 @@ def test_full_kto_writes_a_new_base_model(
         registered = s.query(Model).filter(Model.job_id == job_id).one()
     names = unzip_artifact(job_id, "model.zip", tmp_path)
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
-    assert Path(registered.path) == seed.data_dir / "jobs" / str(job_id) / "model"
+    assert registered.path == f"jobs/{job_id}/model"
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path).state_dict()
     base = AutoModelForCausalLM.from_pretrained(pretrained.model_path).state_dict()
     assert any(not torch.equal(tuned[k], base[k]) for k in base)

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from backend.db import Artifact, Job, JobEvent, JobMetric, Model, session_scope
+from tests.support import stored
 from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job
 from tests.workers.tokenizers import byte_tokenizer
 from workers.tasks import run_job
@@ -65,7 +66,7 @@ def test_model_zip_reloads_and_generates(pretrained: Pretrained, tmp_path: Path)
         assert model_row is not None
         assert (model_row.source, model_row.name, model_row.architecture) == ("job", "tiny-fables", "llama")
     assert artifact.name == "model.zip"
-    with zipfile.ZipFile(artifact.path) as zf:
+    with zipfile.ZipFile(stored(artifact.path)) as zf:
         names = set(zf.namelist())
         zf.extractall(tmp_path)
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
@@ -101,7 +102,7 @@ def test_pretrain_reuses_another_models_tokenizer(seed: Seed, tmp_path: Path) ->
         artifact = s.scalars(select(Artifact).where(Artifact.job_id == job_id)).one()
     assert any(m.startswith(f"using the tokenizer in {tmp_path / 'donor'}") for m in messages)
     assert not any("trained a byte-level BPE tokenizer" in m for m in messages)
-    with zipfile.ZipFile(artifact.path) as zf:
+    with zipfile.ZipFile(stored(artifact.path)) as zf:
         zf.extractall(tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     assert tokenizer.get_vocab() == borrowed.get_vocab()  # the donor's ids, not a vocabulary of our own

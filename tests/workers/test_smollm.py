@@ -10,6 +10,7 @@ from sqlalchemy import select
 from backend.config import get_settings
 from backend.db import Artifact, JobMetric, session_scope
 from backend.model.demo import fetch_gguf, import_demo
+from tests.support import stored
 from tests.workers.support import Seed, create_job
 from workers.tasks import run_job
 
@@ -57,5 +58,5 @@ def test_lora_sft_on_the_imported_smollm2(seed: Seed) -> None:
         ]
         artifact = s.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == "adapter.zip")).one()
     assert len(losses) == HP["max_steps"] and all(math.isfinite(x) and x > 0 for x in losses)
-    with zipfile.ZipFile(artifact.path) as zf:
+    with zipfile.ZipFile(stored(artifact.path)) as zf:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zf.namelist())

@@ -27,7 +27,7 @@ def dataset_of(path: Path) -> DatasetRef:
     """A stored dataset as the worker sees it, for a file written by the test."""
     summary = summarize(path, path.name)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    return DatasetRef(0, path.stem, path, path.name, sha, summary.shape, summary.options)
+    return DatasetRef(0, path.stem, str(path), path.name, sha, summary.shape, summary.options)
 
 
 def write_docs(path: Path, docs: list[str]) -> DatasetRef:

@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from backend.db import Artifact, JobMetric, JobSample, session_scope
 from backend.job import lifecycle
 from backend.job.checkpoints import list_checkpoints
+from tests.support import stored
 from tests.workers.support import PRETRAIN_HP, Pretrained, Seed, create_job, get_job, messages
 from workers import metrics, training
 from workers.recipes import finetune, pretrain
@@ -106,7 +107,7 @@ def test_pause_then_resume_continues_from_the_checkpoint(
     assert job.resume_checkpoint is not None and job.resume_checkpoint.endswith(f"checkpoint-{PAUSE_AT}")
     assert [c.step for c in list_checkpoints(job_id)] == [8, PAUSE_AT]  # keep_checkpoints=2
     assert loss_steps(job_id) == list(range(1, PAUSE_AT + 1))
-    saved = torch.load(f"{job.resume_checkpoint}/optimizer.pt", weights_only=True)
+    saved = torch.load(stored(f"{job.resume_checkpoint}/optimizer.pt"), weights_only=True)
 
     # Resume as POST /resume does, with a probe on the Trainer that the recipe builds.
     monkeypatch.setattr(metrics, "beat", real_beat)

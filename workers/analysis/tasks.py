@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from backend.dataset.analysis import HYGIENE, RENDER, STATS, claim_analysis, finish_analysis
 from backend.db import Dataset, DatasetAnalysis, Model, session_scope
 from backend.queue import ANALYZE_DATASET
+from backend.storage import get_cache
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import ANALYSIS
 from backend.work.lease import LeaseLost
@@ -39,10 +40,15 @@ class AnalysisContext:
     kind: str
     params: dict[str, Any]
     dataset: DatasetRef
-    base_model_path: Path | None
+    base_model_key: str | None
     validation_dataset: DatasetRef | None
     record_count: int = 0
     validation_record_count: int = 0
+
+    @property
+    def base_model_path(self) -> Path | None:
+        """The base model's folder on this machine (a cached copy with remote storage)."""
+        return get_cache().tree(self.base_model_key) if self.base_model_key else None
 
     def totals(self) -> dict[str, int | None]:
         """Records each phase of the computation goes through (what a progress bar counts to)."""
@@ -71,7 +77,7 @@ def load_analysis(analysis_id: int) -> AnalysisContext:
             kind=row.kind,
             params=params,
             dataset=DatasetRef.of(dataset),
-            base_model_path=Path(model.path) if model else None,
+            base_model_key=model.path if model else None,
             validation_dataset=DatasetRef.of(other) if other else None,
             record_count=dataset.record_count,
             validation_record_count=other.record_count if other else 0,
