@@ -1,0 +1,164 @@
+"""Both storage backends against one contract: the data directory (LocalStorage) and an S3 endpoint over HTTP
+(moto in server mode, started here: MinIO cannot be installed on the test machines). Then the cache's bound."""
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from moto.server import ThreadedMotoServer
+
+from backend.storage import Cache, LocalStorage, Storage
+from backend.storage.base import BadKey, check_key
+from backend.storage.s3 import S3Storage
+from tests.support import free_port
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return LocalStorage(tmp_path / "data")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = f"b{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return S3Storage(bucket, "studio/prefix", endpoint_url=endpoint)
+
+
+def test_keys_are_clean_relative_paths() -> None:
+    assert check_key("datasets/1/ab-x.jsonl") == "datasets/1/ab-x.jsonl"
+    for bad in ("", "/etc/passwd", "a/../b", "a//b", "./a", "a\\b"):
+        with pytest.raises(BadKey):
+            check_key(bad)
+
+
+def test_files_streams_and_listing(storage: Storage, tmp_path: Path) -> None:
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"hello\nworld\n")
+    storage.put_file("a/f.bin", source)
+    assert source.exists()  # copied, not consumed
+    assert storage.put_stream("a/b/g.txt", io.BytesIO(b"x" * 3000)) == 3000
+    assert storage.exists("a/f.bin") and not storage.exists("a/missing") and not storage.exists("a")
+    assert storage.size("a/b/g.txt") == 3000
+    with storage.open("a/f.bin") as f:
+        assert f.readline() == b"hello\n" and f.read() == b"world\n"
+    assert storage.list("a") == ["a/b/g.txt", "a/f.bin"]
+    assert set(storage.scan("a/b")) == {"a/b/g.txt"} and storage.scan("a/b")["a/b/g.txt"][0] == 3000
+    assert storage.list("nothing") == []
+    storage.fetch("a/f.bin", tmp_path / "copy" / "f.bin")
+    assert (tmp_path / "copy" / "f.bin").read_bytes() == b"hello\nworld\n"
+    moved = tmp_path / "moved.bin"
+    moved.write_bytes(b"m")
+    storage.put_file("a/m.bin", moved, move=True)
+    assert not moved.exists() and storage.size("a/m.bin") == 1
+    storage.delete("a/f.bin")
+    storage.delete("a/f.bin")  # a missing one is no error
+    assert storage.list("a") == ["a/b/g.txt", "a/m.bin"]
+    storage.delete_prefix("a")
+    assert storage.list("a") == []
+
+
+def test_missing_objects_raise_file_not_found(storage: Storage, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        storage.size("no/such")
+    with pytest.raises(FileNotFoundError), storage.open("no/such"):
+        pass
+    with pytest.raises(FileNotFoundError):
+        storage.fetch("no/such", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(FileNotFoundError):
+        storage.fetch_tree("no/such", tmp_path / "t")
+
+
+def test_trees_replace_what_was_there(storage: Storage, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    (first / "sub").mkdir(parents=True)
+    (first / "config.json").write_text("{}")
+    (first / "old.bin").write_bytes(b"old")
+    (first / "sub" / "COMPLETE").write_text("")
+    storage.put_tree("models/7", first)
+    assert storage.list("models/7") == ["models/7/config.json", "models/7/old.bin", "models/7/sub/COMPLETE"]
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "config.json").write_text('{"a": 1}')
+    storage.put_tree("models/7", second, move=True, last=("COMPLETE",))
+    assert not second.exists()
+    assert storage.list("models/7") == ["models/7/config.json"]
+    assert storage.fetch_tree("models/7", tmp_path / "out") == 1
+    assert (tmp_path / "out" / "config.json").read_text() == '{"a": 1}'
+
+
+def test_multipart_upload_appears_only_when_complete(storage: Storage) -> None:
+    upload = storage.start_multipart("datasets/1/big.jsonl")
+    parts = [(1, storage.put_part("datasets/1/big.jsonl", upload, 1, b"a" * (5 * MiB)))]
+    assert not storage.exists("datasets/1/big.jsonl")  # never half an object
+    parts.append((2, storage.put_part("datasets/1/big.jsonl", upload, 2, b"b\n")))
+    storage.complete_multipart("datasets/1/big.jsonl", upload, parts)
+    assert storage.size("datasets/1/big.jsonl") == 5 * MiB + 2
+    with storage.open("datasets/1/big.jsonl") as f:
+        f.read(5 * MiB - 1)
+        assert f.read() == b"ab\n"
+    aborted = storage.start_multipart("datasets/1/gone")
+    storage.put_part("datasets/1/gone", aborted, 1, b"x")
+    storage.abort_multipart("datasets/1/gone", aborted)
+    assert not storage.exists("datasets/1/gone") and storage.list("datasets") == ["datasets/1/big.jsonl"]
+
+
+def test_presigned_urls_download_over_http(storage: Storage) -> None:
+    storage.put_stream("jobs/1/adapter.zip", io.BytesIO(b"PK zip"))
+    url = storage.presigned_url("jobs/1/adapter.zip", filename="adapter.zip")
+    if isinstance(storage, LocalStorage):
+        assert url is None and storage.local_path("jobs/1/adapter.zip") == storage.root / "jobs/1/adapter.zip"
+        return
+    assert url is not None and storage.local_path("jobs/1/adapter.zip") is None
+    answer = httpx.get(url)
+    assert answer.status_code == 200 and answer.content == b"PK zip"
+    assert "adapter.zip" in answer.headers["content-disposition"]
+
+
+def test_cache_serves_local_objects_in_place_and_bounds_remote_copies(storage: Storage, tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        storage.put_stream(f"d/{name}.bin", io.BytesIO(name.encode() * 400))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "w.safetensors").write_bytes(b"w" * 100)
+    storage.put_tree("jobs/3/checkpoints/checkpoint-40", tree)
+    cache = Cache(storage, tmp_path / "cache", max_bytes=1000)
+    if isinstance(storage, LocalStorage):
+        assert cache.file("d/a.bin") == storage.root / "d/a.bin"
+        assert not (tmp_path / "cache").exists()  # nothing copied
+        return
+    a = cache.file("d/a.bin")
+    assert a.read_bytes() == b"a" * 400 and a.name == "a.bin" and a.is_relative_to(tmp_path / "cache")
+    folder = cache.tree("jobs/3/checkpoints/checkpoint-40")
+    assert folder.name == "checkpoint-40" and (folder / "w.safetensors").read_bytes() == b"w" * 100
+    cache.file("d/b.bin")
+    stamps = tmp_path / "cache" / "stamps"
+    for i, stamp in enumerate(sorted(stamps.iterdir(), key=lambda p: p.stat().st_mtime)):
+        os.utime(stamp, (1000 + i, 1000 + i))  # a, tree, b in this order of use
+    assert cache.file("d/a.bin") == a  # a hit: used now, so the tree is the least recently used
+    cache.file("d/c.bin")  # 400 + 100 + 400 + 400 > 1000: the oldest go until it fits
+    assert not folder.exists() and a.exists()
+    assert sum(size for _, _, size in cache.entries()) <= 1000
+    storage.delete("d/a.bin")
+    assert cache.file("d/a.bin").read_bytes() == b"a" * 400  # served from the copy
