@@ -67,7 +67,7 @@ def test_services_and_profiles(compose: dict[str, Any]) -> None:
     # A fixed project name keeps the volume names the README's backup commands use.
     assert compose["name"] == "fine-tuning-studio"
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", *STUDIO_SERVICES, "flower"}
+    assert set(services) == {"postgres", "redis", "minio", "minio-init", *STUDIO_SERVICES, "flower"}
     assert services["flower"]["profiles"] == ["flower"]
     assert all("profiles" not in s for name, s in services.items() if name != "flower")
     assert services["worker"]["command"] == ["studio", "worker"]
@@ -82,7 +82,14 @@ def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
     assert "/api/health" in " ".join(services["api"]["healthcheck"]["test"])
     healthy = {"condition": "service_healthy"}
-    assert services["api"]["depends_on"] == {"postgres": healthy, "redis": healthy}
+    assert services["api"]["depends_on"] == {
+        "postgres": healthy,
+        "redis": healthy,
+        "minio-init": {"condition": "service_completed_successfully"},
+    }
+    assert services["minio"]["healthcheck"]["test"][0] == "CMD"
+    assert services["minio-init"]["depends_on"] == {"minio": healthy}
+    assert services["minio"]["volumes"] == ["minio-data:/data"]
     # Workers register in a table the API's migrations create: they start once the API is healthy.
     for name in ("worker", "analysis-worker"):
         assert services[name]["depends_on"] == {"api": healthy}
@@ -131,6 +138,11 @@ def test_environment_names_are_settings(compose: dict[str, Any]) -> None:
         assert env["STUDIO_DATA_DIR"] == "/data"
         assert env["STUDIO_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["STUDIO_BROKER_URL"] == env["STUDIO_REDIS_URL"] == "redis://redis:6379/0"
+        # Objects in MinIO's bucket, with its root credentials, the bucket minio-init creates.
+        assert env["STUDIO_STORAGE_URL"] == "s3://${S3_BUCKET:-studio}/"
+        assert env["STUDIO_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AWS_ACCESS_KEY_ID"] == compose["services"]["minio"]["environment"]["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == compose["services"]["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
         assert compose["services"][name]["env_file"] == [{"path": ".env", "required": False}]
 
 

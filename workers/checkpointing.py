@@ -38,6 +38,7 @@ from backend.job.checkpoints import (
     is_complete,
     step_of,
 )
+from backend.storage import get_storage, stored_key_of_work
 from workers.ranks import any_rank, share
 
 MB = 1_000_000
@@ -134,6 +135,10 @@ def publish(staged: Path, final: Path) -> None:
     _fsync(root)  # the rename itself reaches the disk
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
+    if (key := stored_key_of_work(final)) is not None:
+        # Remote storage: the whole checkpoint is stored now, its marker last, so a reader (the API's list, a
+        # resume on another machine) that sees the marker finds every file.
+        get_storage().put_tree(key, final, last=(MARKER,))
 
 
 def _full(error: BaseException | None, free: int, remaining: int) -> bool:

@@ -35,6 +35,7 @@ __all__ = [
     "key_of",
     "open_storage",
     "scratch_dir",
+    "stored_key_of_work",
     "work_dir",
     "work_path",
 ]
@@ -86,6 +87,15 @@ def work_dir(key: str) -> Path:
     path = work_path(key)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def stored_key_of_work(path: Path) -> str | None:
+    """The key a folder under the work area (`work_path`) is stored as; None with local storage (written in place)
+    or for a path outside the work area."""
+    if is_local():
+        return None
+    work = get_settings().cache_path / "work"
+    return path.relative_to(work).as_posix() if path.is_relative_to(work) else None
 
 
 def key_of(path: Path) -> str:
