@@ -6,33 +6,23 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from backend.storage import Cache, LocalStorage, Storage
 from backend.storage.base import BadKey, check_key
 from backend.storage.s3 import S3Storage
-from tests.support import free_port
+from tests.s3 import CREDENTIALS, make_bucket, moto_s3
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with pytest.MonkeyPatch.context() as mp, moto_s3() as endpoint:
+        for key, value in CREDENTIALS.items():
+            mp.setenv(key, value)
+        yield endpoint
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -41,7 +31,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
         return LocalStorage(tmp_path / "data")
     endpoint = request.getfixturevalue("s3_endpoint")
     bucket = f"b{tmp_path.name.lower().replace('_', '-')[-40:]}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    make_bucket(endpoint, bucket)
     return S3Storage(bucket, "studio/prefix", endpoint_url=endpoint)
 
 

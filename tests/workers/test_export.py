@@ -23,6 +23,7 @@ from backend.db import Artifact, Export, User, session_scope
 from backend.export.lifecycle import exports_dir
 from backend.export.schemas import ExportCreate
 from backend.export.service import create_export
+from tests.support import stored
 from tests.workers.support import Pretrained, Seed, create_job, sft_job, studio_env
 from workers.tasks import run_job
 
@@ -94,7 +95,7 @@ def unzip(seed: Seed, export: Export, into: Path) -> Path:
             select(Artifact).where(Artifact.job_id == export.job_id, Artifact.name == export.artifact_name)
         ).one()
         assert art.size_bytes == export.size_bytes
-        with zipfile.ZipFile(art.path) as zf:
+        with zipfile.ZipFile(stored(art.path)) as zf:
             zf.extractall(into)
     return into
 

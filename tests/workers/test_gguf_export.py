@@ -26,6 +26,7 @@ from backend.errors import Invalid
 from backend.export.gguf import _LLAMA3_REGEX, NotConvertible, check_convertible, pre_tokenizer
 from backend.export.schemas import ExportCreate
 from backend.export.service import create_export
+from tests.support import stored
 from tests.workers.support import Pretrained, Seed, create_job, sft_job
 from tests.workers.tokenizers import CHATML, chat_tokenizer, plain_tokenizer
 from workers.examples import CHATML_TEMPLATE
@@ -263,7 +264,7 @@ def export_zip(export_id: int, into: Path) -> Path:
         row = s.get(Export, export_id)
         assert row is not None and row.status == "done", row and row.error
         art = s.scalars(select(Artifact).where(Artifact.job_id == row.job_id, Artifact.name == row.artifact_name)).one()
-        with zipfile.ZipFile(art.path) as zf:
+        with zipfile.ZipFile(stored(art.path)) as zf:
             zf.extractall(into)
     return into
 
