@@ -40,6 +40,7 @@ from backend.model import pages as model_pages
 from backend.model import router as model_router
 from backend.observability import router as metrics_router
 from backend.observability.metrics import count_expiries
+from backend.openai_compat import router as openai_router
 from backend.playground import pages as playground_pages
 from backend.playground import router as playground_router
 from backend.security import docs as security_docs
@@ -186,6 +187,7 @@ def create_app() -> FastAPI:
         playground_router,
         export_router,
         metrics_router,
+        openai_router,  # /v1, last: its catch-all answers unknown /v1 addresses
     )
     for module in routers:
         app.include_router(module.router)

@@ -261,6 +261,19 @@ def format_prompt(
     return (f"{system}\n\n" if system else "") + ALPACA_TEMPLATE.format(prompt=prompt)
 
 
+def format_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], tools: list[Any] | None = None
+) -> str:
+    """A conversation so far (an OpenAI chat completion's messages), laid out for the next assistant turn as
+    `format_prompt` lays out one question; a model without a template and without tools gets the last user turn
+    in the Alpaca layout, as it was trained."""
+    if _has_template(tokenizer) or tools:
+        return _chat(tokenizer, messages, tools, generation_prompt=True)
+    system = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
+    last = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
+    return format_prompt(tokenizer, last, system)
+
+
 def _system_end(tokenizer: PreTrainedTokenizerBase, system: str, formatted: str) -> int:
     """Where the system part of a formatted prompt ends (0 without one)."""
     if not system:

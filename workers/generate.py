@@ -35,6 +35,7 @@ from backend.playground.lifecycle import (
     claim_generation,
     finish_generation,
     load_generation,
+    record_usage,
 )
 from backend.playground.service import Target
 from backend.queue import GENERATE
@@ -42,7 +43,7 @@ from backend.work.heartbeat import heartbeat
 from backend.work.kinds import GENERATION
 from backend.work.lease import LeaseLost
 from workers.claims import take
-from workers.examples import end_of_turn, format_prompt, load_tokenizer
+from workers.examples import end_of_turn, format_conversation, format_prompt, load_tokenizer
 from workers.prompt_learning import fix_generation
 from workers.recipes.classification import classify
 from workers.training import use_bf16
@@ -175,11 +176,16 @@ def prompt_inputs(
     chat: bool,
     max_new_tokens: int,
     tools: list[Any] | None = None,
+    messages: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """(input tensors, max_new_tokens), cut to fit the model's context. `tools` go to the chat template (or the
-    tool fallback training used, see workers/examples.py)."""
+    tool fallback training used, see workers/examples.py); `messages` (the /v1 API's conversation) replace the
+    single prompt turn."""
     # A chat layout is the one SFT trained on, and its template already carries any BOS (see workers/watch.py).
-    text = format_prompt(tokenizer, prompt, tools=tools) if chat else prompt
+    if chat and messages:
+        text = format_conversation(tokenizer, messages, tools)
+    else:
+        text = format_prompt(tokenizer, prompt, tools=tools) if chat else prompt
     inputs = dict(tokenizer(text, return_tensors="pt", add_special_tokens=not chat))
     context = getattr(model.config, "max_position_embeddings", None)
     if context:
@@ -192,9 +198,11 @@ def prompt_inputs(
     return {k: v.to(device()) for k, v in inputs.items()}, max_new_tokens
 
 
-def stream_text(loaded: Loaded, prompt: str, params: dict[str, Any]) -> Iterator[str]:
+def stream_text(
+    loaded: Loaded, prompt: str, params: dict[str, Any], usage: dict[str, int] | None = None
+) -> Iterator[str]:
     """The answer to `prompt`, in pieces as the model writes them (whole words: the streamer holds back a
-    partial word until it is complete)."""
+    partial word until it is complete). `usage` receives the prompt's and the answer's token counts."""
     model, tokenizer = loaded.model, loaded.tokenizer
     inputs, max_new_tokens = prompt_inputs(
         model,
@@ -203,11 +211,16 @@ def stream_text(loaded: Loaded, prompt: str, params: dict[str, Any]) -> Iterator
         chat=bool(params.get("chat")),
         max_new_tokens=int(params["max_new_tokens"]),
         tools=params.get("tools") or None,
+        messages=params.get("messages") or None,
     )
     temperature = float(params.get("temperature", 0.0))
     sampling: dict[str, Any] = {"do_sample": False}
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": float(params.get("top_p", 1.0))}
+    if params.get("stop"):
+        # Stop sequences (the /v1 API's `stop`): generation ends once one is written; the API cuts it off.
+        sampling |= {"stop_strings": list(params["stop"]), "tokenizer": tokenizer}
+    prompt_length = int(inputs["input_ids"].shape[1])
     streamer = TextIteratorStreamer(
         tokenizer,  # type: ignore[arg-type]
         skip_prompt=True,
@@ -219,7 +232,7 @@ def stream_text(loaded: Loaded, prompt: str, params: dict[str, Any]) -> Iterator
     def run() -> None:
         try:
             with torch.no_grad():
-                model.generate(  # type: ignore[operator]
+                out = model.generate(  # type: ignore[operator]
                     **inputs,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
@@ -227,6 +240,8 @@ def stream_text(loaded: Loaded, prompt: str, params: dict[str, Any]) -> Iterator
                     streamer=streamer,
                     **sampling,
                 )
+            if usage is not None:
+                usage.update(prompt_tokens=prompt_length, completion_tokens=int(out.shape[1]) - prompt_length)
         except BaseException as exc:  # handed to the reading thread, which raises it
             failures.append(exc)
             streamer.end()  # generate() ends the stream only when it returns: unblock the reader
@@ -250,13 +265,16 @@ def answer(spec: GenerationSpec) -> None:
         return
     pending: list[str] = []
     flushed_at = time.monotonic()
-    for piece in stream_text(loaded, spec.prompt, spec.params):
+    usage: dict[str, int] = {}
+    for piece in stream_text(loaded, spec.prompt, spec.params, usage):
         pending.append(piece)
         if time.monotonic() - flushed_at >= FLUSH_SECONDS:
             append_output(gid, "".join(pending))
             pending.clear()
             flushed_at = time.monotonic()
     append_output(gid, "".join(pending))
+    if usage:
+        record_usage(gid, usage)
 
 
 def _message(exc: Exception) -> str:

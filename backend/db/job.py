@@ -61,6 +61,9 @@ class Job(Leased, Base):
     waiting_reason: Mapped[str | None] = mapped_column(Text)
     # The worker it was last sent to: while that message waits to be claimed, the worker counts as taken.
     placed_on: Mapped[str | None] = mapped_column(String(200))
+    # What a client of the OpenAI-compatible API (/v1) gave that the studio does not otherwise keep: the model
+    # name it asked for, the suffix and the metadata it reads back (backend/openai_compat/). Empty for other jobs.
+    api_options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
 
 
 class JobSample(Base):

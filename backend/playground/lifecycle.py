@@ -80,6 +80,20 @@ def append_output(generation_id: int, text: str) -> None:
     publish_generation(generation_id)
 
 
+def record_usage(generation_id: int, usage: dict[str, int]) -> None:
+    """Keep the prompt's and the answer's token counts in the row's params (the /v1 API's `usage`)."""
+    with session_scope() as s:
+        row = s.get(Generation, generation_id)
+        if row is None:
+            return
+        s.execute(
+            update(Generation)
+            .where(_running(s, generation_id))
+            .values(params={**(row.params or {}), "usage": usage})
+            .execution_options(synchronize_session=False)
+        )
+
+
 def finish_generation(generation_id: int, *, error: str | None = None) -> None:
     """running → done, or failed with `error` (nothing changes if this worker no longer owns it)."""
     with session_scope() as s:

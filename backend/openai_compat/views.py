@@ -1,0 +1,172 @@
+"""A studio job as OpenAI's objects: the fine_tuning.job, its events (log lines and logged points, newest first)
+and its checkpoints."""
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, false, or_, select, true
+from sqlalchemy.orm import Session
+
+from backend.db import Job, JobEvent, JobMetric, utcnow
+from backend.db.job import FINAL_STATUSES
+from backend.job import service as jobs
+from backend.job.checkpoints import list_checkpoints
+from backend.openai_compat import ids
+from backend.openai_compat.errors import ApiError
+from backend.openai_compat.files import epoch
+from backend.openai_compat.jobs import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE
+from backend.openai_compat.models import fine_tuned_name
+from backend.openai_compat.results import openai_values
+
+# How far back the newest points are searched for the tokens a job trained on (the token meter's points).
+TOKEN_POINTS = 50
+
+
+def _trained_tokens(session: Session, job_id: int) -> int | None:
+    q = select(JobMetric.values).where(JobMetric.job_id == job_id).order_by(JobMetric.id.desc()).limit(TOKEN_POINTS)
+    seen = next((v["tokens_seen"] for v in session.scalars(q) if "tokens_seen" in v), None)
+    return int(seen) if seen is not None else None
+
+
+def _hyperparameters(job: Job) -> dict[str, Any]:
+    hp = job.hyperparameters or {}
+    values: dict[str, Any] = {
+        "n_epochs": hp.get("epochs") or DEFAULT_EPOCHS,
+        "batch_size": hp.get("batch_size"),
+        "learning_rate_multiplier": round(hp.get("learning_rate", DEFAULT_LEARNING_RATE) / DEFAULT_LEARNING_RATE, 6),
+    }
+    if job.objective == "dpo":
+        values["beta"] = (job.objective_config or {}).get("beta")
+    return values
+
+
+def _base(job: Job) -> str:
+    return ids.model_id(job.base_model_id) if job.base_model_id is not None else str(job.architecture or "")
+
+
+def job_view(session: Session, job: Job) -> dict[str, Any]:
+    """The fine_tuning.job object of `job`."""
+    options = job.api_options or {}
+    hp = _hyperparameters(job)
+    method_type = "dpo" if job.objective == "dpo" else "supervised"
+    error = None
+    if job.status == "failed":
+        error = {"code": "training_failed", "message": (job.error or "the job failed")[:2000], "param": None}
+    eta = jobs.eta_seconds(job, utcnow())
+    return {
+        "object": "fine_tuning.job",
+        "id": ids.job_id(job.id),
+        "model": options.get("model") or _base(job),
+        "created_at": epoch(job.created_at),
+        "finished_at": epoch(job.finished_at),
+        "fine_tuned_model": fine_tuned_name(session, job),
+        "organization_id": f"user-{job.owner_id}",
+        "result_files": [ids.results_id(job.id)] if job.status in (*FINAL_STATUSES, "paused") else [],
+        "status": job.status,  # the studio's statuses are OpenAI's (files are validated at upload: no validating_files)
+        "validation_file": ids.file_id(job.validation_dataset_id) if job.validation_dataset_id else None,
+        "training_file": ids.file_id(job.dataset_id),
+        "hyperparameters": {k: v for k, v in hp.items() if k != "beta"},
+        "method": {"type": method_type, method_type: {"hyperparameters": hp}},
+        "trained_tokens": _trained_tokens(session, job.id),
+        "error": error,
+        "seed": (job.hyperparameters or {}).get("seed"),
+        "estimated_finish": epoch(utcnow() + timedelta(seconds=eta)) if eta is not None else None,
+        "integrations": [],
+        "metadata": options.get("metadata"),
+        "user_provided_suffix": options.get("suffix") or None,
+    }
+
+
+def _message_event(job_id: int, row: JobEvent) -> dict[str, Any]:
+    return {
+        "object": "fine_tuning.job.event",
+        "id": f"ftevent-{row.id}",
+        "created_at": epoch(row.created_at),
+        "level": "error" if row.level == "error" else "warn" if row.level == "warning" else "info",
+        "message": row.message,
+        "data": {},
+        "type": "message",
+    }
+
+
+def _metric_event(job: Job, row: JobMetric) -> dict[str, Any]:
+    values = openai_values(row.values)
+    shown = ", ".join(f"{k.replace('_', ' ')}={v:.4f}" for k, v in values.items() if k.endswith(("loss", "accuracy")))
+    total = f"/{job.total_steps}" if job.total_steps else ""
+    return {
+        "object": "fine_tuning.job.event",
+        "id": f"ftevent-m{row.id}",
+        "created_at": epoch(row.created_at),
+        "level": "info",
+        "message": f"Step {row.step}{total}" + (f": {shown}" if shown else ""),
+        "data": {"step": row.step, "total_steps": job.total_steps, **values},
+        "type": "metrics",
+    }
+
+
+def _older(
+    session: Session, table: Any, job_id: int, cursor: tuple[Any, int, int] | None, rank: int, limit: int
+) -> list[Any]:
+    """Up to `limit` rows of `table` older than `cursor` in the order (created_at, kind rank, id), newest first."""
+    q = select(table).where(table.job_id == job_id)
+    if cursor is not None:
+        at, cursor_rank, cursor_id = cursor
+        same = table.id < cursor_id if rank == cursor_rank else true() if rank < cursor_rank else false()
+        q = q.where(or_(table.created_at < at, and_(table.created_at == at, same)))
+    return list(session.scalars(q.order_by(table.created_at.desc(), table.id.desc()).limit(limit)))
+
+
+def events_page(session: Session, job: Job, *, after: str | None, limit: int) -> dict[str, Any]:
+    """The job's log lines and logged points as events, newest first, `limit` after the event `after`."""
+    cursor = None
+    if after:
+        kind, row_id = ids.parse_event(after)
+        table: Any = JobMetric if kind == "metric" else JobEvent
+        row = session.get(table, row_id)
+        if row is None or row.job_id != job.id:
+            raise ApiError(f"{after!r} is not an event of {ids.job_id(job.id)}", param="after")
+        cursor = (row.created_at, 0 if kind == "metric" else 1, row.id)
+    messages = [(r.created_at, 1, r.id, r) for r in _older(session, JobEvent, job.id, cursor, 1, limit + 1)]
+    points = [(r.created_at, 0, r.id, r) for r in _older(session, JobMetric, job.id, cursor, 0, limit + 1)]
+    merged = sorted(messages + points, key=lambda t: t[:3], reverse=True)
+    page = merged[:limit]
+    data = [_metric_event(job, r) if rank == 0 else _message_event(job.id, r) for _, rank, _, r in page]
+    return {"object": "list", "data": data, "has_more": len(merged) > limit}
+
+
+def _checkpoint_metrics(session: Session, job_id: int, step: int) -> dict[str, Any]:
+    """What was logged at the checkpoint's step (training and evaluation points joined)."""
+    values: dict[str, Any] = {}
+    for point in session.scalars(select(JobMetric.values).where(JobMetric.job_id == job_id, JobMetric.step == step)):
+        values |= openai_values(point)
+    return {"step": step, **values}
+
+
+def checkpoints_page(session: Session, job: Job, *, after: str | None, limit: int) -> dict[str, Any]:
+    """The job's checkpoints, newest first; each is a model chat completions answer with."""
+    suffix = str((job.api_options or {}).get("suffix") or "")
+    found = sorted(list_checkpoints(job.id), key=lambda c: c.step, reverse=True)
+    if after:
+        names = [f"ftckpt-{job.id}-{c.step}" for c in found]
+        if after not in names:
+            raise ApiError(f"{after!r} is not a checkpoint of {ids.job_id(job.id)}", param="after")
+        found = found[names.index(after) + 1 :]
+    data = [
+        {
+            "object": "fine_tuning.job.checkpoint",
+            "id": f"ftckpt-{job.id}-{c.step}",
+            "created_at": epoch(c.created_at),
+            "fine_tuned_model_checkpoint": ids.fine_tuned_id(_base(job), suffix, job.id, c.step),
+            "fine_tuning_job_id": ids.job_id(job.id),
+            "metrics": _checkpoint_metrics(session, job.id, c.step),
+            "step_number": c.step,
+        }
+        for c in found[:limit]
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(found) > limit,
+    }
