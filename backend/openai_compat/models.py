@@ -129,7 +129,9 @@ def get_model(session: Session, *, user: User, value: str) -> dict[str, Any]:
 def delete_model(session: Session, *, user: User, value: str) -> dict[str, Any]:
     """Delete a fine-tuned model: the job's final adapter or model (and the base-model entry a full fine-tune
     registered). The job, its log, metrics and checkpoints stay; base models are managed at /api/models."""
-    if ids.parse_model(value).job_id is None or ids.parse_model(value).step is not None:
+    ref = ids.parse_model(value)
+    if ref.job_id is None or ref.step is not None:
+        get_model(session, user=user, value=value)  # 404 for a model this user cannot see
         raise ApiError(f"{value} is not a fine-tuned model; only those can be deleted here", status=403, param="model")
     job = fine_tuned_job(session, user=user, value=value)
     if not (job.owner_id == user.id or user.is_admin):

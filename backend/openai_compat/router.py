@@ -11,7 +11,7 @@ from backend.db import Generation
 from backend.deps import CurrentUser, SessionDep
 from backend.events import publish
 from backend.job.router import _admit, _enqueue
-from backend.openai_compat import files, inference, jobs, models, schemas, streaming, views
+from backend.openai_compat import files, ids, inference, jobs, models, schemas, streaming, views
 from backend.openai_compat.errors import OpenAIRoute, error_response
 from backend.storage.responses import download
 from backend.work.kinds import GENERATION
@@ -44,14 +44,14 @@ def list_files(
 
 @router.get("/files/{file_id}")
 def get_file(file_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
-    if (job_id := files.ids.parse_file(file_id).results_of) is not None:
+    if (job_id := ids.parse_file(file_id).results_of) is not None:
         return files.results_view(session, user=user, file_id=file_id, job_id=job_id)
     return files.file_view(files.get_file(session, user=user, file_id=file_id))
 
 
 @router.get("/files/{file_id}/content")
 def file_content(file_id: str, session: SessionDep, user: CurrentUser) -> Response:
-    if (job_id := files.ids.parse_file(file_id).results_of) is not None:
+    if (job_id := ids.parse_file(file_id).results_of) is not None:
         body = files.results_content(session, user=user, file_id=file_id, job_id=job_id)
         return Response(body, media_type="text/csv")
     ds = files.get_file(session, user=user, file_id=file_id)
@@ -81,50 +81,50 @@ def list_jobs(
     return {"object": "list", "data": [views.job_view(session, j) for j in found], "has_more": more}
 
 
-@router.get("/fine_tuning/jobs/{job_id}")
-def get_job(job_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
-    return views.job_view(session, jobs.find_job(session, user=user, value=job_id))
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}")
+def get_job(fine_tuning_job_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    return views.job_view(session, jobs.find_job(session, user=user, value=fine_tuning_job_id))
 
 
-@router.post("/fine_tuning/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
-    job = jobs.cancel(session, user=user, value=job_id)
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel")
+def cancel_job(fine_tuning_job_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    job = jobs.cancel(session, user=user, value=fine_tuning_job_id)
     session.commit()  # before the publish, so live readers see the change
     publish(job.id)
     return views.job_view(session, job)
 
 
-@router.post("/fine_tuning/jobs/{job_id}/pause")
-def pause_job(job_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause")
+def pause_job(fine_tuning_job_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     """A checkpoint at the next step, then `paused`."""
-    job = jobs.pause(session, user=user, value=job_id)
+    job = jobs.pause(session, user=user, value=fine_tuning_job_id)
     session.commit()
     publish(job.id)
     return views.job_view(session, job)
 
 
-@router.post("/fine_tuning/jobs/{job_id}/resume")
-def resume_job(job_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume")
+def resume_job(fine_tuning_job_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     """On from the latest checkpoint (a paused, failed or cancelled job)."""
-    job = jobs.resume(session, user=user, value=job_id)
+    job = jobs.resume(session, user=user, value=fine_tuning_job_id)
     _enqueue(session, job)
     return views.job_view(session, job)
 
 
-@router.get("/fine_tuning/jobs/{job_id}/events")
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events")
 def job_events(
-    job_id: str, session: SessionDep, user: CurrentUser, after: str | None = None, limit: Limit = 20
+    fine_tuning_job_id: str, session: SessionDep, user: CurrentUser, after: str | None = None, limit: Limit = 20
 ) -> dict[str, Any]:
     """Log lines (`message`) and logged points (`metrics`), newest first."""
-    job = jobs.find_job(session, user=user, value=job_id)
+    job = jobs.find_job(session, user=user, value=fine_tuning_job_id)
     return views.events_page(session, job, after=after, limit=limit)
 
 
-@router.get("/fine_tuning/jobs/{job_id}/checkpoints")
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints")
 def job_checkpoints(
-    job_id: str, session: SessionDep, user: CurrentUser, after: str | None = None, limit: Limit = 10
+    fine_tuning_job_id: str, session: SessionDep, user: CurrentUser, after: str | None = None, limit: Limit = 10
 ) -> dict[str, Any]:
-    job = jobs.find_job(session, user=user, value=job_id)
+    job = jobs.find_job(session, user=user, value=fine_tuning_job_id)
     return views.checkpoints_page(session, job, after=after, limit=limit)
 
 

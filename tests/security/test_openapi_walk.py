@@ -133,6 +133,9 @@ def objects(client: TestClient) -> Objects:
             "dataset_id": dataset_id, "model_id": model.id, "job_id": job.id, "export_id": export.id,
             "generation_id": generation.id, "analysis_id": analysis.id, "upload_id": upload.id,
             "token_id": token_id, "user_id": owner_id, "name": "adapter",
+            # The OpenAI-compatible API's ids of the same objects (backend/openai_compat/ids.py).
+            "file_id": f"file-{dataset_id}", "fine_tuning_job_id": f"ftjob-{job.id}",
+            "model": f"studio-model-{model.id}",
         }  # fmt: skip
     return Objects(ids={k: str(v) for k, v in ids.items()})
 
