@@ -555,6 +555,11 @@ class EstimateRead(BaseModel):
         None, description="The peak on a CUDA worker (null when the config lacks the sizes to count it)."
     )
     memory_bytes_cpu: int | None = Field(None, description="The peak on a CPU worker (null likewise).")
+    disk_bytes: int | None = Field(
+        None,
+        description="What the run writes to the worker's disk at most: the checkpoints kept (weights and optimizer "
+        "state) plus the one being written, and the final weights (null when the config lacks the sizes).",
+    )
     advice: list[str] = Field(description="What to change when it does not fit.")
     notes: list[str]
     dry_run: dict[str, Any] | None = Field(None, description="The dataset's token statistics for these settings.")

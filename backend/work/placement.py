@@ -3,8 +3,8 @@
 Each training worker consumes a Celery queue of its own (`backend.queue.worker_queue`). A job is sent only to a
 free worker it fits: its method's needs (qlora: CUDA and bitsandbytes) and its memory estimate (recorded on the
 job at admission, for a CUDA and for a CPU worker) within 90% of the worker's device memory, as the estimate
-judges it. Queued jobs are placed highest priority first, then oldest, each on the free fitting worker that
-wastes least (CUDA first, then the smallest memory that holds it), so a big machine stays free for the jobs only
+judges it, and the disk its checkpoints and weights take within the worker's free disk. Queued jobs are placed
+highest priority first, then oldest, each on the free fitting worker that wastes least (CUDA first, then the smallest memory that holds it), so a big machine stays free for the jobs only
 it can run. A job that cannot be placed stays queued with `waiting_reason` set and no `sent_at`, so the next
 placement (a job sent, a worker registering or finishing, the reaper's sweep) considers it again.
 
@@ -56,6 +56,10 @@ def unfit(worker: Worker, job: Job) -> str | None:
     # A worker that reported no memory (0), or a job admitted without a memory verdict, is not judged on memory.
     if need and worker.device_memory_bytes and need > worker.device_memory_bytes * MEMORY_SHARE:
         return f"it needs about {_gib(need)}, {worker.device} has {_gib(worker.device_memory_bytes)}"
+    disk = (job.needs or {}).get("disk")
+    if disk and worker.disk_free_bytes is not None and disk > worker.disk_free_bytes:
+        free = _gib(worker.disk_free_bytes)
+        return f"its checkpoints and weights take about {_gib(disk)} of disk, {worker.name} has {free} free"
     return None
 
 
