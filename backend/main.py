@@ -79,10 +79,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # What is alive once the app has started (modules, routes, mappers, settings) lives as long as the process:
     # frozen, it is out of the collector's walks. A request that allocates a lot (a long run's chart: ~10,000
     # rows) triggers a full collection every few calls; walking the imports too made each one ~250 ms.
-    gc.collect()
-    gc.freeze()
+    if not gc.get_freeze_count():  # once per process: a test process starts hundreds of apps
+        gc.collect()
+        gc.freeze()
     yield
-    gc.unfreeze()  # a process that starts several apps (the tests) must let each one's garbage go
     reaper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reaper

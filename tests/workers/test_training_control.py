@@ -195,6 +195,7 @@ def test_slow_watch_prompts_skip_evaluations_but_never_the_base_or_the_end(
     seed: Seed, pretrained: Pretrained, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     answer_all = metrics.answers
+    monkeypatch.setattr(metrics, "WATCH_FREE_SECONDS", 1.0)  # the same rule, in a shorter test
 
     def slow(*args: Any, **kwargs: Any) -> list[str]:
         time.sleep(metrics.WATCH_FREE_SECONDS + 0.5)  # longer than the free allowance and a tiny evaluation
