@@ -25,6 +25,8 @@ from transformers import (
     AutoModelForSequenceClassification,
     PreTrainedConfig,
     PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
     TextIteratorStreamer,
 )
 
@@ -198,6 +200,23 @@ def prompt_inputs(
     return {k: v.to(device()) for k, v in inputs.items()}, max_new_tokens
 
 
+class StopOnText(StoppingCriteria):
+    """Stop once the answer's text holds one of `stops`. Decoded text, not token ids: a stop sequence may be
+    split across tokens in any way. (transformers' own `stop_strings` failed on byte-level BPE vocabularies.)"""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: list[str], prompt_length: int) -> None:
+        self.tokenizer, self.stops, self.prompt_length = tokenizer, list(stops), prompt_length
+        # A stop sequence of n characters lies within its last n + 1 tokens (a token writes at least one
+        # character, and the first may start mid-token); the margin covers tokens that write none.
+        self.window = max(len(s) for s in self.stops) + 8
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        tails = input_ids[:, self.prompt_length :][:, -self.window :]
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stops) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
 def stream_text(
     loaded: Loaded, prompt: str, params: dict[str, Any], usage: dict[str, int] | None = None
 ) -> Iterator[str]:
@@ -217,10 +236,10 @@ def stream_text(
     sampling: dict[str, Any] = {"do_sample": False}
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": float(params.get("top_p", 1.0))}
+    prompt_length = int(inputs["input_ids"].shape[1])
     if params.get("stop"):
         # Stop sequences (the /v1 API's `stop`): generation ends once one is written; the API cuts it off.
-        sampling |= {"stop_strings": list(params["stop"]), "tokenizer": tokenizer}
-    prompt_length = int(inputs["input_ids"].shape[1])
+        sampling["stopping_criteria"] = StoppingCriteriaList([StopOnText(tokenizer, params["stop"], prompt_length)])
     streamer = TextIteratorStreamer(
         tokenizer,  # type: ignore[arg-type]
         skip_prompt=True,

@@ -34,9 +34,11 @@ ENDED = ("succeeded", "failed", "cancelled")
 @pytest.fixture(scope="module")
 def model_zip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A 1-layer Llama and a byte-level BPE tokenizer with a ChatML template, zipped as the Models page takes it."""
+    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    torch.manual_seed(0)  # the same random weights every run: the greedy answers below are reproducible
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
     corpus = [*QUESTIONS, *ANSWERS, "user assistant system"] * 20
@@ -196,8 +198,14 @@ def test_supervised_job_events_checkpoints_and_chat(shared_studio: StudioProcess
         model=checkpoints[-1].fine_tuned_model_checkpoint, messages=messages, max_tokens=3, temperature=0
     )
     assert by_checkpoint.choices[0].message.role == "assistant"
-    completion = client.completions.create(model=base, prompt="What is", max_tokens=4, temperature=0)
-    assert completion.object == "text_completion" and completion.usage.completion_tokens <= 4
+    completion = client.completions.create(model=base, prompt="What is", max_tokens=8, temperature=0)
+    text = completion.choices[0].text
+    assert completion.object == "text_completion" and completion.usage.completion_tokens <= 8
+    # A stop sequence taken from that greedy answer: the worker stops there and the answer ends before it.
+    assert len(text) >= 4, text
+    stop = text[2:4]
+    stopped = client.completions.create(model=base, prompt="What is", max_tokens=8, temperature=0, stop=[stop])
+    assert (stopped.choices[0].text, stopped.choices[0].finish_reason) == (text[: text.find(stop)], "stop")
 
     assert job.id in [j.id for j in client.fine_tuning.jobs.list(metadata={"run": "sdk"})]
     assert job.id not in [j.id for j in client.fine_tuning.jobs.list(metadata={"run": "other"})]

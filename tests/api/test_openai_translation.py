@@ -1,0 +1,193 @@
+"""The /v1 translation without a worker: ids, OpenAI job bodies → studio job bodies, stop sequences, tool calls,
+the streamed chunks, and errors in OpenAI's shape next to the studio's own (in-process, both backends)."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.db import Dataset, Generation
+from backend.openai_compat import ids, inference, streaming
+from backend.openai_compat.errors import ApiError, validation_message
+from backend.openai_compat.jobs import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, studio_body
+from backend.openai_compat.schemas import JobCreate
+
+
+def test_ids_round_trip() -> None:
+    assert ids.parse_file(ids.file_id(12)).dataset_id == 12
+    assert ids.parse_file(ids.results_id(7)).results_of == 7
+    assert ids.parse_job(ids.job_id(3)) == 3
+    name = ids.fine_tuned_id("studio-model-2", "tiny", 9)
+    assert name == "ft:studio-model-2:tiny:ftjob-9"
+    assert ids.parse_model(name) == ids.ModelRef(job_id=9)
+    assert ids.parse_model(ids.fine_tuned_id("studio-model-2", "", 9, 40)) == ids.ModelRef(job_id=9, step=40)
+    assert ids.parse_model("studio-model-5") == ids.ModelRef(base_id=5)
+    assert ids.parse_model("my model") == ids.ModelRef(name="my model")
+    assert ids.parse_event("ftevent-m4") == ("metric", 4) and ids.parse_event("ftevent-4") == ("message", 4)
+    with pytest.raises(ApiError) as missing:
+        ids.parse_file("file-abc")
+    assert (missing.value.status, missing.value.param) == (404, None)
+    with pytest.raises(ApiError) as bad:
+        ids.parse_job("nope", param="after", status=400)
+    assert (bad.value.status, bad.value.param) == (400, "after")
+
+
+def _dataset(dataset_id: int) -> Dataset:
+    return Dataset(id=dataset_id, name="chat")
+
+
+def test_auto_hyperparameters_take_the_studio_defaults() -> None:
+    body = JobCreate.model_validate({"model": "m", "training_file": "file-1"})
+    studio = studio_body(body, base_id=4, train=_dataset(1), valid=None)
+    assert studio["hyperparameters"] == {
+        "epochs": 1,
+        "batch_size": DEFAULT_BATCH_SIZE,
+        "learning_rate": DEFAULT_LEARNING_RATE,
+        "seed": 42,
+    }
+    assert (studio["objective"], studio["method"], studio["objective_config"]) == ("sft", "lora", {})
+
+
+def test_given_hyperparameters_dpo_and_the_legacy_place() -> None:
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "learning_rate_multiplier": 0.5, "beta": 0.3}}}
+    body = JobCreate.model_validate({"model": "m", "training_file": "f", "suffix": "x", "seed": 9, "method": dpo})
+    studio = studio_body(body, base_id=4, train=_dataset(1), valid=_dataset(2))
+    assert studio["hyperparameters"]["epochs"] == 3 and studio["hyperparameters"]["seed"] == 9
+    assert studio["hyperparameters"]["learning_rate"] == pytest.approx(DEFAULT_LEARNING_RATE * 0.5)
+    assert (studio["objective"], studio["objective_config"], studio["validation_dataset_id"]) == (
+        "dpo",
+        {"beta": 0.3},
+        2,
+    )
+    assert studio["name"] == "x"
+    legacy = JobCreate.model_validate({"model": "m", "training_file": "f", "hyperparameters": {"batch_size": 2}})
+    assert studio_body(legacy, base_id=4, train=_dataset(1), valid=None)["hyperparameters"]["batch_size"] == 2
+    with pytest.raises(ValueError, match="give hyperparameters in method"):
+        JobCreate.model_validate({"model": "m", "training_file": "f", "hyperparameters": {}, "method": dpo})
+
+
+def test_a_refused_union_names_the_parameter_and_both_forms() -> None:
+    errors = [
+        {
+            "loc": ("body", "method", "dpo", "hyperparameters", "beta", "literal['auto']"),
+            "msg": "Input should be 'auto'",
+        },
+        {"loc": ("body", "method", "dpo", "hyperparameters", "beta", "constrained-float"), "msg": "must be > 0"},
+        {"loc": ("body", "seed"), "msg": "too big"},
+    ]
+    message, param = validation_message(errors)
+    assert param == "method.dpo.hyperparameters.beta"
+    assert message == "method.dpo.hyperparameters.beta: Input should be 'auto' or must be > 0"
+    assert validation_message([{"loc": ("body", "messages", 0, "role"), "msg": "bad"}])[1] == "messages[0].role"
+
+
+def test_stop_sequences() -> None:
+    assert inference.cut_at_stop("Hello STOP more END", ["END", "STOP"]) == ("Hello ", True)
+    assert inference.cut_at_stop("Hello", ["STOP"]) == ("Hello", False)
+    assert inference.held_back("Hello ST", ["STOP"]) == 2  # may be the start of STOP: not streamed yet
+    assert inference.held_back("Hello", ["STOP"]) == 0
+
+
+def _row(output: str, **params: Any) -> Generation:
+    defaults = {"max_new_tokens": 8, "stop": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
+    return Generation(id=1, output=output, params={**defaults, **params}, created_at=datetime.now(UTC), status="done")
+
+
+def test_completion_views_finish_reasons_and_tool_calls() -> None:
+    view = inference.chat_completion(_row("Paris. STOP x", stop=["STOP"]), "m")
+    assert view["choices"][0]["message"]["content"] == "Paris. " and view["choices"][0]["finish_reason"] == "stop"
+    assert view["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    cut = inference.text_completion(_row("a b c", usage={"prompt_tokens": 2, "completion_tokens": 8}), "m")
+    assert cut["choices"][0]["finish_reason"] == "length"
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    call = '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call>'
+    message = inference.chat_completion(_row(call, tools=tools), "m")["choices"][0]
+    assert message["finish_reason"] == "tool_calls" and message["message"]["content"] is None
+    assert message["message"]["tool_calls"] == [
+        {"id": "call_1_0", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    ]
+
+
+def _chunks(row: Generation, pieces: list[str], monkeypatch: pytest.MonkeyPatch, **options: Any) -> list[Any]:
+    """What `stream` sends for a generation written in `pieces`, read back as JSON (None for [DONE])."""
+
+    async def events(generation_id: int, offset: int, broadcaster: Any) -> AsyncIterator[dict[str, str]]:
+        for piece in pieces:
+            yield {"event": "token", "id": "0", "data": json.dumps({"text": piece})}
+        yield {"event": "end", "id": "0", "data": json.dumps({"status": "done", "error": None})}
+
+    monkeypatch.setattr(streaming, "generation_events", events)
+    monkeypatch.setattr(streaming, "snapshot", lambda generation_id: row)
+
+    async def collect() -> list[bytes]:
+        return [c async for c in streaming.stream(row, model="m", broadcaster=None, **options)]  # type: ignore[arg-type]
+
+    sent = asyncio.run(collect())
+    assert all(c.startswith(b"data: ") and c.endswith(b"\n\n") for c in sent)
+    return [None if c == b"data: [DONE]\n\n" else json.loads(c[6:]) for c in sent]
+
+
+def test_streamed_chunks_hold_back_a_stop_sequence(monkeypatch: pytest.MonkeyPatch) -> None:
+    pieces = ["Hel", "lo S", "TOP and more"]
+    row = _row("".join(pieces), stop=["STOP"])
+    chunks = _chunks(row, pieces, monkeypatch, chat=True, include_usage=True)
+    assert chunks[-1] is None and chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1] if c["choices"]]
+    assert "".join(d for d in deltas if d) == "Hello " and "S" not in "".join(d for d in deltas if d)
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"]][-1] == "stop"
+    assert chunks[-2]["choices"] == [] and chunks[-2]["usage"]["total_tokens"] == 8
+    assert {c["object"] for c in chunks[:-1]} == {"chat.completion.chunk"}
+
+
+def test_streamed_tool_call_comes_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    call = '<tool_call>{"name": "weather", "arguments": {}}</tool_call>'
+    tools = [{"type": "function", "function": {"name": "weather"}}]
+    chunks = _chunks(_row(call, tools=tools), [call[:10], call[10:]], monkeypatch, chat=True, include_usage=False)
+    calls = [c["choices"][0]["delta"]["tool_calls"] for c in chunks[:-1] if "tool_calls" in c["choices"][0]["delta"]]
+    assert calls == [
+        [{"index": 0, "id": "call_1_0", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]
+    ]
+    assert not any(c["choices"][0]["delta"].get("content") for c in chunks[1:-1])
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_completion_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    chunks = _chunks(_row("one two"), ["one ", "two"], monkeypatch, chat=False, include_usage=False)
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == "one two"
+    assert {c["object"] for c in chunks[:-1]} == {"text_completion"}
+
+
+def test_errors_in_openai_shape_and_the_studios_own_unchanged(client: TestClient) -> None:
+    token = client.headers.pop("Authorization")
+    res = client.get("/v1/models")
+    assert res.status_code == 401 and res.json()["error"]["code"] == "invalid_api_key"
+    assert set(res.json()["error"]) == {"message", "type", "param", "code"}
+    client.headers["Authorization"] = token
+    assert client.get("/api/jobs/999").json() == {"detail": "job 999 not found"}  # /api keeps its shape
+    assert client.get("/v1/fine_tuning/jobs/ftjob-999").json()["error"]["type"] == "invalid_request_error"
+    unknown = client.post("/v1/embeddings", json={})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_url"
+    refused = client.post("/v1/fine_tuning/jobs", json={"model": "m", "training_file": "f", "seed": -1})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "seed"
+    assert client.post("/v1/chat/completions", json={"model": "m"}).json()["error"]["param"] == "messages"
+
+
+def test_files_are_datasets(client: TestClient) -> None:
+    data = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    res = client.post("/v1/files", files={"file": ("chat.jsonl", data)}, data={"purpose": "fine-tune"})
+    assert res.status_code == 200, res.text
+    file = res.json()
+    dataset = client.get(f"/api/datasets/{ids.parse_file(file['id']).dataset_id}").json()
+    assert (dataset["shape"], dataset["size_bytes"], file["bytes"]) == ("messages", len(data), len(data))
+    second = client.post("/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "fine-tune"}).json()
+    listed = client.get("/v1/files", params={"limit": 1}).json()
+    assert ([f["id"] for f in listed["data"]], listed["has_more"]) == ([second["id"]], True)
+    rest = client.get("/v1/files", params={"after": second["id"]}).json()
+    assert ([f["id"] for f in rest["data"]], rest["has_more"]) == ([file["id"]], False)
+    assert client.get(f"/v1/files/{file['id']}/content").content == data
+    assert client.delete(f"/v1/files/{file['id']}").json() == {"object": "file", "id": file["id"], "deleted": True}
+    assert client.get(f"/v1/files/{file['id']}").status_code == 404
