@@ -61,6 +61,9 @@ def test_files_streams_and_listing(storage: Storage, tmp_path: Path) -> None:
     moved.write_bytes(b"m")
     storage.put_file("a/m.bin", moved, move=True)
     assert not moved.exists() and storage.size("a/m.bin") == 1
+    storage.move("a/f.bin", "c/moved.bin")
+    assert not storage.exists("a/f.bin") and storage.size("c/moved.bin") == 12
+    storage.move("c/moved.bin", "a/f.bin")
     storage.delete("a/f.bin")
     storage.delete("a/f.bin")  # a missing one is no error
     assert storage.list("a") == ["a/b/g.txt", "a/m.bin"]
@@ -103,6 +106,9 @@ def test_multipart_upload_appears_only_when_complete(storage: Storage) -> None:
     parts = [(1, storage.put_part("datasets/1/big.jsonl", upload, 1, b"a" * (5 * MiB)))]
     assert not storage.exists("datasets/1/big.jsonl")  # never half an object
     parts.append((2, storage.put_part("datasets/1/big.jsonl", upload, 2, b"b\n")))
+    listed = storage.list_parts("datasets/1/big.jsonl", upload)
+    assert [(n, size) for n, _, size in listed] == [(1, 5 * MiB), (2, 2)]
+    assert [etag.strip('"') for _, etag, _ in listed] == [etag.strip('"') for _, etag in parts]
     storage.complete_multipart("datasets/1/big.jsonl", upload, parts)
     assert storage.size("datasets/1/big.jsonl") == 5 * MiB + 2
     with storage.open("datasets/1/big.jsonl") as f:

@@ -28,7 +28,8 @@ from backend.errors import Conflict, Invalid, NotFound
 from backend.events import publish_analysis
 from backend.method import registry
 from backend.model.service import visible_model
-from backend.storage import get_cache, scratch_dir
+from backend.storage import scratch_dir
+from backend.storage.stored_file import readable
 from backend.work import lease
 from backend.work.kinds import ANALYSIS
 from backend.work.lease import Expired, Lease
@@ -268,7 +269,7 @@ def _write_kept(dataset: Dataset, drop: set[int], dest: Path) -> int:
     keys = SHAPE_KEYS.get(dataset.shape, ())
     kept = 0
     with dest.open("w", encoding="utf-8") as out:
-        records = read_records(get_cache().file(dataset.path), dataset.filename, dataset.options or None)
+        records = read_records(readable(dataset.path), dataset.filename, dataset.options or None)
         for index, record in enumerate(records):
             if index in drop:
                 continue

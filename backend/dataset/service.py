@@ -16,6 +16,7 @@ from backend.dataset.formats import (
     ACCEPTED,
     FormatError,
     LimitExceeded,
+    Readable,
     Summary,
     UnsupportedFile,
     parse_options,
@@ -27,7 +28,8 @@ from backend.dataset.formats.values import display
 from backend.db import Dataset, Job, Model, User
 from backend.errors import Conflict, Invalid, NotFound, TooLarge, Unsupported
 from backend.model.service import stored_chat_template
-from backend.storage import get_cache, get_storage, scratch_dir
+from backend.storage import get_storage, scratch_dir
+from backend.storage.stored_file import StoredFile, readable
 
 CHUNK = 1 << 20
 PREVIEW_CHARS = 100_000
@@ -53,9 +55,10 @@ def _spool(source: BinaryIO, dest: Path, limit: int) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _sha256(path: Path) -> str:
+def _sha256(source: Path | str) -> str:
+    """The sha256 of a local file, or of a stored object (`source` a key) streamed from storage."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with source.open("rb") if isinstance(source, Path) else get_storage().open(source) as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -96,7 +99,7 @@ def _location(summary: Summary, error: dict[str, Any]) -> str:
     return f"{where}{what}{error['message']}"
 
 
-def _summarize(path: Path, filename: str, options: dict[str, Any] | None, max_records: int = 0) -> Summary:
+def _summarize(path: Path | Readable, filename: str, options: dict[str, Any] | None, max_records: int = 0) -> Summary:
     """`summarize`, with a file past a limit or of an unsupported type turned into its domain error."""
     try:
         return summarize(path, filename, options, max_records=max_records)
@@ -106,7 +109,7 @@ def _summarize(path: Path, filename: str, options: dict[str, Any] | None, max_re
         raise TooLarge(f"{filename}: {exc}", field="file", file=filename, line=exc.line) from None
 
 
-def validate_file(path: Path, filename: str, options: dict[str, Any] | None = None) -> Summary:
+def validate_file(path: Path | Readable, filename: str, options: dict[str, Any] | None = None) -> Summary:
     """Validate every record of `path`; raise `Invalid` naming the first problems, or the limit/type error."""
     summary = _summarize(path, filename, options)
     if summary.error_count:
@@ -144,11 +147,19 @@ def ingest_file(
     )
 
 
+def ingest_stored(
+    session: Session, *, user: User, key: str, filename: str, name: str = "", options: dict[str, Any] | None = None
+) -> Dataset:
+    """`ingest_file` for an object already in storage (a completed chunked upload): validated by streaming it
+    from storage, then moved under its dataset key. `key` is gone afterwards, kept or not."""
+    return _ingest(session, user=user, path=key, filename=filename, name=name, options=options, parent=None, note="")
+
+
 def _ingest(
     session: Session,
     *,
     user: User,
-    path: Path,
+    path: Path | str,
     filename: str,
     name: str,
     options: dict[str, Any] | None,
@@ -158,22 +169,29 @@ def _ingest(
 ) -> Dataset:
     settings = get_settings()
     clean = safe_filename(filename)
+    storage = get_storage()
     try:
-        size = path.stat().st_size
+        readable = path if isinstance(path, Path) else StoredFile(path)
+        size = path.stat().st_size if isinstance(path, Path) else storage.size(path)
         if size > settings.max_upload_bytes:
             raise TooLarge(
                 f"{clean}: over the upload limit of {settings.max_upload_bytes} bytes (max_upload_bytes)",
                 field="file",
                 file=clean,
             )
-        summary = validate_file(path, clean, options)
+        summary = validate_file(readable, clean, options)
         sha256 = sha256 or _sha256(path)
         key = f"datasets/{user.id}/{sha256[:16]}-{clean}"
-        storage = get_storage()
         shared = storage.exists(key)  # the same bytes under the same name, already kept for another dataset
-        storage.put_file(key, path, move=True)
+        if isinstance(path, Path):
+            storage.put_file(key, path, move=True)
+        else:
+            storage.move(path, key)
     finally:
-        path.unlink(missing_ok=True)
+        if isinstance(path, Path):
+            path.unlink(missing_ok=True)
+        else:
+            storage.delete(path)  # refused, or already moved (then a no-op)
     dataset = Dataset(
         owner_id=user.id,
         name=(name or Path(clean).stem)[:200],
@@ -264,7 +282,7 @@ def list_datasets(session: Session, *, user: User) -> list[Dataset]:
 
 def preview(dataset: Dataset, rows: int = 20) -> list[dict[str, Any]]:
     """The first records as the trainer will read them (very long strings cut for display)."""
-    records = read_records(get_cache().file(dataset.path), dataset.filename, dataset.options or None, head_only=True)
+    records = read_records(readable(dataset.path), dataset.filename, dataset.options or None, head_only=True)
     return [display(r, PREVIEW_CHARS) for r in itertools.islice(records, rows)]
 
 

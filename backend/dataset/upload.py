@@ -21,9 +21,10 @@ from starlette.requests import ClientDisconnect
 
 from backend.config import get_settings
 from backend.dataset import service as datasets
+from backend.dataset import upload_parts as parts
 from backend.db import Dataset, Upload, User, utcnow
 from backend.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
-from backend.storage import scratch_dir
+from backend.storage import get_storage, is_local, scratch_dir
 
 CHUNK_SIZE = 8 * 1024 * 1024  # what clients are told to send
 MAX_CHUNK = 64 * 1024 * 1024  # what one request may carry
@@ -32,8 +33,20 @@ _RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
 def part_path(upload_id: str) -> Path:
-    """Where the bytes received so far live (ids are hex: never a path)."""
-    return get_settings().path("uploads") / f"{upload_id}.part"
+    """Where the bytes received so far live (ids are hex: never a path). With remote storage the bytes go to the
+    bucket as parts (`upload_parts`) and this empty file is only the upload's lock, in the cache folder."""
+    if is_local():
+        return get_settings().path("uploads") / f"{upload_id}.part"
+    folder = get_settings().cache_path / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{upload_id}.part"
+
+
+def begin(upload: Upload) -> None:
+    """Make the place the upload's bytes go: the part file (with remote storage, the lock and a multipart upload)."""
+    part_path(upload.id).touch()
+    if not is_local():
+        upload.options = {**(upload.options or {}), **parts.start_parts(upload.id)}
 
 
 def create_upload(
@@ -54,7 +67,7 @@ def create_upload(
         received_bytes=0,
         options=options or {},
     )
-    part_path(upload.id).touch()
+    begin(upload)
     session.add(upload)
     session.flush()
     return upload
@@ -87,6 +100,8 @@ def discard_upload(session: Session, upload_id: str) -> bool:
 
     A chunk still arriving keeps writing to the unlinked file and then finds no row to advance."""
     part_path(upload_id).unlink(missing_ok=True)
+    if not is_local():
+        parts.abort_parts(session.scalar(select(Upload.options).where(Upload.id == upload_id)) or {}, upload_id)
     gone = session.execute(delete(Upload).where(Upload.id == upload_id).execution_options(synchronize_session=False))
     return bool(gone.rowcount)  # type: ignore[attr-defined]
 
@@ -115,6 +130,9 @@ async def write_chunk(
     no ORM object is left for the request's final commit to write back over a newer (or deleted) row."""
     upload = await to_thread.run_sync(lambda: _detached_values(session, user=user, upload_id=upload_id))
     start, end = parse_content_range(content_range, size=upload["size_bytes"])
+    remote = not is_local()
+    if remote:
+        parts.check_part(start=start, end=end, size=upload["size_bytes"])
     with locked_part(upload_id) as part:
         # Under the lock, read the offset afresh: another request may have just added a chunk.
         received = await to_thread.run_sync(received_bytes, session, upload_id)
@@ -125,7 +143,10 @@ async def write_chunk(
                 f"chunk starts at {start} but the upload has {received} bytes; resume from there",
                 received_bytes=received,
             )
-        await _receive(part, body, start=start, end=end)
+        if remote:
+            await parts.receive_part(upload["options"], upload_id, body, start=start, end=end)
+        else:
+            await _receive(part, body, start=start, end=end)
         # Committed while still holding the lock, so the next chunk never reads a stale offset.
         now = utcnow()
         if not await to_thread.run_sync(_advance, session, upload_id, start, end, now):
@@ -203,10 +224,10 @@ def _undo(part: BinaryIO, start: int) -> None:
         part.truncate()
 
 
-def complete_upload(session: Session, *, user: User, upload_id: str) -> Dataset:
-    """Validate the received file and store it as a dataset; the upload is consumed whether it is valid or not."""
-    upload = get_upload(session, user=user, upload_id=upload_id)
-    filename, name, options = upload.filename, upload.name, dict(upload.options or {})
+def take_received(session: Session, upload: Upload) -> Path | str:
+    """End the upload and hand over its bytes: the part file moved to a scratch file (local storage), or the
+    stored object's key (remote storage: the parts joined). The caller owns it and must remove it."""
+    remote = not is_local()
     tmp = scratch_dir() / f"{upload.id}.part"
     with locked_part(upload.id):  # no chunk is being written, and a second `complete` finds no part file
         received = received_bytes(session, upload.id)
@@ -214,14 +235,36 @@ def complete_upload(session: Session, *, user: User, upload_id: str) -> Dataset:
             raise Conflict(
                 f"upload has {received} of {upload.size_bytes} bytes; send the rest first", received_bytes=received
             )
-        shutil.move(part_path(upload.id), tmp)
-    # Committed now, so a file refused below still ends the upload (the error rolls the session back).
-    removed = discard_upload(session, upload_id)
+        if remote:
+            taken: Path | str = parts.finish_parts(upload.options or {}, upload.id, upload.size_bytes)
+            part_path(upload.id).unlink()
+        else:
+            taken = tmp
+            shutil.move(part_path(upload.id), tmp)
+    # Committed now, so a file refused later still ends the upload (the error rolls the session back).
+    removed = discard_upload(session, upload.id)
     session.commit()
     if not removed:  # deleted while we took the file
-        tmp.unlink(missing_ok=True)
-        raise NotFound(f"upload {upload_id} not found")
+        _remove(taken)
+        raise NotFound(f"upload {upload.id} not found")
+    return taken
+
+
+def _remove(taken: Path | str) -> None:
+    if isinstance(taken, Path):
+        taken.unlink(missing_ok=True)
+    else:
+        get_storage().delete(taken)
+
+
+def complete_upload(session: Session, *, user: User, upload_id: str) -> Dataset:
+    """Validate the received file and store it as a dataset; the upload is consumed whether it is valid or not."""
+    upload = get_upload(session, user=user, upload_id=upload_id)
+    filename, name, options = upload.filename, upload.name, parts.read_options(dict(upload.options or {}))
+    taken = take_received(session, upload)
     try:
-        return datasets.ingest_file(session, user=user, path=tmp, filename=filename, name=name, options=options)
+        if isinstance(taken, Path):
+            return datasets.ingest_file(session, user=user, path=taken, filename=filename, name=name, options=options)
+        return datasets.ingest_stored(session, user=user, key=taken, filename=filename, name=name, options=options)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(taken)

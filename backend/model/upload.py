@@ -20,16 +20,9 @@ from backend.config import get_settings
 from backend.dataset.service import safe_filename
 
 # The chunked-upload plumbing is shared with datasets: the same part files, lock and rows.
-from backend.dataset.upload import (
-    discard_upload,
-    get_upload,
-    locked_part,
-    part_path,
-    received_bytes,
-    remove_stale_uploads,
-)
+from backend.dataset.upload import begin, get_upload, remove_stale_uploads, take_received
 from backend.db import Model, Upload, User
-from backend.errors import Conflict, Invalid, TooLarge, Unsupported
+from backend.errors import Invalid, TooLarge, Unsupported
 from backend.model.service import adopt_model_dir, create_import, import_key
 from backend.storage import get_storage, join, scratch_dir
 
@@ -247,7 +240,7 @@ def start_upload(session: Session, *, user: User, filename: str, size: int, name
         received_bytes=0,
         options={"target": UPLOAD_TARGET},
     )
-    part_path(upload.id).touch()
+    begin(upload)
     session.add(upload)
     session.flush()
     return upload
@@ -259,17 +252,15 @@ def complete_upload(session: Session, *, user: User, upload_id: str, name: str =
     if (upload.options or {}).get("target") != UPLOAD_TARGET:
         raise Invalid(f"upload {upload_id} is a dataset upload, not a model's", field="upload_id")
     filename, name = upload.filename, name or upload.name
-    tmp = _temp_path()
-    with locked_part(upload.id):  # no chunk is being written, and a second completion finds no part file
-        received = received_bytes(session, upload.id)
-        if received != upload.size_bytes:
-            raise Conflict(
-                f"upload has {received} of {upload.size_bytes} bytes; send the rest first", received_bytes=received
-            )
-        shutil.move(part_path(upload.id), tmp)
-    removed = discard_upload(session, upload_id)
-    session.commit()  # the upload is over even if the file is refused below (the error rolls back the rest)
-    if not removed:
-        tmp.unlink(missing_ok=True)
-        raise Conflict(f"upload {upload_id} was removed while it was being completed")
-    return import_file(session, user=user, path=tmp, filename=filename, name=name)
+    # The upload is over even if the file is refused below (the error rolls back the rest).
+    taken = take_received(session, upload)
+    if isinstance(taken, str):
+        # A zip is read with random access (and a .gguf's header checked): a local copy in the cache folder.
+        tmp = _temp_path()
+        storage = get_storage()
+        try:
+            storage.fetch(taken, tmp)
+        finally:
+            storage.delete(taken)
+        taken = tmp
+    return import_file(session, user=user, path=taken, filename=filename, name=name)

@@ -83,6 +83,10 @@ class Storage(Protocol):
         """`list` with each object's size in bytes and last-modified time (a POSIX timestamp)."""
         ...
 
+    def move(self, source: str, dest: str) -> None:
+        """Store the object `source` under `dest` instead (a rename on disk, a server-side copy on S3)."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove one object; a missing one is not an error."""
         ...
@@ -109,6 +113,10 @@ class Storage(Protocol):
 
     def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[tuple[int, str]]) -> None:
         """Join the parts (number, ETag) into the object under `key`."""
+        ...
+
+    def list_parts(self, key: str, upload_id: str) -> builtins.list[tuple[int, str, int]]:
+        """(number, ETag, size) of the parts stored so far, by number."""
         ...
 
     def abort_multipart(self, key: str, upload_id: str) -> None:

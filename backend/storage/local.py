@@ -116,6 +116,11 @@ class LocalStorage:
             found[key] = (info.st_size, info.st_mtime)
         return found
 
+    def move(self, source: str, dest: str) -> None:
+        target = self.path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.path(source).replace(target)
+
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
@@ -157,6 +162,14 @@ class LocalStorage:
         finally:
             tmp.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+    def list_parts(self, key: str, upload_id: str) -> builtins.list[tuple[int, str, int]]:
+        parts = []
+        for part in sorted(self._parts(upload_id).iterdir()):
+            if part.name.isdigit():
+                data = part.read_bytes()
+                parts.append((int(part.name), hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data)))
+        return parts
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         shutil.rmtree(self._parts(upload_id), ignore_errors=True)

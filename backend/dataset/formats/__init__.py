@@ -14,7 +14,7 @@ from backend.dataset.formats.layouts import LAYOUTS, Record
 from backend.dataset.formats.limits import Limits
 from backend.dataset.formats.options import ReadOptions, parse_options
 from backend.dataset.formats.plan import ACCEPTED, READERS, canonical, make_plan
-from backend.dataset.formats.source import Source
+from backend.dataset.formats.source import Readable, Source
 from backend.dataset.formats.summary import Summary, summarize
 
 SHAPES = ("text", "prompt_completion", "messages", "preference", "unpaired_preference", "classification")
@@ -28,6 +28,7 @@ __all__ = [
     "LimitExceeded",
     "Limits",
     "ReadOptions",
+    "Readable",
     "Record",
     "Summary",
     "UnsupportedFile",
@@ -38,7 +39,7 @@ __all__ = [
 
 
 def read_records(
-    path: Path, filename: str, options: dict[str, Any] | None = None, *, head_only: bool = False
+    path: Path | Readable, filename: str, options: dict[str, Any] | None = None, *, head_only: bool = False
 ) -> Iterator[Record]:
     """Canonical records of a stored (already validated) dataset file, read with its stored `options`.
 

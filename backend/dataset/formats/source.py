@@ -6,9 +6,9 @@ import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from backend.dataset.formats.errors import FormatError, LimitExceeded
 from backend.dataset.formats.limits import Limits
@@ -54,27 +54,49 @@ class _GuardedGzip(io.RawIOBase):
         return n
 
 
+class Readable(Protocol):
+    """A file that is not on this disk (a stored object): its size, its bytes as a stream, and where a reader that
+    needs a seekable copy may write one."""
+
+    size: int
+
+    def open(self) -> AbstractContextManager[BinaryIO]: ...
+
+    @property
+    def scratch(self) -> Path: ...
+
+
 class Source:
-    """An uploaded file on disk: its name without `.gz`, and a way to open its (decompressed) bytes."""
+    """An uploaded file (on disk, or a `Readable`): its name without `.gz`, and a way to open its (decompressed)
+    bytes."""
 
     def __init__(
-        self, path: Path, filename: str, limits: Limits, *, validating: bool = False, head_only: bool = False
+        self,
+        path: Path | Readable,
+        filename: str,
+        limits: Limits,
+        *,
+        validating: bool = False,
+        head_only: bool = False,
     ) -> None:
         # validating: read everything, keep only what checks need; head_only: a preview, records may be cut.
         self.path, self.limits, self.validating, self.head_only = path, limits, validating, head_only
-        with path.open("rb") as f:
+        with self._raw() as f:
             magic = f.read(2)
         named_gz = filename.lower().endswith(".gz")
         if named_gz and magic != GZIP_MAGIC:
             raise FormatError("the name ends in .gz but the file is not gzip data", line=1)
         self.compressed = named_gz or magic == GZIP_MAGIC
         self.name = filename[:-3] if named_gz else filename
-        self.size = path.stat().st_size
+        self.size = path.stat().st_size if isinstance(path, Path) else path.size
+
+    def _raw(self) -> AbstractContextManager[BinaryIO]:
+        return self.path.open("rb") if isinstance(self.path, Path) else self.path.open()
 
     @contextmanager
     def open(self) -> Iterator[BinaryIO]:
         """The file's bytes, decompressed when gzipped."""
-        with self.path.open("rb") as raw:
+        with self._raw() as raw:
             if not self.compressed:
                 yield raw
                 return
@@ -88,10 +110,11 @@ class Source:
     @contextmanager
     def local_path(self) -> Iterator[Path]:
         """A seekable plain file with the content (a decompressed temporary copy when gzipped)."""
-        if not self.compressed:
+        if not self.compressed and isinstance(self.path, Path):
             yield self.path
             return
-        with tempfile.NamedTemporaryFile(dir=self.path.parent, suffix=".unpacked") as tmp:
+        where = self.path.parent if isinstance(self.path, Path) else self.path.scratch
+        with tempfile.NamedTemporaryFile(dir=where, suffix=".unpacked") as tmp:
             with self.open() as f:
                 shutil.copyfileobj(f, tmp, CHUNK)
             tmp.flush()

@@ -19,7 +19,7 @@ from backend.dataset.formats.layouts import Record
 from backend.dataset.formats.limits import Limits
 from backend.dataset.formats.options import ReadOptions, parse_options
 from backend.dataset.formats.plan import Plan, canonical, make_plan
-from backend.dataset.formats.source import Source
+from backend.dataset.formats.source import Readable, Source
 from backend.dataset.formats.values import display
 
 MAX_LABELS = 10_000
@@ -52,7 +52,7 @@ class Summary:
 
 
 def summarize(
-    path: Path,
+    path: Path | Readable,
     filename: str,
     options: ReadOptions | dict[str, Any] | None = None,
     *,
