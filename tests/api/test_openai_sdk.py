@@ -194,6 +194,25 @@ def test_supervised_job_events_checkpoints_and_chat(shared_studio: StudioProcess
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
 
+    # A whole conversation reaches the model: its prompt is longer than its last question's alone.
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": QUESTIONS[1]},
+        {"role": "assistant", "content": ANSWERS[1]},
+        {"role": "user", "content": QUESTIONS[2]},
+    ]
+    ask = {"model": done.fine_tuned_model, "max_tokens": 2, "temperature": 0}
+    last = client.chat.completions.create(messages=conversation[-1:], **ask)  # type: ignore[call-overload]
+    whole = client.chat.completions.create(messages=conversation, **ask)  # type: ignore[call-overload]
+    assert whole.usage.prompt_tokens > last.usage.prompt_tokens + 10
+    # Tool definitions go to the template too.
+    weather = {"name": "weather", "description": "Today's weather", "parameters": {"type": "object", "properties": {}}}
+    tooled = client.chat.completions.create(
+        messages=conversation[-1:], tools=[{"type": "function", "function": weather}], **ask
+    )  # type: ignore[call-overload]
+    assert tooled.usage.prompt_tokens > last.usage.prompt_tokens + 10
+    assert tooled.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
     by_checkpoint = client.chat.completions.create(
         model=checkpoints[-1].fine_tuned_model_checkpoint, messages=messages, max_tokens=3, temperature=0
     )
