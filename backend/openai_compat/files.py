@@ -6,7 +6,7 @@ from typing import Any, BinaryIO
 from sqlalchemy.orm import Session
 
 from backend.dataset import service as datasets
-from backend.db import Dataset, User
+from backend.db import Dataset, Job, User
 from backend.errors import NotFound
 from backend.job import service as jobs
 from backend.openai_compat import ids
@@ -79,7 +79,7 @@ def results_content(session: Session, *, user: User, file_id: str, job_id: int) 
     return results_csv(session, _job_of(session, user=user, file_id=file_id, job_id=job_id).id)
 
 
-def _job_of(session: Session, *, user: User, file_id: str, job_id: int) -> Any:
+def _job_of(session: Session, *, user: User, file_id: str, job_id: int) -> Job:
     try:
         return jobs.get_job(session, user=user, job_id=job_id)
     except NotFound:

@@ -1,6 +1,7 @@
 """/v1/fine_tuning/jobs: an OpenAI job body becomes an ordinary studio fine-tune (LoRA, objective sft or dpo), so
 it shows on the dashboard like any other; pause, resume and cancel are the studio's own."""
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -92,7 +93,10 @@ def _studio_job(body: dict[str, Any], hp: str) -> StudioJobCreate:
         raise ApiError(f"{first['msg']}", param=_param(field, hp)) from None
 
 
-def create_job(session: Session, *, user: User, body: schemas.JobCreate, admit: Any) -> Job:
+Admit = Callable[[Session, User, StudioJobCreate, Job], None]
+
+
+def create_job(session: Session, *, user: User, body: schemas.JobCreate, admit: Admit) -> Job:
     """Store the studio job `body` means, admitted by `admit` (the studio's pre-flight check and memory fit);
     the caller commits and sends it."""
     if body.integrations:

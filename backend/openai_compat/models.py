@@ -86,7 +86,8 @@ def fine_tuned_job(session: Session, *, user: User, value: str) -> Job:
     except NotFound:
         raise _missing(value) from None
     name = fine_tuned_name(session, job)
-    if ref.step is None and (name != value or stored_output(job.id) is None):
+    deleted = (job.api_options or {}).get("model_deleted")
+    if ref.step is None and (name != value or deleted or stored_output(job.id) is None):
         raise _missing(value)
     return job
 
@@ -105,7 +106,8 @@ def list_models(session: Session, *, user: User) -> dict[str, Any]:
         done = done.where(Job.owner_id == user.id)
     for job in session.scalars(done.limit(500)):
         name = fine_tuned_name(session, job)
-        if name is not None and stored_output(job.id) is not None:
+        # The flag, not a look at the storage: with S3 that would be a listing per job.
+        if name is not None and not (job.api_options or {}).get("model_deleted"):
             data.append(fine_tuned_view(session, job, name))
     return {"object": "list", "data": data}
 
@@ -141,4 +143,5 @@ def delete_model(session: Session, *, user: User, value: str) -> dict[str, Any]:
     storage = get_storage()
     for name in ("adapter", "model"):
         storage.delete_prefix(f"{job_output_key(job.id)}/{name}")
+    job.api_options = {**(job.api_options or {}), "model_deleted": True}
     return {"id": value, "object": "model", "deleted": True}

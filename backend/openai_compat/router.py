@@ -133,12 +133,12 @@ def list_models(session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     return models.list_models(session, user=user)
 
 
-@router.get("/models/{model}")
+@router.get("/models/{model:path}")
 def get_model(model: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     return models.get_model(session, user=user, value=model)
 
 
-@router.delete("/models/{model}")
+@router.delete("/models/{model:path}")
 def delete_model(model: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     return models.delete_model(session, user=user, value=model)
 
