@@ -14,7 +14,7 @@ from backend.db import Dataset, Generation
 from backend.openai_compat import ids, inference, streaming
 from backend.openai_compat.errors import ApiError, validation_message
 from backend.openai_compat.jobs import DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE, studio_body
-from backend.openai_compat.schemas import JobCreate
+from backend.openai_compat.schemas import ChatMessage, JobCreate
 
 
 def test_ids_round_trip() -> None:
@@ -191,3 +191,28 @@ def test_files_are_datasets(client: TestClient) -> None:
     assert client.get(f"/v1/files/{file['id']}/content").content == data
     assert client.delete(f"/v1/files/{file['id']}").json() == {"object": "file", "id": file["id"], "deleted": True}
     assert client.get(f"/v1/files/{file['id']}").status_code == 404
+
+
+def test_a_conversation_becomes_canonical_messages() -> None:
+    given = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather in "}, {"type": "text", "text": "Paris?"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    messages = inference.conversation([ChatMessage.model_validate(m) for m in given])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
+    assert messages[1]["content"] == "Weather in Paris?" and messages[2]["content"] == ""
+    assert messages[2]["tool_calls"][0]["function"]["name"] == "weather" and messages[3]["tool_call_id"] == "c1"
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+    with pytest.raises(ApiError) as refused:
+        inference.conversation([ChatMessage.model_validate(image)])
+    assert refused.value.param == "messages[0].content[0]"
+    with pytest.raises(ApiError) as refused:
+        call = {"type": "function", "function": {"name": "weather", "arguments": "{}"}}
+        inference.conversation([ChatMessage.model_validate({"role": "user", "content": "x", "tool_calls": [call]})])
+    assert refused.value.param is not None and refused.value.param.startswith("messages[0]")  # checked as data is
