@@ -197,7 +197,9 @@ def save_whole(
             outcome = _abandon(staging, error, needed)
         else:
             shutil.rmtree(staging, ignore_errors=True)  # the empty folder the checkpoint was renamed out of
+            before = _checkpoint_names(root)
             rotate()
+            _forget_stored(root, before - _checkpoint_names(root))
     outcome = share(outcome)
     if outcome is None:
         return
@@ -207,6 +209,17 @@ def save_whole(
     if error is not None:
         raise error
     raise RuntimeError(f"another data-parallel process failed writing {name}")
+
+
+def _checkpoint_names(root: Path) -> set[str]:
+    return {path.name for path in root.iterdir() if step_of(path) is not None}
+
+
+def _forget_stored(root: Path, names: set[str]) -> None:
+    """Remote storage: delete the stored copies of the checkpoints the Trainer just rotated out of `root`."""
+    if names and (key := stored_key_of_work(root)) is not None:
+        for name in names:
+            get_storage().delete_prefix(f"{key}/{name}")
 
 
 def _abandon(staging: Path, error: Exception | None, needed: int) -> tuple[str, int, int]:

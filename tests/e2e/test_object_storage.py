@@ -50,7 +50,7 @@ def test_whole_loop_on_s3_leaves_only_the_cache_locally(tmp_path: Path) -> None:
         }
         with StudioProcess(env, log_dir=tmp_path / "logs") as studio, studio.client() as client:
             text = upload(client, "tiny.txt")
-            hp = {**PRETRAIN_HP, "max_steps": 20, "checkpoint_steps": 10}
+            hp = {**PRETRAIN_HP, "max_steps": 20, "checkpoint_steps": 5}
             res = client.post(
                 "/api/jobs",
                 json={"kind": "pretrain", "architecture": "tiny", "dataset_id": text["id"], "hyperparameters": hp},
@@ -58,9 +58,10 @@ def test_whole_loop_on_s3_leaves_only_the_cache_locally(tmp_path: Path) -> None:
             assert res.status_code == 201, res.text
             pt = studio.wait_job(client, res.json()["id"], ("succeeded", "failed", "cancelled"))
             assert pt["status"] == "succeeded", client.get(f"/api/jobs/{pt['id']}/events").json()
-            # Checkpoints are listed from the bucket (each complete once its marker is stored).
+            # Checkpoints are listed from the bucket (each complete once its marker is stored); those the Trainer
+            # rotated out (keep_checkpoints: 2) are gone from it too.
             checkpoints = client.get(f"/api/jobs/{pt['id']}/checkpoints").json()
-            assert [c["name"] for c in checkpoints] == ["checkpoint-10", "checkpoint-20"] and checkpoints[0][
+            assert [c["name"] for c in checkpoints] == ["checkpoint-15", "checkpoint-20"] and checkpoints[0][
                 "size_bytes"
             ]
             base = next(m for m in client.get("/api/models").json()["items"] if m["job_id"] == pt["id"])
@@ -105,7 +106,8 @@ def test_whole_loop_on_s3_leaves_only_the_cache_locally(tmp_path: Path) -> None:
 
         keys = bucket_keys(endpoint, BUCKET)
     stored = {k.removeprefix("studio/") for k in keys}
-    assert f"jobs/{pt['id']}/checkpoints/checkpoint-10/COMPLETE" in stored
+    assert f"jobs/{pt['id']}/checkpoints/checkpoint-15/COMPLETE" in stored
+    assert not any(k.startswith(f"jobs/{pt['id']}/checkpoints/checkpoint-10/") for k in stored)
     assert {
         f"jobs/{pt['id']}/model/config.json",
         f"jobs/{pt['id']}/model.zip",
