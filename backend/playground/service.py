@@ -13,7 +13,7 @@ from backend.errors import Invalid, NotFound
 from backend.job.checkpoints import list_checkpoints
 from backend.job.service import get_job
 from backend.method import registry
-from backend.model.service import has_chat_template, ready_model
+from backend.model.service import ready_model, stored_chat_template
 from backend.playground.schemas import GenerationCreate, GenerationRead
 from backend.playground.tool_calls import parse_tool_calls
 from backend.storage import get_cache, get_storage, join, work_dir
@@ -26,13 +26,27 @@ class Target:
     """Where the weights that answer live, and how to load them (plain values: the worker needs no session)."""
 
     kind: str  # "model": a full model directory; "adapter": a PEFT adapter loaded on `base_path`
-    path: Path
-    tokenizer_path: Path
-    base_path: Path | None = None
+    key: str  # where the weights are stored
+    tokenizer_key: str
+    base_key: str | None = None
     task: str = "generate"  # "classify": a sequence classifier answers with a label and its probability
     labels: list[str] = field(default_factory=list)  # classify: class names by id (an adapter's head needs them)
     sft: bool = False  # trained on chat-formatted prompts
     trust_remote_code: bool = False
+
+    # Local folders for the loaders, fetched at the first use (the API's checks read listings and small files
+    # through the keys; only a worker loads weights): the stored folders with local storage, cached copies else.
+    @property
+    def path(self) -> Path:
+        return get_cache().tree(self.key)
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return get_cache().tree(self.tokenizer_key)
+
+    @property
+    def base_path(self) -> Path | None:
+        return get_cache().tree(self.base_key) if self.base_key else None
 
 
 def has_tokenizer(path: Path) -> bool:
@@ -83,11 +97,10 @@ def job_output_dir(job_id: int) -> Path:
 
 
 def model_target(model: Model) -> Target:
-    path = get_cache().tree(model.path)
     return Target(
         kind="model",
-        path=path,
-        tokenizer_path=path,
+        key=model.path,
+        tokenizer_key=model.path,
         trust_remote_code=bool((model.details or {}).get("trust_remote_code")),
     )
 
@@ -126,19 +139,15 @@ def job_target(session: Session, job: Job, checkpoint: str | None) -> Target:
     tokenizer_key = next((k for k in candidates if k is not None and stored_tokenizer(k)), None)
     if tokenizer_key is None:
         raise Invalid(f"no tokenizer found for job {job.id}", field="job_id")
-    # Local folders for the loaders (the stored ones with local storage, cached copies otherwise).
-    cache = get_cache()
-    path, tokenizer_path = cache.tree(key), cache.tree(tokenizer_key)
-    base_path = cache.tree(base.path) if base is not None and kind == "adapter" else None
     classify = registry.objective(job.objective).classifier
     labels = [str(x) for x in (job.resolved_config or {}).get("labels", [])]
     if classify and kind == "adapter" and not labels:
         raise Invalid(f"job {job.id} recorded no label names; its classifier head cannot be rebuilt", field="job_id")
     return Target(
         kind=kind,
-        path=path,
-        tokenizer_path=tokenizer_path,
-        base_path=base_path if kind == "adapter" else None,
+        key=key,
+        tokenizer_key=tokenizer_key,
+        base_key=base.path if base is not None and kind == "adapter" else None,
         task="classify" if classify else "generate",
         labels=labels,
         sft=registry.objective(job.objective).chat,  # asked the way training laid prompts out
@@ -161,7 +170,7 @@ def resolve_target(session: Session, *, user: User, data: GenerationCreate) -> T
 def create_generation(session: Session, *, user: User, data: GenerationCreate) -> Generation:
     """A queued generation (the caller commits, then enqueues it)."""
     target = resolve_target(session, user=user, data=data)
-    chat = data.chat if data.chat is not None else (target.sft or has_chat_template(target.tokenizer_path))
+    chat = data.chat if data.chat is not None else (target.sft or stored_chat_template(target.tokenizer_key))
     params: dict[str, Any] = {
         "max_new_tokens": data.max_new_tokens,
         "temperature": data.temperature,
