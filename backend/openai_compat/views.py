@@ -1,10 +1,11 @@
 """A studio job as OpenAI's objects: the fine_tuning.job, its events (log lines and logged points, newest first)
 and its checkpoints."""
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, false, or_, select, true
+from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from backend.db import Job, JobEvent, JobMetric, utcnow
@@ -18,12 +19,14 @@ from backend.openai_compat.jobs import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE
 from backend.openai_compat.models import fine_tuned_name
 from backend.openai_compat.results import openai_values
 
+POINT, MESSAGE = 0, 1  # events at the same instant: the point first (older), then the log line
 # How far back the newest points are searched for the tokens a job trained on (the token meter's points).
 TOKEN_POINTS = 50
 
 
 def _trained_tokens(session: Session, job_id: int) -> int | None:
-    q = select(JobMetric.values).where(JobMetric.job_id == job_id).order_by(JobMetric.id.desc()).limit(TOKEN_POINTS)
+    newest = (JobMetric.step.desc(), JobMetric.id.desc())  # by the (job_id, step) index, as _older_points
+    q = select(JobMetric.values).where(JobMetric.job_id == job_id).order_by(*newest).limit(TOKEN_POINTS)
     seen = next((v["tokens_seen"] for v in session.scalars(q) if "tokens_seen" in v), None)
     return int(seen) if seen is not None else None
 
@@ -104,16 +107,36 @@ def _metric_event(job: Job, row: JobMetric) -> dict[str, Any]:
     }
 
 
-def _older(
-    session: Session, table: Any, job_id: int, cursor: tuple[Any, int, int] | None, rank: int, limit: int
-) -> list[Any]:
-    """Up to `limit` rows of `table` older than `cursor` in the order (created_at, kind rank, id), newest first."""
-    q = select(table).where(table.job_id == job_id)
+@dataclass(frozen=True)
+class Cursor:
+    """The event a page goes on after: its time, its kind's rank (a point before a log line written at the same
+    instant), its row id, and a point's step."""
+
+    at: datetime
+    rank: int
+    id: int
+    step: int = 0
+
+
+def _older_messages(session: Session, job_id: int, cursor: Cursor | None, limit: int) -> list[JobEvent]:
+    """Log lines older than `cursor`, newest first (a job has a few hundred: sorted by time)."""
+    q = select(JobEvent).where(JobEvent.job_id == job_id)
     if cursor is not None:
-        at, cursor_rank, cursor_id = cursor
-        same = table.id < cursor_id if rank == cursor_rank else true() if rank < cursor_rank else false()
-        q = q.where(or_(table.created_at < at, and_(table.created_at == at, same)))
-    return list(session.scalars(q.order_by(table.created_at.desc(), table.id.desc()).limit(limit)))
+        same = JobEvent.id < cursor.id if cursor.rank == MESSAGE else false()
+        q = q.where(or_(JobEvent.created_at < cursor.at, and_(JobEvent.created_at == cursor.at, same)))
+    return list(session.scalars(q.order_by(JobEvent.created_at.desc(), JobEvent.id.desc()).limit(limit)))
+
+
+def _older_points(session: Session, job_id: int, cursor: Cursor | None, limit: int) -> list[JobMetric]:
+    """Logged points older than `cursor`, newest first. By step, then id: the (job_id, step) index reads a page of
+    a million-point run without sorting it (a run's steps grow with time; a resume drops the points past its
+    checkpoint first)."""
+    q = select(JobMetric).where(JobMetric.job_id == job_id)
+    if cursor is not None and cursor.rank == POINT:
+        q = q.where(or_(JobMetric.step < cursor.step, and_(JobMetric.step == cursor.step, JobMetric.id < cursor.id)))
+    elif cursor is not None:
+        q = q.where(JobMetric.created_at <= cursor.at)
+    return list(session.scalars(q.order_by(JobMetric.step.desc(), JobMetric.id.desc()).limit(limit)))
 
 
 def events_page(session: Session, job: Job, *, after: str | None, limit: int) -> dict[str, Any]:
@@ -121,16 +144,18 @@ def events_page(session: Session, job: Job, *, after: str | None, limit: int) ->
     cursor = None
     if after:
         kind, row_id = ids.parse_event(after)
-        table: Any = JobMetric if kind == "metric" else JobEvent
-        row = session.get(table, row_id)
+        row = session.get(JobMetric, row_id) if kind == "metric" else session.get(JobEvent, row_id)
         if row is None or row.job_id != job.id:
             raise ApiError(f"{after!r} is not an event of {ids.job_id(job.id)}", param="after")
-        cursor = (row.created_at, 0 if kind == "metric" else 1, row.id)
-    messages = [(r.created_at, 1, r.id, r) for r in _older(session, JobEvent, job.id, cursor, 1, limit + 1)]
-    points = [(r.created_at, 0, r.id, r) for r in _older(session, JobMetric, job.id, cursor, 0, limit + 1)]
-    merged = sorted(messages + points, key=lambda t: t[:3], reverse=True)
+        step = row.step if isinstance(row, JobMetric) else 0
+        cursor = Cursor(row.created_at, POINT if kind == "metric" else MESSAGE, row.id, step)
+    rows: list[tuple[datetime, int, int, JobMetric | JobEvent]] = [
+        (r.created_at, MESSAGE, r.id, r) for r in _older_messages(session, job.id, cursor, limit + 1)
+    ]
+    rows += [(r.created_at, POINT, r.id, r) for r in _older_points(session, job.id, cursor, limit + 1)]
+    merged = sorted(rows, key=lambda t: t[:3], reverse=True)
     page = merged[:limit]
-    data = [_metric_event(job, r) if rank == 0 else _message_event(job.id, r) for _, rank, _, r in page]
+    data = [_metric_event(job, r) if isinstance(r, JobMetric) else _message_event(job.id, r) for _, _, _, r in page]
     return {"object": "list", "data": data, "has_more": len(merged) > limit}
 
 

@@ -216,3 +216,47 @@ def test_a_conversation_becomes_canonical_messages() -> None:
         call = {"type": "function", "function": {"name": "weather", "arguments": "{}"}}
         inference.conversation([ChatMessage.model_validate({"role": "user", "content": "x", "tool_calls": [call]})])
     assert refused.value.param is not None and refused.value.param.startswith("messages[0]")  # checked as data is
+
+
+def test_events_page_through_log_lines_and_points(client: TestClient) -> None:
+    """Every event once, newest first, whatever event a page ends on (a log line or a point, at the same instant
+    as another one too)."""
+    from datetime import timedelta
+
+    from backend.db import Job, JobEvent, JobMetric, Model, session_scope
+
+    data = b'{"prompt": "q", "completion": "a"}\n'
+    dataset_id = client.post("/api/datasets", files={"file": ("d.jsonl", data)}).json()["id"]
+    owner_id = client.get("/api/me").json()["id"]
+    start = datetime(2026, 12, 4, 8, 0, tzinfo=UTC)
+    with session_scope() as s:
+        model = Model(owner_id=owner_id, name="m", source="upload", path="/nowhere")
+        s.add(model)
+        s.flush()
+        job = Job(
+            owner_id=owner_id, name="j", kind="finetune", status="running", method="lora", objective="sft",
+            dataset_id=dataset_id, base_model_id=model.id, hyperparameters={}, total_steps=6,
+        )  # fmt: skip
+        s.add(job)
+        s.flush()
+        for step in range(1, 7):
+            at = start + timedelta(seconds=step)
+            s.add(JobMetric(job_id=job.id, step=step, values={"loss": 1.0 / step}, created_at=at))
+            if step % 2 == 0:  # a log line at the very instant of a point
+                s.add(JobEvent(job_id=job.id, message=f"note {step}", created_at=at))
+        job_id = f"ftjob-{job.id}"
+    whole = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+    assert len(whole) == 9
+    assert [e["message"] for e in whole[:3]] == ["note 6", "Step 6/6: train loss=0.1667", "Step 5/6: train loss=0.2000"]
+    for size in (1, 2, 3, 4):
+        seen, after = [], None
+        while True:
+            params: dict[str, Any] = {"limit": size} | ({"after": after} if after else {})
+            page = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params=params).json()
+            seen += [e["id"] for e in page["data"]]
+            if not page["has_more"]:
+                break
+            after = page["data"][-1]["id"]
+        assert seen == [e["id"] for e in whole], size
+    refused = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"after": "ftevent-999999"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "after"
