@@ -148,6 +148,19 @@ CASES: list[tuple[str, Callable[[], bytes], dict[str, Any], int, str]] = [
         "field 'non_preferred_output[0].role': unknown role",
     ),
     (
+        "oai_pref3.jsonl",
+        lambda: _lines(
+            {
+                "input": {"messages": [USER], "tools": [{"type": "function", "function": {"name": "f"}}]},
+                "preferred_output": [BOT],
+                "non_preferred_output": [BOT],
+            }
+        ),
+        {},
+        422,
+        "field 'input.tools': tool definitions in a DPO record are not supported",
+    ),
+    (
         "oai_pref2.jsonl",
         lambda: _lines({"input": [USER], "preferred_output": "a", "non_preferred_output": "b"}),
         {},

@@ -123,6 +123,9 @@ def openai_preference(obj: dict[str, Any], shape: str) -> Record:
     given = obj.get("input")
     if not isinstance(given, dict):
         raise FormatError("expected an object with 'messages'", field="input")
+    if chat.tools(given.get("tools"), "input.tools"):
+        # Preference records carry no tool definitions: training without them would teach calls to tools it never saw.
+        raise FormatError("tool definitions in a DPO record are not supported here", field="input.tools")
     prompt = chat.messages(given.get("messages"), "input.messages")
     answers = {"preferred_output": "chosen", "non_preferred_output": "rejected"}
     sides = {ours: _side(obj.get(theirs), theirs, chat.message) for theirs, ours in answers.items()}
