@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from backend.db import Job, Model, User
 from backend.errors import Conflict, Forbidden, Invalid, NotFound
 from backend.events import publish_model
-from backend.storage import get_storage, join, key_of
+from backend.storage import get_storage, is_local, join, key_of
 
 # A safetensors header is JSON describing the tensors; real ones are kilobytes to a few megabytes.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -140,14 +140,16 @@ def register_model(
     key: str = "",
 ) -> Model:
     """Add a model directory to the base-model list: stored under `key` when given (its files are stored there
-    by the caller), else where it is (a local directory, which only local storage can serve)."""
+    by the caller), else where it is with local storage, or copied to models/<id>/ with remote storage (the
+    other machines read it from there; the directory itself stays)."""
     path = path.resolve()
     architecture, parameters = inspect_model_dir(path)
+    remote = not key and not is_local()
     model = Model(
         owner_id=owner_id,
         name=name or path.name,
         source=source,
-        path=key or key_of(path),
+        path="" if remote else key or key_of(path),
         architecture=architecture,
         parameters=parameters,
         shared=shared,
@@ -156,6 +158,9 @@ def register_model(
     )
     session.add(model)
     session.flush()
+    if remote:
+        model.path = model_key(model.id)
+        get_storage().put_tree(model.path, path)
     publish_on_commit(session, model.id)
     return model
 

@@ -155,3 +155,25 @@ def test_downloads_stream_or_redirect_to_a_presigned_url(
     assert res.status_code == 307
     direct = httpx.get(res.headers["location"])  # the browser's second request, to the bucket itself
     assert direct.status_code == 200 and direct.content == content
+
+
+def test_a_model_directory_registered_here_is_copied_to_the_bucket(
+    client: TestClient, app_env: dict[str, str], tmp_path: Path
+) -> None:
+    from backend.db import User, session_scope
+    from backend.model.service import register_model
+    from tests.api.test_models import model_files
+
+    directory = tmp_path / "hf-model"
+    directory.mkdir()
+    for name, data in model_files().items():
+        (directory / name).write_bytes(data)
+    with session_scope() as s:
+        user = s.query(User).filter_by(email="owner@example.com").one()
+        model_id = register_model(s, owner_id=user.id, path=directory, name="here").id
+    # Other machines read it from the bucket; the page reads its listing and config from there.
+    assert sorted(stored(app_env)) == [f"models/{model_id}/{n}" for n in sorted(model_files())]
+    detail = client.get(f"/api/models/{model_id}/detail").json()
+    assert {f["name"] for f in detail["files"]} == set(model_files()) and detail["config"] is not None
+    assert client.delete(f"/api/models/{model_id}").status_code == 204
+    assert stored(app_env) == [] and (directory / "config.json").is_file()  # the directory itself stays
