@@ -21,7 +21,8 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def _secret(request: Request) -> str | None:
+def credential(request: Request) -> str | None:
+    """The bearer token or the session cookie the request authenticates with."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
@@ -29,7 +30,7 @@ def _secret(request: Request) -> str | None:
 
 
 def optional_user(request: Request, session: SessionDep) -> User | None:
-    secret = _secret(request)
+    secret = credential(request)
     return user_for_token(session, secret) if secret else None
 
 

@@ -14,6 +14,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
+from backend.auth.live import live_events
 from backend.dataset import analysis, service
 from backend.dataset.analysis_schemas import AnalysisRead, FixesRequest
 from backend.dataset.analysis_stream import analysis_events
@@ -176,4 +177,4 @@ def stream_analysis(
     `end` once it is done or failed. 404 for an analysis of someone else's dataset."""
     analysis.visible_analysis(session, user=user, analysis_id=analysis_id)
     session.close()  # an analysis of a large dataset takes minutes; don't hold a connection
-    return EventSourceResponse(analysis_events(analysis_id, request.app.state.broadcaster), ping=15)
+    return live_events(request, analysis_events(analysis_id, request.app.state.broadcaster))

@@ -1,6 +1,7 @@
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
+from backend.auth.live import live_events
 from backend.deps import CurrentUser, SessionDep
 from backend.events import publish_export
 from backend.export import service
@@ -43,7 +44,7 @@ def stream_exports(job_id: IdPath, request: Request, session: SessionDep, user: 
     queued or running (the page opens it again when it starts an export)."""
     get_job(session, user=user, job_id=job_id)
     session.close()  # an export can take minutes; don't hold a connection
-    return EventSourceResponse(export_list_events(job_id, request.app.state.broadcaster), ping=15)
+    return live_events(request, export_list_events(job_id, request.app.state.broadcaster))
 
 
 @router.get("/exports/{export_id}", response_model=ExportRead)

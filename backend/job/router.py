@@ -6,6 +6,7 @@ from pydantic_core import to_json
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
+from backend.auth.live import live_events
 from backend.db import Job, User
 from backend.deps import CurrentUser, SessionDep
 from backend.events import publish
@@ -100,7 +101,7 @@ def stream_jobs(request: Request, session: SessionDep, user: CurrentUser) -> Eve
     changes or appears. A reconnect gets the snapshot again, so nothing is missed."""
     user_id, is_admin = user.id, user.is_admin
     session.close()  # a stream can last hours; don't hold a connection
-    return EventSourceResponse(jobs_list_events(user_id, is_admin, request.app.state.broadcaster), ping=15)
+    return live_events(request, jobs_list_events(user_id, is_admin, request.app.state.broadcaster))
 
 
 @router.get("/{job_id}", response_model=JobRead)
@@ -203,7 +204,7 @@ def stream_job(
     service.get_job(session, user=user, job_id=job_id)
     session.close()  # a stream can last hours; don't hold a connection
     cursor = parse_cursor(last_event_id or after)
-    return EventSourceResponse(job_events(job_id, cursor, request.app.state.broadcaster), ping=15)
+    return live_events(request, job_events(job_id, cursor, request.app.state.broadcaster))
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactRead])

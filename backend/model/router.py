@@ -3,6 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from sse_starlette import EventSourceResponse
 
+from backend.auth.live import live_events
 from backend.dataset.upload import CHUNK_SIZE
 from backend.db import Model
 from backend.deps import CurrentUser, SessionDep
@@ -92,7 +93,7 @@ def stream_models(request: Request, session: SessionDep, user: CurrentUser) -> E
     per model deleted."""
     user_id = user.id
     session.close()  # a stream can last hours; don't hold a connection
-    return EventSourceResponse(models_list_events(user_id, request.app.state.broadcaster), ping=15)
+    return live_events(request, models_list_events(user_id, request.app.state.broadcaster))
 
 
 @router.get("/models/{model_id}", response_model=ModelRead)
@@ -111,7 +112,7 @@ def stream_model(model_id: IdPath, request: Request, session: SessionDep, user: 
     """SSE: `model` events (status and import progress) on connect and on each change, `end` when it is over."""
     service.visible_model(session, user=user, model_id=model_id)
     session.close()  # an import can take long; don't hold a connection
-    return EventSourceResponse(model_events(model_id, request.app.state.broadcaster), ping=15)
+    return live_events(request, model_events(model_id, request.app.state.broadcaster))
 
 
 @router.patch("/models/{model_id}", response_model=ModelRead)

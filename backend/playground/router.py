@@ -3,6 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse
 
+from backend.auth.live import live_events
 from backend.deps import CurrentUser, SessionDep
 from backend.playground import service
 from backend.playground.schemas import GenerationCreate, GenerationList, GenerationRead
@@ -51,4 +52,4 @@ def stream_generation(
     service.get_generation(session, user=user, generation_id=generation_id)
     session.close()  # don't hold a connection while the answer streams
     offset = parse_offset(last_event_id or after)
-    return EventSourceResponse(generation_events(generation_id, offset, request.app.state.broadcaster), ping=15)
+    return live_events(request, generation_events(generation_id, offset, request.app.state.broadcaster))

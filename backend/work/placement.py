@@ -1,12 +1,13 @@
 """Placement: which live training worker a queued job goes to, or why it waits.
 
-Each training worker consumes a Celery queue of its own (`backend.queue.worker_queue`). A job is sent only to a
-free worker it fits: its method's needs (qlora: CUDA and bitsandbytes) and its memory estimate (recorded on the
-job at admission, for a CUDA and for a CPU worker) within 90% of the worker's device memory, as the estimate
-judges it, and the disk its checkpoints and weights take within the worker's free disk. Queued jobs are placed
-highest priority first, then oldest, each on the free fitting worker that wastes least (CUDA first, then the smallest memory that holds it), so a big machine stays free for the jobs only
-it can run. A job that cannot be placed stays queued with `waiting_reason` set and no `sent_at`, so the next
-placement (a job sent, a worker registering or finishing, the reaper's sweep) considers it again.
+Each training worker consumes a Celery queue of its own (`backend.queue.worker_queue`). A job is sent only to a free
+worker it fits: its method's needs (qlora: CUDA and bitsandbytes) and its memory estimate (recorded on the job at
+admission, for a CUDA and for a CPU worker) within 90% of the worker's device memory, as the estimate judges it, and the
+disk its checkpoints and weights take within the worker's free disk. Queued jobs are placed highest priority first, then
+oldest, each on the free fitting worker that wastes least (CUDA first, then the smallest memory that holds it), so a big
+machine stays free for the jobs only it can run. A job that cannot be placed stays queued with `waiting_reason` set and
+no `sent_at`, so the next placement (a job sent, a worker registering or finishing, the reaper's sweep) considers it
+again.
 
 The database stays the source of truth: this module only decides and records; `backend.work.send` sends after
 the commit, and a worker's claim still decides whether a delivery runs (`refusal` turns away a stale one).
@@ -21,7 +22,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import Job, Worker
+from backend.db import Job, User, Worker
 from backend.job.lifecycle import add_event, db_now
 from backend.method import registry
 from backend.queue import worker_queue
@@ -81,6 +82,15 @@ def over_limit(running: int) -> str | None:
     return None
 
 
+def disabled_owners(session: Session, owners: Collection[int]) -> set[int]:
+    """Which of `owners` have a disabled account: their queued jobs wait (running ones finish) until enabled."""
+    rows = select(User.id).where(User.id.in_(list(owners)), User.disabled_at.is_not(None))
+    return set(session.scalars(rows))
+
+
+DISABLED = "its owner's account is disabled; it starts once an administrator enables it again"
+
+
 def _awaited(session: Session, since: datetime, *, besides: Collection[int]) -> set[str]:
     """Workers sent a job (other than those being placed again now) since `since` that they have not claimed
     yet: idle in the registry, but taken."""
@@ -120,10 +130,12 @@ def route(
     taken = _awaited(session, now - after, besides=[job.id for job in jobs])
     free = sorted((w for w in workers if w.current_job_id is None and w.name not in taken), key=_preference)
     running = running_by_owner(session)
+    disabled = disabled_owners(session, {job.owner_id for job in jobs})
     out = []
     for job in jobs:
         target = next((w for w in free if unfit(w, job) is None), None)
-        reason = over_limit(running[job.owner_id]) or (None if target else why_waiting(job, workers, free))
+        held = DISABLED if job.owner_id in disabled else over_limit(running[job.owner_id])
+        reason = held or (None if target else why_waiting(job, workers, free))
         changed = reason != job.waiting_reason
         if reason is None and target is not None:
             free.remove(target)
@@ -156,6 +168,8 @@ def refusal(session: Session, job_id: int, worker_name: str) -> str | None:
     worker = session.get(Worker, worker_name)
     if job is None or worker is None or job.status != JOB.queued:
         return None  # not waiting (the claim finds so too), or a worker not in the registry: nothing to judge
+    if disabled_owners(session, [job.owner_id]):
+        return DISABLED
     running = session.scalar(
         select(func.count()).where(Job.owner_id == job.owner_id, Job.status == "running", Job.id != job_id)
     )

@@ -1,6 +1,7 @@
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
+from backend.auth.live import live_events
 from backend.deps import CurrentUser, SessionDep
 from backend.worker import service
 from backend.worker.schemas import WorkerList
@@ -22,4 +23,4 @@ def stream_workers(request: Request, session: SessionDep, user: CurrentUser) -> 
     whenever a worker reports, goes silent, or a job is queued or taken; each worker as GET /api/workers shows it."""
     viewer = service.Viewer.of(user)
     session.close()  # a stream can last hours; don't hold a connection
-    return EventSourceResponse(workers_events(request.app.state.broadcaster, viewer), ping=15)
+    return live_events(request, workers_events(request.app.state.broadcaster, viewer))

@@ -302,3 +302,22 @@ def test_an_idle_worker_recovers_at_once_the_job_its_previous_process_held(
     assert recover_orphans(JOB, "same-name") == [job["id"]]
     assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "queued"
     assert broker.take() == [(job["id"], worker_queue("same-name"))]  # placed again, on the worker now free
+
+
+def test_a_disabled_owners_queued_jobs_wait_until_the_account_is_enabled(
+    client: TestClient, broker: Broker, text_dataset: int
+) -> None:
+    add_worker("only", memory=64 * GIB, job_id=10_000)  # busy: the job waits
+    job = create(client, text_dataset)
+    with session_scope() as s:  # what `studio users disable` does to the row
+        s.execute(update(User).values(disabled_at=utcnow()))
+    add_worker("only", memory=64 * GIB)  # free now, but the job's owner is disabled
+    assert sweep().resent["job"] == []
+    assert broker.take() == []
+    with session_scope() as s:
+        row = s.get(Job, job["id"])
+        assert row is not None and row.status == "queued" and row.waiting_reason == placement.DISABLED
+        assert placement.refusal(s, job["id"], "only") == placement.DISABLED  # a message sent earlier is refused
+        s.execute(update(User).values(disabled_at=None))
+    assert sweep().resent["job"] == [job["id"]]
+    assert broker.take() == [(job["id"], worker_queue("only"))]
