@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: str = Field(
         "", description="Endpoint of an S3-compatible server (MinIO: http://minio:9000); empty means AWS S3."
     )
+    s3_public_endpoint_url: str = Field(
+        "",
+        description="The S3 endpoint as browsers reach it, for presigned download URLs (their signature covers "
+        "the host); empty means STUDIO_S3_ENDPOINT_URL.",
+    )
     s3_presigned_downloads: bool = Field(
         False,
         description="Answer artifact downloads with a redirect to a presigned URL of the bucket (the browser "

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.storage import Cache, LocalStorage, Storage
+from backend.storage import Cache, LocalStorage, Storage, pinned
 from backend.storage.base import BadKey, check_key
 from backend.storage.s3 import S3Storage
 from tests.s3 import CREDENTIALS, make_bucket, moto_s3
@@ -156,5 +156,90 @@ def test_cache_serves_local_objects_in_place_and_bounds_remote_copies(storage: S
     cache.file("d/c.bin")  # 400 + 100 + 400 + 400 > 1000: the oldest go until it fits
     assert not folder.exists() and a.exists()
     assert sum(size for _, _, size in cache.entries()) <= 1000
+    assert len(list((tmp_path / "cache" / "stamps").iterdir())) == 2  # the tree's and b's stamps went too
     storage.delete("d/a.bin")
-    assert cache.file("d/a.bin").read_bytes() == b"a" * 400  # served from the copy
+    with pytest.raises(FileNotFoundError):
+        cache.file("d/a.bin")  # every use asks for the version: a deleted object is not served from a copy
+
+
+def test_versions_change_when_objects_are_written_again(storage: Storage, tmp_path: Path) -> None:
+    storage.put_stream("d/a.bin", io.BytesIO(b"one"))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "w.bin").write_bytes(b"one")
+    storage.put_tree("t", tree)
+    file_v, tree_v = storage.version("d/a.bin"), storage.version("t", tree=True)
+    assert storage.version("d/a.bin") == file_v and storage.version("t", tree=True) == tree_v  # stable
+    storage.put_stream("d/a.bin", io.BytesIO(b"two"))  # the same size, other bytes
+    (tree / "w.bin").write_bytes(b"two")
+    storage.put_tree("t", tree)
+    assert storage.version("d/a.bin") != file_v and storage.version("t", tree=True) != tree_v
+    for missing in (lambda: storage.version("d/none"), lambda: storage.version("none", tree=True)):
+        with pytest.raises(FileNotFoundError):
+            missing()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, tmp_path: Path) -> S3Storage:
+    bucket = f"c{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    make_bucket(s3_endpoint, bucket)
+    return S3Storage(bucket, endpoint_url=s3_endpoint)
+
+
+def test_cache_refetches_a_key_written_again(s3: S3Storage, tmp_path: Path) -> None:
+    cache = Cache(s3, tmp_path / "cache", max_bytes=10 * MiB)
+    s3.put_stream("models/1/config.json", io.BytesIO(b'{"v": 1}'))
+    assert (cache.tree("models/1") / "config.json").read_bytes() == b'{"v": 1}'
+    assert cache.tree("models/1") == cache.tree("models/1")  # a hit while unchanged
+    # A model id reused (SQLite and S3), a checkpoint written again after a resume from an older one.
+    s3.put_stream("models/1/config.json", io.BytesIO(b'{"v": 2}'))
+    assert (cache.tree("models/1") / "config.json").read_bytes() == b'{"v": 2}'
+    s3.put_stream("d/x", io.BytesIO(b"first"))
+    assert cache.file("d/x").read_bytes() == b"first"
+    s3.put_stream("d/x", io.BytesIO(b"other"))
+    assert cache.file("d/x").read_bytes() == b"other"
+
+
+def test_pinned_entries_are_not_evicted_while_in_use(s3: S3Storage, tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        s3.put_stream(f"d/{name}", io.BytesIO(name.encode() * 600))
+    cache = Cache(s3, tmp_path / "cache", max_bytes=1000)
+    with pinned():
+        a = cache.file("d/a")  # a job's base model: in use for the whole job
+        with pinned():  # nested: joins the outer block
+            cache.file("d/b")
+        assert a.exists()  # b alone could not make room: a is pinned
+        cache.file("d/c")
+        assert a.exists() and cache.file("d/a") == a
+    other = Cache(s3, tmp_path / "cache", max_bytes=1000)  # another process's view: the lock is per open file
+    with pinned():
+        c = other.file("d/c")
+        cache.file("d/b")
+        assert c.exists() and not a.exists()  # unpinned now: the least recently used goes
+
+
+def test_s3_reads_legacy_absolute_keys_as_missing(s3: S3Storage, tmp_path: Path) -> None:
+    legacy = str(tmp_path / "registered-model")  # a row written before keys, outside the data directory
+    assert s3.list(legacy) == [] and s3.scan(legacy) == {} and not s3.exists(f"{legacy}/config.json")
+    s3.delete_prefix(legacy)
+    s3.delete(f"{legacy}/config.json")
+    for read in (
+        lambda: s3.fetch_tree(legacy, tmp_path / "t"),
+        lambda: s3.size(f"{legacy}/config.json"),
+        lambda: s3.version(legacy, tree=True),
+        lambda: s3.fetch(f"{legacy}/config.json", tmp_path / "f"),
+    ):
+        with pytest.raises(FileNotFoundError, match="register the model again"):
+            read()
+    with pytest.raises(FileNotFoundError, match="register the model again"), s3.open(f"{legacy}/config.json"):
+        pass
+    with pytest.raises(BadKey):  # writing one is a bug
+        s3.put_stream(f"{legacy}/x", io.BytesIO(b""))
+
+
+def test_presigned_urls_name_the_public_endpoint(s3: S3Storage, s3_endpoint: str) -> None:
+    s3.put_stream("jobs/1/a.zip", io.BytesIO(b"PK"))
+    public = S3Storage(s3.bucket, endpoint_url=s3_endpoint, public_endpoint_url="https://s3.example.com")
+    url = public.presigned_url("jobs/1/a.zip", filename="a.zip")
+    assert url is not None and url.startswith(f"https://s3.example.com/{s3.bucket}/jobs/1/a.zip?")
+    assert (s3.presigned_url("jobs/1/a.zip", filename="a.zip") or "").startswith(s3_endpoint)

@@ -9,7 +9,7 @@ Keys in use (what the database rows hold):
   datasets/<user>/<sha256[:16]>-<name>       a dataset version's file
   models/<id>/...                            an uploaded or imported model (a Hugging Face directory)
   imports/<id>/<file>                        the uploaded .gguf an import converts
-  jobs/<id>/{model,adapter}/...              a job's trained weights
+  jobs/<id>/{model,adapter}/...              a job's trained weights (complete once COMPLETE is stored, stored last)
   jobs/<id>/checkpoints/checkpoint-<step>/   its checkpoints (complete once COMPLETE is stored, stored last)
   jobs/<id>/<name>.zip, jobs/<id>/exports/<export>/attempt-<n>/<name>.zip   its artifacts
 """
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from backend.config import Settings, get_settings
 from backend.storage.base import BadKey, Storage, check_key, join
-from backend.storage.cache import Cache
+from backend.storage.cache import Cache, pinned
 from backend.storage.local import LocalStorage
 
 __all__ = [
@@ -34,13 +34,14 @@ __all__ = [
     "join",
     "key_of",
     "open_storage",
+    "pinned",
     "scratch_dir",
     "stored_key_of_work",
     "work_dir",
     "work_path",
 ]
 
-_storages: dict[tuple[str, str, str], Storage] = {}
+_storages: dict[tuple[str, str, str, str], Storage] = {}
 
 
 def open_storage(settings: Settings) -> Storage:
@@ -52,13 +53,18 @@ def open_storage(settings: Settings) -> Storage:
     # Imported here: boto3 loads in ~0.3 s, and the embedded default never needs it.
     from backend.storage.s3 import S3Storage
 
-    return S3Storage(parts.netloc, parts.path, endpoint_url=settings.s3_endpoint_url)
+    return S3Storage(
+        parts.netloc,
+        parts.path,
+        endpoint_url=settings.s3_endpoint_url,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+    )
 
 
 def get_storage() -> Storage:
     """The configured storage, one client per distinct configuration (boto3 clients are thread-safe)."""
     settings = get_settings()
-    ident = (str(settings.data_dir), settings.storage_url, settings.s3_endpoint_url)
+    ident = (str(settings.data_dir), settings.storage_url, settings.s3_endpoint_url, settings.s3_public_endpoint_url)
     if ident not in _storages:
         _storages[ident] = open_storage(settings)
     return _storages[ident]

@@ -75,6 +75,11 @@ class Storage(Protocol):
         """The object's size in bytes."""
         ...
 
+    def version(self, key: str, *, tree: bool = False) -> str:
+        """What changes whenever the object (or, with `tree`, any object below the prefix) is written again: its
+        ETag and time on S3, size and time on disk. FileNotFoundError when there is none."""
+        ...
+
     def list(self, prefix: str) -> builtins.list[str]:
         """Every key below `prefix` ("a/b" lists "a/b/..."), sorted."""
         ...
@@ -107,8 +112,9 @@ class Storage(Protocol):
         """Begin an upload in parts (the object appears only at `complete_multipart`); its upload id."""
         ...
 
-    def put_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        """Store part `number` (1, 2, ...; every part but the last at least 5 MiB on S3); its ETag."""
+    def put_part(self, key: str, upload_id: str, number: int, data: bytes | BinaryIO) -> str:
+        """Store part `number` (1, 2, ...; every part but the last at least 5 MiB on S3), given whole or as a
+        seekable stream read from its start; its ETag."""
         ...
 
     def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[tuple[int, str]]) -> None:

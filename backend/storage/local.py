@@ -7,6 +7,7 @@ directory registered from the command line, which stays where it is): it is read
 
 import builtins
 import hashlib
+import io
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -98,6 +99,16 @@ class LocalStorage:
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
 
+    def version(self, key: str, *, tree: bool = False) -> str:
+        if not tree:
+            info = self.path(key).stat()
+            return f"{info.st_size}@{info.st_mtime_ns}"
+        found = self.scan(key)
+        if not found:
+            raise FileNotFoundError(f"nothing stored under {key}")
+        listed = [f"{k} {size} {self.path(k).stat().st_mtime_ns}" for k, (size, _) in sorted(found.items())]
+        return hashlib.sha256("\n".join(listed).encode()).hexdigest()
+
     def list(self, prefix: str) -> builtins.list[str]:
         folder = self.path(prefix)
         if not folder.is_dir():
@@ -142,12 +153,17 @@ class LocalStorage:
         self._parts(upload_id).mkdir(parents=True)
         return upload_id
 
-    def put_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    def put_part(self, key: str, upload_id: str, number: int, data: bytes | BinaryIO) -> str:
         part = self._parts(upload_id) / f"{number:05d}"
         tmp = self._aside(part)
-        tmp.write_bytes(data)
+        digest = hashlib.md5(usedforsecurity=False)  # what S3 answers as the ETag
+        stream = io.BytesIO(data) if isinstance(data, bytes) else data
+        with tmp.open("wb") as out:
+            while chunk := stream.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
         tmp.replace(part)
-        return hashlib.md5(data, usedforsecurity=False).hexdigest()  # what S3 answers as the ETag
+        return digest.hexdigest()
 
     def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[tuple[int, str]]) -> None:
         folder = self._parts(upload_id)

@@ -6,6 +6,7 @@ when its upload completes (a multipart upload included), so no reader ever sees 
 """
 
 import builtins
+import hashlib
 import io
 import shutil
 from collections.abc import Iterator
@@ -29,6 +30,20 @@ MISSING = {"404", "NoSuchKey", "NotFound"}
 
 def _missing(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code")) in MISSING
+
+
+def _legacy(key: str) -> bool:
+    """A row written before keys existed that names a folder outside the data directory (a model registered
+    from the command line where it was): it is on the disk of the machine that registered it, never in the
+    bucket, so on S3 it reads as missing (the model says to register it again) rather than as a bad key."""
+    return key.startswith("/")
+
+
+def _not_in_bucket(key: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{key} is a folder on the machine that registered it, not in the bucket: register the model again "
+        "(studio register-model) so that it is copied to the bucket"
+    )
 
 
 class _Body(io.RawIOBase):
@@ -55,12 +70,22 @@ class _Body(io.RawIOBase):
 
 
 class S3Storage:
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str = "", region: str = "") -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", *, endpoint_url: str = "", region: str = "", public_endpoint_url: str = ""
+    ) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         # Path-style addressing: MinIO and most S3-compatible servers serve buckets under the endpoint's path.
         config = Config(signature_version="s3v4", s3={"addressing_style": "path" if endpoint_url else "auto"})
         self.client: S3Client = boto3.client(
             "s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config
+        )
+        # A presigned URL's signature covers its host, so a browser that reaches the server under another name
+        # (http://minio:9000 inside compose, https://s3.example.com outside) needs URLs signed for that name.
+        # Signing is local: this client never sends a request.
+        self.signer: S3Client = (
+            boto3.client("s3", endpoint_url=public_endpoint_url, region_name=region or None, config=config)
+            if public_endpoint_url
+            else self.client
         )
 
     def __repr__(self) -> str:
@@ -71,6 +96,8 @@ class S3Storage:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _head(self, key: str) -> dict[str, Any]:
+        if _legacy(key):
+            raise _not_in_bucket(key)
         try:
             return dict(self.client.head_object(Bucket=self.bucket, Key=self._k(key)))
         except ClientError as exc:
@@ -91,6 +118,11 @@ class S3Storage:
 
     def put_tree(self, prefix: str, source: Path, *, move: bool = False, last: tuple[str, ...] = ()) -> None:
         old = set(self.list(prefix))
+        # An earlier tree's markers go first: while the new files replace the old ones one by one, no reader may
+        # take the mix for a complete tree (a checkpoint written again after a resume from an older one).
+        markers = sorted(k for k in old if k.rsplit("/", 1)[-1] in last)
+        self._delete_keys(markers)
+        old.difference_update(markers)
         files = list(files_under(source))
         files.sort(key=lambda item: item[1].name in last)  # stable: the markers go after everything else
         for rel, path in files:
@@ -102,6 +134,8 @@ class S3Storage:
 
     @contextmanager
     def open(self, key: str) -> Iterator[BinaryIO]:
+        if _legacy(key):
+            raise _not_in_bucket(key)
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
         except ClientError as exc:
@@ -112,6 +146,8 @@ class S3Storage:
             yield stream  # type: ignore[misc]
 
     def fetch(self, key: str, target: Path) -> None:
+        if _legacy(key):
+            raise _not_in_bucket(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".tmp-{target.name}")
         try:
@@ -126,7 +162,7 @@ class S3Storage:
     def fetch_tree(self, prefix: str, target: Path) -> int:
         keys = self.list(prefix)
         if not keys:
-            raise FileNotFoundError(f"nothing stored under {prefix}")
+            raise _not_in_bucket(prefix) if _legacy(prefix) else FileNotFoundError(f"nothing stored under {prefix}")
         for key in keys:
             self.fetch(key, target / key.removeprefix(f"{prefix}/"))
         return len(keys)
@@ -141,17 +177,32 @@ class S3Storage:
     def size(self, key: str) -> int:
         return int(self._head(key)["ContentLength"])
 
+    def version(self, key: str, *, tree: bool = False) -> str:
+        if not tree:
+            head = self._head(key)
+            return f"{head['ETag']}@{head['LastModified'].timestamp()}"
+        objects = self._objects(prefix=key)
+        listed = [f"{o['Key']} {o['ETag']} {o['Size']} {o['LastModified'].timestamp()}" for o in objects]
+        if not listed:
+            raise _not_in_bucket(key) if _legacy(key) else FileNotFoundError(f"nothing stored under {key}")
+        return hashlib.sha256("\n".join(listed).encode()).hexdigest()
+
     def list(self, prefix: str) -> builtins.list[str]:
         return sorted(self.scan(prefix))
 
     def scan(self, prefix: str) -> dict[str, tuple[int, float]]:
         strip = f"{self.prefix}/" if self.prefix else ""
-        found = {}
+        return {
+            obj["Key"].removeprefix(strip): (int(obj["Size"]), obj["LastModified"].timestamp())
+            for obj in self._objects(prefix)
+        }
+
+    def _objects(self, prefix: str) -> Iterator[Any]:
+        if _legacy(prefix):
+            return  # never in the bucket
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._k(prefix) + "/")
         for page in pages:
-            for obj in page.get("Contents", []):
-                found[obj["Key"].removeprefix(strip)] = (int(obj["Size"]), obj["LastModified"].timestamp())
-        return found
+            yield from page.get("Contents", [])
 
     def move(self, source: str, dest: str) -> None:
         # The managed copy switches to a multipart copy past 5 GB (a single CopyObject stops there).
@@ -159,6 +210,8 @@ class S3Storage:
         self.delete(source)
 
     def delete(self, key: str) -> None:
+        if _legacy(key):
+            return  # the folder stays on the disk it was registered on, as it does with local storage
         self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
 
     def _delete_keys(self, keys: builtins.list[str]) -> None:
@@ -171,7 +224,7 @@ class S3Storage:
 
     def presigned_url(self, key: str, *, filename: str, expires_seconds: int = 3600) -> str | None:
         disposition = f"attachment; filename*=UTF-8''{quote(filename)}"
-        return self.client.generate_presigned_url(
+        return self.signer.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._k(key), "ResponseContentDisposition": disposition},
             ExpiresIn=expires_seconds,
@@ -183,7 +236,7 @@ class S3Storage:
     def start_multipart(self, key: str) -> str:
         return self.client.create_multipart_upload(Bucket=self.bucket, Key=self._k(key))["UploadId"]
 
-    def put_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    def put_part(self, key: str, upload_id: str, number: int, data: bytes | BinaryIO) -> str:
         answer = self.client.upload_part(
             Bucket=self.bucket, Key=self._k(key), UploadId=upload_id, PartNumber=number, Body=data
         )
