@@ -3,16 +3,20 @@
 
 import io
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from backend.storage import Cache, LocalStorage, Storage, pinned
+from backend.export.lifecycle import exports_dir, finish_export
+from backend.playground.service import stored_kind
+from backend.storage import Cache, LocalStorage, Storage, get_cache, get_storage, pinned, work_path
 from backend.storage.base import BadKey, check_key
 from backend.storage.s3 import S3Storage
 from tests.s3 import CREDENTIALS, make_bucket, moto_s3
+from workers.context import job_workspace
 
 MiB = 1024 * 1024
 
@@ -243,3 +247,81 @@ def test_presigned_urls_name_the_public_endpoint(s3: S3Storage, s3_endpoint: str
     url = public.presigned_url("jobs/1/a.zip", filename="a.zip")
     assert url is not None and url.startswith(f"https://s3.example.com/{s3.bucket}/jobs/1/a.zip?")
     assert (s3.presigned_url("jobs/1/a.zip", filename="a.zip") or "").startswith(s3_endpoint)
+
+
+# --- the configured storage (settings from the environment): workers' folders, listings the API trusts ---------
+
+
+@pytest.fixture
+def s3_settings(
+    s3_endpoint: str, tmp_path: Path, sqlite_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[S3Storage]:
+    """This test's studio on S3 (an SQLite database at head in its data folder): the configured storage."""
+    bucket = f"e{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    make_bucket(s3_endpoint, bucket)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(sqlite_template, data / "studio.db")
+    monkeypatch.setenv("STUDIO_DATA_DIR", str(data))
+    monkeypatch.setenv("STUDIO_STORAGE_URL", f"s3://{bucket}/studio")
+    monkeypatch.setenv("STUDIO_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("STUDIO_CACHE_MAX_BYTES", str(MiB))
+    storage = get_storage()
+    assert isinstance(storage, S3Storage)
+    yield storage
+
+
+def test_a_jobs_work_folder_goes_when_it_ends_with_remote_storage(s3_settings: S3Storage) -> None:
+    work = work_path("jobs/5")
+    (work / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (work / "adapter.zip").write_bytes(b"PK")  # left by an earlier run on this machine
+    (work / "exports" / "3" / "attempt-1").mkdir(parents=True)  # an export running in another process
+    for name in ("big", "other"):
+        s3_settings.put_stream(f"models/{name}/w.safetensors", io.BytesIO(b"w" * (700 * 1024)))
+    with pytest.raises(RuntimeError), job_workspace(5):
+        assert sorted(p.name for p in work.iterdir()) == ["exports"]  # starts empty
+        base = get_cache().tree("models/big")
+        (work / "model").mkdir()
+        (work / "model" / "w.safetensors").write_bytes(b"w")
+        get_cache().tree("models/other")  # over the cache's 1 MiB: the base is in use, so it stays
+        assert (base / "w.safetensors").is_file()
+        raise RuntimeError("the job failed")  # however it ends
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*")) == [
+        "exports",
+        "exports/3",
+        "exports/3/attempt-1",
+    ]
+    shutil.rmtree(work / "exports")
+    with job_workspace(5):
+        pass
+    assert not work.exists()
+
+
+def test_a_jobs_folder_stays_with_local_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STUDIO_DATA_DIR", str(tmp_path / "data"))
+    work = work_path("jobs/5")
+    assert work == tmp_path / "data" / "jobs" / "5"  # the stored folder itself
+    (work / "adapter").mkdir(parents=True)
+    with job_workspace(5):
+        pass
+    assert (work / "adapter").is_dir()
+
+
+def test_a_final_folder_counts_once_its_marker_is_stored(s3_settings: S3Storage, tmp_path: Path) -> None:
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"w")
+    s3_settings.put_tree("jobs/7/adapter", folder)  # what a reader lists while the worker stores it
+    assert stored_kind("jobs/7/adapter") is None
+    (folder / "COMPLETE").write_text("{}")
+    s3_settings.put_tree("jobs/7/adapter", folder, last=("COMPLETE",))
+    assert stored_kind("jobs/7/adapter") == "adapter"
+
+
+def test_an_export_zip_stored_after_its_lease_was_lost_is_deleted(s3_settings: S3Storage) -> None:
+    archive = exports_dir(0) / "99" / "attempt-1" / "adapter.zip"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"PK")
+    assert not finish_export(99, archive)  # no running export 99 to finish: the reaper took it back
+    assert not archive.exists() and s3_settings.list("jobs/0") == []

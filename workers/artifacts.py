@@ -5,6 +5,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from backend.db import Job, Model, session_scope
+from backend.job.checkpoints import MARKER
 from backend.job.lifecycle import add_artifact, log_event
 from backend.model.service import register_model
-from backend.storage import get_storage
+from backend.storage import get_storage, is_local
 from workers.context import JobContext
 from workers.examples import training_template
 from workers.ranks import is_main
@@ -131,14 +133,23 @@ def zip_directory(directory: Path, destination: Path, progress: Callable[[int, i
     return destination
 
 
-def publish_directory(ctx: JobContext, directory: Path, zip_name: str) -> Path:
+def publish_directory(ctx: JobContext, directory: Path, zip_name: str) -> None:
     """Zip `directory` next to it in the job folder, store the zip (whole: it is complete) and register it as the
-    job's artifact."""
+    job's artifact. With remote storage the local zip goes once it is registered (the bucket has it)."""
     archive = zip_directory(directory, ctx.output_dir / zip_name)
     key = f"jobs/{ctx.job_id}/{zip_name}"
     get_storage().put_file(key, archive)
     add_artifact(ctx.job_id, archive, key)
-    return archive
+    if not is_local():
+        archive.unlink(missing_ok=True)
+
+
+def store_final(ctx: JobContext, directory: Path) -> None:
+    """Store the job's final adapter/ or model/ folder under jobs/<id>/<name>, with a COMPLETE marker stored
+    after every other file: a reader of the bucket (the playground, exports, /v1 models) that lists the folder
+    while it is being stored finds no marker and does not take the part for the whole."""
+    (directory / MARKER).write_text(json.dumps({"time": datetime.now(UTC).isoformat()}))
+    get_storage().put_tree(f"jobs/{ctx.job_id}/{directory.name}", directory, last=(MARKER,))
 
 
 def register_base_model(ctx: JobContext, directory: Path) -> int | None:
@@ -222,9 +233,10 @@ def export(
         metrics=metrics,
         loading=loading,
     )
-    # Stored whole (the playground and exports read jobs/<id>/<what>), then zipped for download.
-    get_storage().put_tree(f"jobs/{ctx.job_id}/{what}", directory)
+    # Zipped for download before the marker is written (the zip holds the weights alone), then stored whole
+    # with its marker last (the playground and exports read jobs/<id>/<what>).
     publish_directory(ctx, directory, f"{what}.zip")
+    store_final(ctx, directory)
     return directory
 
 

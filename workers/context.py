@@ -4,7 +4,9 @@ Recipes never hold an ORM session while they train (hours): they get this snapsh
 `backend.job.lifecycle`, whose functions each open and commit their own short session.
 """
 
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +19,7 @@ from backend.job.schemas import Hyperparameters
 from backend.method import registry
 from backend.method.registry import Method, Objective
 from backend.method.settings import MethodSettings
-from backend.storage import get_cache, work_dir
+from backend.storage import get_cache, is_local, pinned, work_dir, work_path
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -114,6 +116,44 @@ class JobContext:
             if self.base_model_path
             else None,
         }
+
+
+# Kept when a job's work folder is emptied: an export of one of its checkpoints may be running in another worker
+# process on this machine (it cleans up its own folder).
+KEPT_IN_WORK = ("exports",)
+
+
+@contextmanager
+def job_workspace(job_id: int) -> Iterator[None]:
+    """One run of job `job_id` in this worker process. What the cache hands out inside (the base model, the resume
+    checkpoint, the datasets) stays pinned until the run ends. With remote storage the job's work folder
+    (checkpoints, weights, zips: everything is in the bucket once written) starts empty and goes when the run
+    ends, however it ends: a resume reads from the bucket, and nothing else counts that folder against the disk.
+    With local storage the work folder is the stored folder: left alone."""
+    with pinned():
+        clear_work(job_id)
+        try:
+            yield
+        finally:
+            clear_work(job_id)
+
+
+def clear_work(job_id: int) -> None:
+    """Remote storage: remove job `job_id`'s work folder (but what `KEPT_IN_WORK` names)."""
+    if is_local():
+        return
+    folder = work_path(f"jobs/{job_id}")
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name in KEPT_IN_WORK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    with suppress(OSError):  # an export's folder is still there
+        folder.rmdir()
 
 
 def load_context(job_id: int) -> JobContext:

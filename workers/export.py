@@ -48,6 +48,7 @@ from backend.export.lifecycle import (
 from backend.job.checkpoints import STATE_FILE
 from backend.method import registry
 from backend.queue import EXPORT_WEIGHTS
+from backend.storage import pinned
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import EXPORT
 from backend.work.lease import LeaseLost
@@ -362,6 +363,8 @@ def publish(spec: ExportSpec, archive: Path) -> None:
     """Mark the export done with its zip among the job's artifacts (one transaction), unless it was reaped."""
     if not finish_export(spec.export_id, archive):
         raise Lost(f"export {spec.export_id} was failed while it finished")
+    # With remote storage the zip left for the bucket: its folders, now empty, go too (kept where they hold it).
+    remove_empty(spec.work_dir, exports_dir(spec.job_id))
 
 
 def _message(exc: Exception) -> str:
@@ -376,7 +379,7 @@ def export_weights(export_id: int) -> str:
         return "skipped"
     spec: ExportSpec | None = None
     try:
-        with heartbeat(won):
+        with heartbeat(won), pinned():  # the weights it reads stay in the cache until it is done
             spec = load_export(export_id)
             with Reporter(export_id) as report:
                 publish(spec, build(spec, report))

@@ -17,7 +17,7 @@ from backend.work.retry import outbox
 from backend.work.send import send
 from workers import observability, registry, shutdown
 from workers.claims import take
-from workers.context import JobContext, load_context
+from workers.context import JobContext, job_workspace, load_context
 from workers.distributed import RankFailed, run_data_parallel
 from workers.metrics import Cancelled, Diverged, Paused, ShuttingDown
 from workers.preflight import PreflightFailed
@@ -95,7 +95,8 @@ def _claim_and_run(job_id: int) -> str:
     registry.set_current_job(job_id)
     _training.append(job_id)
     try:
-        with heartbeat(won) as lease_gone, observability.training(job_id):
+        # The workspace ends before the heartbeat: the job's end is recorded first, then its work folder goes.
+        with heartbeat(won) as lease_gone, observability.training(job_id), job_workspace(job_id):
             return _run(won, lease_gone)
     finally:
         _training.clear()

@@ -152,13 +152,17 @@ def finish_export(export_id: int, archive: Path) -> bool:
         job_id = row.job_id if row is not None else 0
     key = f"{job_output_key(job_id)}/{archive.relative_to(job_output_dir(job_id)).as_posix()}"
     storage = get_storage()
-    storage.put_file(key, archive)  # stored whole before a row names it
+    # Stored whole before a row names it. Moved: with remote storage the local zip goes once the bucket has it
+    # (with local storage it was built in place, and stays).
+    storage.put_file(key, archive, move=True)
     with session_scope() as s:
         row = s.get(Export, export_id)
         finished = row is not None and _end(
             s, export_id, "done", artifact_name=archive.name, size_bytes=size, finished_at=utcnow()
         )
         if not finished or row is None:
+            # Reaped meanwhile: no row will ever name this attempt's zip (its key is this attempt's own).
+            storage.delete(key)
             return False
         job_id, owner_id = row.job_id, row.owner_id
         same_name = (Artifact.job_id == job_id, Artifact.name == archive.name)

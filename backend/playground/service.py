@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from backend.db import Generation, Job, Model, User
 from backend.errors import Invalid, NotFound
-from backend.job.checkpoints import list_checkpoints
+from backend.job.checkpoints import MARKER, list_checkpoints
 from backend.job.service import get_job
 from backend.method import registry
 from backend.model.service import ready_model, stored_chat_template
@@ -63,12 +63,16 @@ def weights_kind(path: Path) -> str | None:
 
 
 def stored_kind(key: str) -> str | None:
-    """`weights_kind` of a stored folder, read from its listing (nothing fetched)."""
+    """`weights_kind` of a stored folder, read from its listing (nothing fetched). In a bucket, only a complete
+    folder counts: a checkpoint or a job's final adapter/ or model/ is complete once its COMPLETE marker, stored
+    after every other file, is listed (a listing taken while the worker stores it has some files, no marker)."""
     storage = get_storage()
     local = storage.local_path(key)
     if local is not None:
         return weights_kind(local)
     names = {k.removeprefix(f"{key}/") for k in storage.list(key)}
+    if MARKER not in names:
+        return None
     weights = {n for n in names if n.endswith(".safetensors") and "/" not in n}
     if "adapter_config.json" in names and any(n.startswith("adapter_model") for n in weights):
         return "adapter"
