@@ -95,13 +95,18 @@ def delete_upload(session: Session, *, user: User, upload_id: str) -> None:
     discard_upload(session, get_upload(session, user=user, upload_id=upload_id).id)
 
 
-def discard_upload(session: Session, upload_id: str) -> bool:
-    """Delete the row (by statement: a concurrent request may have deleted it first) and the part file.
+def discard_upload(session: Session, upload_id: str, *, keep_object: bool = False) -> bool:
+    """Delete the row (by statement: a concurrent request may have deleted it first) and the part file; with
+    remote storage its multipart upload, and the object its parts were joined into (a `complete` whose commit
+    failed left it), unless `keep_object` (the `complete` that joined it goes on to read it).
 
     A chunk still arriving keeps writing to the unlinked file and then finds no row to advance."""
     part_path(upload_id).unlink(missing_ok=True)
-    if not is_local():
-        parts.abort_parts(session.scalar(select(Upload.options).where(Upload.id == upload_id)) or {}, upload_id)
+    options = session.scalar(select(Upload.options).where(Upload.id == upload_id))
+    if not is_local() and options is not None:  # no row: another request discarded it (and owns the object)
+        parts.abort_parts(options, upload_id)
+        if not keep_object:
+            get_storage().delete(parts.object_key(upload_id))
     gone = session.execute(delete(Upload).where(Upload.id == upload_id).execution_options(synchronize_session=False))
     return bool(gone.rowcount)  # type: ignore[attr-defined]
 
@@ -242,7 +247,7 @@ def take_received(session: Session, upload: Upload) -> Path | str:
             taken = tmp
             shutil.move(part_path(upload.id), tmp)
     # Committed now, so a file refused later still ends the upload (the error rolls the session back).
-    removed = discard_upload(session, upload.id)
+    removed = discard_upload(session, upload.id, keep_object=True)
     session.commit()
     if not removed:  # deleted while we took the file
         _remove(taken)

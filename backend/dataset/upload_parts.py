@@ -10,7 +10,7 @@ part but failed to record the offset replaces that part. The object appears only
 import io
 import tempfile
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from anyio import to_thread
 from starlette.requests import ClientDisconnect
@@ -30,6 +30,14 @@ def object_key(upload_id: str) -> str:
 def start_parts(upload_id: str) -> dict[str, str]:
     """Begin the multipart upload; what to add to the row's options."""
     return {MULTIPART: get_storage().start_multipart(object_key(upload_id))}
+
+
+def multipart_id(options: dict[str, Any]) -> str:
+    """The upload's S3 multipart id; Conflict for an upload started before storage moved to S3 (its bytes are in
+    a part file on the old disk, out of reach)."""
+    if MULTIPART not in options:
+        raise Conflict("this upload was started before storage moved to S3; restart the upload")
+    return str(options[MULTIPART])
 
 
 def read_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +70,7 @@ async def receive_part(
     options: dict[str, Any], upload_id: str, body: AsyncIterator[bytes], *, start: int, end: int
 ) -> None:
     """Store the chunk `body` (exactly end-start bytes, else nothing is stored) as the next part."""
-    multipart = options[MULTIPART]
+    multipart = multipart_id(options)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL, mode="w+b", dir=str(scratch_dir())) as spool:
         received = 0
         try:
@@ -76,14 +84,15 @@ async def receive_part(
         if received != end - start:
             raise Invalid(f"body has {received} bytes; its Content-Range says {end - start}", field="body")
         spool.seek(0)
-        data = spool.read()
-    number = await to_thread.run_sync(_next_number, upload_id, multipart, start)
-    await to_thread.run_sync(get_storage().put_part, object_key(upload_id), multipart, number, data)
+        number = await to_thread.run_sync(_next_number, upload_id, multipart, start)
+        # The spool itself is the part's body: a 64 MiB chunk is never held whole in memory a second time.
+        store = get_storage().put_part
+        await to_thread.run_sync(store, object_key(upload_id), multipart, number, cast(BinaryIO, spool))
 
 
 def finish_parts(options: dict[str, Any], upload_id: str, size: int) -> str:
     """Join the parts that make up the `size` received bytes into the object; its key."""
-    storage, key, multipart = get_storage(), object_key(upload_id), options[MULTIPART]
+    storage, key, multipart = get_storage(), object_key(upload_id), multipart_id(options)
     if size == 0:  # S3 joins no empty list of parts: an empty file is one empty object
         storage.abort_multipart(key, multipart)
         storage.put_stream(key, io.BytesIO(b""))
@@ -94,6 +103,8 @@ def finish_parts(options: dict[str, Any], upload_id: str, size: int) -> str:
             break  # a part stored by a request whose offset was never recorded
         parts.append((number, etag))
         total += part_size
+    if total != size:  # the row's offset and the stored parts disagree: joining them would store another file
+        raise Conflict(f"the stored parts hold {total} bytes, not the {size} received; restart the upload")
     storage.complete_multipart(key, multipart, parts)
     return key
 

@@ -177,3 +177,64 @@ def test_a_model_directory_registered_here_is_copied_to_the_bucket(
     assert {f["name"] for f in detail["files"]} == set(model_files()) and detail["config"] is not None
     assert client.delete(f"/api/models/{model_id}").status_code == 204
     assert stored(app_env) == [] and (directory / "config.json").is_file()  # the directory itself stays
+
+
+def _upload_row(upload_id: str, **values: Any) -> None:
+    from sqlalchemy import update
+
+    from backend.db import Upload, session_scope
+
+    with session_scope() as s:
+        s.execute(update(Upload).where(Upload.id == upload_id).values(**values))
+
+
+def test_uploads_that_cannot_finish_say_so_and_leave_nothing(client: TestClient, app_env: dict[str, str]) -> None:
+    from backend.dataset import upload_parts
+    from backend.db import Upload, session_scope
+
+    small = b'{"text": "hello"}\n'
+    # A `complete` that joined the parts, then failed to commit: the row stays, with an object under uploads/.
+    up = client.post("/api/uploads", json={"filename": "a.jsonl", "size": len(small)}).json()
+    assert put(client, up["id"], small, 0, len(small)).status_code == 200
+    with session_scope() as s:
+        row = s.get(Upload, up["id"])
+        assert row is not None
+        upload_parts.finish_parts(dict(row.options), up["id"], len(small))
+    assert stored(app_env) == [f"uploads/{up['id']}"]
+    assert client.delete(f"/api/uploads/{up['id']}").status_code == 204
+    assert stored(app_env) == [] and unfinished_multiparts(app_env) == []
+
+    # Stored parts that do not add up to the bytes the row counts are never joined into a dataset.
+    up = client.post("/api/uploads", json={"filename": "b.jsonl", "size": len(BIG)}).json()
+    assert put(client, up["id"], BIG, 0, 5 * MiB).status_code == 200
+    _upload_row(up["id"], received_bytes=len(BIG))
+    res = client.post(f"/api/uploads/{up['id']}/complete")
+    assert res.status_code == 409 and "restart the upload" in res.json()["detail"]
+    assert client.delete(f"/api/uploads/{up['id']}").status_code == 204
+
+    # An upload started before storage moved to S3 has no multipart upload: a 409, not a KeyError.
+    up = client.post("/api/uploads", json={"filename": "c.jsonl", "size": len(small)}).json()
+    _upload_row(up["id"], options={})
+    res = put(client, up["id"], small, 0, len(small))
+    assert res.status_code == 409 and "restart the upload" in res.json()["detail"]
+    assert stored(app_env) == []
+
+
+def test_a_model_registered_outside_the_data_folder_before_keys_reads_as_missing(
+    client: TestClient, app_env: dict[str, str]
+) -> None:
+    from backend.db import Model, User, session_scope
+
+    data = b'{"text": "hello"}\n'
+    up = client.post("/api/uploads", json={"filename": "d.jsonl", "size": len(data)}).json()
+    assert put(client, up["id"], data, 0, len(data)).status_code == 200
+    ds = client.post(f"/api/uploads/{up['id']}/complete").json()
+    with session_scope() as s:
+        user = s.query(User).filter_by(email="owner@example.com").one()
+        row = Model(owner_id=user.id, name="legacy", source="local", path="/srv/models/legacy")
+        s.add(row)
+        s.flush()
+        model_id = row.id
+    assert client.get(f"/datasets/{ds['id']}").status_code == 200  # lists every model's chat template
+    detail = client.get(f"/api/models/{model_id}/detail")
+    assert detail.status_code == 200 and detail.json()["files"] == []
