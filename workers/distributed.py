@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from workers.recipes import recipe_for
 
 TRACEBACK_LINES = 15
 LOG_TAIL_CHARS = 3000
+# How long a rank waits in a collective. torch's default (10 minutes) is shorter than rank 0 may take to store a
+# large checkpoint in the bucket (S3 storage) while the others wait for the outcome of the save.
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
 class RankFailed(Exception):
@@ -173,7 +177,7 @@ def main(argv: list[str]) -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     # Joined here, before the recipe, so the check-ins between preparation stages can already agree.
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     ctx = load_context(job_id)
     outcome = run_rank(ctx)
     write_outcome(ctx, outcome)

@@ -42,7 +42,7 @@ def _legacy(key: str) -> bool:
 def _not_in_bucket(key: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"{key} is a folder on the machine that registered it, not in the bucket: register the model again "
-        "(studio register-model) so that it is copied to the bucket"
+        "(studio models add) so that it is copied to the bucket"
     )
 
 
