@@ -114,6 +114,11 @@ def test_whole_loop_on_s3_leaves_only_the_cache_locally(tmp_path: Path) -> None:
         f"jobs/{ft['id']}/adapter.zip",
     } <= stored
     assert any(k.startswith(f"jobs/{ft['id']}/exports/") and k.endswith(".zip") for k in stored)
+    # Final folders are stored with their marker last (readers take no partial listing for the whole).
+    assert {f"jobs/{pt['id']}/model/COMPLETE", f"jobs/{ft['id']}/adapter/COMPLETE"} <= stored
+    # Each job's work folder went when the job ended, the export's zip once stored: no file is left in them.
+    work = data_dir / "cache" / "work"
+    assert [p for p in work.rglob("*") if p.is_file()] == []
     assert sum(k.startswith("datasets/") for k in stored) == 2
     # Nothing in the data folder but the cache; the rows name keys, not paths.
     assert sorted(p.name for p in data_dir.iterdir()) == ["cache"]
