@@ -128,6 +128,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         signal.signal(signum, _exit_on_signal)
     cmd_migrate(args)
     hint = ensure_admin()
+    pid_file = settings.data_dir / UP_WORKERS
+    stop_left_over_workers(pid_file, grace_seconds=settings.shutdown_grace_seconds + 15)
     # Each worker in a session of its own, so `up` can stop its whole tree (Celery's pool children included).
     workers = [
         subprocess.Popen(
@@ -143,6 +145,7 @@ def cmd_up(args: argparse.Namespace) -> None:
             env=_analysis_worker_env(settings.worker_metrics_port),
         ),
     ]
+    pid_file.write_text("".join(f"{w.pid}\n" for w in workers))
     shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"\n  Fine-Tuning Studio: http://{shown_host}:{port}/")
     if hint:
@@ -156,6 +159,43 @@ def cmd_up(args: argparse.Namespace) -> None:
         print("  stopping the workers (a running job checkpoints and goes back to the queue)...", flush=True)
         # The workers' own grace to checkpoint, plus the time to save it and exit.
         stop_process_groups(workers, grace_seconds=settings.shutdown_grace_seconds + 15)
+        pid_file.unlink(missing_ok=True)
+
+
+# The process groups of the workers `studio up` started, in the data folder, so the next start can find them.
+UP_WORKERS = "up-workers.pids"
+
+
+def _studio_worker(pid: int) -> bool:
+    """Whether `pid` is a live Celery worker of the studio (not another process that took over the number)."""
+    try:
+        return b"workers.main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_left_over_workers(pid_file: Path, grace_seconds: float) -> None:
+    """Stop the workers an earlier `studio up` of this installation left running: killed outright, it could not
+    stop them (each runs in a session of its own), and they would train beside the new ones under the same
+    names and queues. Stopped as a clean stop does: SIGTERM (a running job checkpoints and goes back to the
+    queue), SIGKILL after the grace."""
+    try:
+        pids = [int(line) for line in pid_file.read_text().split()]
+    except (OSError, ValueError):
+        return
+    left = [pid for pid in pids if _studio_worker(pid)]
+    if left:
+        print(f"  stopping {len(left)} worker(s) an earlier start left running (pids {left})...", flush=True)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while any(_studio_worker(pid) for pid in left) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
 
 
 def _analysis_worker_env(metrics_port: int) -> dict[str, str] | None:

@@ -222,16 +222,18 @@ def write_gguf(
     names = list(getattr(model.config, "architectures", None) or [type(model).__name__])
     arch = architecture({"architectures": names})
     writer = gguf.GGUFWriter(out, arch)
-    writer.add_name(name)
-    add_hyperparameters(writer, model, gguf_type)
-    add_tokenizer(writer, tokenizer, model.config.vocab_size, chat_template)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    plan = plan_tensors(writer, model, gguf_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    write_tensors(writer, model, plan, report)
-    writer.close()
+    try:
+        writer.add_name(name)
+        add_hyperparameters(writer, model, gguf_type)
+        add_tokenizer(writer, tokenizer, model.config.vocab_size, chat_template)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        plan = plan_tensors(writer, model, gguf_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        write_tensors(writer, model, plan, report)
+    finally:
+        writer.close()  # a long-lived worker must not keep the file open after a failed conversion
     return out
 
 

@@ -1,6 +1,7 @@
 """Live streams answer to the credential that opened them for as long as they stay open, not just at connect: a
-dashboard left open after its token was revoked, its session logged out or its account disabled stops receiving
-at its next event (at most RECHECK_SECONDS of events after the change)."""
+dashboard left open after its token was revoked, its session logged out, its account disabled or its
+administrator rights taken away stops receiving at its next event (at most RECHECK_SECONDS of events after the
+change)."""
 
 import logging
 import time
@@ -21,27 +22,40 @@ RECHECK_SECONDS = 2.0
 PING_SECONDS = 15
 
 
-def _authorizes(secret: str) -> bool:
+def _who(secret: str | None) -> tuple[int, bool] | None:
+    """The user a credential authorizes now, and whether as an administrator (what a stream's contents hang on)."""
+    if secret is None:
+        return None
     with session_scope() as s:
-        return user_for_token(s, secret) is not None
+        user = user_for_token(s, secret)
+        return None if user is None else (user.id, user.is_admin)
 
 
 async def _while_authorized(secret: str | None, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    opened = await to_thread.run_sync(_who, secret)
     checked = time.monotonic()
-    async for event in events:
-        if secret is not None and time.monotonic() - checked >= RECHECK_SECONDS:
-            try:
-                allowed = await to_thread.run_sync(_authorizes, secret)
-            except Exception as exc:
-                if not transient(exc):
-                    raise
-                allowed = True  # a database blip must not cut every dashboard; the next event asks again
-                log.warning("could not recheck a stream's credential (%s); asking at the next event", exc)
-            else:
-                checked = time.monotonic()
-            if not allowed:
-                return
-        yield event
+    try:
+        async for event in events:
+            if opened is not None and time.monotonic() - checked >= RECHECK_SECONDS:
+                try:
+                    now = await to_thread.run_sync(_who, secret)
+                except Exception as exc:
+                    if not transient(exc):
+                        raise
+                    now = opened  # a database blip must not cut every dashboard; the next event asks again
+                    log.warning("could not recheck a stream's credential (%s); asking at the next event", exc)
+                else:
+                    checked = time.monotonic()
+                # Revoked, logged out, disabled, or no longer an administrator (an admin's stream shows everyone's
+                # jobs and workers): the stream ends, and this event is not sent.
+                if now != opened:
+                    return
+            yield event
+    finally:
+        # Its listeners and cursors go when the stream ends here, not at a later garbage collection.
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def live_events(request: Request, events: AsyncIterator[Any]) -> EventSourceResponse:

@@ -67,7 +67,10 @@ def _split_names(pre: dict[str, Any] | None) -> list[str]:
         return []
     kind = pre.get("type")
     if kind == "Sequence":
-        return [n for p in pre.get("pretokenizers", []) for n in _split_names(p)]
+        steps = pre.get("pretokenizers", [])
+        if _is_smollm(steps):
+            return ["smollm"]
+        return [n for p in steps for n in _split_names(p)]
     if kind == "ByteLevel":
         # ByteLevel's own regex is GPT-2's; without it, it only maps bytes to characters (after a Split).
         return ["gpt-2"] if pre.get("use_regex", True) else []
@@ -75,6 +78,18 @@ def _split_names(pre: dict[str, Any] | None) -> list[str]:
         pattern = (pre.get("pattern") or {}).get("Regex")
         return [_SPLITS[pattern]] if pattern in _SPLITS else ["unknown"]
     return ["unknown"]
+
+
+def _is_smollm(steps: list[dict[str, Any]]) -> bool:
+    """SmolLM's and StarCoder's split: every digit on its own, then GPT-2's regex (llama.cpp's "smollm", whose
+    first regex is a lone \\p{N})."""
+    return (
+        len(steps) == 2
+        and steps[0].get("type") == "Digits"
+        and bool(steps[0].get("individual_digits"))
+        and steps[1].get("type") == "ByteLevel"
+        and steps[1].get("use_regex", True)
+    )
 
 
 def _normalizes(normalizer: dict[str, Any] | None) -> bool:

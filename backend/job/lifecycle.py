@@ -103,7 +103,8 @@ def _room_for_one_more(session: Session, job_id: int) -> ColumnElement[bool]:
     owner = session.scalar(select(Job.owner_id).where(Job.id == job_id)) if limit else None
     if owner is None:
         return true()
-    session.execute(select(User.id).where(User.id == owner).with_for_update())
+    # FOR NO KEY UPDATE: claimers take turns, while inserts that reference the user (its jobs, datasets) do not wait.
+    session.execute(select(User.id).where(User.id == owner).with_for_update(key_share=True))
     other = aliased(Job)
     running = select(func.count()).select_from(other).where(other.owner_id == owner, other.status == JOB.running)
     return running.scalar_subquery() < limit

@@ -19,6 +19,12 @@ MAX_STEPS = 80
 EVERY = 5  # a checkpoint every 5 steps: a cancelled run resumes from the last one
 
 # The training-loss points on the page's main chart, as (step, loss), read from Chart.js.
+# The points are counted as they arrive and drawn at the next frame: wait for the chart itself to hold them.
+DRAWN = """(n) => {
+  const chart = Chart.getChart(document.getElementById('loss-chart'));
+  const raw = chart && chart.data.datasets.find((d) => d.role === 'raw');
+  return Boolean(raw) && raw.data.length >= n;
+}"""
 POINTS = """() => {
   const chart = Chart.getChart(document.getElementById('loss-chart'));
   const raw = chart.data.datasets.find((d) => d.role === 'raw');
@@ -92,7 +98,7 @@ def test_cancel_resume_pause_resume_from_the_job_page(page, studio: StudioProces
     resume.click()
     expect(events).to_contain_text(f"resuming from checkpoint-{paused_at}", timeout=60_000)
     expect(badge).to_have_attribute("data-status", "succeeded", timeout=180_000)
-    page.wait_for_function(f"() => Number(document.querySelector('#loss-chart').dataset.points) >= {MAX_STEPS}")
+    page.wait_for_function(DRAWN, arg=MAX_STEPS)
     done = page.evaluate(POINTS)
     assert [s for s, _ in done] == list(range(1, MAX_STEPS + 1))  # one point per step across both resumes
     assert done[:paused_at] == paused  # nothing before the pause was redrawn differently
@@ -101,6 +107,6 @@ def test_cancel_resume_pause_resume_from_the_job_page(page, studio: StudioProces
 
     # After a reload the whole curve comes back from the server as it was drawn live.
     page.reload()
-    page.wait_for_function(f"() => Number(document.querySelector('#loss-chart').dataset.points) >= {MAX_STEPS}")
+    page.wait_for_function(DRAWN, arg=MAX_STEPS)
     assert page.evaluate(POINTS) == done
     expect(badge).to_have_attribute("data-status", "succeeded")

@@ -204,3 +204,36 @@ def test_studio_up_killed_outright_resumes_its_job_at_the_next_start_without_wai
         assert loss_steps(client, job["id"]) == list(range(1, HP["max_steps"] + 1))
     finally:
         studio.__exit__(None, None, None)
+
+
+def test_studio_up_killed_alone_stops_the_workers_it_left_at_the_next_start(tmp_path: Path) -> None:
+    # Only `up` dies (kill -9: no `finally`); its workers run in sessions of their own and go on training. The next
+    # start must stop them (the job checkpoints and goes back to the queue) rather than train beside them under
+    # the same names and queues.
+    studio = StudioProcess({"STUDIO_DATA_DIR": str(tmp_path / "data")}, log_dir=tmp_path / "logs")
+    studio.env.update({"STUDIO_LEASE_SECONDS": "600"})
+    studio.__enter__()
+    try:
+        client = studio.client()
+        job = submit(client, max_steps=100_000)  # still training when the next start comes
+        wait_for_step(studio, client, job["id"], 25)
+        up = studio.procs.pop("up")
+        left = children(up.pid)
+        assert len(left) == 2
+        up.kill()
+        up.wait(timeout=30)
+        time.sleep(2)
+        assert all(alive(pid) for pid in left)  # orphans, still training
+
+        studio.start("up", "up", "--worker-name", f"embedded-{studio.port}")
+        studio.wait_healthy()
+        client = studio.client()
+        deadline = time.monotonic() + 240
+        while (now := client.get(f"/api/jobs/{job['id']}").json())["attempt"] < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert now["status"] == "running" and now["attempt"] == 2, events(client, job["id"])  # the new worker's
+        assert not [pid for pid in left if alive(pid)], "the earlier start's workers are still running"
+        assert any("back in the queue" in m for m in events(client, job["id"]))
+        assert client.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
+    finally:
+        studio.__exit__(None, None, None)

@@ -232,9 +232,13 @@ def test_what_cannot_be_converted(tmp_path: Path) -> None:
     with pytest.raises(NotConvertible, match="pre-tokenizer"):
         pre_tokenizer({"model": {"type": "BPE"}, "pre_tokenizer": {"type": "Metaspace"}})
     # A step llama.cpp would not take, beside a split it names, still cuts the text elsewhere: refused.
-    digits_first = {"type": "Sequence", "pretokenizers": [{"type": "Digits"}, {"type": "ByteLevel"}]}
+    digit_runs = {"type": "Sequence", "pretokenizers": [{"type": "Digits"}, {"type": "ByteLevel"}]}
     with pytest.raises(NotConvertible, match="pre-tokenizer"):
-        pre_tokenizer({"model": {"type": "BPE"}, "pre_tokenizer": digits_first})
+        pre_tokenizer({"model": {"type": "BPE"}, "pre_tokenizer": digit_runs})
+    # SmolLM's (and StarCoder's): each digit alone, then GPT-2's split: llama.cpp's "smollm".
+    digits = {"type": "Digits", "individual_digits": True}
+    smollm = {"type": "Sequence", "pretokenizers": [digits, {"type": "ByteLevel", "use_regex": True}]}
+    assert pre_tokenizer({"model": {"type": "BPE"}, "pre_tokenizer": smollm}) == "smollm"
     byte_level = {"type": "ByteLevel"}
     with pytest.raises(NotConvertible, match="normalizes text first \\(NFKC\\)"):
         pre_tokenizer({"model": {"type": "BPE"}, "normalizer": {"type": "NFKC"}, "pre_tokenizer": byte_level})
