@@ -17,13 +17,12 @@ from typing import Any, BinaryIO
 from anyio import to_thread
 from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.orm import Session
-from starlette.requests import ClientDisconnect
 
 from backend.config import get_settings
 from backend.dataset import service as datasets
 from backend.dataset import upload_parts as parts
 from backend.db import Dataset, Upload, User, utcnow
-from backend.errors import Conflict, DomainError, Invalid, NotFound, TooLarge
+from backend.errors import Conflict, Invalid, NotFound, TooLarge
 from backend.storage import get_storage, is_local, scratch_dir
 
 CHUNK_SIZE = 8 * 1024 * 1024  # what clients are told to send
@@ -203,20 +202,9 @@ async def _receive(part: BinaryIO, body: AsyncIterator[bytes], *, start: int, en
     """Stream the request body to the part file at `start`; anything short of exactly end-start bytes is undone."""
     part.seek(start)
     part.truncate()  # bytes of an earlier chunk that never arrived whole
-    received = 0
     try:
-        async for piece in body:
-            received += len(piece)
-            if received > end - start:
-                raise Invalid(f"body is longer than the {end - start} bytes of its Content-Range", field="body")
-            part.write(piece)
-        if received != end - start:
-            raise Invalid(f"body has {received} bytes; its Content-Range says {end - start}", field="body")
+        await parts.copy_body(part, body, start=start, end=end)
         part.flush()
-    except ClientDisconnect:
-        _undo(part, start)
-        # Answered to nobody; raised as a domain error so the server logs no traceback for a dropped client.
-        raise DomainError(f"connection dropped after {received} bytes of the chunk", received_bytes=start) from None
     except BaseException:
         _undo(part, start)
         raise

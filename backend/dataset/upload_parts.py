@@ -66,23 +66,30 @@ def _next_number(upload_id: str, multipart: str, start: int) -> int:
     return number + 1
 
 
+async def copy_body(dest: BinaryIO, body: AsyncIterator[bytes], *, start: int, end: int) -> None:
+    """Write the request body of the chunk [start, end) to `dest` at its position: exactly end-start bytes, else
+    Invalid (or, for a dropped client, a DomainError telling it to resume from `start`)."""
+    received = 0
+    try:
+        async for piece in body:
+            received += len(piece)
+            if received > end - start:
+                raise Invalid(f"body is longer than the {end - start} bytes of its Content-Range", field="body")
+            dest.write(piece)
+    except ClientDisconnect:
+        # Answered to nobody; raised as a domain error so the server logs no traceback for a dropped client.
+        raise DomainError(f"connection dropped after {received} bytes of the chunk", received_bytes=start) from None
+    if received != end - start:
+        raise Invalid(f"body has {received} bytes; its Content-Range says {end - start}", field="body")
+
+
 async def receive_part(
     options: dict[str, Any], upload_id: str, body: AsyncIterator[bytes], *, start: int, end: int
 ) -> None:
     """Store the chunk `body` (exactly end-start bytes, else nothing is stored) as the next part."""
     multipart = multipart_id(options)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL, mode="w+b", dir=str(scratch_dir())) as spool:
-        received = 0
-        try:
-            async for piece in body:
-                received += len(piece)
-                if received > end - start:
-                    raise Invalid(f"body is longer than the {end - start} bytes of its Content-Range", field="body")
-                spool.write(piece)
-        except ClientDisconnect:
-            raise DomainError(f"connection dropped after {received} bytes of the chunk", received_bytes=start) from None
-        if received != end - start:
-            raise Invalid(f"body has {received} bytes; its Content-Range says {end - start}", field="body")
+        await copy_body(cast(BinaryIO, spool), body, start=start, end=end)
         spool.seek(0)
         number = await to_thread.run_sync(_next_number, upload_id, multipart, start)
         # The spool itself is the part's body: a 64 MiB chunk is never held whole in memory a second time.

@@ -48,8 +48,10 @@ def stored(env: dict[str, str]) -> list[str]:
 
 
 def unfinished_multiparts(env: dict[str, str]) -> list[Any]:
+    """This test's unfinished multipart uploads (the bucket is shared by the session's tests, each its prefix)."""
     client = boto3.client("s3", endpoint_url=env["STUDIO_S3_ENDPOINT_URL"], region_name="us-east-1")
-    return list(client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
+    prefix = env["STUDIO_STORAGE_URL"].removeprefix(f"s3://{BUCKET}/") + "/"
+    return list(client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", []))
 
 
 def data_files(env: dict[str, str]) -> list[str]:
