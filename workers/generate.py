@@ -260,7 +260,9 @@ def stream_text(
                     **sampling,
                 )
             if usage is not None:
-                usage.update(prompt_tokens=prompt_length, completion_tokens=int(out.shape[1]) - prompt_length)
+                # max_new_tokens as lowered to fit the context: the /v1 API's finish_reason "length" reads it.
+                completion = int(out.shape[1]) - prompt_length
+                usage.update(prompt_tokens=prompt_length, completion_tokens=completion, max_new_tokens=max_new_tokens)
         except BaseException as exc:  # handed to the reading thread, which raises it
             failures.append(exc)
             streamer.end()  # generate() ends the stream only when it returns: unblock the reader

@@ -3,14 +3,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic_core import to_json
-from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
 from backend.auth.live import live_events
-from backend.db import Job, User
 from backend.deps import CurrentUser, SessionDep
 from backend.events import publish
-from backend.job import compare, control, estimate, service
+from backend.job import admission, compare, control, estimate, service
 from backend.job.checkpoints import list_checkpoints
 from backend.job.schemas import (
     ArtifactRead,
@@ -29,41 +27,17 @@ from backend.job.schemas import (
 from backend.job.stream import job_events, jobs_list_events, parse_cursor
 from backend.schemas import MAX_ID, DbId, IdPath, Text
 from backend.storage.responses import download
-from backend.work.kinds import JOB
-from backend.work.send import send
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 JOBS_PAGE, MAX_JOBS_PAGE = 100, 500
 METRICS_PAGE, MAX_METRICS_PAGE = 10_000, 100_000
 
 
-def _enqueue(session: SessionDep, job: Job) -> JobRead:
-    session.commit()  # the worker must find the row when the task arrives
-    if not send(JOB, job.id):
-        service.note_unsent(session, job=job)
-        session.commit()
-    session.refresh(job)  # placement (in its own transaction) may have said why it waits
-    publish(job.id)  # the live jobs lists show the new (or re-queued) job without waiting for the worker
-    return service.to_read(session, job)
-
-
 @router.post("", response_model=JobRead, status_code=201)
 def create_job(body: JobCreate, session: SessionDep, user: CurrentUser) -> JobRead:
     job = service.create_job(session, user=user, data=body)
-    _admit(session, user, body, job)
-    return _enqueue(session, job)
-
-
-def _admit(session: Session, user: User, body: JobCreate, job: Job) -> None:
-    """The pre-flight check and the memory fit; a refusal rolls the new job back before anything is committed."""
-    admitted = estimate.admit(session, user=user, body=body)
-    # The planned steps until the worker counts its own: a queued job reads "0 / 120" in every list, not "0 / ?".
-    job.total_steps = admitted.steps
-    # What placement routes it by; a forced job's memory is not judged there either (the person overrode it).
-    cuda, cpu = admitted.memory_bytes_cuda, admitted.memory_bytes_cpu
-    job.needs = {} if body.force or cuda is None or cpu is None else {"memory_cuda": cuda, "memory_cpu": cpu}
-    if admitted.disk_bytes is not None:
-        job.needs["disk"] = admitted.disk_bytes  # judged even when forced: a full disk fails the run for sure
+    admission.admit(session, user, body, job)
+    return admission.enqueue(session, job)
 
 
 @router.post("/estimate", response_model=EstimateRead)
@@ -131,7 +105,7 @@ def resume_job(job_id: IdPath, session: SessionDep, user: CurrentUser, body: Job
     """Continue a paused, failed or cancelled job from `body.checkpoint`, or its latest (409 without one);
     what came after that checkpoint's step is dropped."""
     checkpoint = body.checkpoint if body else None
-    return _enqueue(session, control.resume_job(session, user=user, job_id=job_id, checkpoint=checkpoint))
+    return admission.enqueue(session, control.resume_job(session, user=user, job_id=job_id, checkpoint=checkpoint))
 
 
 @router.post("/{job_id}/clone", response_model=JobRead, status_code=201)
@@ -139,8 +113,8 @@ def clone_job(job_id: IdPath, session: SessionDep, user: CurrentUser, body: JobC
     """A new job with the same inputs; `body` may rename it and override hyperparameters."""
     data = body or JobClone()
     job = control.clone_job(session, user=user, job_id=job_id, data=data)
-    _admit(session, user, JobCreate.model_validate({**control.inputs_of(job), "force": data.force}), job)
-    return _enqueue(session, job)
+    admission.admit(session, user, JobCreate.model_validate({**control.inputs_of(job), "force": data.force}), job)
+    return admission.enqueue(session, job)
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointRead])

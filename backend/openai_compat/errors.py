@@ -34,15 +34,26 @@ TYPES = {
     429: "rate_limit_error",
     503: "server_error",
 }
+# The official SDK retries a 5xx unless told not to: an answer that failed, or took too long, would only fail (or
+# wait) again.
+NO_RETRY = {"x-should-retry": "false"}
 CODES = {401: "invalid_api_key", 404: "not_found"}
 
 
 class ApiError(Exception):
     """An error raised by the /v1 translation itself (a parameter the studio's services never see)."""
 
-    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.message, self.status, self.param, self.code = message, status, param, code
+        self.message, self.status, self.param, self.code, self.headers = message, status, param, code, headers
 
 
 def error_body(message: str, *, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -89,7 +100,7 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
 def translate(exc: Exception) -> Response | None:
     """The OpenAI-shaped response for `exc`, or None for an error that is a bug (it stays a 500)."""
     if isinstance(exc, ApiError):
-        return error_response(exc.message, status=exc.status, param=exc.param, code=exc.code)
+        return error_response(exc.message, status=exc.status, param=exc.param, code=exc.code, headers=exc.headers)
     if isinstance(exc, DomainError):
         # The studio's 422 (input that parses but makes no sense) is OpenAI's 400 naming the parameter.
         status = 400 if exc.status_code == 422 else exc.status_code

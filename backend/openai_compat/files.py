@@ -1,5 +1,6 @@
 """/v1/files: each uploaded file is a studio dataset (validated the same way); a job's results CSV is a file too."""
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -49,7 +50,7 @@ def create_file(session: Session, *, user: User, source: BinaryIO, filename: str
 
 def get_file(session: Session, *, user: User, file_id: str) -> Dataset:
     """The dataset behind `file_id` (404 in OpenAI's shape when there is none the user may see)."""
-    ref = ids.parse_file(file_id)
+    ref = ids.parse_file(file_id, param="file_id")
     if ref.dataset_id is None:
         raise ApiError(f"No such File object: {file_id}", status=404, param="file_id")
     try:
@@ -61,11 +62,10 @@ def get_file(session: Session, *, user: User, file_id: str) -> Dataset:
 def results_view(session: Session, *, user: User, file_id: str, job_id: int) -> dict[str, Any]:
     """The metadata of a job's results file (its content is computed from the logged points when read)."""
     job = _job_of(session, user=user, file_id=file_id, job_id=job_id)
-    body = results_csv(session, job.id)
     return {
         "object": "file",
         "id": file_id,
-        "bytes": len(body),
+        "bytes": None,  # written from the points as it is read: its size is not known before
         "created_at": epoch(job.finished_at or job.created_at),
         "filename": "step_metrics.csv",
         "purpose": RESULTS_PURPOSE,
@@ -75,8 +75,9 @@ def results_view(session: Session, *, user: User, file_id: str, job_id: int) -> 
     }
 
 
-def results_content(session: Session, *, user: User, file_id: str, job_id: int) -> bytes:
-    return results_csv(session, _job_of(session, user=user, file_id=file_id, job_id=job_id).id)
+def results_content(session: Session, *, user: User, file_id: str, job_id: int) -> Iterator[bytes]:
+    """The results CSV's bytes as they are written (checked for access now, read while the response streams)."""
+    return results_csv(_job_of(session, user=user, file_id=file_id, job_id=job_id).id)
 
 
 def _job_of(session: Session, *, user: User, file_id: str, job_id: int) -> Job:

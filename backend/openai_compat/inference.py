@@ -16,13 +16,20 @@ from backend.openai_compat import ids, schemas
 from backend.openai_compat.errors import ApiError
 from backend.openai_compat.models import base_model, fine_tuned_job
 from backend.playground import service as playground
-from backend.playground.schemas import MAX_NEW_TOKENS, GenerationCreate
+from backend.playground.schemas import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, GenerationCreate
 from backend.playground.tool_calls import parse_tool_calls
+from backend.work.kinds import GENERATION
+from backend.work.reaper import can_take
 
 # OpenAI answers up to the model's context when max_tokens is left out; a worker on a CPU would take minutes.
 DEFAULT_MAX_TOKENS = 256
+# The Playground's bound on one prompt, for the whole conversation (its turns and tool calls): the worker lays it
+# out whole, and the request waits on an API thread meanwhile.
+MAX_CONVERSATION_CHARS = MAX_PROMPT_CHARS
+# A worker that is starting registers within a heartbeat or two.
+RETRY_AFTER_SECONDS = 10
 # The playground's own names for what a refusal of a GenerationCreate names → OpenAI's parameters.
-PARAMS = {"prompt": "messages", "max_new_tokens": "max_tokens", "model_id": "model", "job_id": "model"}
+PARAMS = {"max_new_tokens": "max_tokens", "model_id": "model", "job_id": "model"}
 
 
 def _target(session: Session, *, user: User, model: str) -> dict[str, Any]:
@@ -50,7 +57,8 @@ def _content(value: Any, field: str) -> str:
 
 
 def conversation(messages: list[schemas.ChatMessage]) -> list[dict[str, Any]]:
-    """The request's messages as the studio's canonical messages (checked as a dataset's are)."""
+    """The request's messages as the studio's canonical messages (checked as a dataset's are); at most
+    MAX_CONVERSATION_CHARS characters of content and tool calls in all (400 naming `messages`)."""
     raw = []
     for i, m in enumerate(messages):
         item: dict[str, Any] = {
@@ -62,6 +70,11 @@ def conversation(messages: list[schemas.ChatMessage]) -> list[dict[str, Any]]:
         if m.tool_call_id:
             item["tool_call_id"] = m.tool_call_id
         raw.append(item)
+    size = sum(len(m["content"]) + len(json.dumps(m.get("tool_calls") or "", ensure_ascii=False)) for m in raw)
+    if size > MAX_CONVERSATION_CHARS:
+        raise ApiError(
+            f"messages: {size} characters; at most {MAX_CONVERSATION_CHARS} in a conversation here", param="messages"
+        )
     try:
         return chat.messages(raw, "messages")
     except FormatError as exc:
@@ -79,10 +92,21 @@ def _max_tokens(body: schemas.SamplingParams) -> int:
 def _generation(
     session: Session, *, user: User, body: schemas.SamplingParams, prompt: str, chat_layout: bool, extra: dict[str, Any]
 ) -> Generation:
+    names = {**PARAMS, "prompt": "messages" if chat_layout else "prompt"}
     if body.n not in (None, 1):
         raise ApiError("n: only one choice per request (n=1) is supported", param="n")
+    target = _target(session, user=user, model=body.model)
+    if not can_take(session, GENERATION):
+        # Queued, the request would wait with no one to answer it (the Playground shows its queue; an API client
+        # cannot see it): refused, to be asked again later.
+        raise ApiError(
+            "no inference worker is running (start one: `studio worker --analysis`); try again later",
+            status=503,
+            code="no_worker",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     values = {
-        **_target(session, user=user, model=body.model),
+        **target,
         "prompt": prompt,
         "max_new_tokens": _max_tokens(body),
         # OpenAI's defaults (the Playground's own temperature default is 0, greedy).
@@ -97,10 +121,10 @@ def _generation(
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else None
-        raise ApiError(f"{first['msg']}", param=PARAMS.get(field or "", field)) from None
+        raise ApiError(f"{first['msg']}", param=names.get(field or "", field)) from None
     except Invalid as exc:
         field = exc.details.get("field")
-        raise ApiError(exc.message, param=PARAMS.get(field, field) if field else None) from None
+        raise ApiError(exc.message, param=names.get(field, field) if field else None) from None
     if row.params.get("task") == "classify":
         raise ApiError(f"{body.model} is a classifier; it labels text instead of writing it", param="model")
     stops = body.stops()
@@ -128,6 +152,8 @@ def create_completion(session: Session, *, user: User, body: schemas.CompletionC
         raise ApiError("prompt: one prompt per request is supported", param="prompt")
     if body.suffix:
         raise ApiError("suffix (insertion) is not supported", param="suffix")
+    if body.echo:
+        raise ApiError("echo is not supported (the answer comes without the prompt)", param="echo")
     return _generation(session, user=user, body=body, prompt=prompts[0], chat_layout=False, extra={})
 
 
@@ -139,14 +165,16 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
 
 def held_back(text: str, stops: list[str]) -> int:
     """How many characters at the end of `text` may be the start of a stop sequence (not streamed yet)."""
-    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+    return max((n for s in stops for n in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:n])), default=0)
 
 
 def finish_reason(row: Generation, *, stopped: bool, calls: list[Any]) -> str:
     if calls:
         return "tool_calls"
     usage = (row.params or {}).get("usage") or {}
-    if not stopped and usage.get("completion_tokens", 0) >= int(row.params.get("max_new_tokens", 0)):
+    # The worker's own limit when it had to lower max_tokens to fit the model's context.
+    limit = usage.get("max_new_tokens") or row.params.get("max_new_tokens", 0)
+    if not stopped and usage.get("completion_tokens", 0) >= int(limit):
         return "length"
     return "stop"
 

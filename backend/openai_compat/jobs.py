@@ -1,15 +1,15 @@
 """/v1/fine_tuning/jobs: an OpenAI job body becomes an ordinary studio fine-tune (LoRA, objective sft or dpo), so
 it shows on the dashboard like any other; pause, resume and cancel are the studio's own."""
 
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from backend.db import Dataset, Job, User
+from backend.db.job import FINAL_STATUSES
 from backend.errors import Invalid, NotFound
-from backend.job import control
+from backend.job import admission, control, estimate
 from backend.job import service as jobs
 from backend.job.schemas import Hyperparameters as StudioHyperparameters
 from backend.job.schemas import JobCreate as StudioJobCreate
@@ -29,6 +29,8 @@ DEFAULT_BETA = DpoSettings.model_fields["beta"].default
 METHOD = "lora"
 # OpenAI's method types → the studio objective each trains (its other objectives have no OpenAI method).
 OBJECTIVES = dict(supervised="sft", dpo="dpo")
+# OpenAI keeps the checkpoints of a job's last three epochs; so does a /v1 job.
+KEPT_EPOCHS = 3
 
 # The studio field a refusal names → the OpenAI parameter it came from ({hp}: where hyperparameters were given).
 PARAMS = {
@@ -57,16 +59,27 @@ def _dataset(session: Session, user: User, value: str, param: str) -> Dataset:
         raise ApiError(f"invalid file id {value!r}: no such file", param=param) from None
 
 
-def studio_body(body: schemas.JobCreate, *, base_id: int, train: Dataset, valid: Dataset | None) -> dict[str, Any]:
-    """The studio job body an OpenAI job body means (hyperparameters "auto" left to the studio's defaults)."""
+def epochs_of(body: schemas.JobCreate) -> int:
+    n_epochs = body.chosen_hyperparameters().n_epochs
+    return DEFAULT_EPOCHS if n_epochs == "auto" else n_epochs
+
+
+def studio_body(
+    body: schemas.JobCreate, *, base_id: int, train: Dataset, valid: Dataset | None, steps_per_epoch: int | None = None
+) -> dict[str, Any]:
+    """The studio job body an OpenAI job body means (hyperparameters "auto" left to the studio's defaults); with
+    `steps_per_epoch`, a checkpoint at the end of each epoch, the last KEPT_EPOCHS of them kept (OpenAI's rule)."""
     hp = body.chosen_hyperparameters()
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
-    hyperparameters = {
-        "epochs": DEFAULT_EPOCHS if hp.n_epochs == "auto" else hp.n_epochs,
+    hyperparameters: dict[str, Any] = {
+        "epochs": epochs_of(body),
         "batch_size": DEFAULT_BATCH_SIZE if hp.batch_size == "auto" else hp.batch_size,
         "learning_rate": DEFAULT_LEARNING_RATE * multiplier,
         "seed": DEFAULT_SEED if body.seed is None else body.seed,
     }
+    if steps_per_epoch is not None:
+        hyperparameters["checkpoint_steps"] = max(1, steps_per_epoch)
+        hyperparameters["keep_checkpoints"] = min(KEPT_EPOCHS, hyperparameters["epochs"])
     objective_config = {}
     if isinstance(hp, schemas.DpoHyperparameters) and hp.beta != "auto":
         objective_config["beta"] = hp.beta
@@ -93,28 +106,25 @@ def _studio_job(body: dict[str, Any], hp: str) -> StudioJobCreate:
         raise ApiError(f"{first['msg']}", param=_param(field, hp)) from None
 
 
-Admit = Callable[[Session, User, StudioJobCreate, Job], None]
-
-
-def create_job(session: Session, *, user: User, body: schemas.JobCreate, admit: Admit) -> Job:
-    """Store the studio job `body` means, admitted by `admit` (the studio's pre-flight check and memory fit);
-    the caller commits and sends it."""
+def create_job(session: Session, *, user: User, body: schemas.JobCreate) -> Job:
+    """Store the studio job `body` means, admitted as POST /api/jobs admits one (the pre-flight check and the
+    memory fit); the caller commits and sends it."""
     if body.integrations:
         raise ApiError("integrations (Weights & Biases) are not supported here", param="integrations")
     hp = f"method.{body.method_type()}.hyperparameters" if body.method is not None else "hyperparameters"
     base = base_model(session, user=user, value=body.model)
     train = _dataset(session, user, body.training_file, "training_file")
     valid = _dataset(session, user, body.validation_file, "validation_file") if body.validation_file else None
-    data = _studio_job(studio_body(body, base_id=base.id, train=train, valid=valid), hp)
     try:
+        # The planned steps place a checkpoint at each epoch's end; the settings then go through the schema and the
+        # admission like any job's.
+        draft = _studio_job(studio_body(body, base_id=base.id, train=train, valid=valid), hp)
+        per_epoch = round(estimate.estimate_job(session, user=user, body=draft).steps / epochs_of(body))
+        data = _studio_job(studio_body(body, base_id=base.id, train=train, valid=valid, steps_per_epoch=per_epoch), hp)
         job = jobs.create_job(session, user=user, data=data)
-        admit(session, user, data, job)
+        admission.admit(session, user, data, job)
     except Invalid as exc:
         raise ApiError(exc.message, param=_param(exc.details.get("field"), hp)) from None
-    epochs = data.hyperparameters.epochs or DEFAULT_EPOCHS
-    if job.total_steps:
-        # OpenAI keeps a checkpoint at the end of each epoch; so does a /v1 job (and its fine_tuned_model_checkpoint).
-        job.hyperparameters = {**job.hyperparameters, "checkpoint_steps": max(1, round(job.total_steps / epochs))}
     job.api_options = {
         "model": body.model,
         "suffix": body.suffix or "",
@@ -135,7 +145,12 @@ def find_job(session: Session, *, user: User, value: str) -> Job:
 
 
 def cancel(session: Session, *, user: User, value: str) -> Job:
-    return jobs.cancel_job(session, user=user, job_id=find_job(session, user=user, value=value).id)
+    """Cancel a queued, running or paused job; an ended one is a 400, as OpenAI answers (the studio's own API
+    returns it unchanged)."""
+    job = find_job(session, user=user, value=value)
+    if job.status in FINAL_STATUSES:
+        raise ApiError(f"{value} has already ended ({job.status}); it cannot be cancelled", param="fine_tuning_job_id")
+    return jobs.cancel_job(session, user=user, job_id=job.id)
 
 
 def pause(session: Session, *, user: User, value: str) -> Job:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from backend.db import Job, Model, User
 from backend.errors import Invalid, NotFound
 from backend.job import service as jobs
+from backend.job.checkpoints import list_checkpoints
 from backend.model import service as models
 from backend.openai_compat import ids
 from backend.openai_compat.errors import ApiError
@@ -85,11 +86,22 @@ def fine_tuned_job(session: Session, *, user: User, value: str) -> Job:
         job = jobs.get_job(session, user=user, job_id=ref.job_id)
     except NotFound:
         raise _missing(value) from None
-    name = fine_tuned_name(session, job)
+    if ref.step is not None:
+        # A checkpoint (of a job that may still run): named as the job's checkpoints list names it, and stored.
+        suffix = str((job.api_options or {}).get("suffix") or "")
+        named = ids.fine_tuned_id(base_name(job), suffix, job.id, ref.step) == value
+        if not named or ref.step not in {c.step for c in list_checkpoints(job.id)}:
+            raise _missing(value)
+        return job
     deleted = (job.api_options or {}).get("model_deleted")
-    if ref.step is None and (name != value or deleted or stored_output(job.id) is None):
+    if fine_tuned_name(session, job) != value or deleted or stored_output(job.id) is None:
         raise _missing(value)
     return job
+
+
+def base_name(job: Job) -> str:
+    """The base part of the job's model names: its base model's id (a pretrain's: its architecture)."""
+    return ids.model_id(job.base_model_id) if job.base_model_id is not None else str(job.architecture or "")
 
 
 def stored_output(job_id: int) -> str | None:

@@ -2,11 +2,12 @@
 
 import csv
 import io
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, or_, select
 
-from backend.job import service as jobs
+from backend.db import JobMetric, session_scope
 
 # OpenAI's step_metrics.csv columns, and the studio's series each is read from (training and evaluation points
 # are logged separately at the same step; a row joins them).
@@ -26,19 +27,47 @@ def openai_values(values: dict[str, float]) -> dict[str, float]:
     return named | extra
 
 
-def results_csv(session: Session, job_id: int) -> bytes:
-    """step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy: one row per logged step."""
-    rows: dict[int, dict[str, Any]] = {}
-    after = 0
-    while page := jobs.metrics_after(session, job_id, after, PAGE):  # pages: a long run has millions of points
-        for point in page:
-            named = {k: v for k, v in openai_values(point.values).items() if k in COLUMNS}
-            if named:
-                rows.setdefault(point.step, {}).update(named)
-        after = page[-1].id
+def _points(job_id: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(step, values) of every point, by step: PAGE at a time by the (job_id, step) index, each page in a short
+    session of its own (a long run has millions of points, and the response streams for as long as it takes)."""
+    after: tuple[int, int] | None = None
+    while True:
+        q = select(JobMetric.id, JobMetric.step, JobMetric.values).where(JobMetric.job_id == job_id)
+        if after is not None:
+            step, point_id = after
+            q = q.where(or_(JobMetric.step > step, and_(JobMetric.step == step, JobMetric.id > point_id)))
+        with session_scope() as s:
+            page = s.execute(q.order_by(JobMetric.step, JobMetric.id).limit(PAGE)).all()
+        yield from ((step, values) for _, step, values in page)
+        if len(page) < PAGE:
+            return
+        after = (page[-1].step, page[-1].id)
+
+
+def results_csv(job_id: int) -> Iterator[bytes]:
+    """step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy: one row per logged step, written as
+    the points are read."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=["step", *COLUMNS], lineterminator="\n")
+
+    def written() -> bytes:
+        text = out.getvalue()
+        out.seek(0)
+        out.truncate()
+        return text.encode()
+
     writer.writeheader()
-    for step in sorted(rows):
-        writer.writerow({"step": step, **rows[step]})
-    return out.getvalue().encode()
+    yield written()
+    row: dict[str, Any] = {}
+    for step, values in _points(job_id):
+        if row and row["step"] != step:
+            writer.writerow(row)
+            row = {}
+        named = {k: v for k, v in openai_values(values).items() if k in COLUMNS}
+        if named:
+            row = {**(row or {"step": step}), **named}
+        if out.tell() >= 1 << 16:
+            yield written()
+    if row:
+        writer.writerow(row)
+    yield written()

@@ -3,6 +3,7 @@ the official `openai` SDK pointed at the studio (`base_url=<studio>/v1`, `api_ke
 
 from typing import Annotated, Any, Literal
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from starlette.responses import JSONResponse
@@ -10,14 +11,16 @@ from starlette.responses import JSONResponse
 from backend.db import Generation
 from backend.deps import CurrentUser, SessionDep
 from backend.events import publish
-from backend.job.router import _admit, _enqueue
+from backend.job import admission
 from backend.openai_compat import files, ids, inference, jobs, models, schemas, streaming, views
-from backend.openai_compat.errors import OpenAIRoute, error_response
+from backend.openai_compat.errors import NO_RETRY, OpenAIRoute, error_response
 from backend.storage.responses import download
 from backend.work.kinds import GENERATION
 from backend.work.send import send
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+# How long a non-streamed answer is waited for (a streamed one shows its progress instead).
+WAIT_SECONDS = 300.0
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
@@ -44,16 +47,16 @@ def list_files(
 
 @router.get("/files/{file_id}")
 def get_file(file_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
-    if (job_id := ids.parse_file(file_id).results_of) is not None:
+    if (job_id := ids.parse_file(file_id, param="file_id").results_of) is not None:
         return files.results_view(session, user=user, file_id=file_id, job_id=job_id)
     return files.file_view(files.get_file(session, user=user, file_id=file_id))
 
 
 @router.get("/files/{file_id}/content")
 def file_content(file_id: str, session: SessionDep, user: CurrentUser) -> Response:
-    if (job_id := ids.parse_file(file_id).results_of) is not None:
-        body = files.results_content(session, user=user, file_id=file_id, job_id=job_id)
-        return Response(body, media_type="text/csv")
+    if (job_id := ids.parse_file(file_id, param="file_id").results_of) is not None:
+        rows = files.results_content(session, user=user, file_id=file_id, job_id=job_id)
+        return StreamingResponse(rows, media_type="text/csv")
     ds = files.get_file(session, user=user, file_id=file_id)
     return download(ds.path, filename=ds.filename, media_type="application/octet-stream")
 
@@ -66,8 +69,8 @@ def delete_file(file_id: str, session: SessionDep, user: CurrentUser) -> dict[st
 @router.post("/fine_tuning/jobs")
 def create_job(body: schemas.JobCreate, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     """An ordinary studio fine-tune (LoRA; sft or dpo), admitted and queued as POST /api/jobs does."""
-    job = jobs.create_job(session, user=user, body=body, admit=_admit)
-    _enqueue(session, job)
+    job = jobs.create_job(session, user=user, body=body)
+    admission.enqueue(session, job)
     return views.job_view(session, job)
 
 
@@ -107,7 +110,7 @@ def pause_job(fine_tuning_job_id: str, session: SessionDep, user: CurrentUser) -
 def resume_job(fine_tuning_job_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     """On from the latest checkpoint (a paused, failed or cancelled job)."""
     job = jobs.resume(session, user=user, value=fine_tuning_job_id)
-    _enqueue(session, job)
+    admission.enqueue(session, job)
     return views.job_view(session, job)
 
 
@@ -164,9 +167,14 @@ async def _answer(request: Request, row: Generation, body: schemas.SamplingParam
         usage = bool((body.stream_options or {}).get("include_usage"))
         chunks = streaming.stream(row, model=body.model, chat=chat, include_usage=usage, broadcaster=broadcaster)
         return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    final = await streaming.finished(row.id, broadcaster)
+    final = await streaming.finished(row.id, broadcaster, timeout=WAIT_SECONDS, gone=request.is_disconnected)
+    if final is None:  # too long, or the client left: the worker stops rather than answer nobody
+        message = f"no answer within {WAIT_SECONDS:.0f} s (the inference workers are busy or slow); it was stopped"
+        await to_thread.run_sync(streaming.give_up, row.id, message)
+        return error_response(message, status=504, code="timeout", headers=NO_RETRY)
     if final.status != "done":
-        return error_response(final.error or "the generation failed", status=500)
+        # The model's failure (it did not load, a bad checkpoint): asking again would fail the same way.
+        return error_response(final.error or "the generation failed", status=500, headers=NO_RETRY)
     view = inference.chat_completion(final, body.model) if chat else inference.text_completion(final, body.model)
     return JSONResponse(view)
 

@@ -9,6 +9,10 @@ Auto = Literal["auto"]
 Suffix = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9._-]*$")]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+# A stop sequence is looked for in the answer after every piece the worker writes: a few words, not a document.
+Stop = Annotated[str, StringConstraints(max_length=256)]
+# The turns of one conversation (their characters are capped too: inference.MAX_CONVERSATION_CHARS).
+MAX_MESSAGES = 1000
 
 
 class Hyperparameters(BaseModel):
@@ -101,7 +105,7 @@ class SamplingParams(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1, le=128)
-    stop: str | list[str] | None = None
+    stop: Stop | list[Stop] | None = None
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     seed: int | None = None
@@ -113,7 +117,7 @@ class SamplingParams(BaseModel):
 
 
 class ChatCompletionCreate(SamplingParams):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None

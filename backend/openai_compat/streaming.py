@@ -6,17 +6,23 @@ whole, since only the finished text tells a tool call from prose.
 """
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from anyio import to_thread
+from sqlalchemy import or_, update
 
-from backend.db import Generation, session_scope
-from backend.events import Broadcaster
+from backend.db import Generation, session_scope, utcnow
+from backend.events import Broadcaster, publish_generation
 from backend.openai_compat.errors import error_body
 from backend.openai_compat.inference import answer, cut_at_stop, held_back, text_pieces, tool_calls_with_ids, usage_of
 from backend.playground.stream import generation_events
+from backend.work.kinds import GENERATION
+
+# How often a waiting request looks whether its client is still there.
+GONE_POLL_SECONDS = 1.0
 
 
 def snapshot(generation_id: int) -> Generation:
@@ -34,11 +40,39 @@ def snapshot(generation_id: int) -> Generation:
         )
 
 
-async def finished(generation_id: int, broadcaster: Broadcaster) -> Generation:
-    """Wait until the generation has ended; its final row."""
-    async for _ in text_pieces(generation_events(generation_id, 0, broadcaster)):
-        pass
-    return await to_thread.run_sync(snapshot, generation_id)
+async def finished(
+    generation_id: int, broadcaster: Broadcaster, *, timeout: float, gone: Callable[[], Awaitable[bool]]
+) -> Generation | None:
+    """Wait until the generation has ended: its final row; None when `timeout` seconds passed first, or the
+    client left (`gone`)."""
+    ended = False
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as group:
+
+            async def watch_client() -> None:
+                while not await gone():
+                    await anyio.sleep(GONE_POLL_SECONDS)
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch_client)
+            async for _ in text_pieces(generation_events(generation_id, 0, broadcaster)):
+                pass
+            ended = True
+            group.cancel_scope.cancel()
+    return await to_thread.run_sync(snapshot, generation_id) if ended else None
+
+
+def give_up(generation_id: int, error: str) -> None:
+    """End a generation nobody waits for any more: failed with `error`. A queued one is never claimed; a running
+    one's worker finds the row no longer its own at its next write (the lease's WHERE clause) and stops."""
+    with session_scope() as s:
+        s.execute(
+            update(Generation)
+            .where(Generation.id == generation_id, or_(GENERATION.is_queued(), GENERATION.is_running()))
+            .values(status=GENERATION.failed, error=error, finished_at=utcnow(), lease_worker=None)
+            .execution_options(synchronize_session=False)
+        )
+    publish_generation(generation_id)
 
 
 @dataclass
@@ -85,18 +119,24 @@ async def stream(
     whole = bool(row.params.get("tools"))
     if chat:
         yield out.chunk({"delta": {"role": "assistant", "content": ""}})
-    text, sent, stopped = "", 0, False
-    async for piece, status in text_pieces(generation_events(row.id, 0, broadcaster)):
-        if status is not None:
-            break
-        text += piece
-        if whole or stopped:
-            continue
-        cut, stopped = cut_at_stop(text, stops)
-        ready = len(cut) if stopped else len(cut) - held_back(cut, stops)
-        if ready > sent:
-            yield out.text(cut[sent:ready])
-            sent = ready
+    text, sent, stopped, ended = "", 0, False, False
+    try:
+        async for piece, status in text_pieces(generation_events(row.id, 0, broadcaster)):
+            if status is not None:
+                ended = True
+                break
+            text += piece
+            if whole or stopped:
+                continue
+            cut, stopped = cut_at_stop(text, stops)
+            ready = len(cut) if stopped else len(cut) - held_back(cut, stops)
+            if ready > sent:
+                yield out.text(cut[sent:ready])
+                sent = ready
+    finally:
+        if not ended:  # the client left (the response is cancelled): the worker need not go on writing
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(give_up, row.id, "the client left before the answer ended")
     final = await to_thread.run_sync(snapshot, row.id)
     if final.status != "done":
         yield sse(error_body(final.error or "the generation failed", status=500))

@@ -16,7 +16,7 @@ from backend.openai_compat import ids
 from backend.openai_compat.errors import ApiError
 from backend.openai_compat.files import epoch
 from backend.openai_compat.jobs import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE
-from backend.openai_compat.models import fine_tuned_name
+from backend.openai_compat.models import base_name, fine_tuned_name
 from backend.openai_compat.results import openai_values
 
 POINT, MESSAGE = 0, 1  # events at the same instant: the point first (older), then the log line
@@ -34,7 +34,7 @@ def _trained_tokens(session: Session, job_id: int) -> int | None:
 def _hyperparameters(job: Job) -> dict[str, Any]:
     hp = job.hyperparameters or {}
     values: dict[str, Any] = {
-        "n_epochs": hp.get("epochs") or DEFAULT_EPOCHS,
+        "n_epochs": _whole(hp.get("epochs") or DEFAULT_EPOCHS),
         "batch_size": hp.get("batch_size"),
         "learning_rate_multiplier": round(hp.get("learning_rate", DEFAULT_LEARNING_RATE) / DEFAULT_LEARNING_RATE, 6),
     }
@@ -43,15 +43,22 @@ def _hyperparameters(job: Job) -> dict[str, Any]:
     return values
 
 
-def _base(job: Job) -> str:
-    return ids.model_id(job.base_model_id) if job.base_model_id is not None else str(job.architecture or "")
+def _whole(epochs: float) -> float | int:
+    """OpenAI's n_epochs is an integer; the studio stores a float (an /api job may train 1.5 epochs)."""
+    return int(epochs) if float(epochs).is_integer() else epochs
+
+
+def method_type(job: Job) -> str:
+    """OpenAI's method type of the job's objective; another objective (a job from /api: kto, causal_lm, ...) is
+    shown by its studio name rather than passed off as supervised."""
+    return {"sft": "supervised", "dpo": "dpo"}.get(str(job.objective), str(job.objective or "supervised"))
 
 
 def job_view(session: Session, job: Job) -> dict[str, Any]:
     """The fine_tuning.job object of `job`."""
     options = job.api_options or {}
     hp = _hyperparameters(job)
-    method_type = "dpo" if job.objective == "dpo" else "supervised"
+    kind = method_type(job)
     error = None
     if job.status == "failed":
         error = {"code": "training_failed", "message": (job.error or "the job failed")[:2000], "param": None}
@@ -59,7 +66,7 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
     return {
         "object": "fine_tuning.job",
         "id": ids.job_id(job.id),
-        "model": options.get("model") or _base(job),
+        "model": options.get("model") or base_name(job),
         "created_at": epoch(job.created_at),
         "finished_at": epoch(job.finished_at),
         "fine_tuned_model": fine_tuned_name(session, job),
@@ -69,7 +76,7 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
         "validation_file": ids.file_id(job.validation_dataset_id) if job.validation_dataset_id else None,
         "training_file": ids.file_id(job.dataset_id),
         "hyperparameters": {k: v for k, v in hp.items() if k != "beta"},
-        "method": {"type": method_type, method_type: {"hyperparameters": hp}},
+        "method": {"type": kind, kind: {"hyperparameters": hp}},
         "trained_tokens": _trained_tokens(session, job.id),
         "error": error,
         "seed": (job.hyperparameters or {}).get("seed"),
@@ -181,7 +188,7 @@ def checkpoints_page(session: Session, job: Job, *, after: str | None, limit: in
             "object": "fine_tuning.job.checkpoint",
             "id": f"ftckpt-{job.id}-{c.step}",
             "created_at": epoch(c.created_at),
-            "fine_tuned_model_checkpoint": ids.fine_tuned_id(_base(job), suffix, job.id, c.step),
+            "fine_tuned_model_checkpoint": ids.fine_tuned_id(base_name(job), suffix, job.id, c.step),
             "fine_tuning_job_id": ids.job_id(job.id),
             "metrics": _checkpoint_metrics(session, job.id, c.step),
             "step_number": c.step,

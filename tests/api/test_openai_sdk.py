@@ -169,6 +169,10 @@ def test_supervised_job_events_checkpoints_and_chat(shared_studio: StudioProcess
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoints and checkpoints[0].fine_tuned_model_checkpoint.startswith(f"{done.fine_tuned_model}:ckpt-step-")
     assert [c.step_number for c in checkpoints] == sorted((c.step_number for c in checkpoints), reverse=True)
+    with shared_studio.client() as studio:
+        settings = studio.get(f"/api/jobs/{job.id.removeprefix('ftjob-')}").json()["hyperparameters"]
+    # Through the studio's schema: one checkpoint per epoch's steps, the last three epochs' kept (here both).
+    assert settings["keep_checkpoints"] == 2 and settings["checkpoint_steps"] >= 1
 
     messages = [{"role": "user", "content": QUESTIONS[0]}]
     answer = client.chat.completions.create(model=done.fine_tuned_model, messages=messages, max_tokens=6, temperature=0)

@@ -260,3 +260,181 @@ def test_events_page_through_log_lines_and_points(client: TestClient) -> None:
         assert seen == [e["id"] for e in whole], size
     refused = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"after": "ftevent-999999"})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "after"
+
+
+def _job(client: TestClient, **fields: Any) -> tuple[int, int]:
+    """(job id, base model id) of a job stored as a worker leaves one (no worker runs here)."""
+    from backend.db import Job, Model, session_scope
+
+    data = b'{"prompt": "q", "completion": "a"}\n'
+    dataset_id = client.post("/api/datasets", files={"file": ("d.jsonl", data)}).json()["id"]
+    owner_id = client.get("/api/me").json()["id"]
+    with session_scope() as s:
+        model = Model(owner_id=owner_id, name="m", source="upload", path="models/nowhere")
+        s.add(model)
+        s.flush()
+        values = dict(
+            owner_id=owner_id, name="j", kind="finetune", status="running", method="lora", objective="sft",
+            dataset_id=dataset_id, base_model_id=model.id, hyperparameters={}, total_steps=6,
+        )  # fmt: skip
+        job = Job(**(values | fields))
+        s.add(job)
+        s.flush()
+        return job.id, model.id
+
+
+def _ask(client: TestClient, model_id: int, **options: Any) -> Any:
+    body = {"model": f"studio-model-{model_id}", "messages": [{"role": "user", "content": "hi"}], **options}
+    return client.post("/v1/chat/completions", json=body)
+
+
+def _generations() -> list[Generation]:
+    from sqlalchemy import select
+
+    from backend.db import session_scope
+
+    with session_scope() as s:
+        return list(s.scalars(select(Generation)))
+
+
+def test_no_inference_worker_is_a_503_before_any_generation(client: TestClient) -> None:
+    _, model_id = _job(client)
+    for stream in (False, True):
+        res = _ask(client, model_id, stream=stream)
+        assert res.status_code == 503, res.text
+        assert res.headers["Retry-After"] == "10" and res.json()["error"]["code"] == "no_worker"
+    assert _generations() == []  # nothing queued that no one would answer
+
+
+def test_an_answer_not_ready_in_time_is_stopped(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.openai_compat import router
+    from backend.queue import ANALYSIS_QUEUE
+    from tests.api.live_workers import register_worker
+
+    register_worker(ANALYSIS_QUEUE)  # live, but it never takes the task: the answer never comes
+    monkeypatch.setattr(router, "WAIT_SECONDS", 0.5)
+    _, model_id = _job(client)
+    res = _ask(client, model_id)
+    assert res.status_code == 504 and res.headers["x-should-retry"] == "false", res.text
+    (row,) = _generations()
+    assert row.status == "failed" and row.error is not None and "no answer within" in row.error
+
+
+def test_a_failed_answer_is_not_retried(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.queue import ANALYSIS_QUEUE
+    from tests.api.live_workers import register_worker
+
+    register_worker(ANALYSIS_QUEUE)
+
+    async def failed(generation_id: int, *args: Any, **kwargs: Any) -> Generation:
+        return Generation(id=generation_id, status="failed", error="OSError: no weights in models/nowhere")
+
+    monkeypatch.setattr(streaming, "finished", failed)
+    res = _ask(client, _job(client)[1])
+    assert res.status_code == 500 and res.headers["x-should-retry"] == "false"  # the SDK would only fail again
+    assert res.json()["error"]["message"] == "OSError: no weights in models/nowhere"
+
+
+def test_waiting_ends_when_the_client_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    async def endless(generation_id: int, offset: int, broadcaster: Any) -> AsyncIterator[dict[str, str]]:
+        while True:
+            await asyncio.sleep(0.05)
+            yield {"event": "status", "id": "0", "data": json.dumps({"status": "queued"})}
+
+    monkeypatch.setattr(streaming, "generation_events", endless)
+    monkeypatch.setattr(streaming, "GONE_POLL_SECONDS", 0.05)
+    calls = 0
+
+    async def gone() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 2
+
+    started = time.monotonic()
+    assert asyncio.run(streaming.finished(1, None, timeout=30, gone=gone)) is None  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5
+
+
+def test_stop_sequences_and_conversations_are_bounded(client: TestClient) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    res = client.post("/v1/chat/completions", json=body | {"stop": ["x" * 257]})
+    assert res.status_code == 400 and res.json()["error"]["param"].startswith("stop"), res.text
+    assert inference.held_back("S", ["STOP" * 64]) == 1 and inference.held_back("", ["STOP"]) == 0
+    long = [{"role": "user", "content": "x" * 15_000}, {"role": "assistant", "content": "y" * 6_000}]
+    res = client.post("/v1/chat/completions", json=body | {"messages": long})
+    assert res.status_code == 400 and res.json()["error"]["param"] == "messages", res.text
+    res = client.post("/v1/completions", json={"model": "m", "prompt": "x", "echo": True})
+    assert res.status_code == 400 and res.json()["error"]["param"] == "echo"
+
+
+def test_length_when_the_worker_lowered_max_tokens_to_fit_the_context() -> None:
+    usage = {"prompt_tokens": 250, "completion_tokens": 6, "max_new_tokens": 6}  # a 256-position model
+    assert inference.chat_completion(_row("abc", usage=usage), "m")["choices"][0]["finish_reason"] == "length"
+
+
+def test_results_file_streams_rows_by_step(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.db import JobMetric, session_scope
+    from backend.openai_compat import results
+
+    monkeypatch.setattr(results, "PAGE", 2)  # steps spread over pages, one step split across two
+    job_id, _ = _job(client, status="succeeded")
+    with session_scope() as s:
+        for step, values in [(3, {"loss": 0.3}), (1, {"loss": 0.9}), (2, {"loss": 0.5}), (2, {"eval_loss": 0.6})]:
+            s.add(JobMetric(job_id=job_id, step=step, values=values))
+        s.add(JobMetric(job_id=job_id, step=4, values={"learning_rate": 0.1}))  # no column of the CSV
+    file_id = ids.results_id(job_id)
+    assert client.get(f"/v1/files/{file_id}").json()["bytes"] is None  # not built to be measured
+    lines = client.get(f"/v1/files/{file_id}/content").text.splitlines()
+    assert lines == [
+        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy",
+        "1,0.9,,,",
+        "2,0.5,,0.6,",
+        "3,0.3,,,",
+    ]
+    missing = client.get("/v1/files/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "file_id"
+
+
+def test_a_checkpoint_model_is_found_only_when_it_exists(client: TestClient) -> None:
+    from backend.job.checkpoints import MARKER, checkpoints_key
+    from backend.storage import get_storage
+
+    job_id, model_id = _job(client)
+    folder = get_storage().local_path(checkpoints_key(job_id))
+    assert folder is not None
+    (folder / "checkpoint-4").mkdir(parents=True)
+    (folder / "checkpoint-4" / MARKER).write_text("4")
+    name = ids.fine_tuned_id(f"studio-model-{model_id}", "", job_id, 4)
+    assert client.get(f"/v1/models/{name}").json()["id"] == name
+    for wrong in (
+        ids.fine_tuned_id(f"studio-model-{model_id}", "", job_id, 5),  # no such step
+        ids.fine_tuned_id(f"studio-model-{model_id}", "other", job_id, 4),  # not its suffix
+        ids.fine_tuned_id(f"studio-model-{model_id + 1}", "", job_id, 4),  # not its base
+    ):
+        res = client.get(f"/v1/models/{wrong}")
+        assert res.status_code == 404 and res.json()["error"]["param"] == "model", wrong
+
+
+def test_job_view_shapes_and_cancelling_an_ended_job(client: TestClient) -> None:
+    job_id, _ = _job(client, status="succeeded", hyperparameters={"epochs": 2.0}, objective="kto")
+    view = client.get(f"/v1/fine_tuning/jobs/ftjob-{job_id}").json()
+    assert view["hyperparameters"]["n_epochs"] == 2 and '"n_epochs":2,' in client.get(
+        f"/v1/fine_tuning/jobs/ftjob-{job_id}"
+    ).text.replace(" ", "")
+    assert view["method"]["type"] == "kto"  # not passed off as supervised
+    res = client.post(f"/v1/fine_tuning/jobs/ftjob-{job_id}/cancel")
+    assert res.status_code == 400 and res.json()["error"]["param"] == "fine_tuning_job_id", res.text
+
+
+def test_a_checkpoint_at_each_epoch_in_the_studio_body() -> None:
+    from backend.job.schemas import JobCreate as StudioJobCreate
+
+    body = JobCreate.model_validate(
+        {"model": "m", "training_file": "f", "hyperparameters": {"n_epochs": 5}}  # the last three are kept
+    )
+    studio = StudioJobCreate.model_validate(
+        studio_body(body, base_id=4, train=_dataset(1), valid=None, steps_per_epoch=7)
+    )
+    assert (studio.hyperparameters.checkpoint_steps, studio.hyperparameters.keep_checkpoints) == (7, 3)
