@@ -15,7 +15,7 @@ from backend.job.checkpoints import list_checkpoints
 from backend.openai_compat import ids
 from backend.openai_compat.errors import ApiError
 from backend.openai_compat.files import epoch
-from backend.openai_compat.jobs import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE
+from backend.openai_compat.jobs import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, OBJECTIVES
 from backend.openai_compat.models import base_name, fine_tuned_name
 from backend.openai_compat.results import openai_values
 
@@ -51,7 +51,8 @@ def _whole(epochs: float) -> float | int:
 def method_type(job: Job) -> str:
     """OpenAI's method type of the job's objective; another objective (a job from /api: kto, causal_lm, ...) is
     shown by its studio name rather than passed off as supervised."""
-    return {"sft": "supervised", "dpo": "dpo"}.get(str(job.objective), str(job.objective or "supervised"))
+    types = {objective: kind for kind, objective in OBJECTIVES.items()}
+    return types.get(str(job.objective), str(job.objective or "supervised"))
 
 
 def job_view(session: Session, job: Job) -> dict[str, Any]:
