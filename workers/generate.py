@@ -41,6 +41,7 @@ from backend.playground.lifecycle import (
 )
 from backend.playground.service import Target
 from backend.queue import GENERATE
+from backend.storage import pinned
 from backend.work.heartbeat import heartbeat
 from backend.work.kinds import GENERATION
 from backend.work.lease import LeaseLost
@@ -309,7 +310,7 @@ def generate(generation_id: int) -> str:
     won = take(GENERATION, generation_id, claim_generation)
     if won is None:
         return "skipped"
-    with heartbeat(won):
+    with heartbeat(won), pinned():  # the weights it loads stay in the cache until the answer is done
         try:
             answer(load_generation(generation_id))
         except LeaseLost as exc:
